@@ -1,0 +1,1 @@
+"""Acquisition policies behind one interface."""

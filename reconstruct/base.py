@@ -1,0 +1,224 @@
+"""The contract every reconstructor follows, and the voltage-block layout it is built on.
+
+A measurement is one pixel at one *voltage block*: a subset of the first spectral axis (the
+voltage axis) with every remaining spectral entry (e.g. all read-out times). Reconstructors work
+on plain arrays: they never import ``envs`` or ``agents``.
+
+Indexing conventions used throughout the project:
+
+- pixel ``p = i * ny + j`` for grid row ``i`` and column ``j`` (row-major over the first two axes);
+- a tensor in *block layout* has shape ``(P, n_blocks, F_b)``: pixel, block, and the block's
+  features (its voltages times the remaining spectral entries, C order).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` means CUDA when present, else CPU; anything else is passed to torch."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How the voltage axis is split into equally sized measurement blocks.
+
+    Parameters
+    ----------
+    n_voltages
+        Length of the first spectral axis.
+    n_blocks
+        Number of blocks; must divide ``n_voltages``.
+    interleaved
+        True (default): block ``b`` holds voltages ``b, b + n_blocks, b + 2 n_blocks, ...``, so
+        every block samples the whole pulse sequence. False: contiguous runs of voltages.
+        Interleaving is the default because a block spread over the sequence pins down a
+        low-rank spectrum far better than a run of neighbouring voltages.
+    """
+
+    n_voltages: int
+    n_blocks: int
+    interleaved: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_blocks < 1 or self.n_voltages < 1:
+            raise ValueError(f"need n_blocks >= 1 and n_voltages >= 1, got {self.n_blocks}, {self.n_voltages}")
+        if self.n_voltages % self.n_blocks:
+            raise ValueError(
+                f"{self.n_blocks} blocks do not divide the voltage axis of length {self.n_voltages}; "
+                f"choose one of {[d for d in range(1, self.n_voltages + 1) if self.n_voltages % d == 0]}"
+            )
+
+    @property
+    def block_size(self) -> int:
+        """Voltages per block."""
+        return self.n_voltages // self.n_blocks
+
+    def voltages(self, block: int) -> np.ndarray:
+        """Indices along the voltage axis that block ``block`` measures, ascending."""
+        if not 0 <= block < self.n_blocks:
+            raise IndexError(f"block {block} out of range [0, {self.n_blocks})")
+        if self.interleaved:
+            return np.arange(block, self.n_voltages, self.n_blocks)
+        return np.arange(block * self.block_size, (block + 1) * self.block_size)
+
+    def permutation(self) -> np.ndarray:
+        """Voltage order that groups the blocks: ``concatenate([voltages(0), voltages(1), ...])``."""
+        return np.concatenate([self.voltages(b) for b in range(self.n_blocks)])
+
+    def to_blocks(self, tensor: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """``(X, Y, V, *rest)`` -> ``(X * Y, n_blocks, block_size * prod(rest))``."""
+        x, y, v = tensor.shape[:3]
+        if v != self.n_voltages:
+            raise ValueError(f"voltage axis has {v} entries, layout expects {self.n_voltages}")
+        perm = self.permutation()
+        if isinstance(tensor, torch.Tensor):
+            perm = torch.as_tensor(perm, device=tensor.device)
+        return tensor[:, :, perm].reshape(x * y, self.n_blocks, -1)
+
+    def from_blocks(
+        self, blocks: np.ndarray | torch.Tensor, spatial_shape: tuple[int, int], rest: Sequence[int]
+    ) -> np.ndarray | torch.Tensor:
+        """Inverse of :meth:`to_blocks`: back to ``(X, Y, V, *rest)``."""
+        x, y = spatial_shape
+        grouped = blocks.reshape(x, y, self.n_voltages, *rest)
+        inverse = np.argsort(self.permutation())
+        if isinstance(grouped, torch.Tensor):
+            inverse = torch.as_tensor(inverse, device=grouped.device)
+        return grouped[:, :, inverse]
+
+
+class Reconstructor(ABC):
+    """Estimates a full ``(X, Y, V, *rest)`` tensor from (pixel, voltage-block) measurements.
+
+    Subclasses implement :meth:`reset`, :meth:`add` and :meth:`estimate_blocks`; everything else
+    has a generic default that subclasses may replace with a faster path.
+
+    Parameters
+    ----------
+    spatial_shape
+        ``(X, Y)`` of the scan grid.
+    spectral_shape
+        ``(V, *rest)``: voltage axis first, then e.g. read-out times.
+    layout
+        The voltage blocks; default one block holding every voltage (pixel-only acquisition).
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
+    dtype
+        Floating type of estimates; numerically delicate steps may use float64 internally.
+
+    Behaviour on bad input (documented contract, tested): an out-of-range pixel or block, values
+    of the wrong shape, or values containing NaN/inf raise ``ValueError``/``IndexError`` and leave
+    the state unchanged; adding a block that was already measured raises ``ValueError``.
+    """
+
+    name: str = "base"
+
+    def __init__(
+        self,
+        spatial_shape: tuple[int, int],
+        spectral_shape: Sequence[int],
+        layout: BlockLayout | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.spatial_shape = (int(spatial_shape[0]), int(spatial_shape[1]))
+        self.spectral_shape = tuple(int(s) for s in spectral_shape)
+        if len(self.spectral_shape) < 1:
+            raise ValueError("spectral_shape needs at least the voltage axis")
+        self.layout = layout or BlockLayout(self.spectral_shape[0], 1)
+        if self.layout.n_voltages != self.spectral_shape[0]:
+            raise ValueError(
+                f"layout covers {self.layout.n_voltages} voltages, spectral shape starts with "
+                f"{self.spectral_shape[0]}"
+            )
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.n_pixels = self.spatial_shape[0] * self.spatial_shape[1]
+        self.n_blocks = self.layout.n_blocks
+        self.block_features = self.layout.block_size * int(np.prod(self.spectral_shape[1:], dtype=np.int64))
+        self.measured = torch.zeros(self.n_pixels, self.n_blocks, dtype=torch.bool)
+
+    # ----------------------------------------------------------------- validation helper
+    def _check_measurement(self, pixel: int, block: int, values: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Validate one measurement; return its values flattened to ``(F_b,)`` as float64 CPU."""
+        if not 0 <= int(pixel) < self.n_pixels:
+            raise IndexError(f"pixel {pixel} out of range [0, {self.n_pixels})")
+        if not 0 <= int(block) < self.n_blocks:
+            raise IndexError(f"block {block} out of range [0, {self.n_blocks})")
+        if self.measured[pixel, block]:
+            raise ValueError(f"pixel {pixel} block {block} was already measured")
+        expected = (self.layout.block_size, *self.spectral_shape[1:])
+        vals = torch.as_tensor(values, dtype=torch.float64).cpu()
+        if tuple(vals.shape) != expected and tuple(vals.shape) != (self.block_features,):
+            raise ValueError(f"values have shape {tuple(vals.shape)}, expected {expected}")
+        vals = vals.reshape(-1)
+        if not torch.isfinite(vals).all():
+            raise ValueError(f"values at pixel {pixel} block {block} contain NaN or inf")
+        return vals
+
+    # ----------------------------------------------------------------- the contract
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget every measurement."""
+
+    @abstractmethod
+    def add(self, pixel: int, block: int, values: np.ndarray | torch.Tensor) -> None:
+        """Add one measurement: ``values`` of shape ``(block_size, *rest)`` (or flattened)."""
+
+    def add_many(
+        self, pixels: Sequence[int], blocks: Sequence[int], values: Sequence[np.ndarray] | np.ndarray
+    ) -> None:
+        """Add several measurements at once (subclasses may batch the update)."""
+        for p, b, v in zip(pixels, blocks, values):
+            self.add(int(p), int(b), v)
+
+    @abstractmethod
+    def estimate_blocks(self) -> torch.Tensor:
+        """The current estimate in block layout, ``(P, n_blocks, F_b)``; measured blocks hold
+        their measured values."""
+
+    def estimate(self) -> torch.Tensor:
+        """The current estimate as ``(X, Y, V, *rest)``."""
+        return self.layout.from_blocks(self.estimate_blocks(), self.spatial_shape, self.spectral_shape[1:])
+
+    def uncertainty(self) -> torch.Tensor:
+        """Predictive variance per (pixel, block), ``(P, n_blocks)``, averaged over the block's
+        features, in squared data units; zero for measured blocks. Default: unknown (ones where
+        unmeasured), for reconstructors without a probabilistic model."""
+        return (~self.measured).to(self.dtype)
+
+    def component_maps(self, n: int) -> torch.Tensor:
+        """``(n, X, Y)`` maps of the estimate's leading spectral components (for observations).
+        Default: principal components of the current estimate."""
+        est = self.estimate_blocks().reshape(self.n_pixels, -1).to(torch.float32)
+        est = est - est.mean(0, keepdim=True)
+        q = min(n, est.shape[0], est.shape[1])
+        u, s, _ = torch.linalg.svd(est, full_matrices=False)
+        maps = (u[:, :q] * s[:q]).T.reshape(q, *self.spatial_shape)
+        if q < n:
+            maps = torch.cat([maps, maps.new_zeros(n - q, *self.spatial_shape)])
+        return maps
+
+    def r2(self, reference_blocks: torch.Tensor) -> float:
+        """R^2 of the estimate against a reference in block layout (NaN entries ignored), with
+        the sum of squares around the per-feature spatial mean. Subclasses with a low-rank
+        estimate override this with a path that never builds the full tensor."""
+        from reconstruct.metrics import r2_score
+
+        return r2_score(reference_blocks, self.estimate_blocks())
+
+    @property
+    def n_measured(self) -> int:
+        """Number of (pixel, block) measurements taken."""
+        return int(self.measured.sum())
