@@ -1,0 +1,208 @@
+"""Cheap baseline reconstructors: spatial interpolation of each voltage block on its own.
+
+Each block is filled in from the pixels where that block was measured, with no model of how
+blocks or spectral entries relate, so these baselines handle partial spectra trivially and show
+what a policy gains from the GP and low-rank reconstructors. Every interpolator is a sparse
+linear map from the measured pixels to the unmeasured ones (``estimate = W @ values``), which
+keeps the work vectorised over all of a block's features at once and lets blocks measured at
+the same pixels share one ``W``.
+
+Updates are lazy: :meth:`add` stores the values and marks the block stale; the next
+:meth:`estimate_blocks` recomputes only the stale blocks.
+
+A block that has not been measured anywhere is estimated as 0 (no information).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.spatial import Delaunay, QhullError, cKDTree
+
+from reconstruct.base import BlockLayout, Reconstructor
+
+
+class _BlockwiseInterpolator(Reconstructor):
+    """Shared machinery: value store, staleness tracking and the cached estimate.
+
+    Subclasses implement :meth:`_weights`, the sparse ``(n_query, n_known)`` map from values
+    at known pixel coordinates to values at query coordinates.
+    """
+
+    def __init__(
+        self,
+        spatial_shape: tuple[int, int],
+        spectral_shape: Sequence[int],
+        layout: BlockLayout | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(spatial_shape, spectral_shape, layout, device=device, dtype=dtype)
+        nx, ny = self.spatial_shape
+        grid_i, grid_j = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+        # Pixel p = i * ny + j sits at grid coordinates (i, j).
+        self._coords = np.stack([grid_i.ravel(), grid_j.ravel()], axis=1).astype(np.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.measured.zero_()
+        self._values = np.zeros((self.n_pixels, self.n_blocks, self.block_features), np.float64)
+        self._stale = np.ones(self.n_blocks, dtype=bool)
+        self._estimate = torch.zeros(
+            self.n_pixels, self.n_blocks, self.block_features, dtype=self.dtype, device=self.device
+        )
+
+    def add(self, pixel: int, block: int, values: np.ndarray | torch.Tensor) -> None:
+        vals = self._check_measurement(pixel, block, values)
+        self._values[pixel, block] = vals.numpy()
+        self.measured[pixel, block] = True
+        self._stale[block] = True
+
+    def estimate_blocks(self) -> torch.Tensor:
+        """The estimate ``(P, n_blocks, F_b)``; measured blocks hold their measured values.
+
+        The returned tensor is the reconstructor's cache: read it, do not modify it.
+        """
+        stale = np.flatnonzero(self._stale)
+        if stale.size == 0:
+            return self._estimate
+        measured = self.measured.numpy()
+        # Blocks measured at the same pixels share one interpolation map: group them.
+        groups: dict[bytes, list[int]] = {}
+        for b in stale:
+            groups.setdefault(np.packbits(measured[:, b]).tobytes(), []).append(int(b))
+        for blocks in groups.values():
+            known = np.flatnonzero(measured[:, blocks[0]])
+            filled = np.zeros((self.n_pixels, len(blocks), self.block_features), np.float64)
+            if known.size:
+                values = self._values[known][:, blocks]  # (n_known, len(blocks), F)
+                filled[known] = values
+                query = np.flatnonzero(~measured[:, blocks[0]])
+                if query.size:
+                    flat = values.reshape(known.size, -1)
+                    estimate = self._interpolate(self._coords[known], flat, self._coords[query])
+                    filled[query] = estimate.reshape(query.size, len(blocks), -1)
+            self._estimate[:, blocks] = torch.as_tensor(filled, dtype=self.dtype).to(self.device)
+        self._stale[:] = False
+        return self._estimate
+
+    def _interpolate(self, known: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Values ``(n_known, F)`` at coordinates ``known`` -> ``(n_query, F)`` at ``query``."""
+        return np.asarray(self._weights(known, query) @ values)
+
+    def _weights(self, known: np.ndarray, query: np.ndarray) -> sp.csr_matrix:
+        """Sparse ``(n_query, n_known)`` interpolation map; subclasses that do not override
+        :meth:`_interpolate` must implement it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no interpolation weights")
+
+
+def _nearest_weights(known: np.ndarray, query: np.ndarray) -> sp.csr_matrix:
+    """One-hot rows selecting each query point's nearest known point."""
+    _, nearest = cKDTree(known).query(query, k=1)
+    rows = np.arange(len(query))
+    return sp.csr_matrix((np.ones(len(query)), (rows, nearest)), shape=(len(query), len(known)))
+
+
+class MeanSpectrum(_BlockwiseInterpolator):
+    """Every unmeasured pixel gets the mean of the block's measured values (R^2 near 0).
+
+    Parameters are those of :class:`reconstruct.base.Reconstructor`.
+    """
+
+    name = "mean"
+
+    def _interpolate(self, known: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(values.mean(axis=0), (len(query), values.shape[1]))
+
+
+class NearestNeighbour(_BlockwiseInterpolator):
+    """Each unmeasured pixel copies the nearest pixel where the block was measured.
+
+    Parameters are those of :class:`reconstruct.base.Reconstructor`.
+    """
+
+    name = "nearest"
+
+    def _weights(self, known: np.ndarray, query: np.ndarray) -> sp.csr_matrix:
+        return _nearest_weights(known, query)
+
+
+class InverseDistance(_BlockwiseInterpolator):
+    """Inverse-distance weighting over the ``k`` nearest measured pixels.
+
+    Parameters
+    ----------
+    spatial_shape, spectral_shape, layout, device, dtype
+        As for :class:`reconstruct.base.Reconstructor`.
+    k
+        Number of nearest measured pixels averaged (fewer when fewer are measured).
+    power
+        Weights are ``distance ** -power``.
+    """
+
+    name = "idw"
+
+    def __init__(
+        self,
+        spatial_shape: tuple[int, int],
+        spectral_shape: Sequence[int],
+        layout: BlockLayout | None = None,
+        *,
+        k: int = 8,
+        power: float = 2.0,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if int(k) < 1:
+            raise ValueError(f"k must be a positive number of neighbours, got {k}")
+        if not power > 0:
+            raise ValueError(f"power must be positive, got {power}")
+        self.k, self.power = int(k), float(power)
+        super().__init__(spatial_shape, spectral_shape, layout, device=device, dtype=dtype)
+
+    def _weights(self, known: np.ndarray, query: np.ndarray) -> sp.csr_matrix:
+        k = min(self.k, len(known))
+        dist, idx = cKDTree(known).query(query, k=k)
+        dist, idx = dist.reshape(len(query), k), idx.reshape(len(query), k)
+        # Query points are never measured points, so every distance is >= 1 grid step.
+        w = dist ** -self.power
+        w /= w.sum(axis=1, keepdims=True)
+        rows = np.repeat(np.arange(len(query)), k)
+        return sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(len(query), len(known)))
+
+
+class LinearInterpolation(_BlockwiseInterpolator):
+    """Piecewise-linear interpolation on the Delaunay triangulation of the measured pixels,
+    nearest neighbour outside their convex hull (or when they are fewer than 3 or collinear).
+
+    Parameters are those of :class:`reconstruct.base.Reconstructor`.
+    """
+
+    name = "linear"
+
+    def _weights(self, known: np.ndarray, query: np.ndarray) -> sp.csr_matrix:
+        if len(known) < 3:
+            return _nearest_weights(known, query)
+        try:
+            tri = Delaunay(known)
+        except QhullError:  # all measured pixels on one line: no triangle to interpolate in
+            return _nearest_weights(known, query)
+        simplex = tri.find_simplex(query)
+        inside = simplex >= 0
+        nearest = _nearest_weights(known, query)
+        if not inside.any():
+            return nearest
+        rows = np.flatnonzero(inside)
+        transform = tri.transform[simplex[rows]]  # (m, 3, 2): inverse affine map, then origin
+        bary2 = np.einsum("mij,mj->mi", transform[:, :2], query[rows] - transform[:, 2])
+        bary = np.column_stack([bary2, 1.0 - bary2.sum(axis=1)])
+        inner = sp.csr_matrix(
+            (bary.ravel(), (np.repeat(rows, 3), tri.simplices[simplex[rows]].ravel())),
+            shape=(len(query), len(known)),
+        )
+        outside_only = sp.diags((~inside).astype(np.float64))
+        return (outside_only @ nearest + inner).tocsr()
