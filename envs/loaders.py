@@ -690,10 +690,13 @@ def _load_h5(file: Path, options: _Options) -> Dataset:
             scope = h5[options.dataset_path]
         if isinstance(scope, h5py.Group):
             saved = _find_saved_group(scope)
-            if saved is not None:
-                if options.channel is not None:
-                    raise DataError("channel= does not apply to a file in the project layout")
-                return _read_saved(saved, options)
+        else:  # a path to the project layout's data tensor still reads the whole saved dataset
+            saved = scope.parent if _is_saved_group(scope.parent) else None
+        if saved is not None:
+            if options.channel is not None:
+                raise DataError("channel= does not apply to a file in the project layout")
+            return _read_saved(saved, options)
+        if isinstance(scope, h5py.Group):
             tensor, layout = _read_h5_group(scope, options)
         else:
             tensor, layout = _read_h5_dataset(scope, options)
@@ -749,18 +752,21 @@ def _read_h5_group(group: h5py.Group, options: _Options) -> tuple[_Tensor, str]:
         raise DataError("channel= applies to files with several channel images (pyNSID layout)")
     # dataset_path (if any) already chose this group: search inside it.
     inside = replace(options, dataset_path=None)
-    return _select_and_read(_h5_entries(group), inside, f"group {group.name!r}"), "tensor"
+    container = "file" if group.name == "/" else f"group {group.name!r}"
+    return _select_and_read(_h5_entries(group), inside, container), "tensor"
 
 
 def _find_saved_group(group: h5py.Group) -> h5py.Group | None:
     """``group`` itself, or its ``dataset`` child, when it holds the project layout."""
     for candidate in (group, group.get(SAVED_GROUP)):
-        if (
-            isinstance(candidate, h5py.Group)
-            and _jsonable(candidate.attrs.get("format")) == FORMAT_NAME
-        ):
+        if _is_saved_group(candidate):
             return candidate
     return None
+
+
+def _is_saved_group(obj: object) -> bool:
+    """Whether ``obj`` is a group written by :func:`save_dataset`."""
+    return isinstance(obj, h5py.Group) and _jsonable(obj.attrs.get("format")) == FORMAT_NAME
 
 
 def _read_saved(group: h5py.Group, options: _Options) -> Dataset:
