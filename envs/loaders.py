@@ -60,8 +60,8 @@ Project layout written by :func:`save_dataset`
                                    to data (and truth) as HDF5 dimension scales, so generic
                                    viewers show the axes
 
-Tensors are chunked per spatial row and compressed with LZF (fast to decompress: a
-(60, 60, 16, 128) float32 tensor loads in well under a second); coordinates are stored as they
+Tensors are chunked per spatial row and LZF-compressed (fast to decompress: a (60, 60, 16, 128)
+float32 tensor reads in well under a second; NaN regions shrink); coordinates are stored as they
 are. Dataset.attrs must be JSON-like; NumPy scalars and arrays in it are stored as numbers and
 lists.
 """
@@ -100,6 +100,10 @@ _AMPLITUDE_TOKENS = frozenset({"amp", "amplitude", "amplitudes", "mag", "magnitu
 _PHASE_TOKENS = frozenset({"phase", "phases", "phi", "angle", "theta"})
 _REAL_TOKENS = frozenset({"real", "re"})
 _IMAG_TOKENS = frozenset({"imag", "im", "imaginary"})
+# LZF: reading is as fast as uncompressed (a (60, 60, 16, 128) float32 tensor in a few tens of
+# ms), unmeasured NaN pixels and smooth data shrink. gzip + shuffle saved only ~15 % on noisy
+# spectra but made reading ~10x slower, too close to the 1 s budget for data + truth.
+_COMPRESSION: dict[str, Any] = {"compression": "lzf"}
 # HDF5 attributes that describe structure (references), not the measurement.
 _STRUCTURAL_ATTRS = frozenset({"DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME"})
 
@@ -147,6 +151,10 @@ def load_dataset(
     """
     if complex_view not in COMPLEX_VIEWS:
         raise DataError(f"complex_view={complex_view!r} is not one of {list(COMPLEX_VIEWS)}")
+    if isinstance(axis_names, str):
+        raise DataError(
+            f"axis_names must be a list of names, one per axis, got the string {axis_names!r}"
+        )
     if channel is not None and not isinstance(channel, (int, np.integer, str)):
         raise DataError(f"channel must be an index or a name, got {type(channel).__name__}")
     file = Path(path)
@@ -213,12 +221,10 @@ def save_dataset(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
             attrs_json=attrs_json,
             axis_names=json.dumps(dataset.axis_names),
         )
-        tensors = [
-            group.create_dataset("data", data=dataset.data, chunks=chunks, compression="lzf")
-        ]
+        tensors = [group.create_dataset("data", data=dataset.data, chunks=chunks, **_COMPRESSION)]
         if dataset.truth is not None:
             tensors.append(
-                group.create_dataset("truth", data=dataset.truth, chunks=chunks, compression="lzf")
+                group.create_dataset("truth", data=dataset.truth, chunks=chunks, **_COMPRESSION)
             )
         for i, axis in enumerate(dataset.axes):
             scale = group.create_dataset(f"axis_{i}", data=axis.values)

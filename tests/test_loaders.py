@@ -547,6 +547,12 @@ def test_wrong_number_of_axis_names(tmp_path: Path) -> None:
         load_dataset(tmp_path / "a.npy", axis_names=["x", "y"])
 
 
+def test_axis_names_as_one_string(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", _tensor((3, 3, 3)))
+    with pytest.raises(DataError, match="axis_names must be a list of names"):
+        load_dataset(tmp_path / "a.npy", axis_names="xyz")
+
+
 def test_channel_on_single_tensor_file(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", _tensor((3, 3, 3)))
     with pytest.raises(DataError, match="channel= applies to files with several channel images"):
