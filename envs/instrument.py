@@ -1,0 +1,118 @@
+"""The instrument the environment measures on: a small protocol, and a replay of a recorded Dataset.
+
+An instrument holds a tip over a ``grid_shape`` scan grid. ``measure(pixel, voltages)`` moves the
+tip there, applies the listed voltage pulses and returns the response with the instrument seconds
+the cost model charges for it. A live or networked instrument only has to provide the same few
+members.
+
+Replay assumption: :class:`ReplayInstrument` returns the recorded response of each requested
+voltage, i.e. it assumes that the recorded response is what a block would give. On a real
+instrument, pulses that a block skips change the polarisation state the next pulse meets, so a
+block measured alone can respond differently from the same voltages inside a full sequence.
+Results obtained on replays carry that assumption.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from envs.cost import CostModel
+from envs.dataset import Axis, Dataset
+
+
+@runtime_checkable
+class Instrument(Protocol):
+    """What the environment needs from an instrument.
+
+    Attributes
+    ----------
+    grid_shape
+        ``(X, Y)`` of the scan grid; pixels are flat indices ``p = row * Y + col``.
+    spectral_shape
+        ``(V, *rest)``: the voltage axis, then e.g. the read-out times of each pulse.
+    axes
+        One :class:`envs.dataset.Axis` per axis of ``(X, Y, V, *rest)``.
+    tip_pixel
+        Flat index of the pixel the tip is over.
+    """
+
+    grid_shape: tuple[int, int]
+    spectral_shape: tuple[int, ...]
+    axes: list[Axis]
+    tip_pixel: int
+
+    def go_to(self, pixel: int) -> float:
+        """Move the tip to ``pixel``; return the travel seconds."""
+        ...
+
+    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
+        """Measure ``voltages`` (indices into the voltage axis) at ``pixel``.
+
+        Returns the values, shape ``(len(voltages), *rest)``, and the instrument seconds spent
+        (travel from the current tip position, settling, pulses and reads). The tip stays at
+        ``pixel``. NaN values mean the instrument returned no usable reading.
+        """
+        ...
+
+
+class ReplayInstrument:
+    """Replays a recorded :class:`Dataset` as if it were being measured, with cost-model timing.
+
+    Parameters
+    ----------
+    dataset
+        The recording, ``(X, Y, V, *rest)``; its NaN entries come back as NaN readings.
+    cost_model
+        Prices every measurement and tip move.
+    start_pixel
+        Where the tip starts (default 0, the first pixel of the first row).
+
+    Notes
+    -----
+    A replay assumes the recorded response is what a block would give. On a real instrument,
+    skipped pulses change the state the next pulse meets; see the module docstring.
+    """
+
+    def __init__(self, dataset: Dataset, cost_model: CostModel, start_pixel: int = 0) -> None:
+        if not isinstance(dataset, Dataset):
+            raise TypeError(f"dataset must be an envs.Dataset, got {type(dataset).__name__}")
+        self.dataset = dataset
+        self.cost_model = cost_model
+        self.grid_shape: tuple[int, int] = dataset.spatial_shape
+        self.spectral_shape: tuple[int, ...] = dataset.spectral_shape
+        self.axes: list[Axis] = dataset.axes
+        self.n_pixels = dataset.n_pixels
+        self.tip_pixel = self._check_pixel(start_pixel)
+
+    def _check_pixel(self, pixel: int) -> int:
+        if isinstance(pixel, (bool, np.bool_)) or not isinstance(pixel, (int, np.integer)):
+            raise TypeError(f"pixel must be an integer, got {pixel!r}")
+        if not 0 <= int(pixel) < self.n_pixels:
+            raise IndexError(f"pixel {pixel} out of range [0, {self.n_pixels}) on this grid")
+        return int(pixel)
+
+    def go_to(self, pixel: int) -> float:
+        """Move the tip to ``pixel``; return the travel seconds."""
+        pixel = self._check_pixel(pixel)
+        seconds = self.cost_model.travel_seconds(self.tip_pixel, pixel, self.grid_shape)
+        self.tip_pixel = pixel
+        return seconds
+
+    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
+        """The recorded values of ``voltages`` at ``pixel``, and the seconds they cost."""
+        pixel = self._check_pixel(pixel)
+        voltages = np.asarray(voltages)
+        n_voltages = self.spectral_shape[0]
+        is_index = np.issubdtype(voltages.dtype, np.integer)
+        if voltages.ndim != 1 or voltages.size == 0 or not is_index:
+            raise ValueError(f"voltages must be a non-empty 1-D integer array, got {voltages!r}")
+        if voltages.min() < 0 or voltages.max() >= n_voltages:
+            raise IndexError(f"voltage indices {voltages.tolist()} out of range [0, {n_voltages})")
+        seconds = self.cost_model.measurement_seconds(
+            int(voltages.size), self.tip_pixel, pixel, self.grid_shape
+        )
+        self.tip_pixel = pixel
+        row, col = divmod(pixel, self.grid_shape[1])
+        return self.dataset.data[row, col, voltages].copy(), seconds
