@@ -1,0 +1,305 @@
+"""A fully convolutional actor-critic for MaskablePPO, and the ``"ppo"`` policy that runs it.
+
+The acquisition env's action space is ``Discrete(P * n_blocks)``, one action per (pixel, voltage
+block), with the flat index ``a = (row * ny + col) * n_blocks + block``. A flattened MLP head over
+tens of thousands of actions would tie the weights to one grid size and learn slowly, so the actor
+here is a *score map*: convolutions over the observation planes give one logit per pixel and block,
+flattened in the env's action order. No layer depends on the grid size, so the same weights run on
+any ``(X, Y)``. The critic pools the same feature map over space.
+
+Network (``ScoreMapExtractor`` + ``ScoreMapHeads``):
+
+- input: the observation planes ``(C, X, Y)`` plus every scalar broadcast as a constant plane;
+- a 3x3 stem, then residual 3x3 convolutions with growing dilation (1, 2, 4, 8 by default), each
+  also fed a global-average "context" of the map, so the receptive field spans about 33 pixels
+  (several domains) while the cost stays linear in the number of pixels;
+- actor: a 1x1 convolution to ``n_blocks`` logits per pixel;
+- critic: mean- and max-pooled features through a small MLP to one value.
+
+:class:`ScoreMapPolicy` plugs these into sb3-contrib's ``MaskableActorCriticPolicy`` (the logits
+are the actor's latent, the action net is the identity), so MaskablePPO trains it unchanged.
+:class:`PPOPolicy` is the deployable side: it loads a saved model and acts greedily among the
+valid actions, on the grid it is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from agents.base import Policy, register_policy
+from reconstruct.base import resolve_device
+
+#: Where ``train.py`` writes the shipped model, and what ``"ppo"`` without a path loads.
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "models" / "ppo_default.zip"
+
+
+def _check_observation_space(observation_space: spaces.Space) -> tuple[int, int]:
+    """Number of input planes and scalars; a clear error for anything else."""
+    if not isinstance(observation_space, spaces.Dict) or set(observation_space.spaces) != {
+        "planes",
+        "scalars",
+    }:
+        raise ValueError(
+            "the score-map policy expects a Dict observation space with keys 'planes' (C, X, Y) "
+            "and "
+            f"'scalars' (S,), got {observation_space}"
+        )
+    planes, scalars = observation_space["planes"], observation_space["scalars"]
+    if len(planes.shape) != 3 or len(scalars.shape) != 1:
+        raise ValueError(
+            f"expected planes of shape (C, X, Y) and scalars of shape (S,), got {planes.shape} "
+            f"and {scalars.shape}"
+        )
+    return int(planes.shape[0]), int(scalars.shape[0])
+
+
+class _DilatedBlock(nn.Module):
+    """Residual 3x3 dilated convolution with a global-context term.
+
+    ``y = x + act(conv(x) + W mean_xy(x))``
+    """
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        # The global mean tells every pixel about the whole map (e.g. how much is measured),
+        # which a finite receptive field cannot.
+        self.context = nn.Linear(channels, channels, bias=False)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        context = self.context(x.mean(dim=(2, 3)))[:, :, None, None]
+        return x + self.act(self.conv(x) + context)
+
+
+class ScoreMapExtractor(BaseFeaturesExtractor):
+    """Convolutional trunk: ``{"planes": (B, C, X, Y), "scalars": (B, S)}`` -> ``(B, F, X, Y)``.
+
+    Parameters
+    ----------
+    observation_space
+        The env's Dict space with ``planes`` and ``scalars``.
+    channels
+        Feature channels ``F`` throughout the trunk.
+    dilations
+        Dilation of each residual block; the receptive field is ``3 + 2 * sum(dilations)`` pixels.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        channels: int = 32,
+        dilations: tuple[int, ...] = (1, 2, 4, 8),
+    ) -> None:
+        n_planes, n_scalars = _check_observation_space(observation_space)
+        if channels < 1 or not dilations or min(dilations) < 1:
+            raise ValueError(f"need channels >= 1 and dilations >= 1, got {channels}, {dilations}")
+        super().__init__(observation_space, features_dim=channels)
+        self.stem = nn.Sequential(
+            nn.Conv2d(n_planes + n_scalars, channels, 3, padding=1), nn.SiLU()
+        )
+        self.blocks = nn.Sequential(*[_DilatedBlock(channels, int(d)) for d in dilations])
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        planes, scalars = observations["planes"], observations["scalars"]
+        batch, _, nx, ny = planes.shape
+        scalar_planes = scalars[:, :, None, None].expand(batch, scalars.shape[1], nx, ny)
+        return self.blocks(self.stem(torch.cat([planes, scalar_planes], dim=1)))
+
+
+class ScoreMapHeads(nn.Module):
+    """Actor and critic latents from the trunk's feature map.
+
+    ``forward_actor`` gives the action logits ``(B, X * Y * n_blocks)`` in the env's action order
+    (pixel-major: ``(row * ny + col) * n_blocks + block``); ``forward_critic`` gives pooled features
+    ``(B, value_hidden)`` for the value head.
+    """
+
+    def __init__(self, channels: int, n_blocks: int, value_hidden: int = 64) -> None:
+        super().__init__()
+        self.n_blocks = n_blocks
+        self.logits = nn.Conv2d(channels, n_blocks, 1)
+        self.value = nn.Sequential(nn.Linear(2 * channels, value_hidden), nn.SiLU())
+        self.latent_dim_vf = value_hidden
+        self.latent_dim_pi = -1  # depends on the grid; never used to build a layer
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        scores = self.logits(features)  # (B, nb, X, Y)
+        return scores.permute(0, 2, 3, 1).reshape(scores.shape[0], -1)
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+        return self.value(pooled)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_actor(features), self.forward_critic(features)
+
+
+class ScoreMapPolicy(MaskableActorCriticPolicy):
+    """MaskableActorCriticPolicy whose actor is a convolutional score map (grid-size independent).
+
+    Extra keyword arguments ``channels``, ``dilations`` and ``value_hidden`` size the network;
+    everything else is as in sb3-contrib. ``net_arch`` and ``features_extractor_class`` are fixed.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Discrete,
+        lr_schedule: Any,
+        channels: int = 32,
+        dilations: tuple[int, ...] = (1, 2, 4, 8),
+        value_hidden: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        _check_observation_space(observation_space)
+        nx, ny = observation_space["planes"].shape[1:]
+        if not isinstance(action_space, spaces.Discrete) or int(action_space.n) % (nx * ny):
+            raise ValueError(
+                f"expected a Discrete action space with a multiple of the {nx} x {ny} pixels as "
+                "its size, "
+                f"got {action_space}"
+            )
+        self.n_blocks = int(action_space.n) // (nx * ny)
+        self.value_hidden = value_hidden
+        kwargs.pop("net_arch", None)
+        kwargs["features_extractor_class"] = ScoreMapExtractor
+        kwargs["features_extractor_kwargs"] = {"channels": channels, "dilations": tuple(dilations)}
+        kwargs.setdefault("share_features_extractor", True)
+        super().__init__(observation_space, action_space, lr_schedule, net_arch=[], **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        self.mlp_extractor = ScoreMapHeads(self.features_dim, self.n_blocks, self.value_hidden)
+
+    def _build(self, lr_schedule: Any) -> None:
+        self._build_mlp_extractor()
+        # The score map already holds one logit per action: no linear layer over all of them.
+        self.action_net = nn.Identity()
+        self.value_net = nn.Linear(self.mlp_extractor.latent_dim_vf, 1)
+        if self.ortho_init:
+            # SB3's gains: sqrt(2) in the trunk, a small actor output (near-uniform start),
+            # 1 for the value.
+            self.features_extractor.apply(lambda m: self.init_weights(m, gain=np.sqrt(2)))
+            self.mlp_extractor.value.apply(lambda m: self.init_weights(m, gain=np.sqrt(2)))
+            self.init_weights(self.mlp_extractor.logits, gain=0.01)
+            self.init_weights(self.value_net, gain=1.0)
+        self.optimizer = self.optimizer_class(
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        kwargs = data.pop("features_extractor_kwargs")
+        data.pop("features_extractor_class", None)
+        data.pop("net_arch", None)
+        data.update(
+            channels=kwargs["channels"],
+            dilations=kwargs["dilations"],
+            value_hidden=self.value_hidden,
+        )
+        return data
+
+    def score_logits(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Action logits ``(B, X * Y * n_blocks)`` for a batch of observations on any grid size."""
+        return self.mlp_extractor.forward_actor(self.features_extractor(observation))
+
+
+def observation_to_tensors(
+    observation: dict[str, np.ndarray], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """One env observation (or a batch) as float32 tensors with a batch axis."""
+    try:
+        planes = torch.as_tensor(
+            np.asarray(observation["planes"]), dtype=torch.float32, device=device
+        )
+        scalars = torch.as_tensor(
+            np.asarray(observation["scalars"]), dtype=torch.float32, device=device
+        )
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(
+            "observation must be a dict with arrays 'planes' (C, X, Y) and 'scalars' (S,)"
+        ) from err
+    if planes.ndim == 3:
+        planes, scalars = planes[None], scalars[None]
+    if planes.ndim != 4 or scalars.ndim != 2:
+        raise ValueError(
+            f"planes must be (C, X, Y) and scalars (S,), got {tuple(planes.shape)}, "
+            f"{tuple(scalars.shape)}"
+        )
+    return {"planes": planes, "scalars": scalars}
+
+
+class PPOPolicy(Policy):
+    """A trained score-map MaskablePPO model acting greedily among the valid actions.
+
+    Parameters
+    ----------
+    model_path
+        A ``.zip`` written by ``train.py`` (MaskablePPO with :class:`ScoreMapPolicy`).
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"``, ...
+
+    The grid of the observations may differ from the training grid: only the number of planes,
+    scalars and blocks must match.
+    """
+
+    name = "ppo"
+
+    def __init__(self, model_path: str | Path, device: str | torch.device = "auto") -> None:
+        super().__init__()
+        from sb3_contrib import MaskablePPO
+
+        path = Path(model_path)
+        if not path.is_file() and path.with_suffix(".zip").is_file():
+            path = path.with_suffix(".zip")
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no PPO model at {model_path!s}; train one with `python train.py`"
+            )
+        self.device = resolve_device(device)
+        self.model_path = path
+        model = MaskablePPO.load(path, device=self.device)
+        if not isinstance(model.policy, ScoreMapPolicy):
+            raise ValueError(
+                f"{path} holds a {type(model.policy).__name__}, expected a ScoreMapPolicy"
+            )
+        self.network: ScoreMapPolicy = model.policy
+        self.network.set_training_mode(False)
+
+    @property
+    def n_blocks(self) -> int:
+        """Voltage blocks the model was trained with."""
+        return self.network.n_blocks
+
+    def action_logits(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        """Unmasked logits ``(X * Y * n_blocks,)`` of one observation, in the env's action order."""
+        with torch.no_grad():
+            logits = self.network.score_logits(observation_to_tensors(observation, self.device))
+        return logits[0].double().cpu().numpy()
+
+    def act(self, observation: dict[str, np.ndarray], action_mask: np.ndarray) -> int:
+        mask = np.asarray(action_mask, dtype=bool)
+        logits = self.action_logits(observation)
+        if logits.shape != mask.shape:
+            raise ValueError(
+                f"the model scores {logits.size} actions ({self.n_blocks} blocks per pixel) but "
+                "the mask has "
+                f"{mask.size}: the env's number of voltage blocks must match the model's"
+            )
+        if not mask.any():
+            raise RuntimeError("no valid action left")
+        return int(np.argmax(np.where(mask, logits, -np.inf)))
+
+
+@register_policy("ppo")
+def _make_ppo_policy(argument: str | None) -> PPOPolicy:
+    """``"ppo"`` loads the shipped default model, ``"ppo:PATH"`` the model at PATH."""
+    return PPOPolicy(argument or DEFAULT_MODEL_PATH)
