@@ -1,0 +1,612 @@
+"""Low-rank spectral reconstructors: a learned spectral basis, per-pixel coefficients, and a
+spatial model of the coefficients.
+
+Model. Every pixel's full spectrum (all blocks, block layout flattened, ``F`` features) is
+``mu + c_p B + residual``, with ``B`` ``(k, F)`` orthonormal rows learned from measured spectra
+and ``k`` chosen by explained variance. A pixel measured at a set ``S`` of blocks gives a
+least-squares coefficient estimate ``c_p = (G_p + eps I)^-1 r_p`` with ``G_p = sum_{b in S} H_b``,
+``H_b = B_b B_b^T`` and ``r_p = sum_{b in S} B_b (y_b - mu_b)``; its noise, relative to the
+coefficients' prior variance, is ``sigma_e^2 tr(G_p^-1) / sum(lambda)``, so a pixel whose blocks
+pin the coefficients down weighs more than one whose blocks do not. A spatial model then gives
+coefficients at every pixel (smoothing partially measured ones too); the estimate is
+``mu_b + c_p B_b`` for unmeasured blocks and the measured values for measured ones.
+
+Why this model for partial spectra: every measured block, whatever its voltages, informs all
+``k`` coefficients of its pixel, and through them the pixel's unmeasured blocks; independent
+per-block GPs (sharing the kernel) only ever borrow from the same block at other pixels, so a
+pixel measured at one block teaches them nothing about its other blocks. ``reconstruct.bench``
+measures the two side by side on the twin (``--compare-partial``).
+
+Bootstrapping: until ``min_full_pixels`` pixels are fully measured there is no basis; the
+estimate of an unmeasured block is then the mean of that block's measurements (the mean
+spectrum, R^2 about 0), and its uncertainty the spread of those measurements.
+
+The basis, the hyperparameters and the GP factor are refitted together when the number of
+measurements has grown by ``refit_growth`` since the last refit (never at every step: the basis
+costs more than the incremental update). Between refits each measurement is one incremental GP
+update: when a pixel already has an observation, the improved estimate enters as a
+pseudo-observation whose precision is the gain in precision, which for a scalar-noise GP equals
+replacing the old observation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from reconstruct.base import BlockLayout, Reconstructor
+from reconstruct.gp import (
+    GPHyperparameters,
+    SpatialGP,
+    TiledSpatialGP,
+    fit_hyperparameters,
+    grid_coords,
+    make_spatial_gp,
+)
+
+_RIDGE = 1e-3  # on G_p, whose eigenvalues lie in [0, 1]: keeps undetermined directions finite
+_HUGE_NOISE = 1e12  # noise of an observation that carries (almost) no information
+
+
+@dataclass
+class SpectralBasis:
+    """A fitted spectral basis in block layout.
+
+    Attributes
+    ----------
+    mean
+        ``(n_blocks, F_b)`` mean spectrum.
+    components
+        ``(k, n_blocks, F_b)`` orthonormal components (as rows when flattened).
+    variances
+        ``(k,)`` variance of each coefficient over the training pixels.
+    residual
+        Per-feature variance left after projection on ``k`` components (noise included).
+    version
+        Increases at every refit (keys caches).
+    """
+
+    mean: torch.Tensor
+    components: torch.Tensor
+    variances: torch.Tensor
+    residual: float
+    version: int
+
+    @property
+    def k(self) -> int:
+        return self.components.shape[0]
+
+
+def fit_basis(
+    spectra: torch.Tensor, explained: float = 0.99, max_components: int = 12, version: int = 0
+) -> SpectralBasis:
+    """Principal components of ``spectra`` ``(n, n_blocks, F_b)`` through the ``n x n`` Gram
+    matrix (``n`` is at most a few hundred, ``F`` thousands), ``k`` by explained variance."""
+    n = spectra.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 spectra to fit a basis, got {n}")
+    flat = spectra.reshape(n, -1).to(torch.float64)
+    mean = flat.mean(0)
+    centred = flat - mean
+    evals, evecs = torch.linalg.eigh(centred @ centred.T)
+    evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
+    total = float(evals.sum())
+    if total <= 0:
+        k = 1
+    else:
+        share = torch.cumsum(evals, 0) / total
+        k = int(torch.searchsorted(share, torch.tensor(explained, dtype=torch.float64))) + 1
+    k = max(1, min(k, max_components, n - 1))
+    comps = (evecs[:, :k].T @ centred) / evals[:k].clamp_min(1e-300).sqrt()[:, None]
+    comps = torch.linalg.qr(comps.T).Q.T  # exact orthonormality despite round-off
+    residual = max((total - float(evals[:k].sum())) / (n * flat.shape[1]), 1e-12)
+    return SpectralBasis(
+        mean=mean.reshape(spectra.shape[1:]),
+        components=comps.reshape(k, *spectra.shape[1:]),
+        variances=evals[:k] / n,
+        residual=residual,
+        version=version,
+    )
+
+
+class LowRankGP(Reconstructor):
+    """Low-rank spectral completion with a shared-kernel spatial GP over the coefficients.
+
+    Parameters
+    ----------
+    spatial_shape, spectral_shape, layout, device, dtype
+        As :class:`~reconstruct.base.Reconstructor`.
+    kernel
+        ``"matern52"`` (default) or ``"rbf"``.
+    explained, max_components
+        The basis keeps the fewest components explaining ``explained`` of the variance, at most
+        ``max_components``.
+    min_full_pixels
+        Fully measured pixels needed before the first basis (bootstrapping, see module notes).
+    refit_growth
+        Refit basis, hyperparameters and GP when the number of measurements has grown by this
+        factor since the last refit.
+    max_basis_pixels, max_fit_points
+        Sizes of the seeded subsamples for the basis and the hyperparameter fit.
+    max_exact_pixels
+        Grids larger than this use the tiled local GP.
+    seed
+        Seeds the subsamples.
+    """
+
+    name = "gp"
+
+    def __init__(
+        self,
+        spatial_shape: tuple[int, int],
+        spectral_shape: Sequence[int],
+        layout: BlockLayout | None = None,
+        *,
+        kernel: str = "matern52",
+        explained: float = 0.99,
+        max_components: int = 12,
+        min_full_pixels: int = 8,
+        refit_growth: float = 1.5,
+        max_basis_pixels: int = 400,
+        max_fit_points: int = 300,
+        max_exact_pixels: int = 4096,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(spatial_shape, spectral_shape, layout, device=device, dtype=dtype)
+        if not 0 < explained <= 1:
+            raise ValueError(f"explained must be in (0, 1], got {explained}")
+        if min_full_pixels < 2 or refit_growth <= 1:
+            raise ValueError("need min_full_pixels >= 2 and refit_growth > 1")
+        self.kernel = kernel
+        self.explained = explained
+        self.max_components = max_components
+        self.min_full_pixels = min_full_pixels
+        self.refit_growth = refit_growth
+        self.max_basis_pixels = max_basis_pixels
+        self.max_fit_points = max_fit_points
+        self.max_exact_pixels = max_exact_pixels
+        self.seed = seed
+        self.hyper = GPHyperparameters(kernel=kernel)
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        self.measured.zero_()
+        self.values = torch.zeros(
+            self.n_pixels, self.n_blocks, self.block_features, dtype=self.dtype, device=self.device
+        )
+        self.basis: SpectralBasis | None = None
+        self.spatial: SpatialGP | TiledSpatialGP | NearestCoefficients | None = None
+        self._basis_version = 0
+        self._n_at_refit = 0
+        self._r2_cache: dict | None = None
+        self.hyper = GPHyperparameters(kernel=self.kernel)
+
+    def _make_spatial(self, k: int) -> SpatialGP | TiledSpatialGP | NearestCoefficients:
+        return make_spatial_gp(
+            self.spatial_shape,
+            k,
+            self.hyper,
+            max_exact_pixels=self.max_exact_pixels,
+            device=self.device,
+        )
+
+    def add(self, pixel: int, block: int, values: np.ndarray | torch.Tensor) -> None:
+        vals = self._check_measurement(pixel, block, values)
+        p, b = int(pixel), int(block)
+        self.values[p, b] = vals.to(device=self.device, dtype=self.dtype)
+        self.measured[p, b] = True
+        if self._r2_cache is not None:
+            self._update_r2_cache(p, b)
+        if self.basis is None:
+            if int(self.measured.all(1).sum()) >= self.min_full_pixels:
+                self.refit()
+            return
+        if self.n_measured >= self.refit_growth * self._n_at_refit:
+            self.refit()
+            return
+        self._add_to_spatial(p, [(b, vals.to(self.device))])
+
+    def add_many(
+        self,
+        pixels: Sequence[int],
+        blocks: Sequence[int],
+        values: Sequence[np.ndarray] | np.ndarray,
+    ) -> None:
+        """Add several measurements; all blocks of one pixel enter the GP as one observation
+        (a full spectrum given block by block costs one GP update, not ``n_blocks``).
+
+        Every measurement is validated before any is stored, so bad input changes nothing."""
+        checked = []
+        seen: set[tuple[int, int]] = set()
+        for p, b, v in zip(pixels, blocks, values, strict=True):
+            key = (int(p), int(b))
+            if key in seen:
+                raise ValueError(f"pixel {key[0]} block {key[1]} appears twice in one batch")
+            seen.add(key)
+            checked.append((key, self._check_measurement(key[0], key[1], v)))
+        if self.basis is None or self.n_measured + len(checked) >= (
+            self.refit_growth * self._n_at_refit
+        ):
+            for (p, b), vals in checked:
+                self.add(p, b, vals)
+            return
+        by_pixel: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for (p, b), vals in checked:
+            self.values[p, b] = vals.to(device=self.device, dtype=self.dtype)
+            self.measured[p, b] = True
+            if self._r2_cache is not None:
+                self._update_r2_cache(p, b)
+            by_pixel.setdefault(p, []).append((b, vals.to(self.device)))
+        for p, items in by_pixel.items():
+            self._add_to_spatial(p, items)
+
+    def _add_to_spatial(self, p: int, items: list[tuple[int, torch.Tensor]]) -> None:
+        """Incremental update of pixel ``p`` after blocks ``(block, values)`` arrived."""
+        basis = self.basis
+        assert basis is not None
+        for b, vals in items:
+            self._gram[p] += self._block_gram[b]
+            self._proj[p] += basis.components[:, b] @ (vals - basis.mean[b])
+        old_c, old_noise = self._obs_coef[p].clone(), float(self._obs_noise[p])
+        new_c, new_noise = self._coefficients(self._gram[p : p + 1], self._proj[p : p + 1])
+        self._obs_coef[p], self._obs_noise[p] = new_c[0], new_noise[0]
+        self._observe(p, new_c[0], float(new_noise[0]), old_c, old_noise)
+
+    def _observe(
+        self, p: int, coef: torch.Tensor, noise: float, old_coef: torch.Tensor, old_noise: float
+    ) -> None:
+        """Give the spatial model pixel ``p``'s improved estimate ``(coef, noise)`` that
+        replaces ``(old_coef, old_noise)`` (``old_noise`` infinite: none yet). For the GP this
+        is one pseudo-observation with the gained precision: exact for a scalar-noise GP."""
+        assert self.spatial is not None
+        if not np.isfinite(old_noise):
+            self.spatial.add(p, coef, noise)
+            return
+        gain = 1.0 / noise - 1.0 / old_noise
+        if gain <= 1.0 / _HUGE_NOISE:
+            return  # the new block adds no information about the coefficients
+        pseudo_noise = 1.0 / gain
+        pseudo = pseudo_noise * (coef / noise - old_coef / old_noise)
+        self.spatial.add(p, pseudo, pseudo_noise)
+
+    def _coefficients(
+        self, gram: torch.Tensor, proj: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Least-squares coefficients ``(m, k)`` and relative noise ``(m,)`` from accumulated
+        Gram matrices ``(m, k, k)`` and projections ``(m, k)``."""
+        basis = self.basis
+        assert basis is not None
+        eye = torch.eye(basis.k, dtype=torch.float64, device=self.device)
+        inv = torch.linalg.inv(gram + _RIDGE * eye)
+        coef = (inv @ proj.unsqueeze(-1)).squeeze(-1)
+        trace = torch.diagonal(inv, dim1=-2, dim2=-1).sum(-1)
+        noise = basis.residual * trace / float(basis.variances.sum().clamp_min(1e-300))
+        return coef, noise.clamp(max=_HUGE_NOISE)
+
+    # ------------------------------------------------------------------ refit
+    def refit(self) -> None:
+        """Refit basis, per-pixel coefficients, GP hyperparameters, and rebuild the GP.
+
+        Basis training spectra: fully measured pixels, plus (once a basis exists) partially
+        measured pixels completed by the current estimate; a seeded subsample of at most
+        ``max_basis_pixels``."""
+        full = torch.nonzero(self.measured.all(1)).reshape(-1)
+        if full.numel() < self.min_full_pixels:
+            return
+        rng = np.random.default_rng(self.seed + self._basis_version)
+        train = full
+        if self.basis is not None:
+            partial = torch.nonzero(self.measured.any(1) & ~self.measured.all(1)).reshape(-1)
+            train = torch.cat([full, partial])
+        if train.numel() > self.max_basis_pixels:
+            pick = np.sort(rng.choice(train.numel(), self.max_basis_pixels, replace=False))
+            train = train[torch.as_tensor(pick)]
+        spectra = self._current_blocks(train)
+        self._basis_version += 1
+        self.basis = fit_basis(spectra, self.explained, self.max_components, self._basis_version)
+        basis = self.basis
+        k = basis.k
+        flat_b = basis.components.permute(1, 0, 2)  # (nb, k, F_b)
+        self._block_gram = flat_b @ flat_b.transpose(1, 2)  # (nb, k, k)
+        mask = self.measured.to(self.device, torch.float64)
+        self._gram = (mask @ self._block_gram.reshape(self.n_blocks, -1)).reshape(-1, k, k)
+        centred = self.values.to(torch.float64) - basis.mean
+        self._proj = torch.einsum("pb,pbf,kbf->pk", mask, centred, basis.components)
+        observed = torch.nonzero(self.measured.any(1)).reshape(-1).to(self.device)
+        coef, noise = self._coefficients(self._gram[observed], self._proj[observed])
+        self._obs_coef = torch.zeros(self.n_pixels, k, dtype=torch.float64, device=self.device)
+        self._obs_noise = torch.full(
+            (self.n_pixels,), np.inf, dtype=torch.float64, device=self.device
+        )
+        self._obs_coef[observed], self._obs_noise[observed] = coef, noise
+        coords = grid_coords(self.spatial_shape)[observed.cpu()]
+        if observed.numel() >= 3:
+            self.hyper = self._fit_hyper(coords, coef, noise)
+        if self.spatial is None or self.spatial.n_outputs != k:
+            self.spatial = self._make_spatial(k)
+        self.spatial.rebuild(observed, coef, noise, hyper=self.hyper)
+        self._n_at_refit = self.n_measured
+        self._r2_cache = None
+
+    def _fit_hyper(
+        self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
+    ) -> GPHyperparameters:
+        return fit_hyperparameters(
+            coords,
+            coef.cpu(),
+            noise.cpu().clamp(max=1e6),
+            kernel=self.kernel,
+            max_points=self.max_fit_points,
+            seed=self.seed,
+        )
+
+    def _current_blocks(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Current estimate at ``pixels`` in block layout, float64 (measured values where
+        measured)."""
+        pix = pixels.to(self.device)
+        vals = self.values[pix].to(torch.float64)
+        if self.basis is None:
+            return vals
+        est = self._model_blocks(pix)
+        return torch.where(self.measured[pixels].to(self.device)[..., None], vals, est)
+
+    def _model_blocks(self, pixels: torch.Tensor | slice) -> torch.Tensor:
+        """``mu + c B`` at ``pixels``, ``(m, n_blocks, F_b)`` float64."""
+        basis = self.basis
+        assert basis is not None and self.spatial is not None
+        coef = self.coefficients()[pixels]
+        flat = coef @ basis.components.reshape(basis.k, -1)
+        return flat.reshape(-1, self.n_blocks, self.block_features) + basis.mean
+
+    # ------------------------------------------------------------------ outputs
+    def coefficients(self) -> torch.Tensor:
+        """``(P, k)`` spatial-model coefficients (posterior mean for the GP)."""
+        assert self.spatial is not None
+        return self.spatial.mean
+
+    def _block_means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bootstrapping fallback: per-block mean ``(nb, F_b)`` and mean variance ``(nb,)``
+        of the measured values."""
+        mask = self.measured.to(self.device, torch.float64)[..., None]
+        counts = mask.sum(0)
+        vals = self.values.to(torch.float64)
+        mean = (vals * mask).sum(0) / counts.clamp_min(1.0)
+        var = (((vals - mean) ** 2) * mask).sum(0) / (counts - 1).clamp_min(1.0)
+        spread = torch.where(counts[:, 0] > 1, var.mean(-1), torch.ones_like(var[:, 0]))
+        return mean, spread
+
+    def estimate_blocks(self) -> torch.Tensor:
+        if self.basis is None:
+            est = self._block_means()[0].expand(self.n_pixels, -1, -1)
+        else:
+            est = self._model_blocks(slice(None))
+        est = est.to(self.dtype)
+        return torch.where(self.measured.to(self.device)[..., None], self.values, est)
+
+    def uncertainty(self) -> torch.Tensor:
+        """Predictive variance per (pixel, block), mean over the block's features:
+        ``v_p * sum_i lambda_i |B_ib|^2 / F_b + residual`` (GP variance projected through the
+        block's part of the basis); zero for measured blocks."""
+        unmeasured = (~self.measured).to(self.device)
+        if self.basis is None:
+            spread = self._block_means()[1]
+            return (spread.expand(self.n_pixels, -1) * unmeasured).to(self.dtype)
+        assert self.spatial is not None
+        basis = self.basis
+        weight = (
+            torch.einsum("k,kbf->b", basis.variances, basis.components**2) / self.block_features
+        )
+        var = self.spatial.variance[:, None] * weight + basis.residual
+        return (var * unmeasured).to(self.dtype)
+
+    def variance_reduction(
+        self, pixels: Sequence[int] | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predictive variance (squared data units, summed over every feature of every pixel)
+        that measuring each block at each candidate pixel would remove, ``(m, n_blocks)``
+        (all pixels when ``pixels`` is None); 0 for blocks already measured.
+
+        The coefficients' posterior variance falls by ``S_p / (v_p + s)`` (``S_p`` the squared
+        posterior covariance column of ``p``, ``s`` the noise of the block's pseudo-observation),
+        scaled by the total coefficient variance; the block's own residual variance at ``p``
+        is removed too. Costs O(P n m) through the GP; before the first basis: the block's
+        spread of measured values times its size."""
+        idx = (
+            torch.arange(self.n_pixels)
+            if pixels is None
+            else (torch.as_tensor(pixels, dtype=torch.long).reshape(-1))
+        )
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.n_pixels):
+            raise IndexError(f"candidate pixels out of range [0, {self.n_pixels})")
+        unmeasured = (~self.measured[idx]).to(self.device, torch.float64)
+        if self.basis is None:
+            return self._block_means()[1] * self.block_features * unmeasured
+        spatial = self.spatial
+        if not hasattr(spatial, "column_square_sums"):
+            raise NotImplementedError(f"{type(spatial).__name__} has no posterior covariance")
+        basis = self.basis
+        pix = idx.to(self.device)
+        gram = self._gram[pix][:, None] + self._block_gram[None]  # (m, nb, k, k)
+        _, noise_after = self._coefficients(
+            gram.reshape(-1, basis.k, basis.k),
+            torch.zeros(
+                gram.shape[0] * self.n_blocks, basis.k, dtype=torch.float64, device=self.device
+            ),
+        )
+        noise_after = noise_after.reshape(-1, self.n_blocks)
+        old = self._obs_noise[pix][:, None]
+        gain = (1.0 / noise_after - torch.where(torch.isfinite(old), 1.0 / old, 0.0)).clamp_min(
+            1.0 / _HUGE_NOISE
+        )
+        sums = spatial.column_square_sums(pix)[:, None]
+        reduction = sums / (spatial.variance[pix][:, None] + 1.0 / gain)
+        total = reduction * float(basis.variances.sum()) + basis.residual * self.block_features
+        return total * unmeasured
+
+    def component_maps(self, n: int) -> torch.Tensor:
+        """``(n, X, Y)`` maps of the first ``n`` coefficients (zeros beyond ``k`` or before the
+        first basis)."""
+        maps = torch.zeros(n, self.n_pixels, dtype=torch.float32, device=self.device)
+        if self.basis is not None:
+            q = min(n, self.basis.k)
+            maps[:q] = self.coefficients()[:, :q].T.to(torch.float32)
+        return maps.reshape(n, *self.spatial_shape)
+
+    # ------------------------------------------------------------------ fast R^2
+    def r2(self, reference_blocks: torch.Tensor) -> float:
+        """R^2 against ``reference_blocks`` ``(P, n_blocks, F_b)`` without building the
+        estimate: with ``R = ref - mu`` cached per basis version, the squared error of an
+        unmeasured block is ``|R|^2 - 2 c.(B_b R) + c^T H_b c`` (NaN reference entries are
+        dropped from every term); measured blocks add their cached squared error. Equals the
+        generic :func:`~reconstruct.metrics.r2_score` up to round-off."""
+        if self.basis is None:
+            return super().r2(reference_blocks)
+        cache = self._r2_cache
+        if cache is None or cache["ref"] is not reference_blocks:
+            cache = self._build_r2_cache(reference_blocks)
+        coef = self.coefficients()
+        unmeasured = (~self.measured).to(self.device, torch.float64)
+        cross = torch.einsum("pb,pbk,pk->", unmeasured, cache["G"], coef)
+        quad_b = torch.einsum("pk,bkl,pl->pb", coef, self._block_gram, coef)
+        sse = (unmeasured * (cache["E"] + quad_b)).sum() - 2.0 * cross
+        if cache["nan_pix"].numel():
+            c = coef[cache["nan_pix"]]
+            fix = torch.einsum("mk,mkl,ml->m", c, cache["nan_H"], c)
+            sse = sse + (fix * unmeasured[cache["nan_pix"], cache["nan_blk"]]).sum()
+        sse = sse + (cache["meas_err"] * (~unmeasured.bool())).sum()
+        ss_ref = cache["ss_ref"]
+        if ss_ref <= 0:
+            return 1.0 if float(sse) == 0 else 0.0
+        return float(1.0 - sse / ss_ref)
+
+    def _build_r2_cache(self, reference_blocks: torch.Tensor) -> dict:
+        basis = self.basis
+        assert basis is not None
+        ref = torch.as_tensor(reference_blocks).to(self.device, torch.float64)
+        expected = (self.n_pixels, self.n_blocks, self.block_features)
+        if tuple(ref.shape) != expected:
+            raise ValueError(f"reference has shape {tuple(ref.shape)}, expected {expected}")
+        valid = torch.isfinite(ref)
+        resid = torch.where(valid, ref - basis.mean, 0.0)
+        counts = valid.sum(0).to(torch.float64)
+        ref0 = torch.where(valid, ref, 0.0)
+        chan_mean = ref0.sum(0) / counts.clamp_min(1.0)
+        ss_ref = float((torch.where(valid, ref - chan_mean, 0.0) ** 2).sum())
+        partial = ~valid.all(-1)
+        nan_pix, nan_blk = torch.nonzero(partial, as_tuple=True)
+        comps_masked = basis.components[:, nan_blk] * valid[nan_pix, nan_blk][None].to(
+            torch.float64
+        )
+        nan_h = torch.einsum("kmf,lmf->mkl", comps_masked, comps_masked) - self._block_gram[nan_blk]
+        meas = torch.where(valid, ref - self.values.to(torch.float64), 0.0)
+        cache = {
+            "ref": reference_blocks,
+            "valid": valid,
+            "ref64": ref,
+            "E": (resid**2).sum(-1),
+            "G": torch.einsum("pbf,kbf->pbk", resid, basis.components),
+            "ss_ref": ss_ref,
+            "nan_pix": nan_pix,
+            "nan_blk": nan_blk,
+            "nan_H": nan_h,
+            "meas_err": (meas**2).sum(-1) * self.measured.to(self.device),
+        }
+        self._r2_cache = cache
+        return cache
+
+    def _update_r2_cache(self, p: int, b: int) -> None:
+        cache = self._r2_cache
+        assert cache is not None
+        diff = cache["ref64"][p, b] - self.values[p, b].to(torch.float64)
+        cache["meas_err"][p, b] = torch.where(cache["valid"][p, b], diff, 0.0).square().sum()
+
+
+class NearestCoefficients:
+    """Cheap spatial model: every pixel takes the coefficients of its nearest observed pixel.
+
+    Same interface as the GP models for what :class:`LowRankGP` uses. The variance is a
+    heuristic, ``1 - exp(-d / lengthscale)`` (plus the observation's noise at ``d = 0``), for
+    policies that want an uncertainty; there is no posterior covariance. O(P) per update.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        n_outputs: int,
+        lengthscale: float = 3.0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.coords = grid_coords(shape, self.device)
+        self.n_pixels = self.coords.shape[0]
+        self.n_outputs = n_outputs
+        self.lengthscale = lengthscale
+        self.reset()
+
+    def reset(self) -> None:
+        self._coef = torch.zeros(
+            self.n_pixels, self.n_outputs, dtype=torch.float64, device=self.device
+        )
+        self._noise = torch.zeros(self.n_pixels, dtype=torch.float64, device=self.device)
+        self._nearest = torch.zeros(self.n_pixels, dtype=torch.long, device=self.device)
+        self._dist = torch.full((self.n_pixels,), np.inf, dtype=torch.float64, device=self.device)
+
+    def add(self, pixel: int, y: torch.Tensor, noise: float) -> None:
+        """Set pixel ``pixel``'s coefficients (replacing any earlier ones)."""
+        self._coef[pixel] = torch.as_tensor(y, dtype=torch.float64, device=self.device)
+        self._noise[pixel] = noise
+        d = (self.coords - self.coords[pixel]).norm(dim=1)
+        closer = d < self._dist
+        self._dist = torch.where(closer, d, self._dist)
+        self._nearest = torch.where(closer, torch.full_like(self._nearest, pixel), self._nearest)
+
+    def rebuild(
+        self,
+        pixels: torch.Tensor,
+        values: torch.Tensor,
+        noise: torch.Tensor,
+        hyper: GPHyperparameters | None = None,
+    ) -> None:
+        self.reset()
+        if hyper is not None:
+            self.lengthscale = hyper.lengthscale
+        for p, y, s in zip(pixels.tolist(), values, noise.tolist(), strict=True):
+            self.add(p, y, s)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._coef[self._nearest]
+
+    @property
+    def variance(self) -> torch.Tensor:
+        far = 1.0 - torch.exp(-self._dist / self.lengthscale)
+        return torch.where(self._dist == 0, self._noise / (1.0 + self._noise), far)
+
+
+class LowRankCompletion(LowRankGP):
+    """:class:`LowRankGP` with the coefficients at unmeasured pixels copied from the nearest
+    measured pixel instead of a GP: no factor to update, O(P) per measurement, no
+    hyperparameter fit; pixels' own coefficients come from their measured blocks alone.
+    ``variance_reduction`` is not available (no posterior covariance)."""
+
+    name = "lowrank"
+
+    def _make_spatial(self, k: int) -> NearestCoefficients:
+        return NearestCoefficients(self.spatial_shape, k, device=self.device)
+
+    def _observe(
+        self, p: int, coef: torch.Tensor, noise: float, old_coef: torch.Tensor, old_noise: float
+    ) -> None:
+        assert self.spatial is not None
+        self.spatial.add(p, coef, noise)  # a direct replacement: no pseudo-observation needed
+
+    def _fit_hyper(
+        self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
+    ) -> GPHyperparameters:
+        return self.hyper
