@@ -1,5 +1,59 @@
-"""Data sources, the instrument and its cost model, and the acquisition environment."""
+"""Data sources, the instrument and its cost model, and the acquisition environment.
 
+Importing the package registers the Gymnasium environments (string entry points, JSON-safe
+keyword arguments, so ``gymnasium.make("envs:PFMAcquisition/Relaxation-v0")`` works from a fresh
+process):
+
+- ``PFMAcquisition/Relaxation-v0``: the (60, 60, 16, 128) relaxation twin, a new twin drawn from
+  seeds [0, 1000) at every reset, GP reconstruction, 4 interleaved voltage blocks.
+- ``PFMAcquisition/RelaxationSmall-v0``: the same on a 16 x 16 grid with 16 read-outs, for tests
+  and quick experiments.
+
+Any argument of :class:`envs.acquisition.AcquisitionEnv` can be overridden in ``make``.
+"""
+
+from typing import Any
+
+from gymnasium.envs.registration import register, registry
+
+from envs.cost import CostModel
 from envs.dataset import Axis, DataError, Dataset
+from envs.instrument import Instrument, ReplayInstrument
 
-__all__ = ["Axis", "DataError", "Dataset"]
+ENV_ID = "PFMAcquisition/Relaxation-v0"
+SMALL_ENV_ID = "PFMAcquisition/RelaxationSmall-v0"
+_ENTRY_POINT = "envs.acquisition:AcquisitionEnv"
+_REGISTERED: dict[str, dict[str, Any]] = {
+    ENV_ID: {"data": "twin", "twin_seeds": [0, 1000], "reconstructor": "gp"},
+    SMALL_ENV_ID: {
+        "data": "twin",
+        "twin_seeds": [0, 1000],
+        "twin_overrides": {"grid": [16, 16], "n_times": 16},
+        "reconstructor": "gp",
+    },
+}
+for _env_id, _kwargs in _REGISTERED.items():
+    if _env_id not in registry:  # a re-import must not warn about overriding
+        register(id=_env_id, entry_point=_ENTRY_POINT, kwargs=_kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # The environment pulls in torch and the reconstructors: import it only when asked for.
+    if name == "AcquisitionEnv":
+        from envs.acquisition import AcquisitionEnv
+
+        return AcquisitionEnv
+    raise AttributeError(f"module 'envs' has no attribute {name!r}")
+
+
+__all__ = [
+    "ENV_ID",
+    "SMALL_ENV_ID",
+    "AcquisitionEnv",
+    "Axis",
+    "CostModel",
+    "DataError",
+    "Dataset",
+    "Instrument",
+    "ReplayInstrument",
+]
