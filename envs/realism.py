@@ -27,10 +27,12 @@ from reconstruct.metrics import r2_score
 
 
 def _unfold(tensor: np.ndarray) -> np.ndarray:
-    """``(X, Y, *spectral)`` -> ``(pixels, spectral entries)`` float64, fully measured pixels only."""
+    """Unfold ``(X, Y, *spectral)`` to float64 ``(pixels, channels)``, complete pixels only."""
     tensor = np.asarray(tensor)
     if tensor.ndim < 3:
-        raise DataError(f"expected a tensor (X, Y, *spectral) with >= 3 axes, got shape {tensor.shape}")
+        raise DataError(
+            f"expected a tensor (X, Y, *spectral) with >= 3 axes, got shape {tensor.shape}"
+        )
     matrix = tensor.reshape(tensor.shape[0] * tensor.shape[1], -1).astype(np.float64)
     complete = np.isfinite(matrix).all(axis=1)
     if complete.sum() < 2:
@@ -203,8 +205,9 @@ def interpolation_r2(
 
     Pixels are chosen uniformly among those with a complete spectrum; every other pixel gets
     :func:`scipy.interpolate.griddata` linear interpolation of the whole spectrum, with the
-    nearest sampled pixel outside their convex hull. The score is :func:`reconstruct.metrics.r2_score`
-    (``1 - SSE / SS`` around the per-channel spatial mean) over every pixel, sampled ones included.
+    nearest sampled pixel outside their convex hull. The score is
+    :func:`reconstruct.metrics.r2_score` (``1 - SSE / SS`` around the per-channel spatial mean)
+    over every pixel, sampled ones included.
 
     Parameters
     ----------
@@ -230,7 +233,9 @@ def interpolation_r2(
     complete = np.nonzero(np.isfinite(flat).all(axis=1))[0]
     n_samples = max(3, int(round(fraction * nx * ny)))
     if complete.size < n_samples:
-        raise DataError(f"only {complete.size} complete pixels, fewer than the {n_samples} to sample")
+        raise DataError(
+            f"only {complete.size} complete pixels, fewer than the {n_samples} to sample"
+        )
     chosen = np.random.default_rng(seed).choice(complete, size=n_samples, replace=False)
     points = np.stack(np.unravel_index(chosen, (nx, ny)), axis=1).astype(np.float64)
     grid = np.stack(np.unravel_index(np.arange(nx * ny), (nx, ny)), axis=1).astype(np.float64)
@@ -247,7 +252,7 @@ def map_indices(spectral_shape: tuple[int, ...], n_per_axis: int = 3) -> list[tu
     """Spectral indices of representative single-channel maps: first, middle and last per axis."""
     per_axis = [sorted({0, size // 2, size - 1})[:n_per_axis] for size in spectral_shape]
     grids = np.meshgrid(*per_axis, indexing="ij")
-    return [tuple(int(g) for g in combo) for combo in zip(*(g.ravel() for g in grids))]
+    return [tuple(int(g) for g in combo) for combo in zip(*(g.ravel() for g in grids), strict=True)]
 
 
 def realism_report(dataset: Dataset, n_components: int = 8, seed: int = 0) -> dict[str, Any]:
@@ -268,7 +273,10 @@ def realism_report(dataset: Dataset, n_components: int = 8, seed: int = 0) -> di
     }
     if dataset.truth is not None:
         report["truth_explains_data"] = r2_score(dataset.data, dataset.truth, spatial_axes=2)
-    maps = [dataset.data[(slice(None), slice(None), *idx)] for idx in map_indices(dataset.spectral_shape)]
+    maps = [
+        dataset.data[(slice(None), slice(None), *idx)]
+        for idx in map_indices(dataset.spectral_shape)
+    ]
     stats = [spatial_statistics(image) for image in maps]
     report["lag1_autocorrelation"] = float(np.median([s.lag1_autocorrelation for s in stats]))
     report["uncorrelated_fraction"] = float(np.median([s.uncorrelated_fraction for s in stats]))

@@ -76,7 +76,9 @@ def alternating_pulses(n_pulses: int, v_min: float, v_max: float) -> np.ndarray:
 def _check_range(name: str, bounds: tuple[float, float], lower: float = -np.inf) -> None:
     lo, hi = bounds
     if not (lower <= lo <= hi):
-        raise ValueError(f"{name} must be a (low, high) pair with {lower} <= low <= high, got {bounds}")
+        raise ValueError(
+            f"{name} must be a (low, high) pair with {lower} <= low <= high, got {bounds}"
+        )
 
 
 @dataclass
@@ -198,8 +200,14 @@ class TwinConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in (
-            "pinning_disorder", "noise_level", "gain_jitter", "offset_jitter", "line_jitter",
-            "drift_level", "spike_amplitude", "max_rotation_deg",
+            "pinning_disorder",
+            "noise_level",
+            "gain_jitter",
+            "offset_jitter",
+            "line_jitter",
+            "drift_level",
+            "spike_amplitude",
+            "max_rotation_deg",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -309,7 +317,9 @@ def domain_layout(rng: np.random.Generator, config: TwinConfig) -> np.ndarray:
             centre = rng.uniform(across.min(), across.max())
             width = rng.uniform(*config.band_width_px)
             period = rng.uniform(15.0, 40.0)
-            wiggle = rng.uniform(0.3, 1.2) * np.sin(2 * np.pi * along / period + rng.uniform(0, 6.3))
+            wiggle = rng.uniform(0.3, 1.2) * np.sin(
+                2 * np.pi * along / period + rng.uniform(0, 6.3)
+            )
             band = np.abs(across - centre - wiggle) < width / 2
             if rng.random() < 0.5:  # some bands end inside the image (needle-like a-domains)
                 start, stop = np.sort(rng.uniform(lo_along, hi_along, size=2))
@@ -384,7 +394,9 @@ def parameter_maps(
         0.05 * np.exp(0.6 * smooth() - 0.8 * proximity + 0.5 * dis * rough()),
         *config.tau_range_s,
     )
-    beta = np.clip(0.65 + 0.12 * smooth() - 0.2 * proximity + 0.1 * dis * rough(), *config.beta_range)
+    beta = np.clip(
+        0.65 + 0.12 * smooth() - 0.2 * proximity + 0.1 * dis * rough(), *config.beta_range
+    )
     # Sub-pixel nanodomains pinned in the as-grown orientation's opposite: never switch, so they
     # leave a pixel-scale imprint on every voltage and time.
     pinned_fraction = np.clip(0.08 + 0.09 * dis * rough() + 0.1 * proximity, 0.0, 0.45)
@@ -649,8 +661,9 @@ def plot_overview(sample: TwinSample, path: str | Path) -> Path:
     curve_ax.legend(fontsize=7)
     for row in range(len(v_picks)):
         axes[row, -1].remove()
-    fig.suptitle(f"relaxation-PFM twin, seed {dataset.attrs.get('seed')}: {dataset.summary()}",
-                 fontsize=9)
+    fig.suptitle(
+        f"relaxation-PFM twin, seed {dataset.attrs.get('seed')}: {dataset.summary()}", fontsize=9
+    )
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -662,8 +675,14 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: generate a twin, save it, plot it and print its realism statistics."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    parser.add_argument("--grid", type=int, nargs=2, default=None, metavar=("X", "Y"),
-                        help="grid size (default 60 60)")
+    parser.add_argument(
+        "--grid",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("X", "Y"),
+        help="grid size (default 60 60)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the twin to this h5 file")
     parser.add_argument("--plot", type=Path, default=None, help="write an overview PNG here")
     parser.add_argument("--no-stats", action="store_true", help="skip the realism statistics")
