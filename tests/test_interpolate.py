@@ -182,3 +182,23 @@ def test_registry() -> None:
     assert reconstructor_class("linear") is LinearInterpolation
     with pytest.raises(KeyError, match="choose one of"):
         make_reconstructor("kriging", SPATIAL, SPECTRAL)
+
+
+def test_add_many_rejects_the_whole_batch() -> None:
+    recon = NearestNeighbour(SPATIAL, SPECTRAL, LAYOUT, device="cpu")
+    good = np.ones((3, 6))
+    bad_values = good.copy()
+    bad_values[2, 0] = np.nan
+    with pytest.raises(ValueError, match="pixel 7 block 1 contain NaN"):
+        recon.add_many([1, 2, 7], [0, 0, 1], bad_values)
+    with pytest.raises(ValueError, match="already measured"):
+        recon.add_many([1, 2, 1], [0, 0, 0], good)  # a repeat inside the batch
+    with pytest.raises(IndexError, match="pixel 999"):
+        recon.add_many([1, 999, 2], [0, 0, 0], good)
+    with pytest.raises(ValueError, match="must match"):
+        recon.add_many([1, 2], [0, 0], good)
+    assert recon.n_measured == 0
+    recon.add_many([1, 2, 7], [0, 0, 1], good)
+    assert recon.n_measured == 3
+    with pytest.raises(ValueError, match="already measured"):
+        recon.add_many([7], [1], good[:1])
