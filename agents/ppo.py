@@ -281,8 +281,18 @@ class PPOPolicy(Policy):
 
     def action_logits(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         """Unmasked logits ``(X * Y * n_blocks,)`` of one observation, in the env's action order."""
+        tensors = observation_to_tensors(observation, self.device)
+        expected = self.network.observation_space
+        n_planes, n_scalars = expected["planes"].shape[0], expected["scalars"].shape[0]
+        if tensors["planes"].shape[1] != n_planes or tensors["scalars"].shape[1] != n_scalars:
+            raise ValueError(
+                f"the observation has {tensors['planes'].shape[1]} planes and "
+                f"{tensors['scalars'].shape[1]} scalars, the model was trained on {n_planes} and "
+                f"{n_scalars}: use the env settings it was trained with ({self.n_blocks} blocks "
+                "per pixel, same number of component maps)"
+            )
         with torch.no_grad():
-            logits = self.network.score_logits(observation_to_tensors(observation, self.device))
+            logits = self.network.score_logits(tensors)
         return logits[0].double().cpu().numpy()
 
     def act(self, observation: dict[str, np.ndarray], action_mask: np.ndarray) -> int:

@@ -1,0 +1,185 @@
+"""The score-map actor-critic and the "ppo" policy: action order, grid-size independence, masking,
+save/load round trip, registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from agents.base import available_policies, make_policy
+from agents.ppo import PPOPolicy, ScoreMapPolicy, observation_to_tensors
+from envs.acquisition import AcquisitionEnv
+
+#: A cheap reconstructor keeps these tests fast; the network does not care what fills the planes.
+RECONSTRUCTOR = "idw"
+SMALL_NET = {"channels": 8, "dilations": (1, 2)}
+
+
+def small_env(grid: int = 12, seeds: int | list[int] = (0, 50), **kwargs) -> AcquisitionEnv:
+    """A small twin env: ``grid`` x ``grid`` pixels, 16 read-outs, a short budget."""
+    return AcquisitionEnv(
+        twin_seeds=list(seeds) if isinstance(seeds, tuple) else seeds,
+        twin_overrides={"grid": [grid, grid], "n_times": 16},
+        reconstructor=RECONSTRUCTOR,
+        budget_fraction=kwargs.pop("budget_fraction", 0.1),
+        device="cpu",
+        **kwargs,
+    )
+
+
+def dict_space(n_planes: int, grid: tuple[int, int], n_scalars: int = 3) -> spaces.Dict:
+    return spaces.Dict(
+        {
+            "planes": spaces.Box(-1.0, 1.0, (n_planes, *grid), np.float32),
+            "scalars": spaces.Box(0.0, 1.0, (n_scalars,), np.float32),
+        }
+    )
+
+
+def make_network(grid: tuple[int, int], n_blocks: int = 3, n_planes: int = 4) -> ScoreMapPolicy:
+    torch.manual_seed(0)
+    return ScoreMapPolicy(
+        dict_space(n_planes, grid),
+        spaces.Discrete(grid[0] * grid[1] * n_blocks),
+        lambda _: 1e-3,
+        **SMALL_NET,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_model_path(tmp_path_factory) -> str:
+    """A MaskablePPO score-map model after a few hundred steps on the 12 x 12 env."""
+    vec_env = DummyVecEnv([small_env])
+    model = MaskablePPO(
+        ScoreMapPolicy,
+        vec_env,
+        n_steps=128,
+        batch_size=64,
+        n_epochs=2,
+        seed=0,
+        policy_kwargs=SMALL_NET,
+        device="cpu",
+    )
+    model.learn(256)
+    path = tmp_path_factory.mktemp("ppo") / "model.zip"
+    model.save(path)
+    vec_env.close()
+    return str(path)
+
+
+def test_logits_follow_the_env_action_order():
+    """Logit ``(row * ny + col) * nb + block`` must come from plane ``block`` at (row, col)."""
+    grid, n_blocks = (5, 7), 3
+    net = make_network(grid, n_blocks, n_planes=n_blocks)
+    # Make the trunk pass the planes through unchanged: stem copies plane b to channel b, the
+    # residual blocks add nothing, the 1x1 head reads channel b as block b's logit.
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        stem = net.features_extractor.stem[0]
+        for b in range(n_blocks):
+            stem.weight[b, b, 1, 1] = 10.0
+            net.mlp_extractor.logits.weight[b, b, 0, 0] = 1.0
+    for row, col, block in [(0, 0, 0), (4, 6, 2), (2, 5, 1), (3, 0, 2)]:
+        planes = np.zeros((n_blocks, *grid), np.float32)
+        planes[block, row, col] = 1.0
+        obs = observation_to_tensors({"planes": planes, "scalars": np.zeros(3, np.float32)}, "cpu")
+        logits = net.score_logits(obs)[0]
+        assert logits.shape == (grid[0] * grid[1] * n_blocks,)
+        assert int(logits.argmax()) == (row * grid[1] + col) * n_blocks + block
+
+
+def test_weights_do_not_depend_on_grid_size():
+    small, large = make_network((6, 6)), make_network((17, 11))
+    large.load_state_dict(small.state_dict())  # strict: same names and shapes
+    obs = {
+        "planes": np.random.default_rng(0).uniform(-1, 1, (4, 17, 11)).astype(np.float32),
+        "scalars": np.full(3, 0.5, np.float32),
+    }
+    with torch.no_grad():
+        logits = small.score_logits(observation_to_tensors(obs, "cpu"))
+        values = small.predict_values(observation_to_tensors(obs, "cpu"))
+    assert logits.shape == (1, 17 * 11 * 3)
+    assert values.shape == (1, 1)
+    n_params = sum(p.numel() for p in make_network((6, 6)).parameters())
+    assert n_params < 100_000
+
+
+def test_rejects_spaces_it_cannot_score():
+    with pytest.raises(ValueError, match="Dict observation space"):
+        ScoreMapPolicy(spaces.Box(0, 1, (4, 6, 6)), spaces.Discrete(36), lambda _: 1e-3)
+    with pytest.raises(ValueError, match="multiple of the 6 x 6 pixels"):
+        ScoreMapPolicy(dict_space(4, (6, 6)), spaces.Discrete(37), lambda _: 1e-3)
+
+
+def test_save_load_round_trip_gives_identical_actions(trained_model_path):
+    model = MaskablePPO.load(trained_model_path, device="cpu")
+    policy = PPOPolicy(trained_model_path, device="cpu")
+    env = small_env(seeds=7)
+    observation, info = env.reset(seed=3)
+    policy.reset(env, seed=3)
+    actions_model, actions_policy = [], []
+    for _ in range(20):
+        mask = env.action_masks()
+        expected, _ = model.predict(observation, deterministic=True, action_masks=mask)
+        action = policy.act(observation, mask)
+        actions_model.append(int(expected))
+        actions_policy.append(action)
+        observation, _, terminated, _, info = env.step(action)
+        if terminated:
+            break
+    assert actions_policy == actions_model
+    assert len(set(actions_policy)) == len(actions_policy)
+
+
+def test_never_picks_a_masked_action_even_where_it_scores_highest(trained_model_path):
+    policy = PPOPolicy(trained_model_path, device="cpu")
+    env = small_env(seeds=11, budget_fraction=0.4)
+    observation, info = env.reset(seed=0)
+    policy.reset(env, seed=0)
+    steps, terminated = 0, False
+    while not terminated:
+        mask = env.action_masks()
+        # Hide the unmasked favourite too: the policy must move to the next valid action.
+        favourite = int(np.argmax(policy.action_logits(observation)))
+        mask[favourite] = False
+        action = policy.act(observation, mask)
+        assert mask[action], f"step {steps}: chose masked action {action}"
+        observation, _, terminated, _, info = env.step(action)
+        assert not info["repeated"]
+        steps += 1
+    assert steps > 50
+
+
+def test_runs_on_a_grid_it_was_not_trained_on(trained_model_path):
+    policy = PPOPolicy(trained_model_path, device="cpu")
+    env = small_env(grid=18, seeds=5)
+    observation, info = env.reset(seed=1)
+    policy.reset(env, seed=1)
+    chosen = set()
+    for _ in range(10):
+        action = policy.act(observation, env.action_masks())
+        assert 0 <= action < 18 * 18 * env.n_blocks
+        chosen.add(action)
+        observation, _, terminated, _, info = env.step(action)
+    assert len(chosen) == 10
+
+
+def test_block_count_mismatch_is_a_clear_error(trained_model_path):
+    policy = PPOPolicy(trained_model_path, device="cpu")
+    env = small_env(seeds=5, n_blocks=2)
+    observation, _ = env.reset(seed=0)
+    with pytest.raises(ValueError, match="2 blocks per pixel|4 blocks per pixel"):
+        policy.act(observation, env.action_masks())
+
+
+def test_registered_as_ppo(trained_model_path, tmp_path):
+    assert "ppo" in available_policies()
+    policy = make_policy(f"ppo:{trained_model_path}")
+    assert isinstance(policy, PPOPolicy) and policy.label == "ppo"
+    with pytest.raises(FileNotFoundError, match="no PPO model"):
+        make_policy(f"ppo:{tmp_path / 'missing.zip'}")
