@@ -590,6 +590,27 @@ def twin_dataset(seed: int = 0, **config_overrides: Any) -> Dataset:
 # --------------------------------------------------------------------------- command line
 
 
+def representative_pixels(sample: TwinSample) -> dict[str, tuple[int, int]]:
+    """One measured pixel of each kind: deep in the c-domain matrix, on a wall, in an a-domain.
+
+    Kinds absent from the layout (e.g. no a-domain on a tiny grid) are left out.
+    """
+    labels, proximity = sample.params["domain"], sample.params["wall_proximity"]
+    measured = np.isfinite(sample.dataset.data).all(axis=(2, 3))
+    candidates = {
+        "c-domain": (labels == C_UP, proximity),
+        "wall": (labels != A_DOMAIN, -proximity),
+        "a-domain": (labels == A_DOMAIN, proximity),
+    }
+    picks = {}
+    for name, (allowed, score) in candidates.items():
+        allowed = allowed & measured
+        if allowed.any():
+            flat = np.argmin(np.where(allowed, score, np.inf))
+            picks[name] = tuple(int(i) for i in np.unravel_index(flat, labels.shape))
+    return picks
+
+
 def plot_overview(sample: TwinSample, path: str | Path) -> Path:
     """Write an overview PNG: domains, maps at a few voltages and times, three relaxation curves.
 
@@ -614,53 +635,43 @@ def plot_overview(sample: TwinSample, path: str | Path) -> Path:
     data = dataset.data
     voltages, times = dataset.axis("voltage").values, dataset.axis("time").values
     n_v, n_t = len(voltages), len(times)
-    v_picks = sorted({0, n_v // 2 - 1, n_v // 2, n_v - 1} & set(range(n_v)))[:3]
+    v_picks = sorted({0, n_v // 2, n_v - 1})
     t_picks = sorted({0, n_t // 4, n_t - 1})
-    fig, axes = plt.subplots(
-        len(v_picks) + 1, max(len(t_picks), 3) + 1, figsize=(13, 3.0 * (len(v_picks) + 1))
-    )
+    n_rows = len(v_picks) + 1
+    fig = plt.figure(figsize=(15, 3.2 * n_rows))
+    grid = fig.add_gridspec(n_rows, 5)
     limit = float(np.nanpercentile(np.abs(data), 99))
     for row, k in enumerate(v_picks):
         for col, j in enumerate(t_picks):
-            ax = axes[row, col]
+            ax = fig.add_subplot(grid[row, col])
             ax.imshow(data[:, :, k, j], cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_title(f"V = {voltages[k]:+.1f} V, t = {1e3 * times[j]:.0f} ms", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[row, -1].axis("off")
-    for col, (name, cmap) in enumerate(
-        (("domain", "viridis"), ("threshold", "magma"), ("tau", "cividis"))
-    ):
-        ax = axes[-1, col]
+    hidden = (
+        ("domain", "viridis"),
+        ("threshold", "magma"),
+        ("back_switching", "plasma"),
+        ("tau", "cividis"),
+        ("beta", "viridis"),
+    )
+    for col, (name, cmap) in enumerate(hidden):
+        ax = fig.add_subplot(grid[-1, col])
         image = ax.imshow(params[name], cmap=cmap)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(f"hidden: {name}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(image, ax=ax, fraction=0.046)
-    for col in range(3, axes.shape[1] - 1):
-        axes[-1, col].axis("off")
 
-    # Relaxation curves of one pixel per kind, all pulses laid end to end in time.
-    curve_ax = axes[-1, -1]
-    proximity, labels = params["wall_proximity"], params["domain"]
-    measured = np.isfinite(data).all(axis=(2, 3))
-    picks = {
-        "c-domain": (labels == C_UP) & (proximity < 0.05),
-        "wall": (proximity > 0.9) & (labels != A_DOMAIN),
-        "a-domain": (labels == A_DOMAIN) & (proximity < 0.6),
-    }
+    # Measured curves of one pixel per kind, all pulses laid end to end in time.
+    curve_ax = fig.add_subplot(grid[:-1, 3:])
     elapsed = (np.arange(n_v)[:, None] * (times[-1] + times[0]) + times[None, :]).ravel()
-    for name, candidates in picks.items():
-        candidates &= measured
-        if not candidates.any():
-            continue
-        i, j = np.argwhere(candidates)[0]
-        curve_ax.plot(elapsed, data[i, j].ravel(), lw=0.6, label=f"{name} ({i},{j})")
-    curve_ax.set_xlabel("time across the pulse sequence (s)", fontsize=8)
-    curve_ax.set_title("relaxation curves", fontsize=9)
-    curve_ax.legend(fontsize=7)
-    for row in range(len(v_picks)):
-        axes[row, -1].remove()
+    for name, (i, j) in representative_pixels(sample).items():
+        curve_ax.plot(elapsed, data[i, j].ravel(), lw=0.7, label=f"{name} pixel ({i}, {j})")
+    curve_ax.set_xlabel("time across the pulse sequence (s)", fontsize=9)
+    curve_ax.set_ylabel(f"{dataset.quantity} ({dataset.unit})", fontsize=9)
+    curve_ax.set_title("relaxation after each pulse", fontsize=9)
+    curve_ax.legend(fontsize=8)
     fig.suptitle(
         f"relaxation-PFM twin, seed {dataset.attrs.get('seed')}: {dataset.summary()}", fontsize=9
     )
