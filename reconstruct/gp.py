@@ -473,7 +473,7 @@ def fit_hyperparameters(
     kernel: str = "matern52",
     max_points: int = 400,
     lengthscales: Sequence[float] | None = None,
-    whites: Sequence[float] = (0.0, 0.1, 0.25, 0.45, 0.65, 0.85),
+    whites: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8),
     seed: int = 0,
 ) -> GPHyperparameters:
     """Exact marginal-likelihood fit of lengthscale and white fraction, deterministic.
@@ -516,7 +516,7 @@ def fit_hyperparameters(
         return float(-0.5 * n * torch.log(quad / n).sum() - 0.5 * k * logdet)
 
     if lengthscales is None:
-        lengthscales = np.geomspace(0.7, 24.0, 9)
+        lengthscales = np.geomspace(0.7, 24.0, 8)
     best = max(
         (GPHyperparameters(float(ls), float(w), kernel) for ls in lengthscales for w in whites),
         key=score,
