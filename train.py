@@ -45,10 +45,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from tqdm import tqdm
 
 from agents.ppo import ScoreMapPolicy
+from envs import ENV_ID  # importing envs registers the acquisition envs (also in workers)
 from evaluate import HELD_OUT_SEED_START
 from reconstruct.base import resolve_device
-
-ENV_ID = "PFMAcquisition/Relaxation-v0"
 
 
 def _arg(default: Any, help: str) -> Any:  # noqa: A002  (argparse's own word)
