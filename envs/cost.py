@@ -13,9 +13,11 @@ environment charges the measured wall clock instead.
 
 Default numbers: 16 voltages x (20 ms pulse + 128 reads x 2 ms) + 0.1 s settle = 4.52 s for a full
 pixel, inside the 0.1-10 s per pixel real instruments take, so a full 60 x 60 raster takes about
-4.5 hours. The algorithm defaults (2 ms per decision plus 0.5 us per measured block) come from
-``python -m envs.env_bench``: a straight-line fit of one environment step's wall time (GP update,
-observation and reward, on one CPU core) against the number of blocks already measured, rounded up.
+4.5 hours. The algorithm defaults (8 ms per decision plus 4 us per measured block) come from
+``python -m envs.env_bench``: a straight-line fit of one environment step's wall time (GP update
+and observation, on one CPU thread of a shared 2-core machine, twin (60, 60, 16, 128), up to 22 %
+measured) against the number of blocks already measured, which gave 7.9 ms + 4.0 us x n. At 20 %
+measured that is about 20 ms per step, under 2 % of the 1.2 s a 4-voltage block takes.
 
 The module depends on numpy only, so baselines and evaluation scripts can price a schedule without
 building an environment.
@@ -65,8 +67,8 @@ class CostModel:
     read_interval_s: float = 0.002
     settle_s: float = 0.1
     travel_s_per_pixel: float = 0.01
-    algorithm_base_s: float = 2e-3
-    algorithm_per_block_s: float = 5e-7
+    algorithm_base_s: float = 8e-3
+    algorithm_per_block_s: float = 4e-6
     algorithm_clock: Literal["model", "wall"] = "model"
 
     def __post_init__(self) -> None:
