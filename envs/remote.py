@@ -1,0 +1,449 @@
+"""A network instrument: the protocol, a client that is an :class:`~envs.instrument.Instrument`,
+and a small server that serves any instrument (e.g. a replay) over HTTP.
+
+A microscope's control program joins the project by implementing only the server side of this
+protocol; the experiment loop then drives it through :class:`RemoteInstrument` exactly as it
+drives a local replay. The call names follow the digital-twin microscope servers of the field
+(``go_to``, ``get_spectrum``), plus ``describe``.
+
+Protocol ``pfm-instrument/1``
+-----------------------------
+HTTP/1.1 with JSON bodies (UTF-8). Pixels are flat indices ``p = row * Y + col`` on the
+``(X, Y)`` grid; voltages are indices into the voltage axis (the first spectral axis).
+
+``GET /describe``
+    ``{"protocol": "pfm-instrument/1", "grid_shape": [X, Y], "spectral_shape": [V, ...],
+    "axes": [{"name": str, "unit": str, "values": [float, ...]}, ...],   # one per axis of
+    (X, Y, V, ...), "tip_pixel": int, "quantity": str, "unit": str}``.
+``POST /go_to`` with ``{"pixel": int}``
+    Move the tip. Answer ``{"seconds": float, "tip_pixel": int}`` (travel seconds).
+``POST /get_spectrum`` with ``{"pixel": int, "voltages": [int, ...]}``
+    Move to ``pixel`` if needed, apply the listed pulses in the order given and read the response.
+    Answer ``{"values": nested list of shape [len(voltages), ...rest], "seconds": float,
+    "tip_pixel": int}``; ``null`` marks a reading that is not usable (NaN). ``seconds`` is the
+    instrument time the measurement took (travel, settling, pulses, reads).
+Errors
+    Any status other than 200 with ``{"error": "message"}``: 400 for a bad request (unknown
+    pixel or voltage, malformed body), 404 for an unknown call, 500 when the instrument failed.
+
+Numbers are JSON floats; float32 readings survive the trip exactly (a float32 widened to float64
+prints and parses back to the same value).
+
+Failure handling in the client: a server that cannot be reached, drops the connection, does not
+answer within ``timeout`` seconds, answers an error, or answers values of the wrong shape raises
+:class:`InstrumentError` with a message naming the server, the call and what was expected.
+Connection failures are retried ``retries`` times with a short pause first (a restarting server);
+timeouts are not retried, since the instrument may still be busy with the request.
+
+Command line: ``python -m envs.remote serve --data twin:0 --port 8765 [--pace 10]`` serves a replay
+of any data source :func:`envs.loaders.open_data` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from envs.dataset import Axis
+from envs.instrument import Instrument
+
+PROTOCOL = "pfm-instrument/1"
+
+
+class InstrumentError(RuntimeError):
+    """An instrument (local or remote) failed or answered something unusable."""
+
+
+# ============================================================================ encoding helpers
+def encode_values(values: np.ndarray) -> list[Any]:
+    """Readings as nested lists, NaN/inf as ``None`` (JSON has no NaN)."""
+    array = np.asarray(values, dtype=np.float64)
+    as_object = array.astype(object)
+    as_object[~np.isfinite(array)] = None
+    return as_object.tolist()
+
+
+def decode_values(values: Any) -> np.ndarray:
+    """Nested lists (``None`` for NaN) back to a float32 array."""
+    try:
+        # numpy reads None as NaN for a float dtype; ragged or non-numeric lists raise.
+        return np.array(values, dtype=np.float64).astype(np.float32)
+    except (TypeError, ValueError) as err:
+        raise InstrumentError(f"readings are not a regular nested list of numbers: {err}") from None
+
+
+def describe(instrument: Instrument) -> dict[str, Any]:
+    """The ``describe`` answer for ``instrument``."""
+    return {
+        "protocol": PROTOCOL,
+        "grid_shape": [int(s) for s in instrument.grid_shape],
+        "spectral_shape": [int(s) for s in instrument.spectral_shape],
+        "axes": [
+            {"name": a.name, "unit": a.unit, "values": np.asarray(a.values, float).tolist()}
+            for a in instrument.axes
+        ],
+        "tip_pixel": int(instrument.tip_pixel),
+        "quantity": str(getattr(getattr(instrument, "dataset", None), "quantity", "response")),
+        "unit": str(getattr(getattr(instrument, "dataset", None), "unit", "a.u.")),
+    }
+
+
+# ============================================================================ server
+class _BadRequest(ValueError):
+    """A request the server cannot act on (answered with status 400)."""
+
+
+class InstrumentServer:
+    """Serves an :class:`~envs.instrument.Instrument` over HTTP (protocol in the module docstring).
+
+    Requests are handled one at a time under a lock (an instrument does one thing at a time), each
+    in its own thread so a slow measurement does not block the listening socket.
+
+    Parameters
+    ----------
+    instrument
+        What to serve, e.g. a :class:`~envs.instrument.ReplayInstrument`.
+    host, port
+        Where to listen; port 0 asks the system for a free one (see :attr:`url`). The default host
+        is loopback: serving beyond the machine is an explicit choice.
+    """
+
+    def __init__(self, instrument: Instrument, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.instrument = instrument
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` the server listens on."""
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # quiet: the experiment shows its own progress
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                self._answer(lambda: server._dispatch_get(self.path))
+
+            def do_POST(self) -> None:  # noqa: N802
+                def call() -> tuple[int, dict[str, Any]]:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    try:
+                        body = json.loads(self.rfile.read(length) or b"{}")
+                    except json.JSONDecodeError as err:
+                        raise _BadRequest(f"body is not JSON: {err}") from None
+                    if not isinstance(body, dict):
+                        raise _BadRequest("body must be a JSON object")
+                    return server._dispatch_post(self.path, body)
+
+                self._answer(call)
+
+            def _answer(self, call: Any) -> None:
+                try:
+                    status, payload = call()
+                except _BadRequest as err:
+                    status, payload = 400, {"error": str(err)}
+                except Exception as err:  # the instrument failed: tell the client why
+                    status, payload = 500, {"error": f"{type(err).__name__}: {err}"}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def _dispatch_get(self, path: str) -> tuple[int, dict[str, Any]]:
+        if path.rstrip("/") == "/describe":
+            with self._lock:
+                return 200, describe(self.instrument)
+        return 404, {"error": f"unknown call GET {path}; calls are GET /describe, POST /go_to, "
+                              f"POST /get_spectrum"}
+
+    def _dispatch_post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        call = path.rstrip("/")
+        if call not in ("/go_to", "/get_spectrum"):
+            return 404, {"error": f"unknown call POST {path}; calls are POST /go_to, "
+                                  f"POST /get_spectrum, GET /describe"}
+        pixel = body.get("pixel")
+        if isinstance(pixel, bool) or not isinstance(pixel, int):
+            raise _BadRequest(f"'pixel' must be an integer, got {pixel!r}")
+        with self._lock:
+            try:
+                if call == "/go_to":
+                    seconds = self.instrument.go_to(pixel)
+                    tip = int(self.instrument.tip_pixel)
+                    return 200, {"seconds": float(seconds), "tip_pixel": tip}
+                voltages = body.get("voltages")
+                if not isinstance(voltages, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in voltages
+                ):
+                    raise _BadRequest(f"'voltages' must be a list of integers, got {voltages!r}")
+                indices = np.asarray(voltages, dtype=np.int64)
+                values, seconds = self.instrument.measure(pixel, indices)
+            except (IndexError, ValueError, TypeError) as err:
+                raise _BadRequest(str(err)) from None
+            return 200, {
+                "values": encode_values(values),
+                "seconds": float(seconds),
+                "tip_pixel": int(self.instrument.tip_pixel),
+            }
+
+    def start(self) -> InstrumentServer:
+        """Serve in a background thread; returns self."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until interrupted."""
+        self._httpd.serve_forever()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+@contextmanager
+def serving(instrument: Instrument, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Context manager: serve ``instrument`` in a background thread, yield its URL, then stop."""
+    server = InstrumentServer(instrument, host, port).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+# ============================================================================ client
+class RemoteInstrument:
+    """An :class:`~envs.instrument.Instrument` on the other side of the ``pfm-instrument/1``
+    protocol (module docstring).
+
+    Parameters
+    ----------
+    url
+        ``http://HOST:PORT`` of the server.
+    timeout
+        Seconds to wait for any one answer (a measurement included) before giving up.
+    retries
+        Extra attempts after a refused or dropped connection, ``retry_pause`` seconds apart.
+
+    Raises
+    ------
+    InstrumentError
+        At construction when the server cannot be reached or does not speak the protocol; on any
+        call that fails (see the module docstring).
+    """
+
+    def __init__(
+        self, url: str, timeout: float = 30.0, retries: int = 2, retry_pause: float = 0.5
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"instrument URL must start with http:// or https://, got {url!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.url = url.rstrip("/")
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.retry_pause = float(retry_pause)
+        info = self._call("GET", "describe")
+        if info.get("protocol") != PROTOCOL:
+            raise InstrumentError(
+                f"{self.url} speaks protocol {info.get('protocol')!r}, expected {PROTOCOL!r}"
+            )
+        try:
+            self.grid_shape: tuple[int, int] = tuple(int(s) for s in info["grid_shape"])  # type: ignore[assignment]
+            self.spectral_shape: tuple[int, ...] = tuple(int(s) for s in info["spectral_shape"])
+            self.axes: list[Axis] = [
+                Axis(a["name"], np.asarray(a["values"], dtype=np.float64), a.get("unit", ""))
+                for a in info["axes"]
+            ]
+            self.tip_pixel = int(info["tip_pixel"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InstrumentError(
+                f"{self.url}/describe answered an incomplete description: {err}"
+            ) from None
+        if len(self.grid_shape) != 2 or len(self.axes) != 2 + len(self.spectral_shape):
+            raise InstrumentError(
+                f"{self.url}/describe: grid {self.grid_shape}, spectral shape "
+                f"{self.spectral_shape} and {len(self.axes)} axes do not fit together"
+            )
+        self.quantity = str(info.get("quantity", "response"))
+        self.unit = str(info.get("unit", "a.u."))
+        self.n_pixels = self.grid_shape[0] * self.grid_shape[1]
+
+    def _call(self, method: str, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One request with retries on connection failures; the decoded JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.url}/{name}", data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                    return self._decode(name, answer.read())
+            except urllib.error.HTTPError as err:
+                message = self._decode_error(err)
+                raise InstrumentError(
+                    f"instrument server {self.url} refused {name}: HTTP {err.code}: {message}"
+                ) from None
+            except TimeoutError:
+                raise InstrumentError(
+                    f"instrument server {self.url} did not answer {name} within {self.timeout:g} s "
+                    f"(it may be hung or busy); the measurement in flight is lost"
+                ) from None
+            except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as err:
+                reason = getattr(err, "reason", err)
+                if isinstance(reason, TimeoutError):
+                    raise InstrumentError(
+                        f"instrument server {self.url} did not answer {name} within "
+                        f"{self.timeout:g} s (it may be hung or busy)"
+                    ) from None
+                if attempt == self.retries:
+                    raise InstrumentError(
+                        f"cannot reach instrument server {self.url} for {name} after "
+                        f"{self.retries + 1} attempts: {reason}"
+                    ) from None
+                time.sleep(self.retry_pause)
+        raise AssertionError("unreachable")
+
+    def _decode(self, name: str, raw: bytes) -> dict[str, Any]:
+        try:
+            answer = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise InstrumentError(
+                f"{self.url}/{name} answered something that is not JSON: {err}"
+            ) from None
+        if not isinstance(answer, dict):
+            raise InstrumentError(
+                f"{self.url}/{name} answered {type(answer).__name__}, expected an object"
+            )
+        return answer
+
+    @staticmethod
+    def _decode_error(err: urllib.error.HTTPError) -> str:
+        try:
+            return str(json.loads(err.read()).get("error", err.reason))
+        except (json.JSONDecodeError, AttributeError, OSError):
+            return str(err.reason)
+
+    def _check_pixel(self, pixel: int) -> int:
+        if isinstance(pixel, (bool, np.bool_)) or not isinstance(pixel, (int, np.integer)):
+            raise TypeError(f"pixel must be an integer, got {pixel!r}")
+        if not 0 <= int(pixel) < self.n_pixels:
+            raise IndexError(f"pixel {pixel} out of range [0, {self.n_pixels}) on this grid")
+        return int(pixel)
+
+    def _seconds(self, answer: dict[str, Any], name: str) -> float:
+        seconds = answer.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+            np.isfinite(seconds) and seconds >= 0
+        ):
+            raise InstrumentError(
+                f"{self.url}/{name} answered seconds={seconds!r}, expected a number >= 0"
+            )
+        if "tip_pixel" in answer:
+            self.tip_pixel = int(answer["tip_pixel"])
+        return float(seconds)
+
+    def go_to(self, pixel: int) -> float:
+        """Move the tip to ``pixel``; return the travel seconds the server reports."""
+        pixel = self._check_pixel(pixel)
+        return self._seconds(self._call("POST", "go_to", {"pixel": pixel}), "go_to")
+
+    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
+        """``get_spectrum`` at ``pixel`` for ``voltages``: values ``(len(voltages), *rest)`` (NaN
+        where the server sent ``null``) and the instrument seconds.
+
+        Raises
+        ------
+        InstrumentError
+            When the values do not have that shape, or on any failure of the call.
+        """
+        pixel = self._check_pixel(pixel)
+        voltages = np.asarray(voltages)
+        is_index = np.issubdtype(voltages.dtype, np.integer)
+        if voltages.ndim != 1 or voltages.size == 0 or not is_index:
+            raise ValueError(f"voltages must be a non-empty 1-D integer array, got {voltages!r}")
+        answer = self._call(
+            "POST", "get_spectrum", {"pixel": pixel, "voltages": [int(v) for v in voltages]}
+        )
+        if "values" not in answer:
+            raise InstrumentError(f"{self.url}/get_spectrum answered without 'values'")
+        values = decode_values(answer["values"])
+        expected = (int(voltages.size), *self.spectral_shape[1:])
+        if values.shape != expected:
+            raise InstrumentError(
+                f"{self.url}/get_spectrum at pixel {pixel} returned values of shape "
+                f"{values.shape}, expected {expected} (voltages x remaining spectral axes)"
+            )
+        return values, self._seconds(answer, "get_spectrum")
+
+
+# ============================================================================ command line
+def main(argv: list[str] | None = None) -> int:
+    """``python -m envs.remote serve --data SPEC``: serve a replay instrument until Ctrl-C."""
+    from envs.cost import CostModel
+    from envs.instrument import ReplayInstrument
+    from envs.loaders import open_data
+
+    parser = argparse.ArgumentParser(
+        prog="python -m envs.remote", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a replay of a dataset over HTTP")
+    serve.add_argument("--data", required=True, help="'twin', 'twin:SEED' or an h5/npy path")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    serve.add_argument("--pace", type=float, default=0.0,
+                       help="sleep instrument seconds / PACE per call (0: no pacing)")
+    serve.add_argument("--twin-grid", type=int, default=None, help="twin grid side (twin only)")
+    serve.add_argument("--twin-times", type=int, default=None, help="twin read-outs (twin only)")
+    args = parser.parse_args(argv)
+
+    twin_options: dict[str, Any] = {}
+    if args.twin_grid:
+        twin_options["grid"] = (args.twin_grid, args.twin_grid)
+    if args.twin_times:
+        twin_options["n_times"] = args.twin_times
+    dataset = open_data(args.data, **twin_options)
+    instrument: Instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
+    if args.pace > 0:
+        from envs.experiment import PacedInstrument
+
+        instrument = PacedInstrument(instrument, args.pace)
+    server = InstrumentServer(instrument, args.host, args.port)
+    print(f"serving {dataset.summary()} at {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
