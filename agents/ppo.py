@@ -13,7 +13,8 @@ Network (``ScoreMapExtractor`` + ``ScoreMapHeads``):
 - a 3x3 stem, then residual 3x3 convolutions with growing dilation (1, 2, 4, 8 by default), each
   also fed a global-average "context" of the map, so the receptive field spans about 33 pixels
   (several domains) while the cost stays linear in the number of pixels;
-- actor: a 1x1 convolution to ``n_blocks`` logits per pixel;
+- actor: a 1x1 convolution to ``n_blocks`` logits per pixel, over the trunk's features and the
+  input planes themselves (a linear skip: scoring by e.g. the uncertainty plane is one weight away);
 - critic: mean- and max-pooled features through a small MLP to one value.
 
 :class:`ScoreMapPolicy` plugs these into sb3-contrib's ``MaskableActorCriticPolicy`` (the logits
@@ -81,7 +82,10 @@ class _DilatedBlock(nn.Module):
 
 
 class ScoreMapExtractor(BaseFeaturesExtractor):
-    """Convolutional trunk: ``{"planes": (B, C, X, Y), "scalars": (B, S)}`` -> ``(B, F, X, Y)``.
+    """Convolutional trunk over ``{"planes": (B, C, X, Y), "scalars": (B, S)}``.
+
+    Returns ``(B, F + C + S, X, Y)``: the trunk's ``F`` feature channels followed by the input
+    planes and the broadcast scalars.
 
     Parameters
     ----------
@@ -102,7 +106,7 @@ class ScoreMapExtractor(BaseFeaturesExtractor):
         n_planes, n_scalars = _check_observation_space(observation_space)
         if channels < 1 or not dilations or min(dilations) < 1:
             raise ValueError(f"need channels >= 1 and dilations >= 1, got {channels}, {dilations}")
-        super().__init__(observation_space, features_dim=channels)
+        super().__init__(observation_space, features_dim=channels + n_planes + n_scalars)
         self.stem = nn.Sequential(
             nn.Conv2d(n_planes + n_scalars, channels, 3, padding=1), nn.SiLU()
         )
@@ -112,7 +116,8 @@ class ScoreMapExtractor(BaseFeaturesExtractor):
         planes, scalars = observations["planes"], observations["scalars"]
         batch, _, nx, ny = planes.shape
         scalar_planes = scalars[:, :, None, None].expand(batch, scalars.shape[1], nx, ny)
-        return self.blocks(self.stem(torch.cat([planes, scalar_planes], dim=1)))
+        inputs = torch.cat([planes, scalar_planes], dim=1)
+        return torch.cat([self.blocks(self.stem(inputs)), inputs], dim=1)
 
 
 class ScoreMapHeads(nn.Module):
