@@ -34,7 +34,8 @@ zero for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -72,6 +73,19 @@ class GPHyperparameters:
             raise ValueError(f"white fraction must be in [0, 1), got {self.white}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block, then restore the setting. Small dense
+    factorisations (hyperparameter fits, k x k solves) ran ~80x slower with two threads on busy
+    cores (16 ms vs 0.2 ms for a 100 x 100 Cholesky), and gain nothing from threads anyway."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def correlation(dist: torch.Tensor, hyper: GPHyperparameters) -> torch.Tensor:
@@ -503,10 +517,9 @@ def fit_hyperparameters(
         xy, y, s2 = xy[keep_t], y[keep_t], s2[keep_t]
     n, k = y.shape
     dist = torch.cdist(xy, xy)
-    eye = torch.eye(n, dtype=torch.float64)
 
     def score(hyper: GPHyperparameters) -> float:
-        cov = correlation(dist, hyper) + torch.diag(s2) + 1e-8 * eye
+        cov = correlation(dist, hyper) + torch.diag(s2 + 1e-8)
         chol, info = torch.linalg.cholesky_ex(cov)
         if int(info):
             return -np.inf
@@ -517,13 +530,15 @@ def fit_hyperparameters(
 
     if lengthscales is None:
         lengthscales = np.geomspace(0.7, 24.0, 8)
-    best = max(
-        (GPHyperparameters(float(ls), float(w), kernel) for ls in lengthscales for w in whites),
-        key=score,
-    )
+    with single_thread():
+        best = max(
+            (GPHyperparameters(float(ls), float(w), kernel) for ls in lengthscales for w in whites),
+            key=score,
+        )
     coarse_step = float(np.exp(np.diff(np.log(np.asarray(lengthscales, dtype=float))).mean()))
     ratio = coarse_step ** (1.0 / 3.0)  # the finer grid spans +-2/3 of a coarse step
     fine = [best.lengthscale * ratio**e for e in (-2, -1, 1, 2)]
     fine_w = {best.white, max(best.white - 0.05, 0.0), min(best.white + 0.05, 0.95)}
     candidates = [best] + [replace(best, lengthscale=ls, white=w) for ls in fine for w in fine_w]
-    return max(candidates, key=score)
+    with single_thread():
+        return max(candidates, key=score)

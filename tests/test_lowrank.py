@@ -1,0 +1,165 @@
+"""Tests of the low-rank reconstructors on small synthetic fields."""
+
+import numpy as np
+import pytest
+import torch
+
+from reconstruct.base import BlockLayout
+from reconstruct.lowrank import LowRankCompletion, LowRankGP, fit_basis
+from reconstruct.metrics import r2_score
+
+SHAPE = (12, 12)
+SPECTRAL = (8, 6)
+LAYOUT = BlockLayout(8, 4)
+
+
+def _low_rank_field(rank: int = 3, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """``(P, n_blocks, F_b)`` field: smooth coefficient maps times random spectra (+ noise)."""
+    rng = np.random.default_rng(seed)
+    ii, jj = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")
+    maps = np.stack([np.sin(ii / (2 + r) + r) * np.cos(jj / (3 + r)) for r in range(rank)], -1)
+    spectra = rng.normal(size=(rank, SPECTRAL[0] * SPECTRAL[1]))
+    field = maps.reshape(-1, rank) @ spectra + 0.5
+    field = field + noise * rng.normal(size=field.shape)
+    tensor = field.reshape(*SHAPE, *SPECTRAL)
+    return LAYOUT.to_blocks(tensor)
+
+
+def _fill(rec, field, full_pixels, partial: dict[int, list[int]]):
+    for p in full_pixels:
+        rec.add_many([p] * LAYOUT.n_blocks, range(LAYOUT.n_blocks), field[p])
+    for p, blocks in partial.items():
+        for b in blocks:
+            rec.add(p, b, field[p, b])
+
+
+def test_basis_is_orthonormal_and_explains_rank():
+    field = torch.as_tensor(_low_rank_field(rank=3))
+    basis = fit_basis(field, explained=0.999, max_components=10)
+    assert basis.k == 3
+    flat = basis.components.reshape(basis.k, -1)
+    assert torch.allclose(flat @ flat.T, torch.eye(3, dtype=torch.float64), atol=1e-10)
+
+
+def test_exactly_low_rank_field_recovered_from_one_block_per_pixel():
+    field = _low_rank_field(rank=3)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, explained=0.999)
+    full = [0, 17, 40, 77, 101, 143]
+    partial = {p: [p % 4] for p in range(144) if p not in full}  # one block (2 voltages) each
+    _fill(rec, field, full, partial)
+    est = rec.estimate_blocks().double().numpy()
+    assert rec.basis is not None and rec.basis.k == 3
+    np.testing.assert_allclose(est, field, atol=1e-4 * np.abs(field).max())
+
+
+def test_fast_r2_equals_generic_r2_with_nan_and_other_reference():
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
+    rng = np.random.default_rng(4)
+    full = rng.choice(144, 12, replace=False).tolist()
+    partial = {int(p): [int(p) % 4, (int(p) + 1) % 4] for p in rng.choice(144, 50, replace=False)
+               if p not in full}
+    _fill(rec, field, full, partial)
+    reference = torch.as_tensor(field)
+    assert rec.r2(reference) == pytest.approx(r2_score(reference, rec.estimate_blocks()), rel=1e-6)
+    with_nan = reference.clone()
+    with_nan[3, 1, :2] = float("nan")  # part of a block
+    with_nan[full[0], 2] = float("nan")  # a whole measured block
+    with_nan[5] = float("nan")  # a whole pixel
+    truth = torch.as_tensor(_low_rank_field(rank=3, noise=0.0))
+    for ref in (with_nan, truth):
+        assert rec.r2(ref) == pytest.approx(r2_score(ref, rec.estimate_blocks()), rel=1e-6)
+    rec.add(143 if 143 not in full else 142, 3, field[143 if 143 not in full else 142, 3])
+    assert rec.r2(truth) == pytest.approx(r2_score(truth, rec.estimate_blocks()), rel=1e-6)
+
+
+def test_incremental_update_equals_from_scratch():
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=100.0)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {})
+    assert rec.basis is not None
+    full = {0, 17, 40, 77, 101, 143}
+    _fill(rec, field, [], {p: [0] for p in range(2, 60, 3) if p not in full})
+    # second looks at pixels observed already: pseudo-observations
+    _fill(rec, field, [], {p: [2, 3] for p in range(2, 60, 6) if p not in full})
+    observed = torch.nonzero(rec.measured.any(1)).reshape(-1)
+    scratch = rec._make_spatial(rec.basis.k)
+    scratch.rebuild(observed, rec._obs_coef[observed], rec._obs_noise[observed], hyper=rec.hyper)
+    assert torch.allclose(rec.coefficients(), scratch.mean, atol=1e-4)
+    assert torch.allclose(rec.spatial.variance, scratch.variance, atol=1e-4)
+
+
+def test_uncertainty_zero_where_measured_and_growing_away():
+    field = _low_rank_field(rank=3, noise=0.02)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
+    _fill(rec, field, [0, 1, 12, 13, 2, 24], {})
+    unc = rec.uncertainty()
+    assert torch.all(unc[[0, 1, 12, 13, 2, 24]] == 0)
+    assert torch.all(unc[143] > unc[3])  # far corner more uncertain than a neighbour
+    assert torch.all(unc[3] > 0)
+    red = rec.variance_reduction([0, 3, 143])
+    assert red.shape == (3, LAYOUT.n_blocks)
+    assert torch.all(red[0] == 0) and torch.all(red[1:] > 0)
+
+
+def test_bootstrap_before_basis_gives_block_means():
+    field = _low_rank_field(rank=3)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
+    rec.add(5, 0, field[5, 0])
+    rec.add(9, 0, field[9, 0])
+    assert rec.basis is None
+    est = rec.estimate_blocks()
+    expected = (field[5, 0] + field[9, 0]) / 2
+    np.testing.assert_allclose(est[100, 0].numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(est[5, 0].numpy(), field[5, 0], rtol=1e-6)
+    assert rec.component_maps(2).shape == (2, *SHAPE)
+
+
+def test_completion_variant_copies_nearest_coefficients():
+    field = _low_rank_field(rank=2)
+    rec = LowRankCompletion(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {})
+    coef = rec.coefficients()
+    assert torch.allclose(coef[1], coef[0])  # pixel 1's nearest measured pixel is 0
+    est = rec.estimate_blocks().double().numpy()
+    np.testing.assert_allclose(est[143], field[143], rtol=1e-6)
+    maps = rec.component_maps(4)
+    assert maps.shape == (4, *SHAPE) and torch.all(maps[rec.basis.k :] == 0)
+
+
+@pytest.mark.parametrize("cls", [LowRankGP, LowRankCompletion])
+def test_bad_input_raises_and_leaves_state(cls):
+    field = _low_rank_field(rank=3)
+    rec = cls(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {})
+    before = rec.estimate_blocks().clone()
+    with pytest.raises(IndexError, match="out of range"):
+        rec.add(144, 0, field[0, 0])
+    with pytest.raises(IndexError, match="out of range"):
+        rec.add(3, 4, field[0, 0])
+    with pytest.raises(ValueError, match="shape"):
+        rec.add(3, 0, field[0, 0][:-1])
+    bad = field[3, 0].copy()
+    bad[1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        rec.add(3, 0, bad)
+    with pytest.raises(ValueError, match="already measured"):
+        rec.add(0, 1, field[0, 1])
+    with pytest.raises(ValueError, match="twice"):
+        rec.add_many([3, 3], [1, 1], [field[3, 1], field[3, 1]])
+    with pytest.raises(ValueError, match="NaN"):
+        rec.add_many([3, 4], [1, 1], [field[3, 1], bad])
+    assert rec.n_measured == 24
+    assert torch.equal(rec.estimate_blocks(), before)
+
+
+def test_reset_and_determinism():
+    field = _low_rank_field(rank=3, noise=0.05)
+    runs = []
+    for _ in range(2):
+        rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, seed=3)
+        _fill(rec, field, list(range(0, 144, 7)), {p: [1] for p in range(1, 144, 5) if p % 7})
+        runs.append(rec.estimate_blocks())
+    assert torch.equal(runs[0], runs[1])
+    rec.reset()
+    assert rec.n_measured == 0 and rec.basis is None
