@@ -121,9 +121,19 @@ def test_same_seed_same_model(tmp_path):
 @pytest.mark.slow
 def test_short_training_beats_random_on_held_out_seeds(tmp_path):
     """A few thousand steps on a small grid already beat random acquisition (AUC return)."""
-    run(tmp_path, "--total-timesteps", "4096", "--eval-freq", "0", "--checkpoint-freq", "0",
-        "--n-steps", "256", "--channels", "16", "--dilations", "1,2,4")  # fmt: skip
-    args = train.parse_args(TINY)
+    settings = ["--reconstructor", "gp", "--budget-fraction", "0.3", "--n-steps", "256",
+                "--channels", "16", "--dilations", "1,2,4"]  # fmt: skip
+    run(
+        tmp_path,
+        *settings,
+        "--total-timesteps",
+        "4096",
+        "--eval-freq",
+        "0",
+        "--checkpoint-freq",
+        "0",
+    )
+    args = train.parse_args([*TINY, *settings])
     mean_auc = {}
     for spec in (f"ppo:{tmp_path / 'model.zip'}", "random"):
         policy = make_policy(spec)
