@@ -191,6 +191,15 @@ class TwinConfig:
                 raise ValueError(
                     f"voltages has {len(self.voltages)} entries but n_voltages is {self.n_voltages}"
                 )
+        for name in (
+            "band_width_px",
+            "patch_radius_px",
+            "threshold_range_v",
+            "tau_range_s",
+            "beta_range",
+        ):
+            # Tuples, also when the settings come back from JSON as lists.
+            setattr(self, name, tuple(float(x) for x in getattr(self, name)))
         _check_range("band_width_px", self.band_width_px, lower=0.5)
         _check_range("patch_radius_px", self.patch_radius_px, lower=0.5)
         _check_range("threshold_range_v", self.threshold_range_v, lower=0.0)
