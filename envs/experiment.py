@@ -1,0 +1,703 @@
+"""The live experiment: drive an instrument block by block, save every measurement, resume anywhere.
+
+``python -m envs.experiment run --instrument http://127.0.0.1:8765 --agent gp-uncertainty
+--budget-hours 2 --target 0.9 --session runs/s1.h5`` runs the loop a scientist runs at the
+microscope: the policy picks a (pixel, voltage block), the instrument measures it, the
+measurement is appended to the session file and flushed, the reconstruction updates; repeat
+until the estimated accuracy reaches the target, the budget is spent, or every block is measured.
+``--resume`` continues a session after a crash, Ctrl-C or a lost instrument, rebuilding the
+reconstruction from the file. At the end the reconstruction, its uncertainty, a summary and a
+figure are written beside the session file.
+
+Instruments: ``http://HOST:PORT`` (:class:`envs.remote.RemoteInstrument`), or ``replay:SPEC`` /
+``SPEC`` for a local replay of anything :func:`envs.loaders.open_data` reads (``twin:SEED``, an
+h5/npy path), optionally paced in real time (``--pace F`` sleeps instrument seconds / F).
+
+Order of a session: the initial design (every block of a sparse grid of pixels, one batch update),
+then ``--check-blocks`` held-back check blocks (seeded, never given to the reconstruction; they
+calibrate the accuracy estimate, :mod:`envs.accuracy_estimate`), then the policy's choices.
+Every random choice derives from ``--seed``: the check blocks, and each policy decision (its
+generator is reseeded from the seed and the record count, so a resumed session decides exactly
+as an uninterrupted one would). With ``--algorithm-clock model`` the charged algorithm time is
+the cost model's, and a seeded session is reproducible to the bit; the default ``wall`` charges
+the measured wall clock, as a real instrument would pay it.
+
+Time accounting: instrument seconds are the instrument's own report; the algorithm seconds of a
+record are the wall time from the previous measurement's arrival to this one's request (the
+update, the estimate, the observation and the decision). The move back to the last pixel after a
+resume is not charged, so a resumed session spends the same budget as an uninterrupted one.
+
+The loop reuses :class:`envs.acquisition.AcquisitionEnv`'s observation, action encoding and
+pricing code through :class:`LiveAcquisition`, so every policy (PPO included) sees the same
+observations it was trained on. Known difference after a resume: the observation's "recent
+change" scalar restarts at 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from envs.accuracy_estimate import ESTIMATES, choose_check_blocks, estimate_r2
+from envs.acquisition import AcquisitionEnv
+from envs.cost import CostModel
+from envs.dataset import Axis, Dataset
+from envs.instrument import Instrument, ReplayInstrument
+from envs.remote import InstrumentError, RemoteInstrument
+from envs.session import KIND_CHECK, KIND_INITIAL, KIND_POLICY, Records, Session, SessionError
+from reconstruct.base import BlockLayout, Reconstructor
+
+
+# ============================================================================ instruments
+class PacedInstrument:
+    """Wraps an instrument so each call takes ``instrument seconds / speed`` of real time.
+
+    Parameters
+    ----------
+    instrument
+        Usually a :class:`~envs.instrument.ReplayInstrument`.
+    speed
+        Real-time factor: 1 runs as slowly as the microscope, 10 ten times faster.
+    """
+
+    def __init__(self, instrument: Instrument, speed: float) -> None:
+        if not speed > 0:
+            raise ValueError(f"pace must be > 0 (a real-time speed-up factor), got {speed}")
+        self.inner = instrument
+        self.speed = float(speed)
+        self.grid_shape = instrument.grid_shape
+        self.spectral_shape = instrument.spectral_shape
+        self.axes = instrument.axes
+
+    @property
+    def tip_pixel(self) -> int:
+        return self.inner.tip_pixel
+
+    def go_to(self, pixel: int) -> float:
+        seconds = self.inner.go_to(pixel)
+        time.sleep(seconds / self.speed)
+        return seconds
+
+    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
+        values, seconds = self.inner.measure(pixel, voltages)
+        time.sleep(seconds / self.speed)
+        return values, seconds
+
+
+def open_instrument(
+    spec: str,
+    *,
+    timeout: float = 30.0,
+    pace: float = 0.0,
+    twin_options: dict[str, Any] | None = None,
+) -> tuple[Instrument, Dataset | None]:
+    """The instrument named by ``spec``, and the replayed dataset when there is one.
+
+    ``http://HOST:PORT`` gives a :class:`RemoteInstrument` (no dataset); ``replay:SPEC`` or a
+    bare ``SPEC`` (``twin:SEED``, a file path) a :class:`ReplayInstrument` priced by the default
+    cost model fitted to the data's time axis. ``pace > 0`` paces it in real time.
+    """
+    dataset: Dataset | None = None
+    if spec.startswith(("http://", "https://")):
+        instrument: Instrument = RemoteInstrument(spec, timeout=timeout)
+    else:
+        from envs.loaders import open_data
+
+        data_spec = spec.removeprefix("replay:")
+        is_twin = data_spec == "twin" or data_spec.startswith("twin:")
+        dataset = open_data(data_spec, **((twin_options or {}) if is_twin else {}))
+        instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
+    if pace > 0:
+        instrument = PacedInstrument(instrument, pace)
+    return instrument, dataset
+
+
+# ============================================================================ the live env
+class LiveAcquisition(AcquisitionEnv):
+    """The acquisition environment's state, observations and pricing over any instrument.
+
+    Policies act on it exactly as on :class:`~envs.acquisition.AcquisitionEnv` (reconstructor,
+    layout, cost model, tip, masks, observations); it has no ground truth, so it pays no reward
+    and the experiment loop (:func:`run_experiment`) drives it instead of ``step``.
+
+    Parameters
+    ----------
+    instrument
+        Any :class:`~envs.instrument.Instrument`.
+    reconstructor
+        Built for the instrument's grid, spectral shape and ``layout``.
+    cost_model
+        Prices candidate measurements for cost-aware policies.
+    budget_seconds
+        The session budget (instrument plus algorithm seconds).
+    initial_stride, n_components
+        As for :class:`~envs.acquisition.AcquisitionEnv`.
+    """
+
+    def __init__(
+        self,
+        instrument: Instrument,
+        reconstructor: Reconstructor,
+        cost_model: CostModel,
+        budget_seconds: float,
+        initial_stride: int = 6,
+        n_components: int = 3,
+    ) -> None:
+        # The parent's __init__ loads a dataset to replay; here the instrument is the data
+        # source, so the state it would set is set directly.
+        gym.Env.__init__(self)
+        self.instrument = instrument
+        self.reconstructor = reconstructor
+        self.layout: BlockLayout = reconstructor.layout
+        self.device = reconstructor.device
+        self.grid_shape = tuple(int(s) for s in instrument.grid_shape)  # type: ignore[assignment]
+        self.spectral_shape = tuple(int(s) for s in instrument.spectral_shape)
+        self.n_pixels = self.grid_shape[0] * self.grid_shape[1]
+        self.n_blocks = self.layout.n_blocks
+        self.cost_model = cost_model
+        self.budget_seconds = float(budget_seconds)
+        self.initial_stride = int(initial_stride)
+        self.n_components = int(n_components)
+        self.render_mode = None
+        self.pixel_seconds = cost_model.pixel_seconds(self.layout.n_voltages, self.n_blocks)
+        self.initial_pixels = self._initial_design_pixels()
+        n_channels = 2 * self.n_blocks + self.n_components + 1
+        self.observation_space = spaces.Dict(
+            {
+                "planes": spaces.Box(-1.0, 1.0, (n_channels, *self.grid_shape), np.float32),
+                "scalars": spaces.Box(0.0, 1.0, (3,), np.float32),
+            }
+        )
+        self.action_space = spaces.Discrete(self.n_pixels * self.n_blocks)
+        self.measured = np.zeros((self.n_pixels, self.n_blocks), dtype=bool)
+        self._n_measured = 0
+        self.instrument_seconds = 0.0
+        self.algorithm_seconds = 0.0
+        self._previous_maps: torch.Tensor | None = None
+        self._change = 0.0
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """The observation the acquisition environment would return now."""
+        return self._observation(changed=True)
+
+    def mark(self, pixel: int, block: int) -> None:
+        """Count a block as taken (measured, held back, or rejected)."""
+        self.measured[pixel, block] = True
+        self._n_measured += 1
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        raise NotImplementedError("a live acquisition is driven by run_experiment, not reset/step")
+
+    def step(self, action: Any) -> Any:
+        raise NotImplementedError("a live acquisition is driven by run_experiment, not reset/step")
+
+
+# ============================================================================ configuration
+@dataclass
+class ExperimentConfig:
+    """Settings of one session (stored in the session file; ``--resume`` reuses them).
+
+    ``instrument``, ``timeout``, ``pace`` and ``progress`` may change on resume (a restarted
+    server can have a new address); everything else comes from the file.
+    """
+
+    instrument: str
+    session: str
+    agent: str = "gp-uncertainty"
+    seed: int = 0
+    budget_hours: float = 1.0
+    target: float | None = 0.9
+    reconstructor: str = "gp"
+    n_blocks: int = 4
+    interleaved: bool = True
+    initial_stride: int = 6
+    check_blocks: int = 48
+    estimate: str = "calibrated"
+    estimate_every: int = 10
+    max_measurements: int | None = None
+    algorithm_clock: str = "wall"
+    on_nan: str = "skip"
+    timeout: float = 30.0
+    pace: float = 0.0
+    reference: str | None = None
+    twin_grid: int | None = None
+    twin_times: int | None = None
+    device: str = "auto"
+    progress: bool = True
+
+    #: Settings a resume may change.
+    RESUMABLE_OVERRIDES = ("instrument", "timeout", "pace", "progress", "session")
+
+    def __post_init__(self) -> None:
+        if not self.budget_hours > 0:
+            raise ValueError(f"budget_hours must be > 0, got {self.budget_hours}")
+        if self.target is not None and not self.target <= 1:
+            raise ValueError(f"target must be an R^2 <= 1, got {self.target}")
+        if self.estimate not in ESTIMATES:
+            raise ValueError(f"estimate must be one of {ESTIMATES}, got {self.estimate!r}")
+        if self.algorithm_clock not in ("wall", "model"):
+            raise ValueError(
+                f"algorithm_clock must be 'wall' or 'model', got {self.algorithm_clock!r}"
+            )
+        if self.on_nan not in ("skip", "stop"):
+            raise ValueError(f"on_nan must be 'skip' or 'stop', got {self.on_nan!r}")
+        if self.estimate_every < 1 or self.check_blocks < 0:
+            raise ValueError("estimate_every must be >= 1 and check_blocks >= 0")
+
+    def stored(self) -> dict[str, Any]:
+        """JSON-safe settings for the session file."""
+        return dataclasses.asdict(self)
+
+    def twin_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.twin_grid:
+            options["grid"] = (self.twin_grid, self.twin_grid)
+        if self.twin_times:
+            options["n_times"] = self.twin_times
+        return options
+
+
+@dataclass
+class ExperimentResult:
+    """How a session ended and where its outputs are."""
+
+    reason: str
+    n_records: int
+    seconds: float
+    r2_estimate: float
+    r2_true: float
+    session: Path
+    reconstruction: Path
+    figure: Path
+    summary: Path
+
+
+class ExperimentStopped(RuntimeError):
+    """The session stopped early (instrument, disk, Ctrl-C); the file can be resumed."""
+
+
+# ============================================================================ the loop
+class _Experiment:
+    """One running session: instrument, session file, live env, policy and estimates."""
+
+    def __init__(self, config: ExperimentConfig, resume: bool) -> None:
+        if resume:
+            session = Session.open(config.session)
+            stored = dict(session.config)
+            for key in ExperimentConfig.RESUMABLE_OVERRIDES:
+                stored[key] = getattr(config, key)
+            config = ExperimentConfig(**stored)
+        self.config = config
+        self.instrument, dataset = open_instrument(
+            config.instrument, timeout=config.timeout, pace=config.pace,
+            twin_options=config.twin_options(),
+        )
+        reference = dataset
+        if config.reference:
+            from envs.loaders import open_data
+
+            reference = open_data(config.reference, **config.twin_options())
+        n_voltages = self.instrument.spectral_shape[0]
+        self.layout = BlockLayout(n_voltages, config.n_blocks, config.interleaved)
+        block_features = self.layout.block_size * int(np.prod(self.instrument.spectral_shape[1:]))
+        axes: list[Axis] = list(self.instrument.axes)
+        if resume:
+            self.session = session
+            if (self.session.grid_shape, self.session.spectral_shape) != (
+                tuple(self.instrument.grid_shape), tuple(self.instrument.spectral_shape)
+            ):
+                raise SessionError(
+                    f"the instrument's grid {self.instrument.grid_shape} x spectra "
+                    f"{self.instrument.spectral_shape} differ from the session's "
+                    f"{self.session.grid_shape} x {self.session.spectral_shape}"
+                )
+        else:
+            self.session = Session.create(config.session, config.stored(), axes, block_features)
+        self.session.set_status("running")
+
+        from reconstruct.registry import make_reconstructor
+
+        grid = tuple(self.instrument.grid_shape)
+        spectral = tuple(self.instrument.spectral_shape)
+        reconstructor = make_reconstructor(
+            config.reconstructor, grid, spectral, self.layout, device=config.device
+        )
+        cost = CostModel(algorithm_clock="model").for_axes(axes)
+        self.env = LiveAcquisition(
+            self.instrument, reconstructor, cost, config.budget_hours * 3600.0,
+            config.initial_stride,
+        )
+        self.reference_blocks = None
+        if reference is not None:
+            self.reference_blocks = self.env._to_blocks(reference.data)
+
+        from agents.base import make_policy
+
+        self.policy = make_policy(config.agent)
+        if self.policy.privileged:
+            raise ValueError(f"policy {config.agent!r} reads the ground truth; it cannot run live")
+        self.check_pairs = choose_check_blocks(
+            self.env.n_pixels, self.env.n_blocks, config.check_blocks,
+            self.env.initial_pixels, config.seed,
+        )
+        self.rejected = np.zeros((self.env.n_pixels, self.env.n_blocks), dtype=bool)
+        self.check_values = np.full((len(self.check_pairs), block_features), np.nan, np.float32)
+        self.r2_estimate = float("nan")
+        self.r2_true = float("nan")
+        self.trace: list[tuple[float, float, float]] = []  # (seconds, estimate, true)
+        self._last_arrival = time.perf_counter()
+        self._decision_ms = float("nan")
+
+    # ------------------------------------------------------------------ measuring
+    def _measure(self, pixel: int, block: int, kind: int, algorithm_seconds: float) -> np.ndarray:
+        """Measure, validate, append to the session (flushed); return the values ``(F_b,)``."""
+        voltages = self.layout.voltages(block)
+        values, seconds = self.instrument.measure(pixel, voltages)
+        self._last_arrival = time.perf_counter()
+        values = np.asarray(values, dtype=np.float32)
+        expected = (len(voltages), *self.instrument.spectral_shape[1:])
+        if values.shape != expected:
+            raise InstrumentError(
+                f"the instrument returned values of shape {values.shape} at pixel {pixel} block "
+                f"{block}, expected {expected}"
+            )
+        if not np.isfinite(values).all() and self.config.on_nan == "stop":
+            raise InstrumentError(
+                f"the instrument returned NaN/inf at pixel {pixel} block {block} "
+                f"({int((~np.isfinite(values)).sum())} of {values.size} values); rerun with "
+                f"--on-nan skip to record such blocks as rejected and go on"
+            )
+        self.session.append(pixel, block, kind, values, seconds, algorithm_seconds)
+        self._account(pixel, block, values, seconds, algorithm_seconds)
+        return values.reshape(-1)
+
+    def _account(
+        self, pixel: int, block: int, values: np.ndarray, seconds: float, algorithm_seconds: float
+    ) -> None:
+        self.env.mark(pixel, block)
+        # A rejected (NaN) block is missing from the reference R^2 too: the estimate skips it.
+        self.rejected[pixel, block] = not np.isfinite(values).all()
+        self.env.instrument_seconds += float(seconds)
+        if np.isfinite(algorithm_seconds):
+            self.env.algorithm_seconds += float(algorithm_seconds)
+
+    def _algorithm_seconds(self) -> float:
+        if self.config.algorithm_clock == "model":
+            return self.env.cost_model.algorithm_s(self.env.n_measurements + 1)
+        return time.perf_counter() - self._last_arrival
+
+    # ------------------------------------------------------------------ phases
+    def replay_records(self) -> None:
+        """Rebuild the state from the session's records, with the same reconstructor calls as
+        the run that wrote them (initial design in one batch, then one by one)."""
+        records = self.session.records()
+        initial = records.kind == KIND_INITIAL
+        check_index = {(int(p), int(b)): i for i, (p, b) in enumerate(self.check_pairs)}
+        for i in range(len(records)):
+            pixel, block = int(records.pixel[i]), int(records.block[i])
+            self._account(
+                pixel, block, records.values[i], records.instrument_seconds[i],
+                records.algorithm_seconds[i],
+            )
+            if records.kind[i] == KIND_CHECK:
+                self.check_values[check_index[(pixel, block)]] = records.values[i]
+            if np.isfinite(records.r2_estimate[i]):
+                seconds = float(records.instrument_seconds[: i + 1].sum())
+                estimate, true = float(records.r2_estimate[i]), float(records.r2_true[i])
+                self.trace.append((seconds, estimate, true))
+        if initial.sum() == self.env.initial_pixels.size * self.env.n_blocks:
+            self._add_initial(records)
+        for i in np.flatnonzero(records.kind == KIND_POLICY):
+            self._add(int(records.pixel[i]), int(records.block[i]), records.values[i])
+        if len(records):
+            last = int(records.pixel[-1])
+            if self.instrument.tip_pixel != last:
+                self.instrument.go_to(last)  # not charged: see the module notes
+
+    def _add(self, pixel: int, block: int, values: np.ndarray) -> None:
+        if np.isfinite(values).all():
+            self.env.reconstructor.add(pixel, block, values)
+
+    def _add_initial(self, records: Records) -> None:
+        """The initial design's usable records in one batch update, as the first run did."""
+        use = (records.kind == KIND_INITIAL) & np.isfinite(records.values).all(1)
+        if use.any():
+            self.env.reconstructor.add_many(
+                records.pixel[use].tolist(), records.block[use].tolist(), records.values[use]
+            )
+
+    def measure_initial_and_checks(self) -> None:
+        """Measure what is missing of the initial design (then one batch update) and of the
+        check blocks."""
+        env = self.env
+        if not env.measured[env.initial_pixels].all():
+            for pixel in env.initial_pixels:
+                for block in range(env.n_blocks):
+                    if not env.measured[pixel, block]:
+                        self._measure(int(pixel), block, KIND_INITIAL, self._algorithm_seconds())
+            self._add_initial(self.session.records())
+        for i, (pixel, block) in enumerate(self.check_pairs):
+            if not env.measured[pixel, block]:
+                self.check_values[i] = self._measure(
+                    int(pixel), int(block), KIND_CHECK, self._algorithm_seconds()
+                )
+
+    def update_estimate(self) -> None:
+        """Recompute the accuracy estimate (and the true R^2 when a reference is known)."""
+        recon = self.env.reconstructor
+        self.r2_estimate = estimate_r2(
+            self.config.estimate, recon.estimate_blocks(), recon.uncertainty(),
+            recon.measured.cpu().numpy() | self.rejected, self.check_pairs, self.check_values,
+        )
+        if self.reference_blocks is not None:
+            self.r2_true = float(recon.r2(self.reference_blocks))
+        self.session.set_estimate(self.r2_estimate, self.r2_true)
+        self.trace.append((self.env.instrument_seconds, self.r2_estimate, self.r2_true))
+
+    def stop_reason(self) -> str | None:
+        env, config = self.env, self.config
+        if config.target is not None and self.r2_estimate >= config.target:
+            return f"estimated R^2 {self.r2_estimate:.3f} reached the target {config.target}"
+        if env.seconds_used >= env.budget_seconds:
+            return f"budget of {config.budget_hours:g} h spent"
+        if env.measured.all():
+            return "every block measured"
+        limit = config.max_measurements
+        if limit is not None and self.session.n_records >= limit:
+            return f"measurement limit {config.max_measurements} reached"
+        return None
+
+    def policy_step(self) -> None:
+        env = self.env
+        start = time.perf_counter()
+        observation = env.observe()
+        self.policy.rng = np.random.default_rng([self.config.seed, self.session.n_records])
+        pixel, block = env.decode_action(self.policy.act(observation, env.action_masks()))
+        self._decision_ms = 1e3 * (time.perf_counter() - start)
+        algorithm_seconds = self._algorithm_seconds()
+        values = self._measure(pixel, block, KIND_POLICY, algorithm_seconds)
+        self._add(pixel, block, values)
+
+    def run(self) -> str:
+        """Measure until a stop rule fires; the reason."""
+        from tqdm import tqdm
+
+        self.replay_records()
+        self.measure_initial_and_checks()
+        self.policy.reset(self.env, self.config.seed)
+        bar = tqdm(
+            total=self.env.measured.size, initial=self.session.n_records, unit="block",
+            disable=not self.config.progress, dynamic_ncols=True, file=sys.stderr,
+        )
+        try:
+            steps = 0
+            self.update_estimate()
+            while (reason := self.stop_reason()) is None:
+                self.policy_step()
+                steps += 1
+                if steps % self.config.estimate_every == 0:
+                    self.update_estimate()
+                bar.update(1)
+                bar.set_postfix_str(self._progress_text(), refresh=False)
+            if steps % self.config.estimate_every:
+                self.update_estimate()
+                reason = self.stop_reason() or reason
+        finally:
+            bar.close()
+        return reason
+
+    def _progress_text(self) -> str:
+        text = (
+            f"{self.env.instrument_seconds / 3600:.2f} h instr, est R^2 {self.r2_estimate:.3f}"
+        )
+        if np.isfinite(self.r2_true):
+            text += f" (true {self.r2_true:.3f})"
+        return text + f", {self._decision_ms:.1f} ms/decision"
+
+    # ------------------------------------------------------------------ outputs
+    def write_outputs(self, reason: str) -> ExperimentResult:
+        """Reconstruction + uncertainty (h5), summary (JSON) and figure (PNG) beside the session."""
+        import h5py
+
+        recon = self.env.reconstructor
+        stem = self.session.path.with_suffix("")
+        paths = {
+            "reconstruction": Path(f"{stem}_reconstruction.h5"),
+            "summary": Path(f"{stem}_summary.json"),
+            "figure": Path(f"{stem}.png"),
+        }
+        estimate = recon.estimate().detach().cpu().numpy().astype(np.float32)
+        grid = self.env.grid_shape
+        uncertainty = recon.uncertainty().detach().cpu().numpy().T.reshape(self.env.n_blocks, *grid)
+        with h5py.File(paths["reconstruction"], "w") as file:
+            file.create_dataset("estimate", data=estimate, compression="lzf")
+            file.create_dataset("uncertainty", data=uncertainty.astype(np.float32))
+            file.create_dataset("measured", data=self.env.measured.T.reshape(-1, *grid))
+            file.attrs["axis_names"] = [a.name for a in self.instrument.axes]
+            file.attrs["uncertainty_note"] = (
+                "predictive variance per (block, x, y), mean over the block's features"
+            )
+        summary = {
+            "reason": reason,
+            "measurements": self.session.n_records,
+            "blocks": int(self.env.measured.size),
+            "instrument_hours": self.env.instrument_seconds / 3600,
+            "algorithm_hours": self.env.algorithm_seconds / 3600,
+            "full_raster_hours": self.env.cost_model.full_raster_seconds(
+                grid, self.layout.n_voltages, self.layout
+            ) / 3600,
+            "r2_estimate": self.r2_estimate,
+            "estimate": self.config.estimate,
+            "r2_true": None if not np.isfinite(self.r2_true) else self.r2_true,
+            "config": self.config.stored(),
+        }
+        paths["summary"].write_text(json.dumps(summary, indent=2))
+        self._figure(paths["figure"], estimate, uncertainty)
+        self.session.set_status(f"finished: {reason}")
+        return ExperimentResult(
+            reason, self.session.n_records, self.env.seconds_used, self.r2_estimate,
+            self.r2_true, self.session.path, **paths,
+        )
+
+    def _figure(self, path: Path, estimate: np.ndarray, uncertainty: np.ndarray) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        middle = tuple(s // 2 for s in estimate.shape[2:])
+        holds_middle = [middle[0] in self.layout.voltages(b) for b in range(self.env.n_blocks)]
+        block = int(np.flatnonzero(holds_middle)[0])
+        fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+        panels = [
+            (self.env.measured.sum(1).reshape(self.env.grid_shape), "blocks taken per pixel"),
+            (estimate[(slice(None), slice(None), *middle)], f"reconstruction at index {middle}"),
+            (uncertainty[block], f"predictive variance, block {block}"),
+        ]
+        for ax, (image, title) in zip(axes, panels, strict=False):
+            shown = ax.imshow(image, cmap="viridis")
+            ax.set_title(title)
+            fig.colorbar(shown, ax=ax, shrink=0.8)
+        if self.trace:
+            hours, est, true = (np.asarray(v) for v in zip(*self.trace, strict=True))
+            axes[3].plot(hours / 3600, est, label=f"estimated ({self.config.estimate})")
+            if np.isfinite(true).any():
+                axes[3].plot(hours / 3600, true, label="true (replay only)")
+            if self.config.target is not None:
+                axes[3].axhline(self.config.target, color="grey", ls="--", label="target")
+            shown = np.concatenate([est, true])
+            axes[3].set_ylim(max(float(np.nanmin(shown)), -0.5), 1.0)
+            axes[3].legend(loc="lower right")
+        axes[3].set_xlabel("instrument hours")
+        axes[3].set_title("R^2")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def run_experiment(config: ExperimentConfig, resume: bool = False) -> ExperimentResult:
+    """Run (or resume) a session to its end and write its outputs.
+
+    Raises
+    ------
+    ExperimentStopped
+        When the instrument, the disk or a Ctrl-C stops the session; the message says why and
+        the session file resumes with ``resume=True``.
+    SessionError, ValueError
+        For a session that cannot start (existing file, bad settings).
+    """
+    experiment = _Experiment(config, resume)
+    try:
+        reason = experiment.run()
+        return experiment.write_outputs(reason)
+    except (InstrumentError, SessionError, KeyboardInterrupt) as err:
+        what = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else str(err)
+        experiment.session.set_status(f"stopped: {what}")
+        n = experiment.session.n_records
+        raise ExperimentStopped(
+            f"session stopped: {what}\n{n} measurements are saved in {experiment.session.path}; "
+            f"continue with: python -m envs.experiment run --resume --session "
+            f"{experiment.session.path} --instrument {experiment.config.instrument}"
+        ) from err
+    finally:
+        experiment.session.close()
+
+
+# ============================================================================ command line
+def _parser() -> argparse.ArgumentParser:
+    defaults = ExperimentConfig(instrument="", session="")
+    parser = argparse.ArgumentParser(
+        prog="python -m envs.experiment", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run or resume a session")
+    run.add_argument("--instrument", required=True,
+                     help="http://HOST:PORT, or replay:SPEC / SPEC with SPEC twin:SEED or a file")
+    run.add_argument("--session", required=True, help="session h5 file (outputs go beside it)")
+    run.add_argument("--resume", action="store_true", help="continue the session in --session")
+    run.add_argument("--agent", default=defaults.agent, help="policy (agents.base.make_policy)")
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--budget-hours", type=float, default=defaults.budget_hours)
+    run.add_argument("--target", type=float, default=defaults.target,
+                     help="stop when the estimated R^2 reaches this (negative: no target)")
+    run.add_argument("--reconstructor", default=defaults.reconstructor)
+    run.add_argument("--n-blocks", type=int, default=defaults.n_blocks)
+    run.add_argument("--initial-stride", type=int, default=defaults.initial_stride)
+    run.add_argument("--check-blocks", type=int, default=defaults.check_blocks,
+                     help="held-back blocks that calibrate the accuracy estimate")
+    run.add_argument("--estimate", choices=ESTIMATES, default=defaults.estimate)
+    run.add_argument("--estimate-every", type=int, default=defaults.estimate_every)
+    run.add_argument("--max-measurements", type=int, default=None)
+    run.add_argument(
+        "--algorithm-clock", choices=("wall", "model"), default=defaults.algorithm_clock
+    )
+    run.add_argument("--on-nan", choices=("skip", "stop"), default=defaults.on_nan)
+    run.add_argument("--timeout", type=float, default=defaults.timeout, help="seconds per call")
+    run.add_argument("--pace", type=float, default=0.0, help="real-time factor for a replay")
+    run.add_argument("--reference", default=None,
+                     help="data spec of the truth, to report the true R^2 beside the estimate")
+    run.add_argument("--twin-grid", type=int, default=None)
+    run.add_argument("--twin-times", type=int, default=None)
+    run.add_argument("--device", default="auto")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 done, 1 stopped/failed, 130 Ctrl-C)."""
+    args = _parser().parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet")}
+    options["target"] = None if args.target is not None and args.target < 0 else args.target
+    options["progress"] = not args.quiet
+    try:
+        result = run_experiment(ExperimentConfig(**options), resume=args.resume)
+    except ExperimentStopped as err:
+        print(str(err), file=sys.stderr)
+        return 130 if isinstance(err.__cause__, KeyboardInterrupt) else 1
+    except (SessionError, ValueError, InstrumentError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    true = f", true R^2 {result.r2_true:.4f}" if np.isfinite(result.r2_true) else ""
+    print(f"finished: {result.reason}")
+    print(
+        f"{result.n_records} measurements, {result.seconds / 3600:.3f} h, estimated R^2 "
+        f"{result.r2_estimate:.4f}{true}"
+    )
+    print(f"session {result.session}\nreconstruction {result.reconstruction}\n"
+          f"summary {result.summary}\nfigure {result.figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

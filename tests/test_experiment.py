@@ -1,0 +1,184 @@
+"""The live experiment loop on a small twin: resume after SIGKILL or a lost server reproduces an
+uninterrupted run, the accuracy estimate tracks the true R^2, bad readings stop cleanly."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from envs.cost import CostModel
+from envs.experiment import ExperimentConfig, ExperimentStopped, run_experiment
+from envs.instrument import ReplayInstrument
+from envs.loaders import save_dataset
+from envs.remote import InstrumentServer, serving
+from envs.session import Session
+from envs.twin import twin_dataset
+
+TWIN = {"grid": (10, 10), "n_times": 8}
+#: Documented margin: on this small twin, with only 12 check blocks, the calibrated estimate stayed
+#: within 0.15 of the true R^2 once the policy had taken 10 measurements (it leaned optimistic);
+#: the test allows 0.2. More check blocks narrow it (they set the error scale).
+ESTIMATE_MARGIN = 0.2
+
+
+def _config(tmp: Path, name: str, **changes) -> ExperimentConfig:
+    base = ExperimentConfig(
+        instrument="twin:1", session=str(tmp / f"{name}.h5"), agent="gp-uncertainty", seed=5,
+        budget_hours=1.0, target=None, initial_stride=3, check_blocks=12, estimate_every=10,
+        max_measurements=90, algorithm_clock="model", twin_grid=10, twin_times=8,
+        progress=False,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _replay():
+    dataset = twin_dataset(1, **TWIN)
+    return ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
+
+
+def _estimate(result) -> np.ndarray:
+    with h5py.File(result.reconstruction, "r") as file:
+        return file["estimate"][()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted session: its result, records and final estimate."""
+    result = run_experiment(_config(tmp_path_factory.mktemp("reference"), "reference"))
+    with Session.open(result.session) as session:
+        records = session.records()
+    return result, records, _estimate(result)
+
+
+def _assert_same_session(result, reference) -> None:
+    ref_result, ref_records, ref_estimate = reference
+    with Session.open(result.session) as session:
+        records = session.records()
+    keys = list(zip(records.pixel.tolist(), records.block.tolist(), strict=True))
+    assert len(set(keys)) == len(keys), "a measurement was recorded twice"
+    np.testing.assert_array_equal(records.pixel, ref_records.pixel)
+    np.testing.assert_array_equal(records.block, ref_records.block)
+    np.testing.assert_array_equal(records.kind, ref_records.kind)
+    np.testing.assert_array_equal(records.values, ref_records.values)
+    np.testing.assert_array_equal(records.instrument_seconds, ref_records.instrument_seconds)
+    np.testing.assert_allclose(_estimate(result), ref_estimate, rtol=0, atol=1e-6)
+    assert result.reason == ref_result.reason
+
+
+def test_reference_session_writes_outputs(reference):
+    result, records, estimate = reference
+    assert len(records) == 90 and "limit" in result.reason
+    assert estimate.shape == (10, 10, 16, 8)
+    assert result.figure.exists() and result.summary.exists()
+    with Session.open(result.session) as session:
+        assert session.status.startswith("finished")
+
+
+@pytest.mark.slow  # a fresh interpreter and a paced run: about 20 s on 2 shared cores
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, reference):
+    config = _config(tmp_path, "killed")
+    command = [
+        sys.executable, "-m", "envs.experiment", "run", "--instrument", "twin:1",
+        "--twin-grid", "10", "--twin-times", "8", "--session", config.session, "--agent",
+        config.agent, "--seed", "5", "--target", "-1", "--initial-stride", "3",
+        "--check-blocks", "12", "--max-measurements", "90", "--algorithm-clock", "model",
+        "--pace", "4", "--quiet",
+    ]
+    process = subprocess.Popen(command, cwd=Path(__file__).parents[1])
+    killed_at = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with h5py.File(config.session, "r", locking=False) as file:
+                    killed_at = int((file["pixel"][()] >= 0).sum())
+            except (OSError, KeyError):
+                killed_at = 0
+            if killed_at >= 40:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    with Session.open(config.session) as session:
+        assert 40 <= session.n_records < 90
+    resumed = run_experiment(config, resume=True)
+    _assert_same_session(resumed, reference)
+
+
+class _StopsAnswering:
+    """A replay that hangs after ``answers`` measurements, as a frozen control program would."""
+
+    def __init__(self, answers: int) -> None:
+        self.inner, self.answers = _replay(), answers
+        self.grid_shape, self.spectral_shape = self.inner.grid_shape, self.inner.spectral_shape
+        self.axes = self.inner.axes
+
+    @property
+    def tip_pixel(self) -> int:
+        return self.inner.tip_pixel
+
+    def go_to(self, pixel):
+        return self.inner.go_to(pixel)
+
+    def measure(self, pixel, voltages):
+        if self.answers <= 0:
+            time.sleep(3)
+        self.answers -= 1
+        return self.inner.measure(pixel, voltages)
+
+
+def test_server_that_stops_answering_leaves_a_resumable_session(tmp_path, reference):
+    server = InstrumentServer(_StopsAnswering(answers=60)).start()
+    try:
+        config = _config(tmp_path, "network", instrument=server.url, timeout=1.0)
+        with pytest.raises(ExperimentStopped, match="did not answer get_spectrum") as stopped:
+            run_experiment(config)
+        assert "--resume" in str(stopped.value)
+    finally:
+        server.stop()
+    with Session.open(config.session) as session:
+        assert session.n_records == 60 and session.status.startswith("stopped")
+    with serving(_replay()) as url:  # the restarted server, at a new address
+        resumed = run_experiment(dataclasses.replace(config, instrument=url), resume=True)
+    _assert_same_session(resumed, reference)
+
+
+def test_accuracy_estimate_tracks_true_r2(reference):
+    _, records, _ = reference
+    start = int((records.kind != 2).sum()) + 10  # after the initial design, checks, 10 choices
+    known = np.isfinite(records.r2_estimate) & np.isfinite(records.r2_true)
+    known[:start] = False
+    assert known.sum() >= 4
+    error = np.abs(records.r2_estimate[known] - records.r2_true[known])
+    assert error.max() <= ESTIMATE_MARGIN, (records.r2_estimate[known], records.r2_true[known])
+
+
+def test_nan_reading_stops_with_a_clear_message_unless_skipped(tmp_path):
+    dataset = twin_dataset(1, **TWIN)
+    dataset.data[1, 1] = np.nan  # pixel 11: in the initial design (stride 3, offset 1)
+    path = save_dataset(dataset, tmp_path / "with_nan.h5")
+    config = _config(tmp_path, "nan", instrument=f"replay:{path}", on_nan="stop")
+    with pytest.raises(ExperimentStopped, match="NaN/inf at pixel 11"):
+        run_experiment(config)
+    skipped = run_experiment(
+        dataclasses.replace(config, session=str(tmp_path / "skip.h5"), on_nan="skip",
+                            max_measurements=60)
+    )
+    assert skipped.n_records == 60
+
+
+def test_existing_session_is_not_overwritten(tmp_path, reference):
+    result, _, _ = reference
+    with pytest.raises(Exception, match="already exists"):
+        run_experiment(_config(tmp_path, "x", session=str(result.session)))
