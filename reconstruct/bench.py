@@ -1,0 +1,214 @@
+"""Reconstruction benchmark: update and refit times, accuracy, and growth with grid size.
+
+Run ``python -m reconstruct.bench --out bench.json``. On the (60, 60, 16, 128) twin, for each
+reconstructor and for 10, 20 and 40 % of pixels measured with full spectra, it reports the
+median time of an incremental update (one pixel with its full spectrum; one block at one pixel),
+of the fast R^2, and of a full refit (basis and hyperparameters included), with the R^2 reached
+against the measured tensor and the noise-free truth. It then measures how the spatial GP's
+update time and memory grow with the grid (60^2, 120^2, 240^2), what the tiled approximation
+costs in accuracy against the exact GP at 120^2, and compares two models of partial spectra.
+Everything runs on one thread (``torch.set_num_threads(1)``): the one-core numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reconstruct.base import BlockLayout
+from reconstruct.gp import GPHyperparameters, SpatialGP, TiledSpatialGP, grid_coords
+from reconstruct.lowrank import LowRankCompletion, LowRankGP
+from reconstruct.metrics import r2_score
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def bench_reconstructor(
+    cls: type[LowRankGP], data: np.ndarray, truth: np.ndarray, order: np.ndarray,
+    fraction: float, layout: BlockLayout, shape: tuple[int, int], spectral: tuple[int, ...],
+    repeats: int,
+) -> dict[str, float]:
+    """Times and accuracy of one reconstructor at one fraction of pixels measured."""
+    n_pixels = shape[0] * shape[1]
+    n_fill = int(fraction * n_pixels)
+    nb = layout.n_blocks
+    rec = cls(shape, spectral, layout, device="cpu", refit_growth=1e9)  # refits only when asked
+    for p in order[:n_fill]:
+        rec.add_many([int(p)] * nb, range(nb), data[p])
+    refit_ms = _median_ms(rec.refit, repeats=3)
+    reference = torch.as_tensor(data)
+    rec.r2(reference)  # builds the reference cache once, as the environment does
+    queue = iter(order[n_fill:])
+
+    def add_pixel() -> None:
+        p = int(next(queue))
+        rec.add_many([p] * nb, range(nb), data[p])
+
+    def add_block() -> None:
+        p = int(next(queue))
+        rec.add(p, 0, data[p, 0])
+
+    pixel_ms = _median_ms(add_pixel, repeats)
+    block_ms = _median_ms(add_block, repeats)
+    r2_ms = _median_ms(lambda: rec.r2(reference), repeats)
+    estimate = rec.estimate_blocks()
+    return {
+        "fraction": fraction,
+        "update_full_pixel_ms": pixel_ms,
+        "update_one_block_ms": block_ms,
+        "fast_r2_ms": r2_ms,
+        "refit_ms": refit_ms,
+        "k": rec.basis.k if rec.basis is not None else 0,
+        "lengthscale": rec.hyper.lengthscale,
+        "white": rec.hyper.white,
+        "r2_data": r2_score(reference, estimate),
+        "r2_truth": r2_score(torch.as_tensor(truth), estimate),
+    }
+
+
+def bench_grid_sizes(sizes: list[int], fraction: float, repeats: int, k: int = 8) -> list[dict]:
+    """Spatial-GP update time and factor memory at ``fraction`` observed, per grid side."""
+    rows = []
+    hyper = GPHyperparameters(3.0, 0.3)
+    for side in sizes:
+        rng = np.random.default_rng(side)
+        n_pixels = side * side
+        n_obs = int(fraction * n_pixels)
+        pixels = rng.choice(n_pixels, n_obs + repeats, replace=False)
+        values = rng.normal(size=(n_obs + repeats, k))
+        gp: SpatialGP | TiledSpatialGP
+        gp = SpatialGP(grid_coords((side, side)), k, hyper, device="cpu") if side <= 64 else (
+            TiledSpatialGP((side, side), k, hyper, device="cpu")
+        )
+        start = time.perf_counter()
+        gp.rebuild(pixels[:n_obs], values[:n_obs], 0.05)
+        rebuild_s = time.perf_counter() - start
+        pending = iter(zip(pixels[n_obs:].tolist(), values[n_obs:], strict=True))
+        add_ms = _median_ms(lambda gp=gp, pending=pending: gp.add(*next(pending), 0.05), repeats)
+        tiles = gp.tiles if isinstance(gp, TiledSpatialGP) else [gp]
+        factor_mb = sum(t._at.element_size() * t._at.numel() for t in tiles) / 2**20
+        rows.append({
+            "side": side, "model": type(gp).__name__, "observations": n_obs,
+            "update_ms": add_ms, "rebuild_s": rebuild_s, "factor_MiB": factor_mb,
+        })
+        print(f"  grid {side}^2 ({type(gp).__name__}): update {add_ms:.2f} ms, "
+              f"rebuild {rebuild_s:.2f} s, factor {factor_mb:.0f} MiB")
+    return rows
+
+
+def tiled_vs_exact(side: int, fraction: float, k: int = 4) -> dict[str, float]:
+    """Accuracy the tiled approximation costs against the exact GP on a ``side^2`` grid."""
+    rng = np.random.default_rng(0)
+    hyper = GPHyperparameters(3.0, 0.3)
+    n_pixels = side * side
+    pixels = rng.choice(n_pixels, int(fraction * n_pixels), replace=False)
+    values = rng.normal(size=(pixels.size, k))
+    exact = SpatialGP(grid_coords((side, side)), k, hyper, device="cpu")
+    exact.rebuild(pixels, values, 0.05)
+    tiled = TiledSpatialGP((side, side), k, hyper, device="cpu")
+    tiled.rebuild(pixels, values, 0.05)
+    diff = tiled.mean - exact.mean
+    return {
+        "side": side,
+        "mean_max_abs_diff": float(diff.abs().max()),
+        "mean_rms_diff_over_rms": float(
+            diff.pow(2).mean().sqrt() / exact.mean.pow(2).mean().sqrt()
+        ),
+        "variance_max_abs_diff": float((tiled.variance - exact.variance).abs().max()),
+    }
+
+
+def compare_partial_models(
+    data: np.ndarray, order: np.ndarray, layout: BlockLayout, shape: tuple[int, int],
+    spectral: tuple[int, ...], full_fraction: float = 0.05, seed: int = 0,
+) -> dict[str, float]:
+    """Low-rank GP vs independent per-block GPs sharing its kernel, on ``full_fraction`` fully
+    measured pixels plus one random block at every other usable pixel."""
+    rng = np.random.default_rng(seed)
+    nb = layout.n_blocks
+    n_full = int(full_fraction * shape[0] * shape[1])
+    rec = LowRankGP(shape, spectral, layout, device="cpu")
+    measured = np.zeros((data.shape[0], nb), dtype=bool)
+    for p in order[:n_full]:
+        rec.add_many([int(p)] * nb, range(nb), data[p])
+        measured[p] = True
+    for p in order[n_full:]:
+        b = int(rng.integers(nb))
+        rec.add(int(p), b, data[p, b])
+        measured[p, b] = True
+    rec.refit()
+    reference = torch.as_tensor(data)
+    per_block = np.empty_like(data, dtype=np.float64)
+    for b in range(nb):
+        pix = np.nonzero(measured[:, b])[0]
+        vals = data[pix, b].astype(np.float64)
+        gp = SpatialGP(grid_coords(shape), data.shape[2], rec.hyper,
+                       prior_mean=vals.mean(0), device="cpu")
+        gp.rebuild(pix, vals, 1e-4)
+        per_block[:, b] = gp.mean.numpy()
+    per_block[measured] = data[measured]
+    return {
+        "full_fraction": full_fraction,
+        "lowrank_gp_r2": r2_score(reference, rec.estimate_blocks()),
+        "per_block_gp_r2": r2_score(reference, torch.as_tensor(per_block)),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the results")
+    parser.add_argument("--seed", type=int, default=0, help="twin seed and sampling seed")
+    parser.add_argument("--blocks", type=int, default=4, help="voltage blocks per spectrum")
+    parser.add_argument("--repeats", type=int, default=20, help="timed updates per median")
+    parser.add_argument("--sizes", default="60,120,240", help="grid sides for the scaling run")
+    parser.add_argument("--skip-scaling", action="store_true", help="only the 60^2 twin runs")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    from envs.twin import make_twin  # reconstruct never imports envs at module level
+
+    dataset = make_twin(args.seed).dataset
+    shape, spectral = dataset.data.shape[:2], dataset.data.shape[2:]
+    layout = BlockLayout(spectral[0], args.blocks)
+    data = np.asarray(layout.to_blocks(dataset.data), dtype=np.float32)
+    truth = np.asarray(layout.to_blocks(dataset.truth), dtype=np.float32)
+    usable = np.nonzero(np.isfinite(data).all(axis=(1, 2)))[0]  # lost pixels cannot be measured
+    order = np.random.default_rng(args.seed).permutation(usable)
+    # NaN pixels of the measured tensor are ignored by R^2; the model never sees them.
+    results: dict[str, Any] = {"shape": [*shape, *spectral], "blocks": args.blocks, "runs": []}
+    for cls in (LowRankGP, LowRankCompletion):
+        for fraction in (0.1, 0.2, 0.4):
+            row = {"reconstructor": cls.name, **bench_reconstructor(
+                cls, data, truth, order, fraction, layout, shape, spectral, args.repeats)}
+            results["runs"].append(row)
+            print(f"{cls.name:8s} {fraction:4.0%}: pixel {row['update_full_pixel_ms']:.2f} ms, "
+                  f"block {row['update_one_block_ms']:.2f} ms, r2 {row['fast_r2_ms']:.2f} ms, "
+                  f"refit {row['refit_ms']:.0f} ms, R^2 data {row['r2_data']:.3f} "
+                  f"truth {row['r2_truth']:.3f} (k={row['k']})")
+    results["partial_spectra"] = compare_partial_models(data, order, layout, shape, spectral)
+    print("partial spectra:", results["partial_spectra"])
+    if not args.skip_scaling:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        results["scaling"] = bench_grid_sizes(sizes, 0.2, args.repeats)
+        results["tiled_vs_exact"] = tiled_vs_exact(120, 0.2)
+        print("tiled vs exact:", results["tiled_vs_exact"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
