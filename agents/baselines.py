@@ -1,0 +1,186 @@
+"""Baseline acquisition policies: the references every learned policy is measured against.
+
+All of them act through the same :class:`agents.base.Policy` interface. The model-based ones read
+the environment's reconstructor (its posterior uncertainty) and cost model; ``greedy-oracle``
+reads the ground truth and is an upper reference only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents.base import Policy, register_policy
+
+
+def serpentine_pixels(grid_shape: tuple[int, int]) -> np.ndarray:
+    """Flat pixel indices in serpentine (boustrophedon) order: rows alternate direction, so the
+    tip always moves to a neighbouring pixel."""
+    nx, ny = grid_shape
+    order = np.arange(nx * ny).reshape(nx, ny)
+    order[1::2] = order[1::2, ::-1]
+    return order.reshape(-1)
+
+
+def _masked_argmax(scores: np.ndarray, action_mask: np.ndarray) -> int:
+    """Index of the largest score among valid actions (ties: lowest index, so runs repeat)."""
+    scores = np.where(action_mask, np.nan_to_num(scores, nan=-np.inf, posinf=np.inf), -np.inf)
+    best = int(np.argmax(scores))
+    if not action_mask[best]:
+        raise RuntimeError("no valid action left")
+    return best
+
+
+def block_seconds_table(env) -> np.ndarray:
+    """Seconds of every (pixel, block) measurement from the current tip position, flat ``(P*nb,)``
+    in action order (travel included)."""
+    pixels = np.arange(env.grid_shape[0] * env.grid_shape[1])
+    per_block = [
+        np.asarray(env.block_seconds(pixels, b), dtype=np.float64) for b in range(env.n_blocks)
+    ]
+    return np.stack(per_block, axis=1).reshape(-1)
+
+
+class RandomPolicy(Policy):
+    """Uniformly random among the blocks not yet measured."""
+
+    name = "random"
+
+    def act(self, observation, action_mask):
+        return int(self.rng.choice(np.flatnonzero(action_mask)))
+
+
+class OrderedPolicy(Policy):
+    """Follows a fixed action order, skipping actions that are already taken."""
+
+    def action_order(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def reset(self, env, seed=None):
+        super().reset(env, seed)
+        self._order = self.action_order()
+        self._cursor = 0
+
+    def act(self, observation, action_mask):
+        while self._cursor < len(self._order) and not action_mask[self._order[self._cursor]]:
+            self._cursor += 1
+        if self._cursor == len(self._order):
+            return _masked_argmax(np.zeros(len(action_mask)), action_mask)
+        return int(self._order[self._cursor])
+
+
+class RasterPolicy(OrderedPolicy):
+    """Serpentine scan measuring every block of a pixel before moving on: the full-measurement
+    reference whose time defines 100 %."""
+
+    name = "raster"
+
+    def action_order(self) -> np.ndarray:
+        nb = self.env.n_blocks
+        pixels = serpentine_pixels(self.env.grid_shape)
+        return (pixels[:, None] * nb + np.arange(nb)[None, :]).reshape(-1)
+
+
+class StaticSubsamplePolicy(OrderedPolicy):
+    """A fixed design chosen without looking at the data.
+
+    Serpentine passes over the whole grid; pass ``q`` measures at pixel ``(i, j)`` the block
+    ``(i + 2 j + q) mod n_blocks``. After one pass every pixel has one block, neighbouring pixels
+    holding different blocks, so the low-rank completion sees every voltage in every
+    neighbourhood; later passes fill in further blocks. Together with the environment's initial
+    grid of fully measured pixels (which gives the spectral basis) this is the classic
+    "sparse full spectra + everywhere a few voltages" design.
+    """
+
+    name = "static-subsample"
+
+    def action_order(self) -> np.ndarray:
+        nx, ny = self.env.grid_shape
+        nb = self.env.n_blocks
+        pixels = serpentine_pixels((nx, ny))
+        rows, cols = np.divmod(pixels, ny)
+        passes = [pixels * nb + (rows + 2 * cols + q) % nb for q in range(nb)]
+        return np.concatenate(passes)
+
+
+class UncertaintyPolicy(Policy):
+    """Measures the block with the largest posterior variance ("uncertainty exploration")."""
+
+    name = "gp-uncertainty"
+
+    def scores(self) -> np.ndarray:
+        return self.env.reconstructor.uncertainty().detach().cpu().numpy().reshape(-1)
+
+    def act(self, observation, action_mask):
+        return _masked_argmax(self.scores(), action_mask)
+
+
+class UncertaintyPerSecondPolicy(UncertaintyPolicy):
+    """Posterior variance divided by the block's seconds, tip travel included (cost-aware)."""
+
+    name = "gp-uncertainty-per-second"
+
+    def scores(self) -> np.ndarray:
+        return super().scores() / block_seconds_table(self.env)
+
+
+class VarianceReductionPolicy(UncertaintyPolicy):
+    """Measures the block that most reduces the total (integrated) posterior variance.
+
+    Uses the reconstructor's ``variance_reduction()`` ((P, n_blocks) of total predictive variance
+    removed); reconstructors without one fall back to the pointwise variance.
+    """
+
+    name = "variance-reduction"
+
+    def scores(self) -> np.ndarray:
+        recon = self.env.reconstructor
+        if hasattr(recon, "variance_reduction"):
+            reduction = recon.variance_reduction()
+            return np.asarray(
+                reduction.detach().cpu() if hasattr(reduction, "detach") else reduction
+            ).reshape(-1)
+        return super().scores()
+
+
+class GreedyOraclePolicy(Policy):
+    """Privileged upper reference: reads the true data and measures the block whose current
+    reconstruction error per second (travel included) is largest, a one-step greedy lookahead that
+    counts the error removed at the measured block itself (measuring a block makes its error
+    zero). It ignores what the measurement teaches about neighbours, so it is a strong but not an
+    optimal reference."""
+
+    name = "greedy-oracle"
+    privileged = True
+
+    def reset(self, env, seed=None):
+        super().reset(env, seed)
+        reference = self.env.reference_blocks
+        self._reference = (
+            reference.detach().cpu().numpy() if hasattr(reference, "detach") else reference
+        )
+
+    def act(self, observation, action_mask):
+        estimate = self.env.reconstructor.estimate_blocks().detach().cpu().numpy()
+        error = np.nansum((self._reference - estimate) ** 2, axis=2).reshape(-1)
+        return _masked_argmax(error / block_seconds_table(self.env), action_mask)
+
+
+def _no_argument(cls: type[Policy]):
+    def factory(argument: str | None) -> Policy:
+        if argument:
+            raise ValueError(f"policy {cls.name!r} takes no argument, got {argument!r}")
+        return cls()
+
+    return factory
+
+
+for _cls in (
+    RandomPolicy,
+    RasterPolicy,
+    StaticSubsamplePolicy,
+    UncertaintyPolicy,
+    UncertaintyPerSecondPolicy,
+    VarianceReductionPolicy,
+    GreedyOraclePolicy,
+):
+    register_policy(_cls.name)(_no_argument(_cls))
