@@ -385,17 +385,21 @@ def parameter_maps(
     # Soft walls (large back-switching) vary along the walls on a longer scale than the rest.
     softness = special.expit(2.0 * _smooth_field(rng, shape, 2.0 * config.smooth_length_px))
 
+    # Most pixel-scale disorder sits in the strength and the pinned fraction, which scale a
+    # pixel's whole spectrum: rough in space yet coherent over voltages and times, as in real
+    # switching maps. Threshold and width get less, because disorder there moves the pulse at
+    # which a pixel switches, which no few-component spectral basis can follow.
     strength = (
         np.where(is_a, 0.2, 1.0)
         * (1.0 + 0.6 * proximity)
-        * np.exp(0.15 * smooth() + 0.4 * dis * rough())
+        * np.exp(0.25 * smooth() + 0.45 * dis * rough())
     )
-    threshold = 3.8 + 0.4 * smooth() - 1.5 * proximity + 0.6 * dis * rough()
+    threshold = 3.8 + 0.4 * smooth() - 1.5 * proximity + 0.25 * dis * rough()
     imprint = 0.3 * smooth()  # positive imprint favours up-switching
     t_lo, t_hi = config.threshold_range_v
     threshold_up = np.clip(threshold - imprint, t_lo, t_hi)
     threshold_down = np.clip(threshold + imprint, t_lo, t_hi)
-    width = np.clip(0.3 * np.exp(0.3 * smooth() + 0.4 * dis * rough()), 0.1, 1.0)
+    width = np.clip(0.3 * np.exp(0.3 * smooth() + 0.2 * dis * rough()), 0.1, 1.0)
     back_switching = np.clip(
         0.1 + 0.6 * proximity * softness + 0.05 * smooth() + 0.08 * dis * rough(), 0.0, 0.85
     )
@@ -408,7 +412,7 @@ def parameter_maps(
     )
     # Sub-pixel nanodomains pinned in the as-grown orientation's opposite: never switch, so they
     # leave a pixel-scale imprint on every voltage and time.
-    pinned_fraction = np.clip(0.08 + 0.09 * dis * rough() + 0.1 * proximity, 0.0, 0.45)
+    pinned_fraction = np.clip(0.08 + 0.1 * dis * rough() + 0.1 * proximity, 0.0, 0.45)
     electrostatic = 0.02 * np.exp(0.2 * smooth() + 0.13 * dis * rough())  # per volt
     initial = np.where(labels == C_DOWN, -1.0, 1.0)
     return {
