@@ -13,14 +13,15 @@ from typing import Any
 
 from reconstruct.base import BlockLayout, Reconstructor
 
-# name -> module defining a Reconstructor subclass whose ``name`` attribute is that name.
-_MODULES: dict[str, str] = {
-    "mean": "reconstruct.interpolate",
-    "nearest": "reconstruct.interpolate",
-    "idw": "reconstruct.interpolate",
-    "linear": "reconstruct.interpolate",
-    "gp": "reconstruct.gp",
-    "lowrank": "reconstruct.lowrank",
+# name -> modules, searched in order, for a Reconstructor subclass whose ``name`` attribute is
+# that name (the GP reconstructor works on low-rank coefficients, so it may live in either).
+_MODULES: dict[str, tuple[str, ...]] = {
+    "mean": ("reconstruct.interpolate",),
+    "nearest": ("reconstruct.interpolate",),
+    "idw": ("reconstruct.interpolate",),
+    "linear": ("reconstruct.interpolate",),
+    "gp": ("reconstruct.gp", "reconstruct.lowrank"),
+    "lowrank": ("reconstruct.lowrank",),
 }
 
 
@@ -37,20 +38,23 @@ def reconstructor_class(name: str) -> type[Reconstructor]:
     KeyError
         For an unknown name (the message lists the known ones).
     ImportError
-        When the module that provides ``name`` is missing or defines no class of that name.
+        When a module that may provide ``name`` is missing, or none defines it.
     """
     if name not in _MODULES:
         raise KeyError(f"unknown reconstructor {name!r}; choose one of {reconstructor_names()}")
-    module = importlib.import_module(_MODULES[name])
-    for obj in vars(module).values():
-        if (
-            isinstance(obj, type)
-            and issubclass(obj, Reconstructor)
-            and getattr(obj, "name", None) == name
-            and obj.__module__ == module.__name__
-        ):
-            return obj
-    raise ImportError(f"module {module.__name__} defines no Reconstructor with name = {name!r}")
+    for module_name in _MODULES[name]:
+        module = importlib.import_module(module_name)
+        for obj in vars(module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, Reconstructor)
+                and getattr(obj, "name", None) == name
+                and obj.__module__ == module.__name__
+            ):
+                return obj
+    raise ImportError(
+        f"none of {list(_MODULES[name])} defines a Reconstructor with name = {name!r}"
+    )
 
 
 def make_reconstructor(
