@@ -27,11 +27,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     -----------
     A scanning-probe instrument measures, at each pixel of an ``(X, Y)`` grid, the response after
     each of ``V`` voltage pulses (times e.g. 128 read-outs): a tensor ``(X, Y, V, *rest)``. The
-    voltage axis is split into ``n_blocks`` blocks (:class:`reconstruct.BlockLayout`, interleaved
-    by default). Each step the agent picks one (pixel, block) to measure; the instrument (a
-    replay of a recorded or synthetic :class:`envs.Dataset`) returns it and charges its seconds
-    from the :class:`envs.cost.CostModel` (pulses, reads, settling, tip travel, plus the
-    algorithm's time); the reconstructor adds it and re-estimates the full tensor. The agent is
+    voltage axis is split into ``n_blocks`` blocks (:class:`reconstruct.BlockLayout`; by default
+    each block spreads over the pulse sequence). Each step the agent picks one (pixel, block) to
+    measure; the instrument (a replay of a recorded or synthetic :class:`envs.Dataset`) returns
+    it and charges its seconds from the :class:`envs.cost.CostModel` (pulses, reads, settling,
+    tip travel, plus the algorithm's time); the reconstructor adds it and re-estimates the full
+    tensor. The agent is
     paid for accuracy gained early in the time budget.
 
     The replay assumes the recorded response is what a block would give; on a real instrument
@@ -115,13 +116,15 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         An int (the same twin every reset) or ``[lo, hi)``: each reset draws a seed from that range
         with ``self.np_random``.
     twin_overrides
-        JSON-safe dict of twin settings (e.g. ``{"grid_shape": [16, 16], "n_times": 16}``).
+        JSON-safe dict of twin settings (e.g. ``{"grid": [16, 16], "n_times": 16}``).
     reconstructor, reconstructor_kwargs
         Name for :func:`reconstruct.registry.make_reconstructor` and its keyword arguments.
     device
         Passed to the reconstructor; ``"auto"`` picks CUDA when present.
-    n_blocks, interleaved
-        The voltage blocks; ``n_blocks`` must divide the voltage axis (``ValueError`` otherwise).
+    n_blocks, block_scheme
+        The voltage blocks; ``n_blocks`` must divide the voltage axis (``ValueError`` otherwise);
+        ``block_scheme`` is ``"spread"`` (default), ``"interleaved"`` or ``"contiguous"``
+        (:class:`reconstruct.BlockLayout`).
     cost
         Cost-model parameters (``CostModel`` field names); ``reads`` and ``read_interval_s``
         default to the dataset's time axis when it has a time unit.
@@ -181,7 +184,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         reconstructor_kwargs: dict[str, Any] | None = None,
         device: str = "auto",
         n_blocks: int = 4,
-        interleaved: bool = True,
+        block_scheme: str = "spread",
         cost: dict[str, Any] | None = None,
         budget_fraction: float | None = None,
         budget_seconds: float | None = None,
@@ -227,10 +230,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.spectral_shape: tuple[int, ...] = first.spectral_shape
         self.n_pixels = first.n_pixels
         try:
-            self.layout = BlockLayout(self.spectral_shape[0], int(n_blocks), bool(interleaved))
+            self.layout = BlockLayout(self.spectral_shape[0], int(n_blocks), str(block_scheme))
         except ValueError as err:
             raise ValueError(
-                f"n_blocks={n_blocks} does not fit the data {first.shape}: {err}"
+                f"voltage blocks (n_blocks={n_blocks}, block_scheme={block_scheme!r}) do not fit "
+                f"the data {first.shape}: {err}"
             ) from None
         self.n_blocks = self.layout.n_blocks
         self.initial_pixels = self._initial_design_pixels()

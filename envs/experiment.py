@@ -220,7 +220,7 @@ class ExperimentConfig:
     target: float | None = 0.9
     reconstructor: str = "gp"
     n_blocks: int = 4
-    interleaved: bool = True
+    block_scheme: str = "spread"
     initial_stride: int = 6
     check_blocks: int = 48
     estimate: str = "calibrated"
@@ -309,7 +309,7 @@ class _Experiment:
 
             reference = open_data(config.reference, **config.twin_options())
         n_voltages = self.instrument.spectral_shape[0]
-        self.layout = BlockLayout(n_voltages, config.n_blocks, config.interleaved)
+        self.layout = BlockLayout(n_voltages, config.n_blocks, config.block_scheme)
         block_features = self.layout.block_size * int(np.prod(self.instrument.spectral_shape[1:]))
         axes: list[Axis] = list(self.instrument.axes)
         if resume:

@@ -28,6 +28,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+#: Ways of grouping the voltage axis into blocks (see :class:`BlockLayout`).
+BLOCK_SCHEMES = ("spread", "interleaved", "contiguous")
+
+
 @dataclass(frozen=True)
 class BlockLayout:
     """How the voltage axis is split into equally sized measurement blocks.
@@ -38,25 +42,43 @@ class BlockLayout:
         Length of the first spectral axis.
     n_blocks
         Number of blocks; must divide ``n_voltages``.
-    interleaved
-        True (default): block ``b`` holds voltages ``b, b + n_blocks, b + 2 n_blocks, ...``, so
-        every block samples the whole pulse sequence. False: contiguous runs of voltages.
-        Interleaving is the default because a block spread over the sequence pins down a
-        low-rank spectrum far better than a run of neighbouring voltages.
+    scheme
+        ``"spread"`` (default): consecutive pairs of voltages ``(0, 1), (2, 3), ...`` are dealt
+        to the blocks in turn, so with a pulse sequence of alternating sign every block holds
+        both polarities over the whole amplitude range (falls back to ``"interleaved"`` when the
+        pairs cannot be dealt evenly). ``"interleaved"``: block ``b`` holds voltages ``b, b +
+        n_blocks, ...``; with alternating signs and an even ``n_blocks`` each block then sees one
+        polarity only, which leaves the other half of a spectrum unconstrained at a pixel
+        measured with one block. ``"contiguous"``: runs of neighbouring voltages.
+        Measured on the default twin (``python -m reconstruct.bench``): see the README.
     """
 
     n_voltages: int
     n_blocks: int
-    interleaved: bool = True
+    scheme: str = "spread"
 
     def __post_init__(self) -> None:
         if self.n_blocks < 1 or self.n_voltages < 1:
-            raise ValueError(f"need n_blocks >= 1 and n_voltages >= 1, got {self.n_blocks}, {self.n_voltages}")
-        if self.n_voltages % self.n_blocks:
             raise ValueError(
-                f"{self.n_blocks} blocks do not divide the voltage axis of length {self.n_voltages}; "
-                f"choose one of {[d for d in range(1, self.n_voltages + 1) if self.n_voltages % d == 0]}"
+                f"need n_blocks >= 1 and n_voltages >= 1, got {self.n_blocks}, {self.n_voltages}"
             )
+        if self.n_voltages % self.n_blocks:
+            divisors = [d for d in range(1, self.n_voltages + 1) if self.n_voltages % d == 0]
+            raise ValueError(
+                f"{self.n_blocks} blocks do not divide the voltage axis of length "
+                f"{self.n_voltages}; choose one of {divisors}"
+            )
+        if self.scheme not in BLOCK_SCHEMES:
+            raise ValueError(f"unknown block scheme {self.scheme!r}; choose one of {BLOCK_SCHEMES}")
+
+    @property
+    def effective_scheme(self) -> str:
+        """The scheme actually used (``"spread"`` needs an even number of pairs per block)."""
+        if self.scheme == "spread" and (
+            self.block_size % 2 or (self.n_voltages // 2) % self.n_blocks
+        ):
+            return "interleaved"
+        return self.scheme
 
     @property
     def block_size(self) -> int:
@@ -67,12 +89,16 @@ class BlockLayout:
         """Indices along the voltage axis that block ``block`` measures, ascending."""
         if not 0 <= block < self.n_blocks:
             raise IndexError(f"block {block} out of range [0, {self.n_blocks})")
-        if self.interleaved:
+        scheme = self.effective_scheme
+        if scheme == "spread":
+            pairs = np.arange(block, self.n_voltages // 2, self.n_blocks)
+            return np.sort(np.concatenate([2 * pairs, 2 * pairs + 1]))
+        if scheme == "interleaved":
             return np.arange(block, self.n_voltages, self.n_blocks)
         return np.arange(block * self.block_size, (block + 1) * self.block_size)
 
     def permutation(self) -> np.ndarray:
-        """Voltage order that groups the blocks: ``concatenate([voltages(0), voltages(1), ...])``."""
+        """Voltage order that groups the blocks: ``voltages(0)``, then ``voltages(1)``, ..."""
         return np.concatenate([self.voltages(b) for b in range(self.n_blocks)])
 
     def to_blocks(self, tensor: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -146,11 +172,15 @@ class Reconstructor(ABC):
         self.dtype = dtype
         self.n_pixels = self.spatial_shape[0] * self.spatial_shape[1]
         self.n_blocks = self.layout.n_blocks
-        self.block_features = self.layout.block_size * int(np.prod(self.spectral_shape[1:], dtype=np.int64))
+        self.block_features = self.layout.block_size * int(
+            np.prod(self.spectral_shape[1:], dtype=np.int64)
+        )
         self.measured = torch.zeros(self.n_pixels, self.n_blocks, dtype=torch.bool)
 
     # ----------------------------------------------------------------- validation helper
-    def _check_measurement(self, pixel: int, block: int, values: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def _check_measurement(
+        self, pixel: int, block: int, values: np.ndarray | torch.Tensor
+    ) -> torch.Tensor:
         """Validate one measurement; return its values flattened to ``(F_b,)`` as float64 CPU."""
         if not 0 <= int(pixel) < self.n_pixels:
             raise IndexError(f"pixel {pixel} out of range [0, {self.n_pixels})")
@@ -177,10 +207,13 @@ class Reconstructor(ABC):
         """Add one measurement: ``values`` of shape ``(block_size, *rest)`` (or flattened)."""
 
     def add_many(
-        self, pixels: Sequence[int], blocks: Sequence[int], values: Sequence[np.ndarray] | np.ndarray
+        self,
+        pixels: Sequence[int],
+        blocks: Sequence[int],
+        values: Sequence[np.ndarray] | np.ndarray,
     ) -> None:
         """Add several measurements at once (subclasses may batch the update)."""
-        for p, b, v in zip(pixels, blocks, values):
+        for p, b, v in zip(pixels, blocks, values, strict=True):
             self.add(int(p), int(b), v)
 
     @abstractmethod
@@ -190,7 +223,9 @@ class Reconstructor(ABC):
 
     def estimate(self) -> torch.Tensor:
         """The current estimate as ``(X, Y, V, *rest)``."""
-        return self.layout.from_blocks(self.estimate_blocks(), self.spatial_shape, self.spectral_shape[1:])
+        return self.layout.from_blocks(
+            self.estimate_blocks(), self.spatial_shape, self.spectral_shape[1:]
+        )
 
     def uncertainty(self) -> torch.Tensor:
         """Predictive variance per (pixel, block), ``(P, n_blocks)``, averaged over the block's
