@@ -48,15 +48,17 @@ def _as_float64_pair(
         raise ValueError(
             f"spatial_axes={spatial_axes} must be between 1 and the number of axes ({ref.ndim})"
         )
-    ref = ref.to(torch.float64)
-    est = est.to(torch.float64)
+    # Private float64 copies: everything below works in place to keep memory at two tensors.
+    ref = ref.to(torch.float64, copy=True)
+    est = est.to(torch.float64, copy=True)
     valid = torch.isfinite(ref)
     if not bool(valid.any()):
         raise ValueError("reference holds no finite entry: nothing to score against")
-    if not bool(torch.isfinite(est[valid]).all()):
+    invalid = ~valid
+    if bool((~torch.isfinite(est) & valid).any()):
         raise ValueError("estimate contains NaN or inf where the reference is finite")
-    ref = torch.where(valid, ref, torch.zeros((), dtype=ref.dtype, device=ref.device))
-    est = torch.where(valid, est, torch.zeros((), dtype=est.dtype, device=est.device))
+    ref.masked_fill_(invalid, 0.0)
+    est.masked_fill_(invalid, 0.0)
     return ref, est, valid
 
 
@@ -70,8 +72,8 @@ def _squared_terms(
     counts = valid.sum(dim=dims, keepdim=True).to(torch.float64)
     # A channel with no finite reference entry contributes nothing; avoid 0/0 for its mean.
     mean = ref.sum(dim=dims, keepdim=True) / counts.clamp_min(1.0)
-    sq_err = (ref - est).square() * valid
-    sq_dev = (ref - mean).square() * valid
+    sq_err = est.sub_(ref).square_()  # both are 0 at NaN reference entries
+    sq_dev = ref.sub_(mean).square_().masked_fill_(~valid, 0.0)
     return sq_err, sq_dev
 
 

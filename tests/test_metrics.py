@@ -144,3 +144,14 @@ def test_seconds_to_reach() -> None:
     assert seconds_to_reach(t, a, 0.90) == 2.0
     assert seconds_to_reach(t, a, 0.95) == 4.0
     assert seconds_to_reach(t, a, 0.99) is None
+
+
+def test_inputs_are_not_modified(image: np.ndarray) -> None:
+    ref = image.copy()
+    ref[0, 0, 0, 0] = np.nan
+    est = image + 0.5
+    ref_before, est_before = ref.copy(), est.copy()
+    r2_score(ref, est, spatial_axes=2)
+    r2_per_axis(ref, est, axis=2, spatial_axes=2)
+    np.testing.assert_array_equal(ref, ref_before)
+    np.testing.assert_array_equal(est, est_before)
