@@ -55,7 +55,13 @@ def test_interpolate_along_axis_is_exact_for_linear_profiles() -> None:
 def study() -> RedundancyStudy:
     data, truth = tiny_field()
     run = RedundancyStudy(
-        data, truth, reconstructors=FAST, fractions=(0.25, 0.5, 0.75), seed=3, device="cpu"
+        data,
+        truth,
+        reconstructors=FAST,
+        combined_reconstructors=FAST,
+        fractions=(0.25, 0.5, 0.75),
+        seed=3,
+        device="cpu",
     )
     run.run(progress=False)
     return run
@@ -152,7 +158,8 @@ def test_command_line_on_a_file(tmp_path, capsys) -> None:
     np.save(file, data[..., 0])  # a 3-axis file: no time experiments
     out = tmp_path / "out"
     summary = main(["--data", str(file), "--out", str(out), "--reconstructors", "mean,linear",
-                    "--fractions", "0.5", "--quiet"])
+                    "--combined-reconstructors", "linear", "--fractions", "0.5", "--quiet"])
+    assert summary["combined_reconstructors"] == ["linear"]
     assert (out / "redundancy.json").is_file() and (out / "redundancy_pixels.png").is_file()
     assert not summary["has_truth"]
     assert not any(t["experiment"].startswith("time") for t in summary["trials"])
