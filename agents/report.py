@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -121,18 +122,19 @@ def plot_curves(
         # Step curve: accuracy holds its value until the next measurement; before the first
         # point (initial design) it is undefined.
         curves = np.stack([_step_values(tr.seconds, tr.r2, grid) for tr in traces])
-        mean = np.nanmean(curves, axis=0)
+        with warnings.catch_warnings():  # before the initial design every value is NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(curves, axis=0)
         line = ax.plot(
             grid / 3600, mean, label=agent, lw=1.6, ls="--" if "privileged" in agent else "-"
         )[0]
         if len(traces) > 1:
             from scipy import stats
 
-            half = (
-                stats.t.ppf(0.975, len(traces) - 1)
-                * np.nanstd(curves, axis=0, ddof=1)
-                / np.sqrt(len(traces))
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                spread = np.nanstd(curves, axis=0, ddof=1)
+            half = stats.t.ppf(0.975, len(traces) - 1) * spread / np.sqrt(len(traces))
             ax.fill_between(
                 grid / 3600, mean - half, mean + half, color=line.get_color(), alpha=0.2, lw=0
             )

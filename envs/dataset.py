@@ -34,7 +34,9 @@ class Axis:
     def __post_init__(self) -> None:
         values = np.asarray(self.values)
         if values.ndim != 1:
-            raise DataError(f"axis {self.name!r}: coordinate vector must be 1-D, got shape {values.shape}")
+            raise DataError(
+                f"axis {self.name!r}: coordinate vector must be 1-D, got shape {values.shape}"
+            )
         object.__setattr__(self, "values", values)
 
     def __len__(self) -> int:
@@ -59,7 +61,9 @@ def default_axes(shape: tuple[int, ...], names: list[str] | None = None) -> list
         names = ["x", "y"] + [f"spectral_{i}" for i in range(len(shape) - 2)]
     if len(names) != len(shape):
         raise DataError(f"{len(names)} axis names given for a {len(shape)}-axis tensor: {names}")
-    return [Axis(n, np.arange(s, dtype=np.float64), "index") for n, s in zip(names, shape)]
+    return [
+        Axis(n, np.arange(s, dtype=np.float64), "index") for n, s in zip(names, shape, strict=True)
+    ]
 
 
 @dataclass
@@ -115,7 +119,7 @@ class Dataset:
             self.axes = default_axes(self.data.shape)
         if len(self.axes) != self.data.ndim:
             raise DataError(f"{len(self.axes)} axes given for data of shape {self.data.shape}")
-        for i, (axis, size) in enumerate(zip(self.axes, self.data.shape)):
+        for i, (axis, size) in enumerate(zip(self.axes, self.data.shape, strict=True)):
             if len(axis) != size:
                 raise DataError(
                     f"axis {i} ({axis.name!r}) has {len(axis)} coordinates but the data has "
@@ -124,7 +128,9 @@ class Dataset:
         if self.truth is not None:
             truth = np.ascontiguousarray(self.truth, dtype=np.float32)
             if truth.shape != self.data.shape:
-                raise DataError(f"truth shape {truth.shape} differs from data shape {self.data.shape}")
+                raise DataError(
+                    f"truth shape {truth.shape} differs from data shape {self.data.shape}"
+                )
             self.truth = truth
 
     @property
@@ -161,7 +167,11 @@ class Dataset:
 
     def summary(self) -> str:
         """A one-line description for logs and command-line output."""
-        axes = ", ".join(f"{a.name}[{len(a)}]" + (f" {a.unit}" if a.unit else "") for a in self.axes)
+        axes = ", ".join(
+            f"{a.name}[{len(a)}]" + (f" {a.unit}" if a.unit else "") for a in self.axes
+        )
         missing = 1.0 - float(self.measured_mask.mean())
         where = f"{self.source}:{self.path}" if self.path else self.source
-        return f"{self.quantity} ({self.unit}) {axes}, {missing:.1%} unmeasured, from {where or '?'}"
+        return (
+            f"{self.quantity} ({self.unit}) {axes}, {missing:.1%} unmeasured, from {where or '?'}"
+        )
