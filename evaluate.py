@@ -40,7 +40,7 @@ class EvaluateArgs:
     data: str = "twin"
     seeds: int = 3
     seed_start: int = HELD_OUT_SEED_START
-    grid: int = 0
+    grid: int = 30
     blocks: int = 4
     reconstructor: str = "gp"
     budget_fraction: float = 1.0
@@ -75,7 +75,11 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         help=f"first seed (twin samples from {HELD_OUT_SEED_START} on are never used in training)",
     )
     p.add_argument(
-        "--grid", type=int, default=d.grid, help="twin grid size (0: the twin's default, 60)"
+        "--grid",
+        type=int,
+        default=d.grid,
+        help="twin grid size in pixels a side (30 keeps the default run within minutes; 60 is the "
+        "full-size experiment; 0: the twin's own default)",
     )
     p.add_argument(
         "--blocks", type=int, default=d.blocks, help="voltage blocks (must divide the voltage axis)"
@@ -111,18 +115,8 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from tqdm import tqdm
-
     from agents.base import make_policy
-    from agents.evaluation import run_episode, summarise
-    from agents.report import (
-        challenge_lines,
-        format_table,
-        plot_curves,
-        plot_reconstructions,
-        write_results,
-    )
-    from envs.acquisition import AcquisitionEnv
+    from agents.report import challenge_lines, format_table, write_results
 
     targets = [float(t) for t in args.targets.split(",")]
     target_keys = [f"{t:.2f}" for t in targets]
@@ -135,39 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     summaries = []
-    for data in [d.strip() for d in args.data.split(",") if d.strip()]:
-        data_name = "twin (held-out)" if data == "twin" else Path(data).name
-        traces_by_agent = {}
-        truth_map = None
-        for policy in policies:
-            traces = []
-            bar = tqdm(
-                total=args.seeds, desc=f"{data_name}: {policy.label}", unit="episode", leave=False
-            )
-            for i in range(args.seeds):
-                seed = args.seed_start + i
-                env = AcquisitionEnv(**_env_kwargs(args, data, seed))
-                traces.append(
-                    run_episode(
-                        env,
-                        policy,
-                        seed,
-                        stop_r2=args.stop_at or None,
-                        charge_decisions=args.charge_decisions,
-                    )
-                )
-                if truth_map is None:
-                    truth_map = _reference_map(env.unwrapped)
-                env.close()
-                bar.update(1)
-            bar.close()
-            traces_by_agent[policy.label] = traces
-            summaries.append(summarise(traces, data_name, tuple(targets)))
-        stem = "twin" if data == "twin" else Path(data).stem
-        plot_curves(
-            out / f"curves_{stem}.png", traces_by_agent, f"{data_name}, {args.seeds} seeds", targets
-        )
-        plot_reconstructions(out / f"reconstructions_{stem}.png", traces_by_agent, truth_map)
+    try:
+        for data in [d.strip() for d in args.data.split(",") if d.strip()]:
+            summaries += evaluate_data(args, data, policies, targets, out)
+    except (ValueError, OSError) as err:  # DataError is a ValueError: bad file, blocks, budget
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     write_results(out, summaries, asdict(args))
     print(format_table(summaries, target_keys))
@@ -176,6 +143,46 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.csv'} and figures to {out}/")
     return 0
+
+
+def evaluate_data(args: EvaluateArgs, data: str, policies: list, targets: list[float], out: Path):
+    """Run every policy over the seeds on one data source; plot; return the summaries."""
+    from tqdm import tqdm
+
+    from agents.evaluation import run_episode, summarise
+    from agents.report import plot_curves, plot_reconstructions
+    from envs.acquisition import AcquisitionEnv
+
+    data_name = "twin (held-out)" if data == "twin" else Path(data).name
+    traces_by_agent, summaries = {}, []
+    truth_map = None
+    for policy in policies:
+        traces = []
+        bar = tqdm(total=args.seeds, desc=f"{data_name}: {policy.label}", unit="episode")
+        for i in range(args.seeds):
+            seed = args.seed_start + i
+            env = AcquisitionEnv(**_env_kwargs(args, data, seed))
+            trace = run_episode(
+                env,
+                policy,
+                seed,
+                stop_r2=args.stop_at or None,
+                charge_decisions=args.charge_decisions,
+            )
+            traces.append(trace)
+            if truth_map is None:
+                truth_map = _reference_map(env.unwrapped)
+            env.close()
+            bar.set_postfix(steps=len(trace.r2) - 1, final_r2=f"{trace.r2[-1]:.3f}")
+            bar.update(1)
+        bar.close()
+        traces_by_agent[policy.label] = traces
+        summaries.append(summarise(traces, data_name, tuple(targets)))
+    stem = "twin" if data == "twin" else Path(data).stem
+    title = f"{data_name}, {args.seeds} seeds"
+    plot_curves(out / f"curves_{stem}.png", traces_by_agent, title, targets)
+    plot_reconstructions(out / f"reconstructions_{stem}.png", traces_by_agent, truth_map)
+    return summaries
 
 
 def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:
