@@ -47,6 +47,7 @@ class EvaluateArgs:
     targets: str = "0.90,0.95"
     stop_at: float = 0.95
     charge_decisions: str = "measured"
+    threads: int = 1
     out: str = "runs/evaluate"
 
 
@@ -109,14 +110,26 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         default=d.charge_decisions,
         help="charge each decision's wall-clock seconds into the time axis ('none': deterministic)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=d.threads,
+        help="torch threads (0: torch's default); the reconstruction runs many small matrix "
+        "operations, which extra threads slow down on a busy machine",
+    )
     p.add_argument("--out", default=d.out, help="output folder")
     return EvaluateArgs(**vars(p.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import torch
+
     from agents.base import make_policy
     from agents.report import challenge_lines, format_table, write_results
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     targets = [float(t) for t in args.targets.split(",")]
     target_keys = [f"{t:.2f}" for t in targets]
