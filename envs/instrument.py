@@ -57,6 +57,16 @@ class Instrument(Protocol):
         ...
 
 
+def check_pixel(pixel: int, n_pixels: int) -> int:
+    """``pixel`` as an int after checking that it is an integer index on a grid of ``n_pixels``
+    (every instrument validates its requests the same way)."""
+    if isinstance(pixel, (bool, np.bool_)) or not isinstance(pixel, (int, np.integer)):
+        raise TypeError(f"pixel must be an integer, got {pixel!r}")
+    if not 0 <= int(pixel) < n_pixels:
+        raise IndexError(f"pixel {pixel} out of range [0, {n_pixels}) on this grid")
+    return int(pixel)
+
+
 class ReplayInstrument:
     """Replays a recorded :class:`Dataset` as if it were being measured, with cost-model timing.
 
@@ -87,11 +97,7 @@ class ReplayInstrument:
         self.tip_pixel = self._check_pixel(start_pixel)
 
     def _check_pixel(self, pixel: int) -> int:
-        if isinstance(pixel, (bool, np.bool_)) or not isinstance(pixel, (int, np.integer)):
-            raise TypeError(f"pixel must be an integer, got {pixel!r}")
-        if not 0 <= int(pixel) < self.n_pixels:
-            raise IndexError(f"pixel {pixel} out of range [0, {self.n_pixels}) on this grid")
-        return int(pixel)
+        return check_pixel(pixel, self.n_pixels)
 
     def go_to(self, pixel: int) -> float:
         """Move the tip to ``pixel``; return the travel seconds."""

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from envs.dataset import Axis
-from envs.instrument import Instrument
+from envs.instrument import Instrument, check_pixel
 
 PROTOCOL = "pfm-instrument/1"
 
@@ -352,11 +352,7 @@ class RemoteInstrument:
             return str(err.reason)
 
     def _check_pixel(self, pixel: int) -> int:
-        if isinstance(pixel, (bool, np.bool_)) or not isinstance(pixel, (int, np.integer)):
-            raise TypeError(f"pixel must be an integer, got {pixel!r}")
-        if not 0 <= int(pixel) < self.n_pixels:
-            raise IndexError(f"pixel {pixel} out of range [0, {self.n_pixels}) on this grid")
-        return int(pixel)
+        return check_pixel(pixel, self.n_pixels)
 
     def _seconds(self, answer: dict[str, Any], name: str) -> float:
         seconds = answer.get("seconds")
