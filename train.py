@@ -71,7 +71,7 @@ class TrainArgs:
     )
     # the environment
     env_id: str = _arg(ENV_ID, "registered Gymnasium id of the acquisition env")
-    grid: int = _arg(24, "twin grid size (pixels a side) used for training")
+    grid: int = _arg(16, "twin grid size (pixels a side) used for training")
     n_times: int = _arg(32, "read-out times per pulse in the training twin (0: the twin's default)")
     blocks: int = _arg(4, "voltage blocks per pixel (must divide the voltage axis)")
     reconstructor: str = _arg("gp", "reconstructor name (gp, lowrank, linear, ...)")
@@ -85,25 +85,32 @@ class TrainArgs:
     )
     # the algorithm
     total_timesteps: int = _arg(300_000, "env steps to train for (all envs together)")
-    n_envs: int = _arg(4, "parallel training envs")
+    n_envs: int = _arg(1, "parallel training envs")
     vec_env: str = _arg(
-        "subproc", "'subproc' (one process per env, OMP_NUM_THREADS=1 each) or 'dummy'"
+        "dummy", "'subproc' (one process per env, OMP_NUM_THREADS=1 each) or 'dummy'"
     )
     seed: int = _arg(0, "seed of the network initialisation, sampling and training env draws")
     device: str = _arg("auto", "torch device for the network: auto (CUDA when present), cpu, cuda")
     torch_threads: int = _arg(0, "torch threads in the learner process (0: torch's default)")
-    learning_rate: float = _arg(3e-4, "Adam learning rate")
-    n_steps: int = _arg(512, "steps per env per rollout")
-    batch_size: int = _arg(128, "minibatch size")
+    learning_rate: float = _arg(1e-4, "Adam learning rate")
+    n_steps: int = _arg(1024, "steps per env per rollout")
+    batch_size: int = _arg(256, "minibatch size")
     n_epochs: int = _arg(4, "passes over each rollout")
     gamma: float = _arg(1.0, "discount; 1.0 keeps the return equal to the normalised AUC")
     gae_lambda: float = _arg(0.95, "GAE lambda")
     clip_range: float = _arg(0.2, "PPO clip range")
-    ent_coef: float = _arg(0.01, "entropy bonus coefficient")
+    ent_coef: float = _arg(0.0, "entropy bonus coefficient")
     vf_coef: float = _arg(0.5, "value loss coefficient")
     max_grad_norm: float = _arg(0.5, "gradient clipping norm")
     reward_scale: float = _arg(
-        100.0, "rewards are multiplied by this while training (AUC rewards are tiny)"
+        3.0, "rewards are multiplied by this while training (AUC rewards are tiny)"
+    )
+    heuristic_prior: bool = _arg(
+        True,
+        "start the actor as gp-uncertainty-per-second (log-uncertainty and travel prior planes)",
+    )
+    temperature: float = _arg(
+        0.2, "softmax temperature of the heuristic start (smaller: closer to greedy)"
     )
     channels: int = _arg(32, "feature channels of the convolutional score map")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
@@ -230,6 +237,19 @@ def make_env(
         return ScaleReward(env, reward_scale) if reward_scale != 1.0 else env
 
     return thunk
+
+
+def travel_pixels(args: TrainArgs) -> float:
+    """Pixel pitches of tip travel that cost as much as one block measured at the tip, right
+    after the initial design, in the training env (the ``d0`` of the score map's travel prior,
+    from the env's cost model)."""
+    env = gym.make(args.env_id, **env_kwargs(args, args.train_seed_start))
+    env.reset(seed=args.seed)
+    acquisition = env.unwrapped
+    here = np.asarray([acquisition.tip_pixel])
+    block_seconds = float(acquisition.block_seconds(here, 0)[0])
+    env.close()
+    return block_seconds / acquisition.cost_model.travel_s_per_pixel
 
 
 def make_vec_env(factories: list[Callable[[], gym.Env]], kind: str) -> VecEnv:
@@ -378,7 +398,13 @@ def train(args: TrainArgs) -> MaskablePPO:
             ent_coef=args.ent_coef,
             vf_coef=args.vf_coef,
             max_grad_norm=args.max_grad_norm,
-            policy_kwargs={"channels": args.channels, "dilations": args.dilation_tuple()},
+            policy_kwargs={
+                "channels": args.channels,
+                "dilations": args.dilation_tuple(),
+                "heuristic_prior": args.heuristic_prior,
+                "temperature": args.temperature,
+                "travel_pixels": travel_pixels(args),
+            },
             tensorboard_log=str(out / "tb"),
             seed=args.seed,
             device=device,

@@ -41,11 +41,13 @@ def dict_space(n_planes: int, grid: tuple[int, int], n_scalars: int = 3) -> spac
 
 
 def make_network(grid: tuple[int, int], n_blocks: int = 3, n_planes: int = 4) -> ScoreMapPolicy:
+    """A network over arbitrary planes (not the env's layout, so no heuristic prior)."""
     torch.manual_seed(0)
     return ScoreMapPolicy(
         dict_space(n_planes, grid),
         spaces.Discrete(grid[0] * grid[1] * n_blocks),
         lambda _: 1e-3,
+        heuristic_prior=False,
         **SMALL_NET,
     )
 
@@ -107,6 +109,51 @@ def test_weights_do_not_depend_on_grid_size():
     assert values.shape == (1, 1)
     n_params = sum(p.numel() for p in make_network((6, 6)).parameters())
     assert n_params < 100_000
+
+
+def test_untrained_prior_acts_like_gp_uncertainty_per_second():
+    """With the heuristic prior the untrained greedy policy is the cost-aware heuristic: same
+    action at every step of an episode with the GP reconstructor (ties included)."""
+    env = AcquisitionEnv(
+        twin_seeds=3,
+        twin_overrides={"grid": [10, 10], "n_times": 16},
+        reconstructor="gp",
+        budget_fraction=0.15,
+        device="cpu",
+    )
+    observation, _ = env.reset(seed=0)
+    block_seconds = float(env.block_seconds(np.asarray([env.tip_pixel]), 0)[0])
+    torch.manual_seed(0)
+    network = ScoreMapPolicy(
+        env.observation_space,
+        env.action_space,
+        lambda _: 1e-3,
+        travel_pixels=block_seconds / env.cost_model.travel_s_per_pixel,
+        **SMALL_NET,
+    )
+    heuristic = make_policy("gp-uncertainty-per-second")
+    heuristic.reset(env, seed=0)
+    terminated, steps, travelled = False, 0, 0.0
+    while not terminated:
+        mask = env.action_masks()
+        with torch.no_grad():
+            logits = network.score_logits(observation_to_tensors(observation, "cpu"))[0]
+        action = int(np.argmax(np.where(mask, logits.double().numpy(), -np.inf)))
+        assert action == heuristic.act(observation, mask), f"step {steps}"
+        before = env.tip_pixel
+        observation, _, terminated, _, _ = env.step(action)
+        travelled += env.cost_model.travel_seconds(before, env.tip_pixel, env.grid_shape)
+        steps += 1
+    assert steps > 20 and travelled > 0
+
+
+def test_prior_needs_the_env_plane_layout():
+    with pytest.raises(ValueError, match="heuristic_prior=False"):
+        ScoreMapPolicy(dict_space(4, (6, 6)), spaces.Discrete(36 * 3), lambda _: 1e-3)
+    with pytest.raises(ValueError, match="temperature"):
+        ScoreMapPolicy(
+            dict_space(9, (6, 6)), spaces.Discrete(36 * 3), lambda _: 1e-3, temperature=0.0
+        )
 
 
 def test_rejects_spaces_it_cannot_score():
