@@ -1,5 +1,12 @@
 """Reconstructors and metrics on plain tensors (no dependency on `envs` or `agents`)."""
 
 from reconstruct.base import BlockLayout, Reconstructor, resolve_device
+from reconstruct.registry import make_reconstructor, reconstructor_names
 
-__all__ = ["BlockLayout", "Reconstructor", "resolve_device"]
+__all__ = [
+    "BlockLayout",
+    "Reconstructor",
+    "make_reconstructor",
+    "reconstructor_names",
+    "resolve_device",
+]
