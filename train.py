@@ -44,7 +44,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from tqdm import tqdm
 
-from agents.ppo import ScoreMapPolicy
+from agents.ppo import ScoreMapPolicy, travel_pixels_of
 from envs import ENV_ID  # importing envs registers the acquisition envs (also in workers)
 from evaluate import HELD_OUT_SEED_START
 from reconstruct.base import resolve_device
@@ -245,11 +245,9 @@ def travel_pixels(args: TrainArgs) -> float:
     from the env's cost model)."""
     env = gym.make(args.env_id, **env_kwargs(args, args.train_seed_start))
     env.reset(seed=args.seed)
-    acquisition = env.unwrapped
-    here = np.asarray([acquisition.tip_pixel])
-    block_seconds = float(acquisition.block_seconds(here, 0)[0])
+    pixels = travel_pixels_of(env)
     env.close()
-    return block_seconds / acquisition.cost_model.travel_s_per_pixel
+    return pixels
 
 
 def make_vec_env(factories: list[Callable[[], gym.Env]], kind: str) -> VecEnv:

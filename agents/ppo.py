@@ -330,6 +330,15 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         return self.mlp_extractor.forward_actor(self.features_extractor(observation))
 
 
+def travel_pixels_of(env: Any) -> float:
+    """Pixel pitches of tip travel that cost as much as one block measured at the tip, now, in
+    an acquisition env (after ``reset``): the ``d0`` of the travel prior, from its cost model."""
+    acquisition = env.unwrapped
+    here = np.asarray([acquisition.tip_pixel])
+    block_seconds = float(acquisition.block_seconds(here, 0)[0])
+    return block_seconds / acquisition.cost_model.travel_s_per_pixel
+
+
 def observation_to_tensors(
     observation: dict[str, np.ndarray], device: torch.device
 ) -> dict[str, torch.Tensor]:
@@ -366,7 +375,10 @@ class PPOPolicy(Policy):
         ``"auto"`` (CUDA when present), ``"cpu"``, ...
 
     The grid of the observations may differ from the training grid: only the number of planes,
-    scalars and blocks must match.
+    scalars and blocks must match. With the heuristic prior, :meth:`reset` takes the travel
+    prior's ``d0`` from the env's cost model (the instrument's public prices, as
+    ``gp-uncertainty-per-second`` reads them), so a model trained with short read-outs still
+    weighs travel correctly on an instrument with long ones.
     """
 
     name = "ppo"
@@ -391,6 +403,12 @@ class PPOPolicy(Policy):
             )
         self.network: ScoreMapPolicy = model.policy
         self.network.set_training_mode(False)
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        super().reset(env, seed)
+        prior = self.network.features_extractor.prior
+        if prior is not None and hasattr(self.env, "cost_model"):
+            prior.travel_pixels = travel_pixels_of(self.env)
 
     @property
     def n_blocks(self) -> int:

@@ -11,7 +11,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.base import available_policies, make_policy
-from agents.ppo import PPOPolicy, ScoreMapPolicy, observation_to_tensors
+from agents.ppo import PPOPolicy, ScoreMapPolicy, observation_to_tensors, travel_pixels_of
 from envs.acquisition import AcquisitionEnv
 
 #: A cheap reconstructor keeps these tests fast; the network does not care what fills the planes.
@@ -122,13 +122,12 @@ def test_untrained_prior_acts_like_gp_uncertainty_per_second():
         device="cpu",
     )
     observation, _ = env.reset(seed=0)
-    block_seconds = float(env.block_seconds(np.asarray([env.tip_pixel]), 0)[0])
     torch.manual_seed(0)
     network = ScoreMapPolicy(
         env.observation_space,
         env.action_space,
         lambda _: 1e-3,
-        travel_pixels=block_seconds / env.cost_model.travel_s_per_pixel,
+        travel_pixels=travel_pixels_of(env),
         **SMALL_NET,
     )
     heuristic = make_policy("gp-uncertainty-per-second")
@@ -214,6 +213,20 @@ def test_runs_on_a_grid_it_was_not_trained_on(trained_model_path):
         chosen.add(action)
         observation, _, terminated, _, info = env.step(action)
     assert len(chosen) == 10
+
+
+def test_travel_prior_follows_the_instruments_prices(trained_model_path):
+    """Reset takes the travel prior's scale from the env's cost model (10x slower travel: a
+    tenth of the pixels cost one block)."""
+    policy = PPOPolicy(trained_model_path, device="cpu")
+    scales = []
+    for travel in (0.01, 0.1):
+        env = small_env(seeds=5, cost={"travel_s_per_pixel": travel})
+        env.reset(seed=0)
+        policy.reset(env, seed=0)
+        scales.append(policy.network.features_extractor.prior.travel_pixels)
+        assert scales[-1] == pytest.approx(travel_pixels_of(env))
+    assert scales[1] == pytest.approx(scales[0] / 10, rel=1e-6)
 
 
 def test_block_count_mismatch_is_a_clear_error(trained_model_path):
