@@ -84,7 +84,7 @@ class TrainArgs:
         f"must not exceed {HELD_OUT_SEED_START} (held-out seeds)",
     )
     # the algorithm
-    total_timesteps: int = _arg(300_000, "env steps to train for (all envs together)")
+    total_timesteps: int = _arg(150_000, "env steps to train for (all envs together)")
     n_envs: int = _arg(1, "parallel training envs")
     vec_env: str = _arg(
         "dummy", "'subproc' (one process per env, OMP_NUM_THREADS=1 each) or 'dummy'"
@@ -110,9 +110,9 @@ class TrainArgs:
         "start the actor as gp-uncertainty-per-second (log-uncertainty and travel prior planes)",
     )
     temperature: float = _arg(
-        0.2, "softmax temperature of the heuristic start (smaller: closer to greedy)"
+        0.05, "softmax temperature of the heuristic start (smaller: closer to greedy)"
     )
-    channels: int = _arg(32, "feature channels of the convolutional score map")
+    channels: int = _arg(16, "feature channels of the convolutional score map")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
     # evaluation, checkpoints, progress
     eval_seeds: int = _arg(

@@ -120,22 +120,23 @@ def test_same_seed_same_model(tmp_path):
 
 @pytest.mark.slow
 def test_short_training_beats_random_on_held_out_seeds(tmp_path):
-    """A few thousand steps on a small grid already beat random acquisition (AUC return)."""
-    settings = ["--reconstructor", "gp", "--budget-fraction", "0.3", "--n-steps", "256",
-                "--channels", "16", "--dilations", "1,2,4"]  # fmt: skip
-    run(
-        tmp_path,
-        *settings,
-        "--total-timesteps",
-        "4096",
-        "--eval-freq",
-        "0",
-        "--checkpoint-freq",
-        "0",
-    )
-    args = train.parse_args([*TINY, *settings])
+    """A few thousand steps with the default environment (16 x 16 twin, GP, 0.3 budget) give a
+    policy that beats random acquisition on held-out samples and stays close to where it
+    started, gp-uncertainty-per-second (the heuristic prior).
+
+    On a 12 x 12 twin with 16 read-outs the GP heuristics themselves lose to random (normalised
+    AUC 0.042 vs 0.067 over these 8 seeds), so a policy that starts from them cannot be expected
+    to beat random there after a few thousand steps: the test uses the training defaults.
+    """
+    settings = ["--grid", "16", "--n-times", "32", "--reconstructor", "gp",
+                "--budget-fraction", "0.3", "--n-envs", "1", "--n-steps", "1024",
+                "--batch-size", "256", "--channels", "16", "--dilations", "1,2,4,8",
+                "--no-progress"]  # fmt: skip
+    short_run = ["--total-timesteps", "4096", "--eval-freq", "0", "--checkpoint-freq", "0"]
+    train.train(train.parse_args([*settings, "--out", str(tmp_path), *short_run]))
+    args = train.parse_args(settings)
     mean_auc = {}
-    for spec in (f"ppo:{tmp_path / 'model.zip'}", "random"):
+    for spec in (f"ppo:{tmp_path / 'model.zip'}", "random", "gp-uncertainty-per-second"):
         policy = make_policy(spec)
         aucs = []
         for i in range(8):
@@ -143,3 +144,4 @@ def test_short_training_beats_random_on_held_out_seeds(tmp_path):
             aucs.append(run_episode(env, policy, seed=i, charge_decisions="none").auc())
         mean_auc[policy.name] = float(np.mean(aucs))
     assert mean_auc["ppo"] > mean_auc["random"], mean_auc
+    assert mean_auc["ppo"] > mean_auc["gp-uncertainty-per-second"] - 0.02, mean_auc
