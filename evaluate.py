@@ -186,7 +186,7 @@ def evaluate_data(args: EvaluateArgs, data: str, policies: list, targets: list[f
             if truth_map is None:
                 truth_map = _reference_map(env.unwrapped)
             env.close()
-            bar.set_postfix(steps=len(trace.r2) - 1, final_r2=f"{trace.r2[-1]:.3f}")
+            bar.set_postfix(steps=len(trace.r2) - 1, final_r2=f"{trace.r2[-1]:.3f}", refresh=False)
             bar.update(1)
         bar.close()
         traces_by_agent[policy.label] = traces
