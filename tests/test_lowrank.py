@@ -163,3 +163,29 @@ def test_reset_and_determinism():
     assert torch.equal(runs[0], runs[1])
     rec.reset()
     assert rec.n_measured == 0 and rec.basis is None
+
+
+def test_uncertainty_of_partly_measured_pixels_tracks_their_true_error():
+    """On the twin, after one block at every pixel, the predicted variance of the unmeasured
+    blocks must be of the order of their true squared error (the in-sample model variance was
+    43x too small, which misled every uncertainty-driven policy)."""
+    from envs.twin import twin_dataset
+
+    dataset = twin_dataset(seed=5, grid=(18, 18), n_times=16, n_nan_pixels=0)
+    layout = BlockLayout(16, 4)
+    reference = layout.to_blocks(dataset.data)
+    rec = LowRankGP(dataset.spatial_shape, dataset.spectral_shape, layout, device="cpu")
+    ny = dataset.spatial_shape[1]
+    full = [i * ny + j for i in range(1, 18, 4) for j in range(1, 18, 4)]
+    pixels, blocks = [], []
+    for p in range(reference.shape[0]):
+        for b in range(4) if p in full else [(p // ny + 2 * (p % ny)) % 4]:
+            pixels.append(p)
+            blocks.append(b)
+    rec.add_many(pixels, blocks, reference[pixels, blocks])
+    partial = rec.measured.any(1) & ~rec.measured.all(1)
+    unmeasured = partial[:, None] & ~rec.measured
+    error = ((rec.estimate_blocks().numpy() - reference) ** 2).mean(-1)[unmeasured.numpy()]
+    predicted = rec.uncertainty().numpy()[unmeasured.numpy()]
+    ratio = predicted.mean() / error.mean()
+    assert 0.3 < ratio < 3.0, f"predicted / true error = {ratio:.3f}"
