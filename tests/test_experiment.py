@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from fake_instruments import HangingInstrument
 
 from envs.cost import CostModel
 from envs.experiment import ExperimentConfig, ExperimentStopped, run_experiment
@@ -116,30 +117,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, reference):
     _assert_same_session(resumed, reference)
 
 
-class _StopsAnswering:
-    """A replay that hangs after ``answers`` measurements, as a frozen control program would."""
-
-    def __init__(self, answers: int) -> None:
-        self.inner, self.answers = _replay(), answers
-        self.grid_shape, self.spectral_shape = self.inner.grid_shape, self.inner.spectral_shape
-        self.axes = self.inner.axes
-
-    @property
-    def tip_pixel(self) -> int:
-        return self.inner.tip_pixel
-
-    def go_to(self, pixel):
-        return self.inner.go_to(pixel)
-
-    def measure(self, pixel, voltages):
-        if self.answers <= 0:
-            time.sleep(3)
-        self.answers -= 1
-        return self.inner.measure(pixel, voltages)
-
-
 def test_server_that_stops_answering_leaves_a_resumable_session(tmp_path, reference):
-    server = InstrumentServer(_StopsAnswering(answers=60)).start()
+    server = InstrumentServer(HangingInstrument(_replay(), answers=60, hang_seconds=3)).start()
     try:
         config = _config(tmp_path, "network", instrument=server.url, timeout=1.0)
         with pytest.raises(ExperimentStopped, match="did not answer get_spectrum") as stopped:

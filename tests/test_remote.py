@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import socket
-import threading
 
 import numpy as np
 import pytest
+from fake_instruments import HangingInstrument
 
 from envs.cost import CostModel
 from envs.instrument import ReplayInstrument
@@ -56,30 +56,8 @@ def test_unreachable_server_is_a_clear_error():
         RemoteInstrument(url, timeout=2, retries=1, retry_pause=0.01)
 
 
-class _HangingInstrument:
-    """A replay that stops answering after ``answers`` measurements (until released)."""
-
-    def __init__(self, inner: ReplayInstrument, answers: int) -> None:
-        self.inner, self.answers, self.release = inner, answers, threading.Event()
-        self.grid_shape, self.spectral_shape = inner.grid_shape, inner.spectral_shape
-        self.axes = inner.axes
-
-    @property
-    def tip_pixel(self) -> int:
-        return self.inner.tip_pixel
-
-    def go_to(self, pixel):
-        return self.inner.go_to(pixel)
-
-    def measure(self, pixel, voltages):
-        if self.answers <= 0:
-            self.release.wait(10)
-        self.answers -= 1
-        return self.inner.measure(pixel, voltages)
-
-
 def test_server_that_stops_answering_times_out_clearly(dataset):
-    hanging = _HangingInstrument(_replay(dataset), answers=2)
+    hanging = HangingInstrument(_replay(dataset), answers=2)
     server = InstrumentServer(hanging).start()
     try:
         remote = RemoteInstrument(server.url, timeout=0.5)
@@ -92,7 +70,7 @@ def test_server_that_stops_answering_times_out_clearly(dataset):
         server.stop()
 
 
-class _WrongShapeInstrument(_HangingInstrument):
+class _WrongShapeInstrument(HangingInstrument):
     def measure(self, pixel, voltages):
         values, seconds = self.inner.measure(pixel, voltages)
         return values[:, :-1], seconds
