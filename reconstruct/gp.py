@@ -167,6 +167,11 @@ class SpatialGP:
         # Grid distances take few values: the kernel is read from a table of offsets, which is
         # far cheaper than evaluating exp/sqrt for every (pixel, observation) pair.
         self._extent = (int(self.coords[:, 0].max()) + 1, int(self.coords[:, 1].max()) + 1)
+        # On a full row-major rectangle (the grid itself, or a tile window) the kernel row of a
+        # pixel is a window of one (2X-1, 2Y-1) offset table: rows are copied, not gathered.
+        self._full_grid = self.coords.shape[0] == self._extent[0] * self._extent[1] and bool(
+            torch.equal(self.coords, grid_coords(self._extent, self.device).to(torch.long))
+        )
         if n_outputs < 1:
             raise ValueError(f"n_outputs must be >= 1, got {n_outputs}")
         self.n_pixels = self.coords.shape[0]
@@ -181,7 +186,16 @@ class SpatialGP:
         di = torch.arange(self._extent[0], dtype=torch.float64, device=self.device)
         dj = torch.arange(self._extent[1], dtype=torch.float64, device=self.device)
         dist = torch.sqrt(di[:, None] ** 2 + dj[None, :] ** 2)
-        self._table = correlation(dist, hyper).reshape(-1)
+        table = correlation(dist, hyper)
+        self._table = table.reshape(-1)
+        if self._full_grid:
+            # offsets[u, v] = k(|u - (X-1)|, |v - (Y-1)|); windows[a, b] = offsets[a:a+X, b:b+Y]
+            # is pixel (X-1-a, Y-1-b)'s kernel row over the grid (a strided view, no copy).
+            nx, ny = self._extent
+            offsets = table[(torch.arange(2 * nx - 1, device=self.device) - (nx - 1)).abs()][
+                :, (torch.arange(2 * ny - 1, device=self.device) - (ny - 1)).abs()
+            ]
+            self._windows = offsets.unfold(0, nx, 1).unfold(1, ny, 1)
 
     def _check_prior(self, prior_mean: torch.Tensor | np.ndarray | None) -> torch.Tensor:
         if prior_mean is None:
@@ -200,12 +214,20 @@ class SpatialGP:
         self.mean = self.prior_mean.expand(self.n_pixels, -1).clone()
         self.variance = torch.ones(self.n_pixels, dtype=torch.float64, device=self.device)
 
-    def kernel_columns(self, pixels: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """Prior covariance ``K[:, pixels]`` as ``(P, m)``."""
+    def kernel_rows(self, pixels: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Prior covariance ``K[pixels, :]`` as a contiguous ``(m, P)``."""
         idx = torch.as_tensor(pixels, dtype=torch.long, device=self.device).reshape(-1)
-        di = (self.coords[:, :1] - self.coords[idx, 0]).abs_()
-        dj = (self.coords[:, 1:] - self.coords[idx, 1]).abs_()
+        if self._full_grid:
+            nx, ny = self._extent
+            rows = self._windows[nx - 1 - self.coords[idx, 0], ny - 1 - self.coords[idx, 1]]
+            return rows.reshape(idx.numel(), self.n_pixels)
+        di = (self.coords[idx, :1] - self.coords[:, 0]).abs_()
+        dj = (self.coords[idx, 1:] - self.coords[:, 1]).abs_()
         return self._table[di.mul_(self._extent[1]).add_(dj)]
+
+    def kernel_columns(self, pixels: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Prior covariance ``K[:, pixels]`` as ``(P, m)`` (a transposed view)."""
+        return self.kernel_rows(pixels).T
 
     def _check_pixel(self, pixel: int) -> int:
         if not 0 <= int(pixel) < self.n_pixels:
@@ -224,7 +246,7 @@ class SpatialGP:
         s2 = float(_as_noise(noise, 1, self.device)[0])
         n = self.n_obs
         if n == self._at.shape[0]:  # grow capacity geometrically: amortised O(P) per add
-            grown = torch.zeros(2 * n, self.n_pixels, dtype=torch.float64, device=self.device)
+            grown = torch.empty(2 * n, self.n_pixels, dtype=torch.float64, device=self.device)
             grown[:n] = self._at
             self._at = grown
         col = self.kernel_columns([j])[:, 0]
@@ -267,16 +289,18 @@ class SpatialGP:
         self.reset()
         if n == 0:
             return
-        k_xp = self.kernel_columns(idx).T  # (n, P)
+        k_xp = self.kernel_rows(idx)  # (n, P)
         k_xx = k_xp[:, idx] + torch.diag(s2)
         chol = torch.linalg.cholesky(k_xx)
-        at = torch.linalg.solve_triangular(chol, k_xp, upper=False)
-        alpha = torch.linalg.solve_triangular(chol, vals - self.prior_mean, upper=False)
+        # The solve writes straight into the factor's storage; rows past n are never read
+        # before :meth:`add` writes them, so the spare capacity needs no zeroing.
         cap = max(16, 1 << (n - 1).bit_length())
-        self._at = torch.zeros(cap, self.n_pixels, dtype=torch.float64, device=self.device)
-        self._at[:n] = at
+        self._at = torch.empty(cap, self.n_pixels, dtype=torch.float64, device=self.device)
+        at = self._at[:n]
+        torch.linalg.solve_triangular(chol, k_xp, upper=False, out=at)
+        alpha = torch.linalg.solve_triangular(chol, vals - self.prior_mean, upper=False)
         self.mean = self.prior_mean + at.T @ alpha
-        self.variance = (1.0 - (at * at).sum(0)).clamp_(min=0.0)
+        self.variance = (1.0 - torch.linalg.vector_norm(at, dim=0).square_()).clamp_(min=0.0)
         self.n_obs = n
         self.obs_pixels = [int(p) for p in idx.tolist()]
 
@@ -517,9 +541,14 @@ def fit_hyperparameters(
         xy, y, s2 = xy[keep_t], y[keep_t], s2[keep_t]
     n, k = y.shape
     dist = torch.cdist(xy, xy)
+    same = (dist == 0).to(torch.float64)  # where the white part applies (repeats included)
+    rho_of: dict[float, torch.Tensor] = {}  # the correlation matrix per lengthscale, reused
 
     def score(hyper: GPHyperparameters) -> float:
-        cov = correlation(dist, hyper) + torch.diag(s2 + 1e-8)
+        if hyper.lengthscale not in rho_of:
+            rho_of[hyper.lengthscale] = correlation(dist, replace(hyper, white=0.0))
+        cov = torch.add(rho_of[hyper.lengthscale], same, alpha=hyper.white / (1.0 - hyper.white))
+        cov.mul_(1.0 - hyper.white).diagonal().add_(s2 + 1e-8)
         chol, info = torch.linalg.cholesky_ex(cov)
         if int(info):
             return -np.inf

@@ -199,7 +199,7 @@ class LowRankGP(Reconstructor):
         max_components: int = 12,
         min_full_pixels: int = 8,
         refit_growth: float = 1.5,
-        max_basis_pixels: int = 400,
+        max_basis_pixels: int = 256,
         max_fit_points: int = 200,
         max_exact_pixels: int = 4096,
         seed: int = 0,
@@ -401,10 +401,16 @@ class LowRankGP(Reconstructor):
         self._block_gram = flat_b @ flat_b.transpose(1, 2)  # (nb, k, k)
         mask = self.measured.to(self.device, torch.float64)
         self._gram = (mask @ self._block_gram.reshape(self.n_blocks, -1)).reshape(-1, k, k)
-        # Zero the unmeasured blocks, then one matrix product: far cheaper than a masked einsum.
-        centred = (self.values.to(torch.float64) - basis.mean) * mask[..., None]
-        self._proj = centred.reshape(self.n_pixels, -1) @ basis.components.reshape(k, -1).T
+        # Projections of the centred measured blocks, at observed pixels only. Unmeasured
+        # blocks hold zeros in ``values``, so sum_b (y_b - mu_b) B_b over measured b is one
+        # product of the raw values minus the mask times each block's mean projection; this
+        # never forms a centred copy of the whole tensor.
         observed = torch.nonzero(self.measured.any(1)).reshape(-1).to(self.device)
+        flat_components = basis.components.reshape(k, -1)
+        mean_proj = torch.einsum("bf,kbf->bk", basis.mean, basis.components)  # (nb, k)
+        raw = self.values[observed].reshape(observed.numel(), -1).to(torch.float64)
+        self._proj = torch.zeros(self.n_pixels, k, dtype=torch.float64, device=self.device)
+        self._proj[observed] = raw @ flat_components.T - mask[observed] @ mean_proj
         coef, noise = self._coefficients(self._gram[observed], self._proj[observed])
         noise = torch.maximum(noise, self._partial_noise(self.measured[observed.cpu()]))
         self._obs_coef = torch.zeros(self.n_pixels, k, dtype=torch.float64, device=self.device)
