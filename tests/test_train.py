@@ -12,6 +12,7 @@ from sb3_contrib import MaskablePPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
+from agents import ppo_curves
 from agents.base import make_policy
 from agents.evaluation import run_episode
 from evaluate import HELD_OUT_SEED_START
@@ -89,6 +90,17 @@ def test_short_run_writes_model_config_checkpoints_and_logs(tmp_path):
     for tag in ("rollout/ep_rew_mean", "rollout/r2_at_budget", "eval/mean_reward",
                 "eval/r2_at_budget", "train/entropy_loss", "train/value_loss"):  # fmt: skip
         assert tag in tags, tag
+    # the training-curve figure is drawn from these logs
+    figure = tmp_path / "curves.png"
+    assert ppo_curves.main([str(tmp_path / "tb"), "--out", str(figure), "--reference", "0.1"]) == 0
+    assert figure.stat().st_size > 10_000
+    steps, _ = ppo_curves.read_scalars(tmp_path / "tb")["train/entropy_loss"]
+    assert steps.max() <= 256 and np.all(np.diff(steps) > 0)
+
+
+def test_curves_of_a_folder_without_logs_is_a_clear_error(tmp_path, capsys):
+    assert ppo_curves.main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert "no TensorBoard event files" in capsys.readouterr().err
 
 
 def test_resume_continues_the_step_count(tmp_path):
