@@ -7,7 +7,7 @@ raster's time saved at R^2 >= 0.90, algorithm time included) holds.
 
 Examples
 --------
-    python evaluate.py                                   # baselines on held-out twin samples
+    python evaluate.py                                   # baselines and PPO, held-out twin samples
     python evaluate.py --agents raster,gp-uncertainty --seeds 5 --out runs/eval
     python evaluate.py --data ../shared/data/bepfm_32x32x102.npy --blocks 2
 """
@@ -29,6 +29,7 @@ DEFAULT_AGENTS = ",".join(
         "gp-uncertainty",
         "gp-uncertainty-per-second",
         "variance-reduction",
+        "ppo",  # the shipped models/ppo_default.zip (train.py's default run)
         "greedy-oracle",
     ]
 )
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         "--agents",
         default=d.agents,
         help="comma-separated policy names (name or name:argument, "
-        "e.g. ppo:models/ppo_default.zip); default: every baseline",
+        "e.g. ppo:models/other.zip); default: every baseline and the shipped PPO model",
     )
     p.add_argument(
         "--data",

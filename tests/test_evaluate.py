@@ -74,3 +74,14 @@ def test_evaluate_is_deterministic_for_a_seed(tmp_path, monkeypatch):
 def test_unknown_agent_is_a_clear_error(tmp_path, capsys):
     assert evaluate.main(["--agents", "nonsense", "--out", str(tmp_path)]) == 2
     assert "unknown policy 'nonsense'" in capsys.readouterr().err
+
+
+def test_default_agents_include_the_shipped_ppo_model():
+    from agents.base import make_policy
+    from agents.ppo import DEFAULT_MODEL_PATH, PPOPolicy
+
+    names = evaluate.DEFAULT_AGENTS.split(",")
+    assert "ppo" in names
+    policy = make_policy("ppo")  # loads models/ppo_default.zip
+    assert isinstance(policy, PPOPolicy)
+    assert policy.model_path == DEFAULT_MODEL_PATH
