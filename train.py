@@ -112,6 +112,11 @@ class TrainArgs:
     temperature: float = _arg(
         0.05, "softmax temperature of the heuristic start (smaller: closer to greedy)"
     )
+    scaled_head: bool = _arg(
+        False,
+        "divide the actor head's output by the temperature (weights in log-score units) instead "
+        "of folding 1/temperature into its weights",
+    )
     channels: int = _arg(16, "feature channels of the convolutional score map")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
     # evaluation, checkpoints, progress
@@ -401,6 +406,7 @@ def train(args: TrainArgs) -> MaskablePPO:
                 "dilations": args.dilation_tuple(),
                 "heuristic_prior": args.heuristic_prior,
                 "temperature": args.temperature,
+                "scaled_head": args.scaled_head,
                 "travel_pixels": travel_pixels(args),
             },
             tensorboard_log=str(out / "tb"),

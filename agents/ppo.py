@@ -205,9 +205,12 @@ class ScoreMapHeads(nn.Module):
     ``(B, value_hidden)`` for the value head.
     """
 
-    def __init__(self, channels: int, n_blocks: int, value_hidden: int = 64) -> None:
+    def __init__(
+        self, channels: int, n_blocks: int, value_hidden: int = 64, logit_scale: float = 1.0
+    ) -> None:
         super().__init__()
         self.n_blocks = n_blocks
+        self.logit_scale = float(logit_scale)
         self.logits = nn.Conv2d(channels, n_blocks, 1)
         self.value = nn.Sequential(nn.Linear(2 * channels, value_hidden), nn.SiLU())
         self.latent_dim_vf = value_hidden
@@ -215,6 +218,8 @@ class ScoreMapHeads(nn.Module):
 
     def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
         scores = self.logits(features)  # (B, nb, X, Y)
+        if self.logit_scale != 1.0:
+            scores = scores * self.logit_scale
         return scores.permute(0, 2, 3, 1).reshape(scores.shape[0], -1)
 
     def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
@@ -232,7 +237,13 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
     ``heuristic_prior`` (default True) adds the prior planes and starts the actor as
     ``gp-uncertainty-per-second`` at ``temperature`` with travel measured in units of
     ``travel_pixels`` (see the module docstring; ``train.py`` takes it from the env's cost model).
-    Everything else is as in sb3-contrib. ``net_arch`` and ``features_extractor_class`` are fixed.
+    ``scaled_head=True`` divides the head's output by ``temperature`` instead of folding
+    ``1 / temperature`` into its weights: the head's weights then live in log-score units (the
+    prior's are +-1), so an optimiser step of a given size moves the scores as much at any
+    temperature; folded into the weights (the default, as in models saved before), the prior
+    weights are ``1 / temperature`` (20 at 0.05) and Adam's steps of ~lr per weight barely move
+    them or the trunk's share of the score. Everything else is as in sb3-contrib. ``net_arch``
+    and ``features_extractor_class`` are fixed.
     """
 
     def __init__(
@@ -246,6 +257,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         heuristic_prior: bool = True,
         temperature: float = 0.2,
         travel_pixels: float = 44.0,
+        scaled_head: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_observation_space(observation_space)
@@ -262,6 +274,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         self.value_hidden = value_hidden
         self.heuristic_prior = bool(heuristic_prior)
         self.temperature = float(temperature)
+        self.scaled_head = bool(scaled_head)
         kwargs.pop("net_arch", None)
         kwargs["features_extractor_class"] = ScoreMapExtractor
         kwargs["features_extractor_kwargs"] = {
@@ -274,7 +287,12 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], **kwargs)
 
     def _build_mlp_extractor(self) -> None:
-        self.mlp_extractor = ScoreMapHeads(self.features_dim, self.n_blocks, self.value_hidden)
+        self.mlp_extractor = ScoreMapHeads(
+            self.features_dim,
+            self.n_blocks,
+            self.value_hidden,
+            logit_scale=1.0 / self.temperature if self.scaled_head else 1.0,
+        )
 
     def _build(self, lr_schedule: Any) -> None:
         self._build_mlp_extractor()
@@ -303,12 +321,13 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         first update on, and through them the trunk."""
         head = self.mlp_extractor.logits
         prior_start = self.features_dim - (self.n_blocks + 1)
+        weight = 1.0 if self.scaled_head else 1.0 / self.temperature
         with torch.no_grad():
             head.weight.zero_()
             head.bias.zero_()
             for block in range(self.n_blocks):
-                head.weight[block, prior_start + block] = 1.0 / self.temperature
-            head.weight[:, prior_start + self.n_blocks] = -1.0 / self.temperature
+                head.weight[block, prior_start + block] = weight
+            head.weight[:, prior_start + self.n_blocks] = -weight
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -322,6 +341,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
             heuristic_prior=self.heuristic_prior,
             temperature=self.temperature,
             travel_pixels=kwargs["travel_pixels"],
+            scaled_head=self.scaled_head,
         )
         return data
 

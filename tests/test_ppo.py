@@ -111,9 +111,11 @@ def test_weights_do_not_depend_on_grid_size():
     assert n_params < 100_000
 
 
-def test_untrained_prior_acts_like_gp_uncertainty_per_second():
+@pytest.mark.parametrize("scaled_head", [False, True])
+def test_untrained_prior_acts_like_gp_uncertainty_per_second(scaled_head):
     """With the heuristic prior the untrained greedy policy is the cost-aware heuristic: same
-    action at every step of an episode with the GP reconstructor (ties included)."""
+    action at every step of an episode with the GP reconstructor (ties included), whether the
+    temperature is folded into the head's weights or divides its output."""
     env = AcquisitionEnv(
         twin_seeds=3,
         twin_overrides={"grid": [10, 10], "n_times": 16},
@@ -128,8 +130,12 @@ def test_untrained_prior_acts_like_gp_uncertainty_per_second():
         env.action_space,
         lambda _: 1e-3,
         travel_pixels=travel_pixels_of(env),
+        temperature=0.05,
+        scaled_head=scaled_head,
         **SMALL_NET,
     )
+    head_weights = network.mlp_extractor.logits.weight.abs().max().item()
+    assert head_weights == pytest.approx(1.0 if scaled_head else 20.0)
     heuristic = make_policy("gp-uncertainty-per-second")
     heuristic.reset(env, seed=0)
     terminated, steps, travelled = False, 0, 0.0
@@ -243,3 +249,38 @@ def test_registered_as_ppo(trained_model_path, tmp_path):
     assert isinstance(policy, PPOPolicy) and policy.label == "ppo"
     with pytest.raises(FileNotFoundError, match="no PPO model"):
         make_policy(f"ppo:{tmp_path / 'missing.zip'}")
+
+
+def test_scaled_head_survives_save_and_load(tmp_path):
+    vec_env = DummyVecEnv([small_env])
+    model = MaskablePPO(
+        ScoreMapPolicy,
+        vec_env,
+        n_steps=64,
+        batch_size=64,
+        n_epochs=1,
+        seed=0,
+        policy_kwargs={**SMALL_NET, "temperature": 0.1, "scaled_head": True},
+        device="cpu",
+    )
+    model.learn(64)
+    model.save(tmp_path / "m.zip")
+    vec_env.close()
+    policy = PPOPolicy(tmp_path / "m.zip", device="cpu")
+    assert policy.network.scaled_head
+    assert policy.network.mlp_extractor.logit_scale == pytest.approx(10.0)
+    env = small_env()
+    observation, _ = env.reset(seed=1)
+    tensors = observation_to_tensors(observation, "cpu")
+    with torch.no_grad():
+        expected = model.policy.score_logits(tensors)[0].double().numpy()
+    np.testing.assert_allclose(policy.action_logits(observation), expected, rtol=1e-6)
+
+
+def test_paired_comparison_counts_and_interval():
+    from agents.ppo_compare import paired
+
+    result = paired(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 2.5, 2.0, 3.0]))
+    assert result["mean"] == pytest.approx(0.5)
+    assert result["better"] == 3
+    assert result["low"] < 0.5 < result["high"]
