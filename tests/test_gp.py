@@ -35,12 +35,44 @@ def test_posterior_equals_closed_form_on_tiny_grid():
     obs = np.array([0, 7, 7, 13, 19])  # pixel 7 twice: two looks at one latent value
     y = rng.normal(size=(5, 3))
     noise = np.array([0.01, 0.05, 0.02, 0.1, 0.03])
-    gp = SpatialGP(coords, 3, HYPER, device="cpu")
+    gp = SpatialGP(coords, 3, HYPER, factor_dtype=torch.float64, device="cpu")
     for p, yy, s in zip(obs, y, noise, strict=True):
         gp.add(int(p), yy, float(s))
     mean, var = _closed_form(coords, obs, y, noise, HYPER)
     np.testing.assert_allclose(gp.mean.numpy(), mean, atol=1e-10)
     np.testing.assert_allclose(gp.variance.numpy(), var, atol=1e-10)
+
+
+def test_float32_factor_close_to_float64_after_many_updates():
+    """The float32 factor's round-off stays far below what matters: after a rebuild on 1500
+    observations and 300 updates on a 50 x 50 grid, mean and variance agree with float64."""
+    rng = np.random.default_rng(7)
+    hyper = GPHyperparameters(lengthscale=4.0, white=0.6)
+    pixels = rng.choice(2500, 1500, replace=False)
+    y = rng.normal(size=(1800, 4))
+    noise = rng.uniform(1e-4, 0.3, 1800)
+    extra = rng.integers(0, 2500, 300)
+    gps = {}
+    for dtype in (torch.float32, torch.float64):
+        gp = SpatialGP(grid_coords((50, 50)), 4, hyper, factor_dtype=dtype, device="cpu")
+        gp.rebuild(pixels, y[:1500], noise[:1500])
+        for i, p in enumerate(extra):
+            gp.add(int(p), y[1500 + i], float(noise[1500 + i]))
+        gps[dtype] = gp
+    assert gps[torch.float32]._at.dtype == torch.float32
+    diff_mean = (gps[torch.float32].mean - gps[torch.float64].mean).abs().max()
+    diff_var = (gps[torch.float32].variance - gps[torch.float64].variance).abs().max()
+    assert float(diff_mean) < 1e-3 and float(diff_var) < 1e-4
+
+
+def test_nearly_exact_observation_switches_factor_to_float64():
+    gp = SpatialGP(grid_coords((6, 6)), 1, HYPER, device="cpu")
+    gp.add(3, [1.0], 0.01)
+    assert gp._at.dtype == torch.float32
+    gp.add(4, [1.0], 1e-9)
+    assert gp._at.dtype == torch.float64
+    gp.rebuild([1, 2], [[0.5], [0.2]], [0.1, 1e-9])
+    assert gp._at.dtype == torch.float64
 
 
 def test_incremental_equals_rebuild():
@@ -100,7 +132,7 @@ def test_tiled_close_to_exact():
     assert float((tiled.variance - exact.variance).abs().max()) < 1e-2
     rebuilt = TiledSpatialGP(shape, 2, HYPER, tile=16, halo=10, device="cpu")
     rebuilt.rebuild(pixels, y, 0.05)
-    assert torch.allclose(rebuilt.mean, tiled.mean, atol=1e-8)
+    assert torch.allclose(rebuilt.mean, tiled.mean, atol=1e-4)  # float32 factors
     red = tiled.variance_reduction([0, 820], 0.05)
     assert torch.allclose(red, exact.variance_reduction([0, 820], 0.05), rtol=2e-2)
 
