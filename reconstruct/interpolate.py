@@ -208,14 +208,25 @@ class InverseDistance(_BlockwiseInterpolator):
         super().__init__(spatial_shape, spectral_shape, layout, device=device, dtype=dtype)
 
     def _weights(self, known: np.ndarray, query: np.ndarray) -> sp.csr_matrix:
-        k = min(self.k, len(known))
-        dist, idx = cKDTree(known).query(query, k=k)
-        dist, idx = dist.reshape(len(query), k), idx.reshape(len(query), k)
-        # Query points are never measured points, so every distance is >= 1 grid step.
-        w = dist ** -self.power
-        w /= w.sum(axis=1, keepdims=True)
-        rows = np.repeat(np.arange(len(query)), k)
-        return sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(len(query), len(known)))
+        return inverse_distance_weights(known, query, self.k, self.power)[0]
+
+
+def inverse_distance_weights(
+    known: np.ndarray, query: np.ndarray, k: int, power: float
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Sparse ``(n_query, n_known)`` inverse-distance weights over the ``k`` nearest known
+    points (rows sum to 1), and each query point's distance to its nearest known point.
+    A query point that is a known point takes that point's value."""
+    k = min(k, len(known))
+    dist, idx = cKDTree(known).query(query, k=k)
+    dist, idx = dist.reshape(len(query), k), idx.reshape(len(query), k)
+    exact = dist[:, 0] == 0
+    w = np.where(exact[:, None], 0.0, np.where(dist > 0, dist, 1.0) ** -power)
+    w[exact, 0] = 1.0
+    w /= w.sum(axis=1, keepdims=True)
+    rows = np.repeat(np.arange(len(query)), k)
+    weights = sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(len(query), len(known)))
+    return weights, dist[:, 0]
 
 
 def _locate_grid_points(

@@ -48,6 +48,7 @@ from reconstruct.gp import (
     make_spatial_gp,
     single_thread,
 )
+from reconstruct.interpolate import inverse_distance_weights
 
 _MIN_RIDGE, _MAX_RIDGE = 1e-10, 1e3  # bounds on the ridge added to G_p (eigenvalues in [0, 1])
 _HUGE_NOISE = 1e12  # noise of an observation that carries (almost) no information
@@ -230,13 +231,14 @@ class LowRankGP(Reconstructor):
             self.n_pixels, self.n_blocks, self.block_features, dtype=self.dtype, device=self.device
         )
         self.basis: SpectralBasis | None = None
-        self.spatial: SpatialGP | TiledSpatialGP | NearestCoefficients | None = None
+        self.spatial: SpatialGP | TiledSpatialGP | InverseDistanceCoefficients | None = None
         self._basis_version = 0
         self._n_at_refit = 0
         self._r2_cache: dict | None = None
         self.hyper = GPHyperparameters(kernel=self.kernel)
+        self._fitted_hyper: GPHyperparameters | None = None  # warm start of the next fit
 
-    def _make_spatial(self, k: int) -> SpatialGP | TiledSpatialGP | NearestCoefficients:
+    def _make_spatial(self, k: int) -> SpatialGP | TiledSpatialGP | InverseDistanceCoefficients:
         return make_spatial_gp(
             self.spatial_shape,
             k,
@@ -421,6 +423,10 @@ class LowRankGP(Reconstructor):
         coords = grid_coords(self.spatial_shape)[observed.cpu()]
         if observed.numel() >= 3:
             self.hyper = self._fit_hyper(coords, coef, noise)
+            # A fit on enough points is a good start for the next one (after more data); the
+            # first fits, on a handful of pixels, are not.
+            informed = observed.numel() >= self.max_fit_points // 2
+            self._fitted_hyper = self.hyper if informed else None
         if self.spatial is None or self.spatial.n_outputs != k:
             self.spatial = self._make_spatial(k)
         self.spatial.rebuild(observed, coef, noise, hyper=self.hyper)
@@ -438,6 +444,7 @@ class LowRankGP(Reconstructor):
             kernel=self.kernel,
             max_points=self.max_fit_points,
             seed=self.seed,
+            start=self._fitted_hyper,
         )
 
     def _model_blocks(self, pixels: torch.Tensor | slice) -> torch.Tensor:
@@ -656,12 +663,19 @@ class LowRankGP(Reconstructor):
         cache["meas_err"][p, b] = torch.where(cache["valid"][p, b], diff, 0.0).square().sum()
 
 
-class NearestCoefficients:
-    """Cheap spatial model: every pixel takes the coefficients of its nearest observed pixel.
+class InverseDistanceCoefficients:
+    """Cheap spatial model: inverse-distance weighting of the coefficients over the 8 nearest
+    observed pixels (power 2, the ``idw`` baseline's weights); observed pixels keep their own.
 
-    Same interface as the GP models for what :class:`LowRankGP` uses. The variance is a
-    heuristic, ``1 - exp(-d / lengthscale)`` (plus the observation's noise at ``d = 0``), for
-    policies that want an uncertainty; there is no posterior covariance. O(P) per update.
+    Same interface as the GP models for what :class:`LowRankGP` uses. Updates only store the
+    coefficients; the map is recomputed on the next read (one k-d tree query, O(P log n)). The
+    variance is a heuristic, ``1 - exp(-d / lengthscale)`` with ``d`` the distance to the
+    nearest observed pixel (the observation's relative noise at ``d = 0``), for policies that
+    want an uncertainty; there is no posterior covariance.
+
+    Why not the nearest pixel's coefficients (the first version): on the 60 x 60 twin they
+    gave R^2 0.19 / 0.30 at 10 / 20 % of pixels, below linear interpolation of the raw data
+    (0.39 / 0.50); these weights give 0.44 / 0.56 (``reconstruct.bench``).
     """
 
     def __init__(
@@ -669,13 +683,16 @@ class NearestCoefficients:
         shape: tuple[int, int],
         n_outputs: int,
         lengthscale: float = 3.0,
+        neighbours: int = 8,
+        power: float = 2.0,
         device: str | torch.device = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        self.coords = grid_coords(shape, self.device)
-        self.n_pixels = self.coords.shape[0]
+        self._coords = grid_coords(shape).numpy()
+        self.n_pixels = self._coords.shape[0]
         self.n_outputs = n_outputs
         self.lengthscale = lengthscale
+        self.neighbours, self.power = neighbours, power
         self.reset()
 
     def reset(self) -> None:
@@ -683,17 +700,17 @@ class NearestCoefficients:
             self.n_pixels, self.n_outputs, dtype=torch.float64, device=self.device
         )
         self._noise = torch.zeros(self.n_pixels, dtype=torch.float64, device=self.device)
-        self._nearest = torch.zeros(self.n_pixels, dtype=torch.long, device=self.device)
+        self._observed = np.zeros(self.n_pixels, dtype=bool)
+        self._mean = self._coef.clone()
         self._dist = torch.full((self.n_pixels,), np.inf, dtype=torch.float64, device=self.device)
+        self._stale = False
 
     def add(self, pixel: int, y: torch.Tensor, noise: float) -> None:
         """Set pixel ``pixel``'s coefficients (replacing any earlier ones)."""
         self._coef[pixel] = torch.as_tensor(y, dtype=torch.float64, device=self.device)
         self._noise[pixel] = noise
-        d = (self.coords - self.coords[pixel]).norm(dim=1)
-        closer = d < self._dist
-        self._dist = torch.where(closer, d, self._dist)
-        self._nearest = torch.where(closer, torch.full_like(self._nearest, pixel), self._nearest)
+        self._observed[pixel] = True
+        self._stale = True
 
     def rebuild(
         self,
@@ -705,29 +722,47 @@ class NearestCoefficients:
         self.reset()
         if hyper is not None:
             self.lengthscale = hyper.lengthscale
-        for p, y, s in zip(pixels.tolist(), values, noise.tolist(), strict=True):
-            self.add(p, y, s)
+        idx = torch.as_tensor(pixels, dtype=torch.long).reshape(-1)
+        self._coef[idx] = torch.as_tensor(values, dtype=torch.float64).to(self.device)
+        self._noise[idx] = torch.as_tensor(noise, dtype=torch.float64).to(self.device)
+        self._observed[idx.numpy()] = True
+        self._stale = True
+
+    def _refresh(self) -> None:
+        if not self._stale:
+            return
+        known = np.flatnonzero(self._observed)
+        weights, dist = inverse_distance_weights(
+            self._coords[known], self._coords, self.neighbours, self.power
+        )
+        coef = self._coef[torch.as_tensor(known, device=self.device)].cpu().numpy()
+        self._mean = torch.as_tensor(weights @ coef, device=self.device)
+        self._dist = torch.as_tensor(dist, device=self.device)
+        self._stale = False
 
     @property
     def mean(self) -> torch.Tensor:
-        return self._coef[self._nearest]
+        self._refresh()
+        return self._mean
 
     @property
     def variance(self) -> torch.Tensor:
+        self._refresh()
         far = 1.0 - torch.exp(-self._dist / self.lengthscale)
         return torch.where(self._dist == 0, self._noise / (1.0 + self._noise), far)
 
 
 class LowRankCompletion(LowRankGP):
-    """:class:`LowRankGP` with the coefficients at unmeasured pixels copied from the nearest
-    measured pixel instead of a GP: no factor to update, O(P) per measurement, no
-    hyperparameter fit; pixels' own coefficients come from their measured blocks alone.
+    """:class:`LowRankGP` with the coefficients at unmeasured pixels interpolated by inverse
+    distance weighting (:class:`InverseDistanceCoefficients`) instead of a GP: no factor to
+    update, no hyperparameter fit; pixels' own coefficients come from their measured blocks
+    alone.
     ``variance_reduction`` is not available (no posterior covariance)."""
 
     name = "lowrank"
 
-    def _make_spatial(self, k: int) -> NearestCoefficients:
-        return NearestCoefficients(self.spatial_shape, k, device=self.device)
+    def _make_spatial(self, k: int) -> InverseDistanceCoefficients:
+        return InverseDistanceCoefficients(self.spatial_shape, k, device=self.device)
 
     def _observe(
         self, p: int, coef: torch.Tensor, noise: float, old_coef: torch.Tensor, old_noise: float

@@ -115,12 +115,18 @@ def test_bootstrap_before_basis_gives_block_means():
     assert rec.component_maps(2).shape == (2, *SHAPE)
 
 
-def test_completion_variant_copies_nearest_coefficients():
+def test_completion_variant_weights_coefficients_by_inverse_distance():
     field = _low_rank_field(rank=2)
+    full = [0, 17, 40, 77, 101, 143]
     rec = LowRankCompletion(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
-    _fill(rec, field, [0, 17, 40, 77, 101, 143], {})
+    _fill(rec, field, full, {})
     coef = rec.coefficients()
-    assert torch.allclose(coef[1], coef[0])  # pixel 1's nearest measured pixel is 0
+    # pixel 1 of the 12 x 12 grid, at (0, 1): weights 1/d^2 over the observed pixels
+    coords = np.array([divmod(p, SHAPE[1]) for p in full], dtype=float)
+    w = 1.0 / ((coords - [0.0, 1.0]) ** 2).sum(1)
+    expected = (w[:, None] * coef[full].numpy()).sum(0) / w.sum()
+    np.testing.assert_allclose(coef[1].numpy(), expected, rtol=1e-10)
+    assert torch.equal(coef[17], rec.spatial._coef[17])  # observed pixels keep their own
     est = rec.estimate_blocks().double().numpy()
     np.testing.assert_allclose(est[143], field[143], rtol=1e-6)
     maps = rec.component_maps(4)
