@@ -228,6 +228,8 @@ class SpatialGP:
         self.obs_pixels: list[int] = []
         self.mean = self.prior_mean.expand(self.n_pixels, -1).clone()
         self.variance = torch.ones(self.n_pixels, dtype=torch.float64, device=self.device)
+        #: ``(a, delta)`` of the last :meth:`add`: the mean changed by ``outer(a, delta)``.
+        self.last_update: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def kernel_rows(self, pixels: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Prior covariance ``K[pixels, :]`` as a contiguous ``(m, P)``."""
@@ -278,6 +280,7 @@ class SpatialGP:
         delta = (y - self.mean[j]) / s
         self.mean.addr_(a_new, delta)
         self.variance.sub_(a_new * a_new).clamp_(min=0.0)
+        self.last_update = (a_new, delta)
         self.n_obs = n + 1
         self.obs_pixels.append(j)
 

@@ -319,13 +319,15 @@ class LowRankGP(Reconstructor):
         assert self.spatial is not None
         if not np.isfinite(old_noise):
             self.spatial.add(p, coef, noise)
-            return
-        gain = 1.0 / noise - 1.0 / old_noise
-        if gain <= 1.0 / _HUGE_NOISE:
-            return  # the new block adds no information about the coefficients
-        pseudo_noise = 1.0 / gain
-        pseudo = pseudo_noise * (coef / noise - old_coef / old_noise)
-        self.spatial.add(p, pseudo, pseudo_noise)
+        else:
+            gain = 1.0 / noise - 1.0 / old_noise
+            if gain <= 1.0 / _HUGE_NOISE:
+                return  # the new block adds no information about the coefficients
+            pseudo_noise = 1.0 / gain
+            pseudo = pseudo_noise * (coef / noise - old_coef / old_noise)
+            self.spatial.add(p, pseudo, pseudo_noise)
+        # SpatialGP reports its rank-one change; tiles and other models do not (recompute).
+        self._r2_after_update(*(getattr(self.spatial, "last_update", None) or (None, None)))
 
     def _coefficients(
         self, gram: torch.Tensor, proj: torch.Tensor
@@ -602,24 +604,53 @@ class LowRankGP(Reconstructor):
         cache = self._r2_cache
         if cache is None or cache["ref"] is not reference_blocks:
             cache = self._build_r2_cache(reference_blocks)
-        coef = self.coefficients()
-        unmeasured = (~self.measured).to(self.device, torch.float64)
-        # Per pixel and block, c.(H_b c - 2 G_pb) = c^T H_b c - 2 c.(B_b R): one matrix
-        # product for every block's H_b c at once (3 x faster than the two einsums it replaced).
-        p, nb, k = cache["G"].shape
-        gram_rows = self._block_gram.permute(1, 0, 2).reshape(k, nb * k)  # H_b symmetric
-        hc = torch.addmm(cache["G"].reshape(p, nb * k), coef, gram_rows, beta=-2.0)
-        inner = (hc.view(p, nb, k) * coef.unsqueeze(1)).sum(-1)
-        sse = (unmeasured * (cache["E"] + inner)).sum()
+        if cache["sse_unmeasured"] is None:
+            self._r2_unmeasured_terms(cache)
+        sse = cache["sse_unmeasured"]
         if cache["nan_pix"].numel():
-            c = coef[cache["nan_pix"]]
+            c = self.coefficients()[cache["nan_pix"]]
             fix = torch.einsum("mk,mkl,ml->m", c, cache["nan_H"], c)
-            sse = sse + (fix * unmeasured[cache["nan_pix"], cache["nan_blk"]]).sum()
-        sse = sse + (cache["meas_err"] * (~unmeasured.bool())).sum()
+            sse = sse + float((fix * cache["U"][cache["nan_pix"], cache["nan_blk"]]).sum())
+        sse = sse + float((cache["meas_err"] * (1.0 - cache["U"])).sum())
         ss_ref = cache["ss_ref"]
         if ss_ref <= 0:
             return 1.0 if float(sse) == 0 else 0.0
         return float(1.0 - sse / ss_ref)
+
+    def _r2_unmeasured_terms(self, cache: dict) -> None:
+        """From scratch: ``U`` (unmeasured mask), the summed error of the unmeasured blocks
+        ``sum_pb U_pb (E_pb + c.(H_b c - 2 G_pb))`` and, per pixel, ``m_p = sum_b U_pb (H_b c_p -
+        G_pb)``, which lets a rank-one change of the coefficients update the sum in O(P nb k)
+        (:meth:`_r2_after_update`)."""
+        coef = self.coefficients()
+        unmeasured = (~self.measured).to(self.device, torch.float64)
+        p, nb, k = cache["G"].shape
+        gram_rows = self._block_gram.permute(1, 0, 2).reshape(k, nb * k)  # H_b symmetric
+        hc = torch.addmm(cache["G"].reshape(p, nb * k), coef, gram_rows, beta=-1.0)
+        hc = hc.view(p, nb, k)  # H_b c_p - G_pb
+        inner = ((hc - cache["G"]) * coef.unsqueeze(1)).sum(-1)  # c.(H_b c - 2 G_pb)
+        cache["U"] = unmeasured
+        cache["sse_unmeasured"] = float((unmeasured * (cache["E"] + inner)).sum())
+        cache["m"] = torch.einsum("pb,pbk->pk", unmeasured, hc)
+
+    def _r2_after_update(self, a: torch.Tensor | None, delta: torch.Tensor | None) -> None:
+        """Keep the R^2 terms current after the coefficients changed by ``outer(a, delta)``
+        (a GP rank-one update); ``a is None``: an arbitrary change, recompute when next asked.
+        With ``Q_p = sum_b U_pb H_b`` the unmeasured error changes by
+        ``2 delta.(sum_p a_p m_p) + sum_p a_p^2 delta^T Q_p delta`` and ``m_p`` by
+        ``a_p Q_p delta``."""
+        cache = self._r2_cache
+        if cache is None or cache["sse_unmeasured"] is None:
+            return
+        if a is None or delta is None:
+            cache["sse_unmeasured"] = None
+            return
+        h_delta = self._block_gram @ delta  # (nb, k): H_b delta
+        u = cache["U"]
+        cache["sse_unmeasured"] += float(
+            2.0 * (delta @ (a @ cache["m"])) + (a * a) @ (u @ (h_delta @ delta))
+        )
+        cache["m"].addcmul_(a[:, None], u @ h_delta)
 
     def _build_r2_cache(self, reference_blocks: torch.Tensor) -> dict:
         basis = self.basis
@@ -652,15 +683,24 @@ class LowRankGP(Reconstructor):
             "nan_blk": nan_blk,
             "nan_H": nan_h,
             "meas_err": (meas**2).sum(-1) * self.measured.to(self.device),
+            "sse_unmeasured": None,  # with "U" and "m": see _r2_unmeasured_terms
         }
         self._r2_cache = cache
         return cache
 
     def _update_r2_cache(self, p: int, b: int) -> None:
+        """Block ``b`` of pixel ``p`` was just measured (coefficients not yet updated): its
+        error moves from the unmeasured sum to the measured one."""
         cache = self._r2_cache
         assert cache is not None
         diff = cache["ref64"][p, b] - self.values[p, b].to(torch.float64)
         cache["meas_err"][p, b] = torch.where(cache["valid"][p, b], diff, 0.0).square().sum()
+        if cache["sse_unmeasured"] is not None and self.basis is not None and cache["U"][p, b]:
+            c = self.coefficients()[p]
+            h = self._block_gram[b] @ c - cache["G"][p, b]
+            cache["sse_unmeasured"] -= float(cache["E"][p, b] + c @ (h - cache["G"][p, b]))
+            cache["m"][p] -= h
+            cache["U"][p, b] = 0.0
 
 
 class InverseDistanceCoefficients:
