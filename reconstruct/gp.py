@@ -314,16 +314,19 @@ class SpatialGP:
         k_xp = self.kernel_rows(idx)  # (n, P)
         k_xx = k_xp[:, idx] + torch.diag(s2)
         chol = torch.linalg.cholesky(k_xx)
-        # The solve overwrites the kernel rows (no second n x P buffer). Rows of the factor's
-        # storage past n are never read before :meth:`add` writes them: no zeroing needed.
-        at = torch.linalg.solve_triangular(chol, k_xp, upper=False, out=k_xp)
-        alpha = torch.linalg.solve_triangular(chol, vals - self.prior_mean, upper=False)
-        self.mean = self.prior_mean + at.T @ alpha
-        self.variance = (1.0 - torch.linalg.vector_norm(at, dim=0).square_()).clamp_(min=0.0)
+        # The solve runs in the factor's storage type, straight into its storage (a float32
+        # solve took 0.54 s instead of 0.90 s at 2600 x 3600, moving the posterior by < 1e-6).
+        # Rows of the storage past n are never read before :meth:`add` writes them.
         cap = max(16, 1 << (n - 1).bit_length())
         dtype = torch.float64 if float(s2.min()) < FLOAT32_MIN_NOISE else self.factor_dtype
         self._at = torch.empty(cap, self.n_pixels, dtype=dtype, device=self.device)
-        self._at[:n] = at
+        at = self._at[:n]
+        torch.linalg.solve_triangular(chol.to(dtype), k_xp.to(dtype), upper=False, out=at)
+        alpha = torch.linalg.solve_triangular(chol, vals - self.prior_mean, upper=False)
+        # (alpha^T A)^T, not A^T alpha: the solve returns alpha column-major, and A^T alpha
+        # then took 0.93 s instead of 0.03 s at 2545 x 3600.
+        self.mean = self.prior_mean + (alpha.T.to(dtype) @ at).T.to(torch.float64)
+        self.variance = (1.0 - (at * at).sum(0).to(torch.float64)).clamp_(min=0.0)
         self.n_obs = n
         self.obs_pixels = [int(p) for p in idx.tolist()]
 

@@ -308,26 +308,28 @@ class LowRankGP(Reconstructor):
         new_c, new_noise = self._coefficients(self._gram[p : p + 1], self._proj[p : p + 1])
         new_noise = torch.maximum(new_noise, self._partial_noise(self.measured[p : p + 1]))
         self._obs_coef[p], self._obs_noise[p] = new_c[0], new_noise[0]
-        self._observe(p, new_c[0], float(new_noise[0]), old_c, old_noise)
+        if self._observe(p, new_c[0], float(new_noise[0]), old_c, old_noise):
+            # SpatialGP reports its rank-one change; tiles and other models do not (recompute).
+            self._r2_after_update(*(getattr(self.spatial, "last_update", None) or (None, None)))
 
     def _observe(
         self, p: int, coef: torch.Tensor, noise: float, old_coef: torch.Tensor, old_noise: float
-    ) -> None:
+    ) -> bool:
         """Give the spatial model pixel ``p``'s improved estimate ``(coef, noise)`` that
-        replaces ``(old_coef, old_noise)`` (``old_noise`` infinite: none yet). For the GP this
-        is one pseudo-observation with the gained precision: exact for a scalar-noise GP."""
+        replaces ``(old_coef, old_noise)`` (``old_noise`` infinite: none yet); returns whether
+        the spatial model changed. For the GP this is one pseudo-observation with the gained
+        precision: exact for a scalar-noise GP."""
         assert self.spatial is not None
         if not np.isfinite(old_noise):
             self.spatial.add(p, coef, noise)
-        else:
-            gain = 1.0 / noise - 1.0 / old_noise
-            if gain <= 1.0 / _HUGE_NOISE:
-                return  # the new block adds no information about the coefficients
-            pseudo_noise = 1.0 / gain
-            pseudo = pseudo_noise * (coef / noise - old_coef / old_noise)
-            self.spatial.add(p, pseudo, pseudo_noise)
-        # SpatialGP reports its rank-one change; tiles and other models do not (recompute).
-        self._r2_after_update(*(getattr(self.spatial, "last_update", None) or (None, None)))
+            return True
+        gain = 1.0 / noise - 1.0 / old_noise
+        if gain <= 1.0 / _HUGE_NOISE:
+            return False  # the new block adds no information about the coefficients
+        pseudo_noise = 1.0 / gain
+        pseudo = pseudo_noise * (coef / noise - old_coef / old_noise)
+        self.spatial.add(p, pseudo, pseudo_noise)
+        return True
 
     def _coefficients(
         self, gram: torch.Tensor, proj: torch.Tensor
@@ -806,9 +808,10 @@ class LowRankCompletion(LowRankGP):
 
     def _observe(
         self, p: int, coef: torch.Tensor, noise: float, old_coef: torch.Tensor, old_noise: float
-    ) -> None:
+    ) -> bool:
         assert self.spatial is not None
         self.spatial.add(p, coef, noise)  # a direct replacement: no pseudo-observation needed
+        return True
 
     def _fit_hyper(
         self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor

@@ -73,12 +73,14 @@ def test_fast_r2_equals_generic_r2_with_nan_and_other_reference():
     assert rec.r2(truth) == pytest.approx(r2_score(truth, rec.estimate_blocks()), rel=1e-6)
 
 
-def test_fast_r2_stays_exact_through_incremental_updates():
-    """R^2 is kept current by rank-one updates between refits: at every step of a sequence of
-    single-block measurements (new pixels and pseudo-observations at partial ones, with NaN in
-    the reference) it equals the generic score of the full estimate."""
+@pytest.mark.parametrize("cls", [LowRankGP, LowRankCompletion])
+def test_fast_r2_stays_exact_through_incremental_updates(cls):
+    """R^2 is kept current between refits (by rank-one updates for the GP, by recomputing for
+    the completion): at every step of a sequence of single-block measurements (new pixels and
+    pseudo-observations at partial ones, with NaN in the reference) it equals the generic score
+    of the full estimate."""
     field = _low_rank_field(rank=3, noise=0.05)
-    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1e9)
+    rec = cls(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1e9)
     full = [0, 17, 40, 77, 101, 143]
     _fill(rec, field, full, {})
     reference = torch.as_tensor(field).clone()
