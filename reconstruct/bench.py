@@ -5,9 +5,10 @@ reconstructor and for 10, 20 and 40 % of pixels measured with full spectra, it r
 median time of an incremental update (one pixel with its full spectrum; one block at one pixel),
 of the fast R^2 right after a one-block update, and of a full refit (basis and hyperparameters
 included; warm-started from the previous hyperparameters as in use, and cold: the full grid
-search), with the R^2 reached against the measured tensor and the noise-free truth. It then measures how the spatial GP's
-update time and memory grow with the grid (60^2, 120^2, 240^2), what the tiled approximation
-costs in accuracy against the exact GP at 120^2, and compares two models of partial spectra.
+search), with the R^2 reached against the measured tensor and the noise-free truth. It then
+measures how the spatial GP's update time and memory grow with the grid (60^2, 120^2, 240^2),
+what the tiled approximation costs in accuracy against the exact GP at 120^2, and compares two
+models of partial spectra.
 Everything runs on one thread (``torch.set_num_threads(1)``): the one-core numbers.
 """
 
