@@ -76,6 +76,11 @@ class TrainArgs:
     blocks: int = _arg(4, "voltage blocks per pixel (must divide the voltage axis)")
     reconstructor: str = _arg("gp", "reconstructor name (gp, lowrank, linear, ...)")
     budget_fraction: float = _arg(0.3, "episode budget as a fraction of the full-raster seconds")
+    stop_r2: float = _arg(
+        0.0,
+        "end an episode once R^2 reaches this (as evaluate.py's --stop-at does; 0: run to the "
+        "budget)",
+    )
     reward: str = _arg("auc", "'auc' (gain x remaining budget; return = normalised AUC) or 'rate'")
     train_seed_start: int = _arg(0, "first twin seed of the training range")
     train_seed_end: int = _arg(
@@ -153,6 +158,8 @@ class TrainArgs:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.stop_r2 < 1.0:
+            problems.append(f"stop_r2 must be in [0, 1), got {self.stop_r2}")
         if not 0.0 < self.budget_fraction <= 1.0:
             problems.append(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
         try:
@@ -214,6 +221,7 @@ def env_kwargs(args: TrainArgs, twin_seeds: int | list[int]) -> dict[str, Any]:
         n_blocks=args.blocks,
         budget_fraction=args.budget_fraction,
         reward=args.reward,
+        target_r2=args.stop_r2 or None,
     )
 
 

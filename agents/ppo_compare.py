@@ -39,22 +39,26 @@ def paired(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"mean": mean, "low": mean - half, "high": mean + half, "better": int((diff > 0).sum())}
 
 
-def run_policy(spec: str, seeds: list[int], train_args) -> dict[str, list[float]]:
-    """AUC and final R^2 of one policy (``make_policy`` spec) on each seed."""
+def run_policy(
+    spec: str, seeds: list[int], train_args, target: float = 0.90
+) -> dict[str, list[float]]:
+    """AUC, final R^2 and seconds to ``target`` (NaN: not reached) of one policy
+    (``make_policy`` spec) on each seed."""
     from agents.base import make_policy
     from agents.evaluation import run_episode
     from envs.acquisition import AcquisitionEnv
     from train import env_kwargs
 
     policy = make_policy(spec)
-    auc, r2 = [], []
+    auc, r2, seconds = [], [], []
     for seed in seeds:
         env = AcquisitionEnv(**env_kwargs(train_args, seed))
         trace = run_episode(env, policy, seed, charge_decisions="none")
         auc.append(float(trace.auc()))
         r2.append(float(trace.r2[-1]))
+        seconds.append(trace.seconds_to(target))
         env.close()
-    return {"auc": auc, "r2": r2}
+    return {"auc": auc, "r2": r2, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", type=int, default=TrainArgs.grid)
     parser.add_argument("--n-times", type=int, default=TrainArgs.n_times)
     parser.add_argument("--budget-fraction", type=float, default=TrainArgs.budget_fraction)
+    parser.add_argument("--stop-r2", type=float, default=TrainArgs.stop_r2)
+    parser.add_argument("--target", type=float, default=0.90, help="R^2 whose seconds to compare")
     parser.add_argument("--json", default="", help="also write every number here")
     args = parser.parse_args(argv)
     if args.seed_start < HELD_OUT_SEED_START:
@@ -80,28 +86,51 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     train_args = TrainArgs(
-        grid=args.grid, n_times=args.n_times, budget_fraction=args.budget_fraction
+        grid=args.grid,
+        n_times=args.n_times,
+        budget_fraction=args.budget_fraction,
+        stop_r2=args.stop_r2,
     )
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     specs = [args.reference] + [
         f"ppo:{m}" if Path(m).suffix == ".zip" or Path(m).is_file() else m for m in args.models
     ]
-    results = {spec: run_policy(spec, seeds, train_args) for spec in specs}
+    results = {spec: run_policy(spec, seeds, train_args, args.target) for spec in specs}
     reference = results[args.reference]
-    print(f"seeds {seeds[0]}-{seeds[-1]}, grid {args.grid}, budget {args.budget_fraction}")
-    print(f"{'policy':60s} {'AUC':>7s} {'R2@T':>7s}   paired AUC diff [95 %]      better")
+    print(
+        f"seeds {seeds[0]}-{seeds[-1]}, grid {args.grid}, {args.n_times} read-outs, budget "
+        f"{args.budget_fraction}, stop at {args.stop_r2 or 'budget'}"
+    )
+    print(
+        f"{'policy':50s} {'AUC':>7s} {'R2@T':>7s}   paired AUC diff [95 %]      better"
+        f"   s to {args.target:.2f}  paired diff [95 %]         faster"
+    )
     report = {"seeds": seeds, "policies": {}}
     for spec, values in results.items():
         auc, r2 = np.array(values["auc"]), np.array(values["r2"])
-        line = f"{spec[-60:]:60s} {auc.mean():7.4f} {r2.mean():7.4f}"
-        entry = {"auc": values["auc"], "r2": values["r2"], "auc_mean": float(auc.mean())}
+        seconds = np.array(values["seconds"])
+        line = f"{spec[-50:]:50s} {auc.mean():7.4f} {r2.mean():7.4f}"
+        entry = {**values, "auc_mean": float(auc.mean())}
         if spec != args.reference:
             d = paired(auc, np.array(reference["auc"]))
             entry["paired_auc"] = d
             line += (
                 f"   {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-                f"  {d['better']}/{len(seeds)}"
+                f"  {d['better']:2d}/{len(seeds)}"
             )
+        else:
+            line += " " * 41
+        line += f"   {seconds.mean():9.1f}"
+        if spec != args.reference and np.isfinite(seconds).all():
+            ref_seconds = np.array(reference["seconds"])
+            if np.isfinite(ref_seconds).all():
+                # faster is better: count the seeds where the reference took longer
+                s = paired(ref_seconds, seconds)
+                entry["paired_seconds_saved"] = s
+                line += (
+                    f"  {-s['mean']:+8.1f} [{-s['high']:+8.1f}, {-s['low']:+8.1f}]"
+                    f"  {s['better']:2d}/{len(seeds)}"
+                )
         print(line)
         report["policies"][spec] = entry
     if args.json:

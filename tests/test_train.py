@@ -47,6 +47,7 @@ def test_help_explains_every_option(capsys):
         (["--vec-env", "threads"], "vec_env"),
         (["--dilations", "1,0"], "dilations"),
         (["--budget-fraction", "0"], "budget_fraction"),
+        (["--stop-r2", "1.5"], "stop_r2"),
     ],
 )
 def test_bad_arguments_are_named(argv, message):
@@ -59,6 +60,10 @@ def test_env_kwargs_are_json_safe_and_keep_evaluation_held_out():
     kwargs = train.env_kwargs(args, [args.train_seed_start, args.train_seed_end])
     assert json.loads(json.dumps(kwargs)) == kwargs
     assert kwargs["twin_seeds"][1] <= HELD_OUT_SEED_START
+    assert kwargs["target_r2"] is None  # episodes run to the budget unless --stop-r2 is given
+    stopping = train.env_kwargs(train.parse_args([*TINY, "--stop-r2", "0.95"]), 0)
+    assert stopping["target_r2"] == 0.95
+    assert gym.make(train.ENV_ID, **stopping).unwrapped.target_r2 == 0.95
 
 
 def test_episode_tracker_reports_first_time_at_target():
