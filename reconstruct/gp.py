@@ -41,6 +41,7 @@ not next to none: the first observation with a relative noise below ``FLOAT32_MI
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -260,7 +261,10 @@ class SpatialGP:
             raise ValueError(f"observation has {y.numel()} outputs, expected {self.n_outputs}")
         if not torch.isfinite(y).all():
             raise ValueError(f"observation at pixel {j} contains NaN or inf")
-        s2 = float(_as_noise(noise, 1, self.device)[0])
+        s2 = float(noise)  # a scalar: checked here, without building a tensor (hot path)
+        if not (math.isfinite(s2) and s2 >= 0):
+            raise ValueError("noise variances must be finite and >= 0")
+        s2 = max(s2, _MIN_NOISE)
         if s2 < FLOAT32_MIN_NOISE:
             self._at = self._at.to(torch.float64)
         n = self.n_obs

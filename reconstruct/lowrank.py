@@ -344,7 +344,7 @@ class LowRankGP(Reconstructor):
         inv = torch.linalg.inv(gram + torch.diag(ridge))
         coef = (inv @ proj.unsqueeze(-1)).squeeze(-1)
         trace = torch.diagonal(inv, dim1=-2, dim2=-1).sum(-1)
-        noise = basis.residual * trace / float(basis.variances.sum().clamp_min(1e-300))
+        noise = basis.residual * trace / self._total_variance
         return coef, noise.clamp(max=_HUGE_NOISE)
 
     def _partial_noise(self, measured_rows: torch.Tensor) -> torch.Tensor:
@@ -362,7 +362,7 @@ class LowRankGP(Reconstructor):
         cost = (~rows).to(torch.float64) @ excess.T  # (m, from-block): error left per source
         cost = torch.where(rows, cost, torch.inf).amin(1)
         cost = torch.where(torch.isfinite(cost), cost, 0.0)
-        return cost * self.block_features / float(basis.variances.sum().clamp_min(1e-300))
+        return cost * self.block_features / self._total_variance
 
     # ------------------------------------------------------------------ refit
     def refit(self) -> None:
@@ -390,6 +390,7 @@ class LowRankGP(Reconstructor):
         spectra = self.values[train.to(self.device)].to(torch.float64)
         self._basis_version += 1
         self.basis = fit_basis(spectra, self.explained, self.max_components, self._basis_version)
+        self._total_variance = float(self.basis.variances.sum().clamp_min(1e-300))
         if spectra.shape[0] >= 2 * (self.basis.k + 2):
             self._single_block_error, self._unexplained = cross_validated_errors(
                 spectra, self.explained, self.max_components, seed=self.seed + self._basis_version
