@@ -563,8 +563,8 @@ def fit_hyperparameters(
     start
         Warm start, e.g. the previous fit when refitting on more data: a hill climb on the
         fine grid from ``start`` (one fine step in lengthscale and 0.05 in white fraction per
-        move, at most 8 moves) replaces the grid search. Measured on the 60 x 60 twin: ~10
-        Choleskys instead of 52.
+        move, at most 8 moves) replaces the grid search. Measured on the 60 x 60 twin, over
+        the refits while 40 % of the pixels were filled: 12-22 Choleskys instead of 53.
     """
     xy = torch.as_tensor(coords, dtype=torch.float64).reshape(-1, 2)
     y = torch.as_tensor(values, dtype=torch.float64).reshape(xy.shape[0], -1)
