@@ -718,7 +718,7 @@ class InverseDistanceCoefficients:
 
     Why not the nearest pixel's coefficients (the first version): on the 60 x 60 twin they
     gave R^2 0.19 / 0.30 at 10 / 20 % of pixels, below linear interpolation of the raw data
-    (0.39 / 0.50); these weights give 0.44 / 0.56 (``reconstruct.bench``).
+    (0.39 / 0.50); these weights give 0.44 / 0.57 (``reconstruct.bench``).
     """
 
     def __init__(
