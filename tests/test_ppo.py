@@ -52,24 +52,31 @@ def make_network(grid: tuple[int, int], n_blocks: int = 3, n_planes: int = 4) ->
     )
 
 
-@pytest.fixture(scope="module")
-def trained_model_path(tmp_path_factory) -> str:
-    """A MaskablePPO score-map model after a few hundred steps on the 12 x 12 env."""
+def _trained_model(path, steps: int, n_steps: int, n_epochs: int, **policy_kwargs) -> MaskablePPO:
+    """A MaskablePPO score-map model trained ``steps`` steps on the 12 x 12 env, saved at
+    ``path``."""
     vec_env = DummyVecEnv([small_env])
     model = MaskablePPO(
         ScoreMapPolicy,
         vec_env,
-        n_steps=128,
+        n_steps=n_steps,
         batch_size=64,
-        n_epochs=2,
+        n_epochs=n_epochs,
         seed=0,
-        policy_kwargs=SMALL_NET,
+        policy_kwargs={**SMALL_NET, **policy_kwargs},
         device="cpu",
     )
-    model.learn(256)
-    path = tmp_path_factory.mktemp("ppo") / "model.zip"
+    model.learn(steps)
     model.save(path)
     vec_env.close()
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained_model_path(tmp_path_factory) -> str:
+    """A MaskablePPO score-map model after a few hundred steps on the 12 x 12 env."""
+    path = tmp_path_factory.mktemp("ppo") / "model.zip"
+    _trained_model(path, steps=256, n_steps=128, n_epochs=2)
     return str(path)
 
 
@@ -252,20 +259,9 @@ def test_registered_as_ppo(trained_model_path, tmp_path):
 
 
 def test_scaled_head_survives_save_and_load(tmp_path):
-    vec_env = DummyVecEnv([small_env])
-    model = MaskablePPO(
-        ScoreMapPolicy,
-        vec_env,
-        n_steps=64,
-        batch_size=64,
-        n_epochs=1,
-        seed=0,
-        policy_kwargs={**SMALL_NET, "temperature": 0.1, "scaled_head": True},
-        device="cpu",
+    model = _trained_model(
+        tmp_path / "m.zip", steps=64, n_steps=64, n_epochs=1, temperature=0.1, scaled_head=True
     )
-    model.learn(64)
-    model.save(tmp_path / "m.zip")
-    vec_env.close()
     policy = PPOPolicy(tmp_path / "m.zip", device="cpu")
     assert policy.network.scaled_head
     assert policy.network.mlp_extractor.logit_scale == pytest.approx(10.0)
