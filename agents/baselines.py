@@ -123,6 +123,76 @@ class UncertaintyPerSecondPolicy(UncertaintyPolicy):
         return super().scores() / block_seconds_table(self.env)
 
 
+class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
+    """``gp-uncertainty-per-second`` that also goes where the model has been wrong.
+
+    Before each measurement the policy notes the model's prediction of the block and its
+    predictive variance; once the block is measured, the log ratio of the mean squared
+    prediction error to that variance ("surprise": 0 when the model is as wrong as it expected,
+    positive where it was more wrong) is recorded at the pixel. A Gaussian-weighted average of
+    those log ratios around each pixel (``sigma`` pixels) scales the cost-aware uncertainty score
+    by ``exp(weight * local surprise)``. Only what the instrument has measured and what the
+    model predicted enters: no ground truth.
+
+    Why: the uncertainty planes say how far a pixel is from measurements, not where the
+    reconstruction is actually wrong, which is what the privileged oracle exploits. On 20
+    held-out 16 x 16 twins (paired with ``gp-uncertainty-per-second``, decisions not charged)
+    weight 0.25 (the best of 0.1, 0.25, 0.5, 1 on seeds 100 100-100 119) raised the AUC by
+    +0.031 [+0.018, +0.043] at budget 0.3 and 32 read-outs, and by +0.017 [+0.001, +0.033] with
+    128 read-outs over the full budget; on fresh seeds 100 200-100 219 by +0.022 [+0.009,
+    +0.036] and +0.015 [+0.001, +0.028] (``python -m agents.ppo_compare gp-surprise-per-second
+    --seed-start 100200``, with ``--n-times 128 --budget-fraction 1.0 --stop-r2 0.95`` for the
+    second setting). The time to R^2 0.90 did not change significantly.
+    """
+
+    name = "gp-surprise-per-second"
+
+    def __init__(self, weight: float = 0.25, sigma: float = 1.5) -> None:
+        super().__init__()
+        if not weight >= 0 or not sigma > 0:
+            raise ValueError(f"need weight >= 0 and sigma > 0, got {weight} and {sigma}")
+        self.weight, self.sigma = float(weight), float(sigma)
+
+    def reset(self, env, seed=None):
+        super().reset(env, seed)
+        self._pending: tuple[int, int, np.ndarray, float] | None = None
+        self._log_ratio_sum = np.zeros(self.env.grid_shape)
+        self._count = np.zeros(self.env.grid_shape)
+
+    def _record_last_measurement(self) -> None:
+        if self._pending is None:
+            return
+        pixel, block, predicted, variance = self._pending
+        reconstructor = self.env.reconstructor
+        if not bool(reconstructor.measured[pixel, block]):
+            return  # the step did not measure it (e.g. a lost block)
+        measured = reconstructor.predict_block(pixel, block).detach().cpu().double().numpy()
+        ratio = float(np.mean((measured - predicted) ** 2)) / max(variance, 1e-12)
+        cell = np.unravel_index(pixel, self.env.grid_shape)
+        self._log_ratio_sum[cell] += np.log(ratio + 1e-6)
+        self._count[cell] += 1.0
+
+    def local_surprise(self) -> np.ndarray:
+        """``(P,)`` Gaussian-weighted mean log surprise around each pixel (0 with no data)."""
+        from scipy.ndimage import gaussian_filter
+
+        weight = gaussian_filter(self._count, self.sigma, mode="constant")
+        total = gaussian_filter(self._log_ratio_sum, self.sigma, mode="constant")
+        return np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), 0.0).reshape(-1)
+
+    def act(self, observation, action_mask):
+        self._record_last_measurement()
+        reconstructor = self.env.reconstructor
+        uncertainty = reconstructor.uncertainty().detach().cpu().numpy()
+        scores = uncertainty.reshape(-1) / block_seconds_table(self.env)
+        scores = scores * np.exp(self.weight * np.repeat(self.local_surprise(), self.env.n_blocks))
+        action = _masked_argmax(scores, action_mask)
+        pixel, block = divmod(action, self.env.n_blocks)
+        predicted = reconstructor.predict_block(pixel, block).detach().cpu().double().numpy()
+        self._pending = (pixel, block, predicted, float(uncertainty[pixel, block]))
+        return action
+
+
 class VarianceReductionPolicy(UncertaintyPolicy):
     """Measures the block that most reduces the total (integrated) posterior variance.
 
@@ -195,6 +265,14 @@ for _cls in (
     GreedyOraclePolicy,
 ):
     register_policy(_cls.name)(_no_argument(_cls))
+
+
+@register_policy(SurprisePerSecondPolicy.name)
+def _surprise(argument: str | None) -> Policy:
+    """``gp-surprise-per-second`` or ``gp-surprise-per-second:WEIGHT``."""
+    if argument is None:
+        return SurprisePerSecondPolicy()
+    return SurprisePerSecondPolicy(float(argument))
 
 
 @register_policy(VarianceReductionPolicy.name)

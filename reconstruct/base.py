@@ -221,6 +221,12 @@ class Reconstructor(ABC):
         """The current estimate in block layout, ``(P, n_blocks, F_b)``; measured blocks hold
         their measured values."""
 
+    def predict_block(self, pixel: int, block: int) -> torch.Tensor:
+        """The current estimate of one block, ``(F_b,)`` (its measured values if measured).
+        Default: read from :meth:`estimate_blocks`; models can give it without the full
+        tensor."""
+        return self.estimate_blocks()[int(pixel), int(block)]
+
     def estimate(self) -> torch.Tensor:
         """The current estimate as ``(X, Y, V, *rest)``."""
         return self.layout.from_blocks(

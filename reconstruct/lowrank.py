@@ -477,6 +477,12 @@ class LowRankGP(Reconstructor):
         spread = torch.where(counts[:, 0] > 1, var.mean(-1), torch.ones_like(var[:, 0]))
         return mean, spread
 
+    def predict_block(self, pixel: int, block: int) -> torch.Tensor:
+        p, b = int(pixel), int(block)
+        if self.basis is None or self.measured[p, b]:
+            return self.estimate_blocks()[p, b]
+        return self._model_blocks(torch.tensor([p], device=self.device))[0, b].to(self.dtype)
+
     def estimate_blocks(self) -> torch.Tensor:
         if self.basis is None:
             est = self._block_means()[0].expand(self.n_pixels, -1, -1)

@@ -14,6 +14,7 @@ BASELINES = [
     "static-subsample",
     "gp-uncertainty",
     "gp-uncertainty-per-second",
+    "gp-surprise-per-second",
     "variance-reduction",
     "greedy-oracle",
 ]
@@ -111,3 +112,35 @@ def test_episode_is_deterministic_without_wall_clock_charging():
     )
     np.testing.assert_array_equal(a.seconds, b.seconds)
     np.testing.assert_array_equal(a.r2, b.r2)
+
+
+def test_surprise_policy_marks_where_the_model_was_wrong():
+    """A measurement far off the model's prediction raises the local surprise around its pixel
+    (and not far away); with weight 0 the policy acts exactly like gp-uncertainty-per-second."""
+    from agents.baselines import SurprisePerSecondPolicy
+
+    env = small_env(budget_fraction=1.0)
+    obs, info = env.reset(seed=0)
+    policy = SurprisePerSecondPolicy(weight=0.25)
+    policy.reset(env, seed=0)
+    for _ in range(60):  # past the bootstrap: the model now predicts with a basis
+        obs, _, _, _, info = env.step(policy.act(obs, info["action_mask"].astype(bool)))
+    before = policy.local_surprise().copy()
+    pixel, block = 55, 2
+    assert not env.measured[pixel, block]
+    variance = float(env.reconstructor.uncertainty()[pixel, block])
+    predicted = env.reconstructor.predict_block(pixel, block).double().numpy()
+    policy._pending = (pixel, block, predicted + 100.0 * np.sqrt(variance), variance)
+    env.step(pixel * env.n_blocks + block)
+    policy._record_last_measurement()
+    after = policy.local_surprise().reshape(env.grid_shape)
+    change = after - before.reshape(env.grid_shape)
+    row, col = divmod(pixel, env.grid_shape[1])
+    assert change[row, col] > 1.0
+    assert abs(change[0, 0]) < 0.1 * change[row, col]
+
+    plain = run_episode(small_env(), make_policy("gp-uncertainty-per-second"), 2,
+                        charge_decisions="none")
+    zero = run_episode(small_env(), make_policy("gp-surprise-per-second:0"), 2,
+                       charge_decisions="none")
+    np.testing.assert_array_equal(plain.r2, zero.r2)

@@ -219,3 +219,13 @@ def test_uncertainty_of_partly_measured_pixels_tracks_their_true_error():
     predicted = rec.uncertainty().numpy()[unmeasured.numpy()]
     ratio = predicted.mean() / error.mean()
     assert 0.3 < ratio < 3.0, f"predicted / true error = {ratio:.3f}"
+
+
+@pytest.mark.parametrize("cls", [LowRankGP, LowRankCompletion])
+def test_predict_block_equals_the_full_estimate(cls):
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = cls(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {5: [1], 60: [0, 2]})
+    estimate = rec.estimate_blocks()
+    for pixel, block in [(5, 1), (5, 3), (60, 2), (99, 0)]:
+        torch.testing.assert_close(rec.predict_block(pixel, block), estimate[pixel, block])
