@@ -28,6 +28,7 @@ DEFAULT_AGENTS = ",".join(
         "static-subsample",
         "gp-uncertainty",
         "gp-uncertainty-per-second",
+        "gp-surprise-per-second",
         "variance-reduction",
         "ppo",  # the shipped models/ppo_default.zip (train.py's default run)
         "greedy-oracle",
