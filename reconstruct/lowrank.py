@@ -479,8 +479,10 @@ class LowRankGP(Reconstructor):
 
     def predict_block(self, pixel: int, block: int) -> torch.Tensor:
         p, b = int(pixel), int(block)
-        if self.basis is None or self.measured[p, b]:
-            return self.estimate_blocks()[p, b]
+        if self.measured[p, b]:
+            return self.values[p, b]
+        if self.basis is None:
+            return self._block_means()[0][b].to(self.dtype)
         return self._model_blocks(torch.tensor([p], device=self.device))[0, b].to(self.dtype)
 
     def estimate_blocks(self) -> torch.Tensor:
