@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from agents.base import Policy, register_policy
+from envs.surprise import SURPRISE_SIGMA, SURPRISE_WEIGHT, SurpriseTracker
 
 
 def serpentine_pixels(grid_shape: tuple[int, int]) -> np.ndarray:
@@ -131,8 +132,9 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
     prediction error to that variance ("surprise": 0 when the model is as wrong as it expected,
     positive where it was more wrong) is recorded at the pixel. A Gaussian-weighted average of
     those log ratios around each pixel (``sigma`` pixels) scales the cost-aware uncertainty score
-    by ``exp(weight * local surprise)``. Only what the instrument has measured and what the
-    model predicted enters: no ground truth.
+    by ``exp(weight * local surprise)``. The bookkeeping is :class:`envs.surprise.SurpriseTracker`,
+    which the acquisition env's surprise plane and the PPO policy's prior share. Only what the
+    instrument has measured and what the model predicted enters: no ground truth.
 
     Why: the uncertainty planes say how far a pixel is from measurements, not where the
     reconstruction is actually wrong, which is what the privileged oracle exploits. On 20
@@ -147,7 +149,7 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
 
     name = "gp-surprise-per-second"
 
-    def __init__(self, weight: float = 0.25, sigma: float = 1.5) -> None:
+    def __init__(self, weight: float = SURPRISE_WEIGHT, sigma: float = SURPRISE_SIGMA) -> None:
         super().__init__()
         if not weight >= 0 or not sigma > 0:
             raise ValueError(f"need weight >= 0 and sigma > 0, got {weight} and {sigma}")
@@ -155,41 +157,21 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
 
     def reset(self, env, seed=None):
         super().reset(env, seed)
-        self._pending: tuple[int, int, np.ndarray, float] | None = None
-        self._log_ratio_sum = np.zeros(self.env.grid_shape)
-        self._count = np.zeros(self.env.grid_shape)
-
-    def _record_last_measurement(self) -> None:
-        if self._pending is None:
-            return
-        pixel, block, predicted, variance = self._pending
-        reconstructor = self.env.reconstructor
-        if not bool(reconstructor.measured[pixel, block]):
-            return  # the step did not measure it (e.g. a lost block)
-        measured = reconstructor.predict_block(pixel, block).detach().cpu().double().numpy()
-        ratio = float(np.mean((measured - predicted) ** 2)) / max(variance, 1e-12)
-        cell = np.unravel_index(pixel, self.env.grid_shape)
-        self._log_ratio_sum[cell] += np.log(ratio + 1e-6)
-        self._count[cell] += 1.0
+        self.tracker = SurpriseTracker(self.env.grid_shape, self.sigma)
 
     def local_surprise(self) -> np.ndarray:
         """``(P,)`` Gaussian-weighted mean log surprise around each pixel (0 with no data)."""
-        from scipy.ndimage import gaussian_filter
-
-        weight = gaussian_filter(self._count, self.sigma, mode="constant")
-        total = gaussian_filter(self._log_ratio_sum, self.sigma, mode="constant")
-        return np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), 0.0).reshape(-1)
+        return self.tracker.local_surprise()
 
     def act(self, observation, action_mask):
-        self._record_last_measurement()
         reconstructor = self.env.reconstructor
+        self.tracker.record(reconstructor)  # the block chosen last time is measured by now
         uncertainty = reconstructor.uncertainty().detach().cpu().numpy()
         scores = uncertainty.reshape(-1) / block_seconds_table(self.env)
         scores = scores * np.exp(self.weight * np.repeat(self.local_surprise(), self.env.n_blocks))
         action = _masked_argmax(scores, action_mask)
         pixel, block = divmod(action, self.env.n_blocks)
-        predicted = reconstructor.predict_block(pixel, block).detach().cpu().double().numpy()
-        self._pending = (pixel, block, predicted, float(uncertainty[pixel, block]))
+        self.tracker.expect(reconstructor, pixel, block, float(uncertainty[pixel, block]))
         return action
 
 

@@ -117,6 +117,8 @@ def test_episode_is_deterministic_without_wall_clock_charging():
 def test_surprise_policy_marks_where_the_model_was_wrong():
     """A measurement far off the model's prediction raises the local surprise around its pixel
     (and not far away); with weight 0 the policy acts exactly like gp-uncertainty-per-second."""
+    import torch
+
     from agents.baselines import SurprisePerSecondPolicy
 
     env = small_env(budget_fraction=1.0)
@@ -125,22 +127,55 @@ def test_surprise_policy_marks_where_the_model_was_wrong():
     policy.reset(env, seed=0)
     for _ in range(60):  # past the bootstrap: the model now predicts with a basis
         obs, _, _, _, info = env.step(policy.act(obs, info["action_mask"].astype(bool)))
+    assert policy.tracker.record(env.reconstructor)  # the last step's block
     before = policy.local_surprise().copy()
     pixel, block = 55, 2
     assert not env.measured[pixel, block]
     variance = float(env.reconstructor.uncertainty()[pixel, block])
-    predicted = env.reconstructor.predict_block(pixel, block).double().numpy()
-    policy._pending = (pixel, block, predicted + 100.0 * np.sqrt(variance), variance)
+
+    class FarOff:
+        """The model's prediction, 100 predicted standard deviations off."""
+
+        def predict_block(self, pixel: int, block: int) -> torch.Tensor:
+            return env.reconstructor.predict_block(pixel, block) + 100.0 * np.sqrt(variance)
+
+    policy.tracker.expect(FarOff(), pixel, block, variance)
     env.step(pixel * env.n_blocks + block)
-    policy._record_last_measurement()
+    assert policy.tracker.record(env.reconstructor)
     after = policy.local_surprise().reshape(env.grid_shape)
     change = after - before.reshape(env.grid_shape)
     row, col = divmod(pixel, env.grid_shape[1])
     assert change[row, col] > 1.0
     assert abs(change[0, 0]) < 0.1 * change[row, col]
 
-    plain = run_episode(small_env(), make_policy("gp-uncertainty-per-second"), 2,
-                        charge_decisions="none")
-    zero = run_episode(small_env(), make_policy("gp-surprise-per-second:0"), 2,
-                       charge_decisions="none")
+    plain = run_episode(
+        small_env(), make_policy("gp-uncertainty-per-second"), 2, charge_decisions="none"
+    )
+    zero = run_episode(
+        small_env(), make_policy("gp-surprise-per-second:0"), 2, charge_decisions="none"
+    )
     np.testing.assert_array_equal(plain.r2, zero.r2)
+
+
+def test_surprise_tracker_records_each_expected_block_once():
+    """Nothing pending or a block that was not measured records nothing; a second record of
+    the same block does not count it twice."""
+    from envs.surprise import SurpriseTracker
+
+    env = small_env(reconstructor="idw")
+    env.reset(seed=0)
+    tracker = SurpriseTracker(env.grid_shape)
+    assert not tracker.record(env.reconstructor)
+    np.testing.assert_array_equal(tracker.local_surprise(), 0.0)
+    action = int(np.flatnonzero(env.action_masks())[0])
+    pixel, block = env.decode_action(action)
+    tracker.expect(env.reconstructor, pixel, block, 1.0)
+    assert not tracker.record(env.reconstructor)  # not measured yet: dropped
+    tracker.expect(env.reconstructor, pixel, block, 1.0)
+    env.step(action)
+    assert tracker.record(env.reconstructor)
+    once = tracker.local_surprise().copy()
+    assert not tracker.record(env.reconstructor)
+    np.testing.assert_array_equal(tracker.local_surprise(), once)
+    with pytest.raises(ValueError, match="sigma"):
+        SurpriseTracker(env.grid_shape, sigma=0.0)
