@@ -14,6 +14,7 @@ from gymnasium import spaces
 from envs.cost import CostModel
 from envs.dataset import DataError, Dataset
 from envs.instrument import ReplayInstrument
+from envs.surprise import SurpriseTracker
 from reconstruct.base import BlockLayout, Reconstructor
 
 #: Rewards the environment can pay (see the class docstring).
@@ -55,10 +56,14 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     ``Dict`` of
 
     - ``"planes"``: ``Box(-1, 1, (C, X, Y), float32)``, channel-first, ``C = 2 n_blocks +
-      n_components + 1``: the measured mask of each block (0/1); the reconstruction's
-      ``n_components`` leading spectral component maps (``reconstructor.component_maps``), each
-      divided by its largest magnitude; the predictive uncertainty of each block
-      (``reconstructor.uncertainty()``) divided by its largest value; the tip position (one-hot).
+      n_components + 1`` (``+ 1`` with ``observe_surprise``): the measured mask of each block
+      (0/1); the reconstruction's ``n_components`` leading spectral component maps
+      (``reconstructor.component_maps``), each divided by its largest magnitude; the predictive
+      uncertainty of each block (``reconstructor.uncertainty()``) divided by its largest value;
+      with ``observe_surprise``, the local surprise (:mod:`envs.surprise`: the smoothed log
+      ratio of each measured block's squared prediction error, predicted just before it was
+      measured, to its predicted variance) divided by ``SURPRISE_PLANE_SCALE`` = 4 and clipped
+      to [-1, 1], 0 before the first step; the tip position (one-hot), always last.
     - ``"scalars"``: ``Box(0, 1, (3,), float32)``: fraction of the budget used (clipped at 1),
       fraction of blocks measured, and the recent change of the reconstruction (relative change
       of the component maps over the last step, sign-aligned, clipped at 1).
@@ -140,6 +145,10 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         ``"auc"`` or ``"rate"``; penalty (>= 0) for a repeated block.
     n_components
         Component maps in the observation.
+    observe_surprise
+        Add the local-surprise plane to the observation (off by default: the layout that models
+        trained before it expect). Each step then also predicts the chosen block before
+        measuring it.
     render_mode
         ``None`` or ``"rgb_array"`` (mask, reconstructed map, uncertainty and true map).
 
@@ -193,6 +202,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         reward: str = "auc",
         repeat_penalty: float = 0.01,
         n_components: int = 3,
+        observe_surprise: bool = False,
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
@@ -216,6 +226,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.reward_kind = reward
         self.repeat_penalty = float(repeat_penalty)
         self.n_components = int(n_components)
+        self.observe_surprise = bool(observe_surprise)
         self.render_mode = render_mode
         self._cost_overrides = dict(cost or {})
         self._base_cost = CostModel.from_dict(self._cost_overrides)
@@ -255,7 +266,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         )
         self.device = self.reconstructor.device
 
-        n_channels = 2 * self.n_blocks + self.n_components + 1
+        self._surprise = SurpriseTracker(self.grid_shape) if self.observe_surprise else None
+        n_channels = 2 * self.n_blocks + self.n_components + 1 + int(self.observe_surprise)
         self.observation_space = spaces.Dict(
             {
                 "planes": spaces.Box(-1.0, 1.0, (n_channels, *self.grid_shape), np.float32),
@@ -503,6 +515,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.r2_start = self.r2_now = float(self.reconstructor.r2(self.reference_blocks))
         self._previous_maps: torch.Tensor | None = None
         self._change = 0.0
+        if self._surprise is not None:
+            self._surprise.reset()
         observation = self._observation()
         self._last_return = time.perf_counter()
         return observation, self._info(-1, -1, repeated=False, nan_block=False, terminated=False)
@@ -552,6 +566,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             )
             reward = -self.repeat_penalty
         else:
+            if self._surprise is not None:
+                # The model state is the one the last observation showed: its uncertainty is
+                # the variance the prediction is judged against.
+                variance = float(self._uncertainty[pixel, block])
+                self._surprise.expect(self.reconstructor, pixel, block, variance)
             values, seconds = self.instrument.measure(pixel, self.layout.voltages(block))
             self.instrument_seconds += seconds
             self.measured[pixel, block] = True
@@ -559,6 +578,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             nan_block = not bool(np.isfinite(values).all())
             if not nan_block:
                 self.reconstructor.add(pixel, block, values)
+            if self._surprise is not None:
+                self._surprise.record(self.reconstructor)
             if wall:
                 self.algorithm_seconds += self._wall_since_last_step()
             else:
@@ -610,19 +631,23 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             maps = maps / maps.flatten(1).abs().amax(1).clamp_min(1e-12)[:, None, None]
             self._change = self._map_change(maps)
             self._previous_maps = maps
-            uncertainty = self.reconstructor.uncertainty().detach().to("cpu", torch.float32)
+            self._uncertainty = self.reconstructor.uncertainty().detach().cpu()
+            uncertainty = self._uncertainty.to(torch.float32)
             uncertainty = uncertainty / uncertainty.max().clamp_min(1e-12)
             self._model_planes = (
                 torch.cat([maps, uncertainty.T.reshape(self.n_blocks, *grid)])
                 .clamp(-1.0, 1.0)
                 .numpy()
             )
+            if self._surprise is not None:
+                self._surprise_plane = self._surprise.plane()[None]
         tip = np.zeros((1, *grid), dtype=np.float32)
         tip.reshape(-1)[self.tip_pixel] = 1.0
         n_maps = self.n_components
-        planes = np.concatenate(
-            [mask, self._model_planes[:n_maps], self._model_planes[n_maps:], tip]
-        ).astype(np.float32, copy=False)
+        parts = [mask, self._model_planes[:n_maps], self._model_planes[n_maps:]]
+        if self._surprise is not None:
+            parts.append(self._surprise_plane)
+        planes = np.concatenate([*parts, tip]).astype(np.float32, copy=False)
         scalars = np.array(
             [
                 min(self.seconds_used / self.budget_seconds, 1.0),

@@ -341,3 +341,41 @@ def test_default_cost_gives_hours_for_full_twin_raster():
 
     hours = cost.full_raster_seconds((60, 60), 16, BlockLayout(16, 4)) / 3600
     assert 4.0 < hours < 6.0
+
+
+def test_surprise_plane_is_off_by_default_and_zero_before_any_step():
+    plain, surprising = make_env(), make_env(observe_surprise=True)
+    assert not plain.observe_surprise
+    n_plain = plain.observation_space["planes"].shape[0]
+    assert surprising.observation_space["planes"].shape == (n_plain + 1, 8, 8)
+    obs, _ = surprising.reset(seed=0)
+    assert surprising.observation_space.contains(obs)
+    np.testing.assert_array_equal(obs["planes"][-2], 0.0)  # nothing measured by a step yet
+    # Every other plane is the plain env's, in the same order; the tip stays last.
+    plain_obs, _ = plain.reset(seed=0)
+    np.testing.assert_array_equal(np.delete(obs["planes"], -2, axis=0), plain_obs["planes"])
+
+
+def test_surprise_plane_is_the_trackers_local_surprise_of_the_steps_taken():
+    """The plane after each step is the local surprise (over SURPRISE_PLANE_SCALE) that a
+    tracker fed the same steps gives; a repeated block changes nothing."""
+    from envs.surprise import SURPRISE_PLANE_SCALE, SurpriseTracker
+
+    env = make_env(observe_surprise=True, reconstructor="idw", budget_fraction=0.5)
+    obs, _ = env.reset(seed=0)
+    tracker = SurpriseTracker(env.grid_shape)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        action = int(rng.choice(np.flatnonzero(env.action_masks())))
+        pixel, block = env.decode_action(action)
+        variance = float(env.reconstructor.uncertainty()[pixel, block])
+        tracker.expect(env.reconstructor, pixel, block, variance)
+        obs, _, terminated, _, _ = env.step(action)
+        assert tracker.record(env.reconstructor)
+        expected = tracker.local_surprise().reshape(env.grid_shape) / SURPRISE_PLANE_SCALE
+        np.testing.assert_allclose(obs["planes"][-2], np.clip(expected, -1, 1), atol=1e-6)
+        assert env.observation_space.contains(obs) and not terminated
+    assert np.abs(obs["planes"][-2]).max() > 0
+    repeated, _, _, _, info = env.step(action)
+    assert info["repeated"]
+    np.testing.assert_array_equal(repeated["planes"], obs["planes"])
