@@ -12,7 +12,8 @@ Network (``ScoreMapExtractor`` + ``ScoreMapHeads``):
 - input: the observation planes ``(C, X, Y)`` plus every scalar broadcast as a constant plane,
   plus (``heuristic_prior=True``) derived *prior planes* computed from the env's planes: the log
   of each block's uncertainty plane and the log travel factor ``log(1 + d / travel_pixels)``,
-  ``d`` the distance of each pixel from the tip (found from the one-hot tip plane);
+  ``d`` the distance of each pixel from the tip (found from the one-hot tip plane), and (with
+  ``surprise_plane=True``) the local surprise in log units;
 - a 3x3 stem, then residual 3x3 convolutions with growing dilation (1, 2, 4, 8 by default), each
   also fed a global-average "context" of the map, so the receptive field spans about 33 pixels
   (several domains) while the cost stays linear in the number of pixels;
@@ -28,6 +29,13 @@ small), so the untrained policy's greedy action *is* the cost-aware uncertainty 
 sampling is near-greedy; PPO then learns corrections through the trunk. A uniform start over
 thousands of actions gave no measurable learning in 16k steps, and a learned policy that cannot
 first match the heuristic has nothing to improve on.
+
+Surprise. With ``surprise_plane=True`` the observation holds the env's local-surprise plane
+(``AcquisitionEnv(observe_surprise=True)``, :mod:`envs.surprise`) just before the tip plane, and
+the prior adds ``SURPRISE_WEIGHT * local surprise`` to the log score: the untrained policy is then
+``gp-surprise-per-second``. The flag is a policy keyword, saved with the model (models saved
+before it load with ``False``): the plane count alone cannot tell a surprise plane from one more
+component map.
 
 :class:`ScoreMapPolicy` plugs these into sb3-contrib's ``MaskableActorCriticPolicy`` (the logits
 are the actor's latent, the action net is the identity), so MaskablePPO trains it unchanged.
@@ -48,6 +56,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from agents.base import Policy, register_policy
+from envs.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT, SurpriseTracker
 from reconstruct.base import resolve_device
 
 #: Where ``train.py`` writes the shipped model, and what ``"ppo"`` without a path loads.
@@ -99,12 +108,15 @@ UNCERTAINTY_FLOOR = 1e-4
 
 
 class PriorPlanes(nn.Module):
-    """Log uncertainty per block and log travel factor, from the acquisition env's planes.
+    """Log uncertainty per block and log travel factor (and local surprise), from the
+    acquisition env's planes.
 
-    The env's planes are ``[measured mask (nb), component maps (nc), uncertainty (nb), tip (1)]``
-    (:class:`envs.acquisition.AcquisitionEnv`). Output ``(B, nb + 1, X, Y)``: ``log u_b`` for each
-    block, then ``log(1 + d / travel_pixels)`` with ``d`` the Euclidean distance in pixel pitches
-    from the tip (the cost model's travel metric).
+    The env's planes are ``[measured mask (nb), component maps (nc), uncertainty (nb),
+    (surprise (1),) tip (1)]`` (:class:`envs.acquisition.AcquisitionEnv`). Output
+    ``(B, nb + 1 [+ 1], X, Y)``: ``log u_b`` for each block, then ``log(1 + d / travel_pixels)``
+    with ``d`` the Euclidean distance in pixel pitches from the tip (the cost model's travel
+    metric), then (``surprise_plane``) the local surprise in log units (the plane times
+    ``SURPRISE_PLANE_SCALE``, undoing the env's scaling).
 
     Parameters
     ----------
@@ -112,22 +124,29 @@ class PriorPlanes(nn.Module):
         Planes in the observation and voltage blocks per pixel.
     travel_pixels
         Pixel pitches of travel that cost as much as one block's measurement (``d0 = c0 / k``).
+    surprise_plane
+        Whether the observation holds the surprise plane (before the tip plane).
     """
 
-    def __init__(self, n_planes: int, n_blocks: int, travel_pixels: float) -> None:
+    def __init__(
+        self, n_planes: int, n_blocks: int, travel_pixels: float, surprise_plane: bool = False
+    ) -> None:
         super().__init__()
-        n_components = n_planes - 2 * n_blocks - 1
+        n_components = n_planes - 2 * n_blocks - 1 - int(surprise_plane)
         if n_components < 1:
+            surprise = "a surprise plane, " if surprise_plane else ""
             raise ValueError(
                 f"prior planes need the acquisition env's layout (2 x {n_blocks} block planes, "
-                f">= 1 component map, a tip plane), but the observation has only {n_planes} "
-                "planes; pass heuristic_prior=False for other observations"
+                f">= 1 component map, {surprise}a tip plane), but the observation has only "
+                f"{n_planes} planes; pass heuristic_prior=False for other observations"
             )
         if not travel_pixels > 0:
             raise ValueError(f"travel_pixels must be > 0, got {travel_pixels}")
         self.uncertainty_start = n_blocks + n_components
         self.n_blocks = n_blocks
         self.travel_pixels = float(travel_pixels)
+        self.surprise_plane = bool(surprise_plane)
+        self.n_outputs = n_blocks + 1 + int(surprise_plane)
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         batch, _, nx, ny = planes.shape
@@ -144,14 +163,17 @@ class PriorPlanes(nn.Module):
             cols[None, None, :] - tip_col[:, None, None],
         )
         travel = torch.log1p(distance / self.travel_pixels)[:, None]
-        return torch.cat([log_uncertainty, travel], dim=1)
+        if not self.surprise_plane:
+            return torch.cat([log_uncertainty, travel], dim=1)
+        surprise = planes[:, -2:-1] * SURPRISE_PLANE_SCALE
+        return torch.cat([log_uncertainty, travel, surprise], dim=1)
 
 
 class ScoreMapExtractor(BaseFeaturesExtractor):
     """Convolutional trunk over ``{"planes": (B, C, X, Y), "scalars": (B, S)}``.
 
-    Returns ``(B, F + C + S [+ nb + 1], X, Y)``: the trunk's ``F`` feature channels followed by
-    the input planes, the broadcast scalars and (with ``n_blocks`` given) the
+    Returns ``(B, F + C + S [+ nb + 1 [+ 1]], X, Y)``: the trunk's ``F`` feature channels followed
+    by the input planes, the broadcast scalars and (with ``n_blocks`` given) the
     :class:`PriorPlanes`.
 
     Parameters
@@ -164,7 +186,7 @@ class ScoreMapExtractor(BaseFeaturesExtractor):
         Dilation of each residual block; the receptive field is ``3 + 2 * sum(dilations)`` pixels.
     n_blocks
         Voltage blocks per pixel; ``None`` for no prior planes (any plane layout).
-    travel_pixels
+    travel_pixels, surprise_plane
         See :class:`PriorPlanes`.
     """
 
@@ -175,12 +197,17 @@ class ScoreMapExtractor(BaseFeaturesExtractor):
         dilations: tuple[int, ...] = (1, 2, 4, 8),
         n_blocks: int | None = None,
         travel_pixels: float = 44.0,
+        surprise_plane: bool = False,
     ) -> None:
         n_planes, n_scalars = _check_observation_space(observation_space)
         if channels < 1 or not dilations or min(dilations) < 1:
             raise ValueError(f"need channels >= 1 and dilations >= 1, got {channels}, {dilations}")
-        prior = None if n_blocks is None else PriorPlanes(n_planes, n_blocks, travel_pixels)
-        n_inputs = n_planes + n_scalars + (0 if prior is None else n_blocks + 1)
+        prior = (
+            None
+            if n_blocks is None
+            else PriorPlanes(n_planes, n_blocks, travel_pixels, surprise_plane)
+        )
+        n_inputs = n_planes + n_scalars + (0 if prior is None else prior.n_outputs)
         super().__init__(observation_space, features_dim=channels + n_inputs)
         self.prior = prior
         self.stem = nn.Sequential(nn.Conv2d(n_inputs, channels, 3, padding=1), nn.SiLU())
@@ -242,7 +269,9 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
     prior's are +-1), so an optimiser step of a given size moves the scores as much at any
     temperature; folded into the weights (the default, as in models saved before), the prior
     weights are ``1 / temperature`` (20 at 0.05) and Adam's steps of ~lr per weight barely move
-    them or the trunk's share of the score. Everything else is as in sb3-contrib. ``net_arch``
+    them or the trunk's share of the score. ``surprise_plane=True`` says the observation holds
+    the env's local-surprise plane (``observe_surprise=True``); with the prior, the actor then
+    starts as ``gp-surprise-per-second``. Everything else is as in sb3-contrib. ``net_arch``
     and ``features_extractor_class`` are fixed.
     """
 
@@ -258,6 +287,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         temperature: float = 0.2,
         travel_pixels: float = 44.0,
         scaled_head: bool = False,
+        surprise_plane: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_observation_space(observation_space)
@@ -275,6 +305,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         self.heuristic_prior = bool(heuristic_prior)
         self.temperature = float(temperature)
         self.scaled_head = bool(scaled_head)
+        self.surprise_plane = bool(surprise_plane)
         kwargs.pop("net_arch", None)
         kwargs["features_extractor_class"] = ScoreMapExtractor
         kwargs["features_extractor_kwargs"] = {
@@ -282,6 +313,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
             "dilations": tuple(dilations),
             "n_blocks": self.n_blocks if self.heuristic_prior else None,
             "travel_pixels": float(travel_pixels),
+            "surprise_plane": self.surprise_plane,
         }
         kwargs.setdefault("share_features_extractor", True)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], **kwargs)
@@ -313,14 +345,15 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         )
 
     def _start_from_heuristic(self) -> None:
-        """Make the actor's head score ``(log u_b - log travel factor) / temperature``.
+        """Make the actor's head score ``(log u_b - log travel factor) / temperature``, plus
+        ``SURPRISE_WEIGHT * local surprise / temperature`` with the surprise plane.
 
         Every other head weight starts at zero, the trunk's included: the greedy action is then
         exactly the heuristic's (even small random trunk weights broke its many near-ties and
         cost about 0.03 AUC on a 16 x 16 twin). The head's trunk weights get gradients from the
         first update on, and through them the trunk."""
         head = self.mlp_extractor.logits
-        prior_start = self.features_dim - (self.n_blocks + 1)
+        prior_start = self.features_dim - self.features_extractor.prior.n_outputs
         weight = 1.0 if self.scaled_head else 1.0 / self.temperature
         with torch.no_grad():
             head.weight.zero_()
@@ -328,6 +361,8 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
             for block in range(self.n_blocks):
                 head.weight[block, prior_start + block] = weight
             head.weight[:, prior_start + self.n_blocks] = -weight
+            if self.surprise_plane:
+                head.weight[:, prior_start + self.n_blocks + 1] = SURPRISE_WEIGHT * weight
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -342,6 +377,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
             temperature=self.temperature,
             travel_pixels=kwargs["travel_pixels"],
             scaled_head=self.scaled_head,
+            surprise_plane=self.surprise_plane,
         )
         return data
 
@@ -399,6 +435,13 @@ class PPOPolicy(Policy):
     prior's ``d0`` from the env's cost model (the instrument's public prices, as
     ``gp-uncertainty-per-second`` reads them), so a model trained with short read-outs still
     weighs travel correctly on an instrument with long ones.
+
+    The surprise plane follows the model, whatever the env shows: a model trained with it
+    (``surprise_plane``) run on an env without it (``evaluate.py``'s envs, built for every
+    policy alike) keeps its own :class:`envs.surprise.SurpriseTracker` on the env's
+    reconstructor, exactly as the env would (noting each chosen block's prediction before the
+    step, recording it at the next decision), and inserts the plane; a model trained without it
+    ignores an env's surprise plane.
     """
 
     name = "ppo"
@@ -423,12 +466,42 @@ class PPOPolicy(Policy):
             )
         self.network: ScoreMapPolicy = model.policy
         self.network.set_training_mode(False)
+        self._tracker: SurpriseTracker | None = None
+        self._drop_surprise = False
+
+    @property
+    def surprise_plane(self) -> bool:
+        """Whether the model reads a surprise plane (models saved before the flag: False)."""
+        return bool(getattr(self.network, "surprise_plane", False))
 
     def reset(self, env: Any, seed: int | None = None) -> None:
         super().reset(env, seed)
         prior = self.network.features_extractor.prior
         if prior is not None and hasattr(self.env, "cost_model"):
             prior.travel_pixels = travel_pixels_of(self.env)
+        env_shows = bool(getattr(self.env, "observe_surprise", False))
+        self._drop_surprise = env_shows and not self.surprise_plane
+        self._tracker = None
+        if self.surprise_plane and not env_shows:
+            if not hasattr(self.env, "reconstructor"):
+                raise ValueError(
+                    f"{self.model_path} was trained with the surprise plane: run it on an "
+                    "acquisition env (observe_surprise=True, or any whose reconstructor it can "
+                    "track)"
+                )
+            self._tracker = SurpriseTracker(self.env.grid_shape)
+
+    def _model_observation(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The observation in the model's plane layout (surprise plane added or dropped)."""
+        if self._tracker is None and not self._drop_surprise:
+            return observation
+        planes = np.asarray(observation["planes"])
+        if self._drop_surprise:
+            planes = np.delete(planes, -2, axis=0)
+        else:
+            self._tracker.record(self.env.reconstructor)  # the last chosen block, if measured
+            planes = np.concatenate([planes[:-1], self._tracker.plane()[None], planes[-1:]])
+        return {**observation, "planes": planes}
 
     @property
     def n_blocks(self) -> int:
@@ -437,15 +510,16 @@ class PPOPolicy(Policy):
 
     def action_logits(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         """Unmasked logits ``(X * Y * n_blocks,)`` of one observation, in the env's action order."""
-        tensors = observation_to_tensors(observation, self.device)
+        tensors = observation_to_tensors(self._model_observation(observation), self.device)
         expected = self.network.observation_space
         n_planes, n_scalars = expected["planes"].shape[0], expected["scalars"].shape[0]
         if tensors["planes"].shape[1] != n_planes or tensors["scalars"].shape[1] != n_scalars:
+            surprise = "with" if self.surprise_plane else "without"
             raise ValueError(
                 f"the observation has {tensors['planes'].shape[1]} planes and "
                 f"{tensors['scalars'].shape[1]} scalars, the model was trained on {n_planes} and "
                 f"{n_scalars}: use the env settings it was trained with ({self.n_blocks} blocks "
-                "per pixel, same number of component maps)"
+                f"per pixel, same number of component maps, {surprise} the surprise plane)"
             )
         with torch.no_grad():
             logits = self.network.score_logits(tensors)
@@ -462,7 +536,13 @@ class PPOPolicy(Policy):
             )
         if not mask.any():
             raise RuntimeError("no valid action left")
-        return int(np.argmax(np.where(mask, logits, -np.inf)))
+        action = int(np.argmax(np.where(mask, logits, -np.inf)))
+        if self._tracker is not None:
+            reconstructor = self.env.reconstructor
+            pixel, block = divmod(action, self.n_blocks)
+            variance = float(reconstructor.uncertainty()[pixel, block])
+            self._tracker.expect(reconstructor, pixel, block, variance)
+        return action
 
 
 @register_policy("ppo")

@@ -52,10 +52,12 @@ def make_network(grid: tuple[int, int], n_blocks: int = 3, n_planes: int = 4) ->
     )
 
 
-def _trained_model(path, steps: int, n_steps: int, n_epochs: int, **policy_kwargs) -> MaskablePPO:
-    """A MaskablePPO score-map model trained ``steps`` steps on the 12 x 12 env, saved at
-    ``path``."""
-    vec_env = DummyVecEnv([small_env])
+def _trained_model(
+    path, steps: int, n_steps: int, n_epochs: int, env_kwargs: dict | None = None, **policy_kwargs
+) -> MaskablePPO:
+    """A MaskablePPO score-map model trained ``steps`` steps on the 12 x 12 env (with
+    ``env_kwargs``), saved at ``path``."""
+    vec_env = DummyVecEnv([lambda: small_env(**(env_kwargs or {}))])
     model = MaskablePPO(
         ScoreMapPolicy,
         vec_env,
@@ -118,17 +120,27 @@ def test_weights_do_not_depend_on_grid_size():
     assert n_params < 100_000
 
 
-@pytest.mark.parametrize("scaled_head", [False, True])
-def test_untrained_prior_acts_like_gp_uncertainty_per_second(scaled_head):
+@pytest.mark.parametrize(
+    ("scaled_head", "surprise", "heuristic_name"),
+    [
+        (False, False, "gp-uncertainty-per-second"),
+        (True, False, "gp-uncertainty-per-second"),
+        (False, True, "gp-surprise-per-second"),
+        (True, True, "gp-surprise-per-second"),
+    ],
+)
+def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, heuristic_name):
     """With the heuristic prior the untrained greedy policy is the cost-aware heuristic: same
     action at every step of an episode with the GP reconstructor (ties included), whether the
-    temperature is folded into the head's weights or divides its output."""
+    temperature is folded into the head's weights or divides its output; with the surprise
+    plane it is gp-surprise-per-second."""
     env = AcquisitionEnv(
         twin_seeds=3,
         twin_overrides={"grid": [10, 10], "n_times": 16},
         reconstructor="gp",
         budget_fraction=0.15,
         device="cpu",
+        observe_surprise=surprise,
     )
     observation, _ = env.reset(seed=0)
     torch.manual_seed(0)
@@ -139,11 +151,12 @@ def test_untrained_prior_acts_like_gp_uncertainty_per_second(scaled_head):
         travel_pixels=travel_pixels_of(env),
         temperature=0.05,
         scaled_head=scaled_head,
+        surprise_plane=surprise,
         **SMALL_NET,
     )
     head_weights = network.mlp_extractor.logits.weight.abs().max().item()
     assert head_weights == pytest.approx(1.0 if scaled_head else 20.0)
-    heuristic = make_policy("gp-uncertainty-per-second")
+    heuristic = make_policy(heuristic_name)
     heuristic.reset(env, seed=0)
     terminated, steps, travelled = False, 0, 0.0
     while not terminated:
@@ -157,11 +170,19 @@ def test_untrained_prior_acts_like_gp_uncertainty_per_second(scaled_head):
         travelled += env.cost_model.travel_seconds(before, env.tip_pixel, env.grid_shape)
         steps += 1
     assert steps > 20 and travelled > 0
+    if surprise:  # the surprise term took part
+        assert np.abs(observation["planes"][-2]).max() > 0.01
 
 
 def test_prior_needs_the_env_plane_layout():
     with pytest.raises(ValueError, match="heuristic_prior=False"):
         ScoreMapPolicy(dict_space(4, (6, 6)), spaces.Discrete(36 * 3), lambda _: 1e-3)
+    # 3 blocks: 2 x 3 block planes and a tip leave one component map, none with a surprise plane
+    ScoreMapPolicy(dict_space(8, (6, 6)), spaces.Discrete(36 * 3), lambda _: 1e-3)
+    with pytest.raises(ValueError, match="a surprise plane, a tip plane"):
+        ScoreMapPolicy(
+            dict_space(8, (6, 6)), spaces.Discrete(36 * 3), lambda _: 1e-3, surprise_plane=True
+        )
     with pytest.raises(ValueError, match="temperature"):
         ScoreMapPolicy(
             dict_space(9, (6, 6)), spaces.Discrete(36 * 3), lambda _: 1e-3, temperature=0.0
@@ -280,3 +301,66 @@ def test_paired_comparison_counts_and_interval():
     assert result["mean"] == pytest.approx(0.5)
     assert result["better"] == 3
     assert result["low"] < 0.5 < result["high"]
+
+
+def _greedy_actions(policy: PPOPolicy, env: AcquisitionEnv, seed: int, steps: int) -> list[int]:
+    observation, _ = env.reset(seed=seed)
+    policy.reset(env, seed=seed)
+    actions = []
+    for _ in range(steps):
+        actions.append(policy.act(observation, env.action_masks()))
+        observation, _, terminated, _, _ = env.step(actions[-1])
+        if terminated:
+            break
+    return actions
+
+
+def test_surprise_model_round_trip_and_runs_on_envs_without_the_plane(tmp_path):
+    """A model trained with the surprise plane records the flag; loaded, it acts as the saved
+    model does, and on an env without the plane (as evaluate.py builds them) it tracks the
+    surprise itself and takes the same actions."""
+    model = _trained_model(
+        tmp_path / "s.zip", steps=64, n_steps=64, n_epochs=1,
+        env_kwargs={"observe_surprise": True}, surprise_plane=True,
+    )  # fmt: skip
+    assert model.policy.surprise_plane
+    policy = PPOPolicy(tmp_path / "s.zip", device="cpu")
+    assert policy.surprise_plane and policy.network.features_extractor.prior.surprise_plane
+    env = small_env(seeds=7, observe_surprise=True)
+    observation, _ = env.reset(seed=3)
+    policy.reset(env, seed=3)
+    # The policy reads the travel prior's scale from the env (reset); the saved model has its own.
+    model.policy.features_extractor.prior.travel_pixels = travel_pixels_of(env)
+    for _ in range(25):
+        mask = env.action_masks()
+        expected, _ = model.predict(observation, deterministic=True, action_masks=mask)
+        action = policy.act(observation, mask)
+        assert action == int(expected)
+        observation, _, terminated, _, _ = env.step(action)
+        assert not terminated
+    with_plane = _greedy_actions(policy, small_env(seeds=7, observe_surprise=True), 3, 40)
+    without = _greedy_actions(policy, small_env(seeds=7), 3, 40)
+    assert with_plane == without and len(set(without)) == len(without)
+    # Without an env to track, an observation lacking the plane is a clear error.
+    fresh = PPOPolicy(tmp_path / "s.zip", device="cpu")
+    plain_observation, _ = small_env(seeds=7).reset(seed=3)
+    with pytest.raises(ValueError, match="with the surprise plane"):
+        fresh.action_logits(plain_observation)
+
+
+def test_models_without_the_plane_ignore_an_envs_surprise_plane(trained_model_path):
+    policy = PPOPolicy(trained_model_path, device="cpu")
+    assert not policy.surprise_plane
+    plain = _greedy_actions(policy, small_env(seeds=7), 3, 30)
+    assert plain == _greedy_actions(policy, small_env(seeds=7, observe_surprise=True), 3, 30)
+
+
+def test_shipped_model_has_no_surprise_plane():
+    from agents.ppo import DEFAULT_MODEL_PATH
+
+    if not DEFAULT_MODEL_PATH.is_file():
+        pytest.skip("no shipped model")
+    policy = PPOPolicy(DEFAULT_MODEL_PATH, device="cpu")
+    assert not policy.surprise_plane
+    assert policy.network.features_extractor.prior.n_outputs == policy.n_blocks + 1
+
