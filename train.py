@@ -122,6 +122,12 @@ class TrainArgs:
         "divide the actor head's output by the temperature (weights in log-score units) instead "
         "of folding 1/temperature into its weights",
     )
+    surprise_plane: bool = _arg(
+        False,
+        "observe the local-surprise plane (where the model's predictions of measured blocks were "
+        "worse than its variance said); with the heuristic prior the actor starts as "
+        "gp-surprise-per-second",
+    )
     channels: int = _arg(16, "feature channels of the convolutional score map")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
     # evaluation, checkpoints, progress
@@ -222,6 +228,7 @@ def env_kwargs(args: TrainArgs, twin_seeds: int | list[int]) -> dict[str, Any]:
         budget_fraction=args.budget_fraction,
         reward=args.reward,
         target_r2=args.stop_r2 or None,
+        observe_surprise=args.surprise_plane,
     )
 
 
@@ -392,6 +399,14 @@ def train(args: TrainArgs) -> MaskablePPO:
         args.vec_env,
     )
     if args.resume:
+        saved = MaskablePPO.load(args.resume, device=device)
+        if bool(getattr(saved.policy, "surprise_plane", False)) != args.surprise_plane:
+            raise ValueError(
+                f"{args.resume} was trained "
+                f"{'with' if saved.policy.surprise_plane else 'without'} the surprise plane: "
+                f"resume it {'with' if saved.policy.surprise_plane else 'without'} "
+                "--surprise-plane"
+            )
         model = MaskablePPO.load(
             args.resume, env=train_env, device=device, tensorboard_log=str(out / "tb")
         )
@@ -415,6 +430,7 @@ def train(args: TrainArgs) -> MaskablePPO:
                 "heuristic_prior": args.heuristic_prior,
                 "temperature": args.temperature,
                 "scaled_head": args.scaled_head,
+                "surprise_plane": args.surprise_plane,
                 "travel_pixels": travel_pixels(args),
             },
             tensorboard_log=str(out / "tb"),

@@ -66,6 +66,23 @@ def test_env_kwargs_are_json_safe_and_keep_evaluation_held_out():
     assert gym.make(train.ENV_ID, **stopping).unwrapped.target_r2 == 0.95
 
 
+def test_surprise_plane_flag_reaches_env_policy_and_config(tmp_path):
+    assert train.env_kwargs(train.parse_args(TINY), 0)["observe_surprise"] is False
+    model = run(
+        tmp_path, "--surprise-plane", "--total-timesteps", "64", "--eval-freq", "0",
+        "--checkpoint-freq", "64",
+    )  # fmt: skip
+    assert model.policy.surprise_plane
+    config = json.loads((tmp_path / "model.json").read_text())
+    assert config["args"]["surprise_plane"] is True
+    assert config["train_env_kwargs"]["observe_surprise"] is True
+    loaded = MaskablePPO.load(tmp_path / "model.zip", device="cpu")
+    assert loaded.policy.surprise_plane
+    with pytest.raises(ValueError, match="with the surprise plane"):
+        run(tmp_path, "--total-timesteps", "128", "--eval-freq", "0",
+            "--resume", str(tmp_path / "checkpoints" / "ppo_64_steps.zip"))  # fmt: skip
+
+
 def test_episode_tracker_reports_first_time_at_target():
     tracker = train.EpisodeTracker(n_envs=2, target=0.9)
     assert tracker.step(0, {"r2": 0.5, "seconds": 1.0}, done=False) is None
