@@ -364,3 +364,22 @@ def test_shipped_model_has_no_surprise_plane():
     assert not policy.surprise_plane
     assert policy.network.features_extractor.prior.n_outputs == policy.n_blocks + 1
 
+
+def test_compare_pairs_against_each_reference_from_one_set_of_episodes(tmp_path, capsys):
+    import json
+
+    from agents.ppo_compare import main
+
+    out = tmp_path / "compare.json"
+    argv = ["raster", "--reference", "random,static-subsample", "--seeds", "2", "--grid", "10",
+            "--n-times", "16", "--budget-fraction", "0.1", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "reference: random" in text and "reference: static-subsample" in text
+    report = json.loads(out.read_text())
+    assert set(report["policies"]) == {"random", "static-subsample", "raster"}
+    for reference, others in report["paired"].items():
+        assert set(others) == {"random", "static-subsample", "raster"} - {reference}
+    raster, random = report["policies"]["raster"]["auc"], report["policies"]["random"]["auc"]
+    difference = report["paired"]["random"]["raster"]["paired_auc"]["mean"]
+    assert difference == pytest.approx(np.mean(raster) - np.mean(random))
