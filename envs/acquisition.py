@@ -183,6 +183,10 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    #: No surprise plane unless ``__init__`` asks for one; class-level, so subclasses that set
+    #: the state themselves (:class:`envs.experiment.LiveAcquisition`) observe as before.
+    observe_surprise: bool = False
+    _surprise: SurpriseTracker | None = None
 
     def __init__(
         self,
