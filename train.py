@@ -382,6 +382,42 @@ def write_config(args: TrainArgs, path: Path, extra: dict[str, Any]) -> Path:
     return path
 
 
+def new_model(
+    args: TrainArgs,
+    env: gym.Env | VecEnv,
+    device: str | torch.device = "cpu",
+    tensorboard_log: str | None = None,
+) -> MaskablePPO:
+    """An untrained MaskablePPO with the score-map policy as ``args`` configure it, on ``env``
+    (the one place the model is built: training and supervised studies share it)."""
+    return MaskablePPO(
+        ScoreMapPolicy,
+        env,
+        learning_rate=args.learning_rate,
+        n_steps=args.n_steps,
+        batch_size=args.batch_size,
+        n_epochs=args.n_epochs,
+        gamma=args.gamma,
+        gae_lambda=args.gae_lambda,
+        clip_range=args.clip_range,
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        max_grad_norm=args.max_grad_norm,
+        policy_kwargs={
+            "channels": args.channels,
+            "dilations": args.dilation_tuple(),
+            "heuristic_prior": args.heuristic_prior,
+            "temperature": args.temperature,
+            "scaled_head": args.scaled_head,
+            "surprise_plane": args.surprise_plane,
+            "travel_pixels": travel_pixels(args),
+        },
+        tensorboard_log=tensorboard_log,
+        seed=args.seed,
+        device=device,
+    )
+
+
 def train(args: TrainArgs) -> MaskablePPO:
     """Run (or resume) training as configured; return the trained model."""
     out = Path(args.out)
@@ -411,32 +447,7 @@ def train(args: TrainArgs) -> MaskablePPO:
             args.resume, env=train_env, device=device, tensorboard_log=str(out / "tb")
         )
     else:
-        model = MaskablePPO(
-            ScoreMapPolicy,
-            train_env,
-            learning_rate=args.learning_rate,
-            n_steps=args.n_steps,
-            batch_size=args.batch_size,
-            n_epochs=args.n_epochs,
-            gamma=args.gamma,
-            gae_lambda=args.gae_lambda,
-            clip_range=args.clip_range,
-            ent_coef=args.ent_coef,
-            vf_coef=args.vf_coef,
-            max_grad_norm=args.max_grad_norm,
-            policy_kwargs={
-                "channels": args.channels,
-                "dilations": args.dilation_tuple(),
-                "heuristic_prior": args.heuristic_prior,
-                "temperature": args.temperature,
-                "scaled_head": args.scaled_head,
-                "surprise_plane": args.surprise_plane,
-                "travel_pixels": travel_pixels(args),
-            },
-            tensorboard_log=str(out / "tb"),
-            seed=args.seed,
-            device=device,
-        )
+        model = new_model(args, train_env, device=device, tensorboard_log=str(out / "tb"))
     # A resumed run draws fresh training samples rather than replaying the first ones.
     train_env.seed(args.seed + model.num_timesteps)
     remaining = args.total_timesteps - model.num_timesteps
