@@ -52,7 +52,8 @@ def test_fit_writes_a_model_that_runs_as_a_policy(tmp_path):
         ["--out", str(tmp_path), "--episodes", "3", "--every", "8", "--candidates", "4",
          "--fit", "--epochs", "1", "--quiet", *SMALL, *extra]
     )  # fmt: skip
-    assert len(result["fit"]) == 1
+    assert len(result["fit"]["epochs"]) == 1
+    assert set(result["fit"]["heuristic"]) == {"held_out_spearman", "held_out_pick_value"}
     assert json.loads((tmp_path / "action_values.json").read_text())["summary"]["states"] > 0
     env = AcquisitionEnv(**small_env_kwargs(7))
     observation, _ = env.reset(seed=7)
