@@ -355,14 +355,26 @@ def test_models_without_the_plane_ignore_an_envs_surprise_plane(trained_model_pa
     assert plain == _greedy_actions(policy, small_env(seeds=7, observe_surprise=True), 3, 30)
 
 
-def test_shipped_model_has_no_surprise_plane():
+def test_shipped_model_matches_the_default_training_configuration():
+    import json
+
+    import train
     from agents.ppo import DEFAULT_MODEL_PATH
 
     if not DEFAULT_MODEL_PATH.is_file():
         pytest.skip("no shipped model")
     policy = PPOPolicy(DEFAULT_MODEL_PATH, device="cpu")
-    assert not policy.surprise_plane
-    assert policy.network.features_extractor.prior.n_outputs == policy.n_blocks + 1
+    assert policy.surprise_plane  # trained with the plane, the default since it was shipped
+    assert policy.network.features_extractor.prior.n_outputs == policy.n_blocks + 2
+    # The documented command (models/README.md) is the configuration that made the model.
+    recorded = json.loads(DEFAULT_MODEL_PATH.with_suffix(".json").read_text())["args"]
+    documented = vars(
+        train.parse_args(["--model", "models/ppo_default.zip", "--torch-threads", "1"])
+    )
+    differing = {
+        k for k in documented if k not in ("out", "model") and recorded[k] != documented[k]
+    }
+    assert not differing
 
 
 def test_compare_pairs_against_each_reference_from_one_set_of_episodes(tmp_path, capsys):

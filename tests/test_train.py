@@ -67,7 +67,9 @@ def test_env_kwargs_are_json_safe_and_keep_evaluation_held_out():
 
 
 def test_surprise_plane_flag_reaches_env_policy_and_config(tmp_path):
-    assert train.env_kwargs(train.parse_args(TINY), 0)["observe_surprise"] is False
+    assert train.env_kwargs(train.parse_args(TINY), 0)["observe_surprise"] is True  # the default
+    off = train.parse_args([*TINY, "--no-surprise-plane"])
+    assert train.env_kwargs(off, 0)["observe_surprise"] is False
     model = run(
         tmp_path, "--surprise-plane", "--total-timesteps", "64", "--eval-freq", "0",
         "--checkpoint-freq", "64",
@@ -79,7 +81,7 @@ def test_surprise_plane_flag_reaches_env_policy_and_config(tmp_path):
     loaded = MaskablePPO.load(tmp_path / "model.zip", device="cpu")
     assert loaded.policy.surprise_plane
     with pytest.raises(ValueError, match="with the surprise plane"):
-        run(tmp_path, "--total-timesteps", "128", "--eval-freq", "0",
+        run(tmp_path, "--no-surprise-plane", "--total-timesteps", "128", "--eval-freq", "0",
             "--resume", str(tmp_path / "checkpoints" / "ppo_64_steps.zip"))  # fmt: skip
 
 
