@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from agents.baselines import UncertaintyPerSecondPolicy, block_seconds_table
+from agents.baselines import UncertaintyPerSecondPolicy, block_errors, block_seconds_table
 
 
 def _replayed_block(env, pixel: int, block: int) -> np.ndarray:
@@ -65,13 +65,9 @@ def candidate_values(env, actions: np.ndarray) -> np.ndarray:
 
 
 def local_error_per_second(env, actions: np.ndarray) -> np.ndarray:
-    """The greedy oracle's criterion: current squared reconstruction error of each block (against
-    the reference, lost entries ignored) per second."""
-    estimate = env.reconstructor.estimate_blocks().detach().cpu().numpy()
-    reference = env.reference_blocks
-    reference = reference.detach().cpu().numpy() if hasattr(reference, "detach") else reference
-    error = np.nansum((reference - estimate) ** 2, axis=2).reshape(-1)
-    return error[actions] / block_seconds_table(env)[actions]
+    """The greedy oracle's criterion for each action: the block's current squared
+    reconstruction error per second."""
+    return (block_errors(env) / block_seconds_table(env))[actions]
 
 
 def collect(
