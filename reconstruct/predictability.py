@@ -24,8 +24,8 @@ block is kept as measured and the others are predicted. With a noise-free ``trut
 are the truth; otherwise the measured data. Only interior pixels whose 3 x 3 neighbourhood is
 finite take part.
 
-``python -m reconstruct.predictability --data twin|FILE [--blocks N] [--out FILE.json]`` prints
-one row per block.
+``python -m reconstruct.predictability --data twin|FILE [--blocks N] [--out FILE.json]
+[--twin-setting NAME=VALUE ...]`` prints one row per block.
 """
 
 from __future__ import annotations
@@ -220,11 +220,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--components", type=int, default=16, help="principal components per input")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
     parser.add_argument("--out", default="", help="optional JSON file for the result")
+    parser.add_argument(
+        "--twin-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a twin setting (envs.twin.TwinConfig), e.g. pinning_disorder=0; repeatable",
+    )
     args = parser.parse_args(argv)
 
     from envs.loaders import open_data  # the one place this module touches envs
 
-    dataset = open_data(args.data)
+    settings = {}
+    for item in args.twin_setting:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--twin-setting needs NAME=VALUE, got {item!r}")
+        settings[name] = json.loads(value)
+    dataset = open_data(args.data, **settings)
     print(dataset.summary())
     layout = BlockLayout(dataset.data.shape[2], args.blocks)
     result = block_predictability(

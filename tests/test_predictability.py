@@ -67,3 +67,14 @@ def test_bad_input_is_refused_with_a_clear_error():
         block_predictability(np.zeros((2, GRID, VOLTAGES)))
     with pytest.raises(ValueError, match="finite neighbourhood"):
         block_predictability(np.full((GRID, GRID, VOLTAGES, TIMES), np.nan))
+
+
+def test_command_line_takes_twin_settings(tmp_path):
+    from reconstruct.predictability import main
+
+    out = tmp_path / "p.json"
+    argv = ["--data", "twin:3", "--twin-setting", "grid=[12, 12]", "--twin-setting", "n_times=8"]
+    result = main([*argv, "--out", str(out)])
+    assert len(result["blocks"]) == 4 and out.is_file()
+    with pytest.raises(SystemExit):
+        main(["--twin-setting", "pinning_disorder"])
