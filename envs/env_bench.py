@@ -45,6 +45,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "reconstructor": args.reconstructor,
         "device": args.device,
         "budget_fraction": 1.0,
+        "observe_surprise": args.surprise_plane,
     }
 
 
@@ -168,6 +169,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fraction", type=float, default=0.2, help="blocks measured before timing")
     p.add_argument("--steps", type=int, default=400, help="timed env steps (per benchmark)")
     p.add_argument("--vector", default="4,8", help="vector-env sizes, comma separated; '' skips")
+    p.add_argument(
+        "--surprise-plane", action="store_true", help="observe the local-surprise plane too"
+    )
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)
 
