@@ -13,6 +13,7 @@ from gymnasium import spaces
 
 from envs.cost import CostModel
 from envs.dataset import DataError, Dataset
+from envs.energy import log_energy_plane
 from envs.instrument import ReplayInstrument
 from envs.surprise import SurpriseTracker
 from reconstruct.base import BlockLayout, Reconstructor
@@ -56,14 +57,18 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     ``Dict`` of
 
     - ``"planes"``: ``Box(-1, 1, (C, X, Y), float32)``, channel-first, ``C = 2 n_blocks +
-      n_components + 1`` (``+ 1`` with ``observe_surprise``): the measured mask of each block
+      n_components + 1`` (``+ 1`` each with ``observe_surprise`` and ``observe_energy``): the
+      measured mask of each block
       (0/1); the reconstruction's ``n_components`` leading spectral component maps
       (``reconstructor.component_maps``), each divided by its largest magnitude; the predictive
       uncertainty of each block (``reconstructor.uncertainty()``) divided by its largest value;
       with ``observe_surprise``, the local surprise (:mod:`envs.surprise`: the smoothed log
       ratio of each measured block's squared prediction error, predicted just before it was
       measured, to its predicted variance) divided by ``SURPRISE_PLANE_SCALE`` = 4 and clipped
-      to [-1, 1], 0 before the first step; the tip position (one-hot), always last.
+      to [-1, 1], 0 before the first step; with ``observe_energy``, the log of each pixel's
+      estimated signal energy relative to the largest (:mod:`envs.energy`) divided by
+      ``ENERGY_PLANE_SCALE`` = 8 and clipped to [-1, 0]; the tip position (one-hot), always
+      last.
     - ``"scalars"``: ``Box(0, 1, (3,), float32)``: fraction of the budget used (clipped at 1),
       fraction of blocks measured, and the recent change of the reconstruction (relative change
       of the component maps over the last step, sign-aligned, clipped at 1).
@@ -149,6 +154,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         Add the local-surprise plane to the observation (off by default: the layout that models
         trained before it expect). Each step then also predicts the chosen block before
         measuring it.
+    observe_energy
+        Add the log pixel-energy plane (:mod:`envs.energy`) to the observation, after the
+        surprise plane (off by default, as for the surprise plane).
     render_mode
         ``None`` or ``"rgb_array"`` (mask, reconstructed map, uncertainty and true map).
 
@@ -187,6 +195,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     #: the state themselves (:class:`envs.experiment.LiveAcquisition`) observe as before.
     observe_surprise: bool = False
     _surprise: SurpriseTracker | None = None
+    observe_energy: bool = False
 
     def __init__(
         self,
@@ -207,6 +216,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         repeat_penalty: float = 0.01,
         n_components: int = 3,
         observe_surprise: bool = False,
+        observe_energy: bool = False,
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
@@ -231,6 +241,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.repeat_penalty = float(repeat_penalty)
         self.n_components = int(n_components)
         self.observe_surprise = bool(observe_surprise)
+        self.observe_energy = bool(observe_energy)
         self.render_mode = render_mode
         self._cost_overrides = dict(cost or {})
         self._base_cost = CostModel.from_dict(self._cost_overrides)
@@ -271,7 +282,13 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.device = self.reconstructor.device
 
         self._surprise = SurpriseTracker(self.grid_shape) if self.observe_surprise else None
-        n_channels = 2 * self.n_blocks + self.n_components + 1 + int(self.observe_surprise)
+        n_channels = (
+            2 * self.n_blocks
+            + self.n_components
+            + 1
+            + int(self.observe_surprise)
+            + int(self.observe_energy)
+        )
         self.observation_space = spaces.Dict(
             {
                 "planes": spaces.Box(-1.0, 1.0, (n_channels, *self.grid_shape), np.float32),
@@ -645,12 +662,16 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             )
             if self._surprise is not None:
                 self._surprise_plane = self._surprise.plane()[None]
+            if self.observe_energy:
+                self._energy_plane = log_energy_plane(self.reconstructor, grid)[None]
         tip = np.zeros((1, *grid), dtype=np.float32)
         tip.reshape(-1)[self.tip_pixel] = 1.0
         n_maps = self.n_components
         parts = [mask, self._model_planes[:n_maps], self._model_planes[n_maps:]]
         if self._surprise is not None:
             parts.append(self._surprise_plane)
+        if self.observe_energy:
+            parts.append(self._energy_plane)
         planes = np.concatenate([*parts, tip]).astype(np.float32, copy=False)
         scalars = np.array(
             [

@@ -46,6 +46,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "budget_fraction": 1.0,
         "observe_surprise": args.surprise_plane,
+        "observe_energy": args.energy_plane,
     }
 
 
@@ -171,6 +172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vector", default="4,8", help="vector-env sizes, comma separated; '' skips")
     p.add_argument(
         "--surprise-plane", action="store_true", help="observe the local-surprise plane too"
+    )
+    p.add_argument(
+        "--energy-plane", action="store_true", help="observe the log pixel-energy plane too"
     )
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)

@@ -3,6 +3,7 @@ the oracle beats random."""
 
 import numpy as np
 import pytest
+import torch
 
 from agents import available_policies, make_policy
 from agents.baselines import serpentine_pixels
@@ -15,8 +16,10 @@ BASELINES = [
     "gp-uncertainty",
     "gp-uncertainty-per-second",
     "gp-surprise-per-second",
+    "gp-energy-surprise-per-second",
     "variance-reduction",
     "greedy-oracle",
+    "structure-oracle",
 ]
 
 
@@ -179,3 +182,54 @@ def test_surprise_tracker_records_each_expected_block_once():
     np.testing.assert_array_equal(tracker.local_surprise(), once)
     with pytest.raises(ValueError, match="sigma"):
         SurpriseTracker(env.grid_shape, sigma=0.0)
+
+
+def test_energy_policy_scores_the_surprise_heuristic_times_the_pixel_energy():
+    """gp-energy-surprise-per-second picks the valid block whose surprise-heuristic score times
+    its pixel's estimated energy is largest, at every step (the two heuristics then differ)."""
+    from agents.baselines import block_seconds_table
+    from envs.energy import pixel_energy
+
+    env = small_env(budget_fraction=0.5)
+    obs, info = env.reset(seed=1)
+    energy_policy = make_policy("gp-energy-surprise-per-second")
+    energy_policy.reset(env, seed=1)
+    differs = 0
+    for _ in range(40):
+        mask = info["action_mask"].astype(bool)
+        action = energy_policy.act(obs, mask)
+        # act first recorded the previous step's surprise: the factor it then used.
+        surprise = np.exp(0.25 * energy_policy.tracker.local_surprise())
+        variance = env.reconstructor.uncertainty().numpy().reshape(-1)
+        pixel_factor = np.repeat(surprise * pixel_energy(env.reconstructor), env.n_blocks)
+        scores = np.where(mask, variance / block_seconds_table(env) * pixel_factor, -np.inf)
+        assert action == int(np.argmax(scores))
+        surprise_only = variance / block_seconds_table(env) * np.repeat(surprise, env.n_blocks)
+        without_energy = np.where(mask, surprise_only, -np.inf)
+        differs += action != int(np.argmax(without_energy))
+        obs, _, terminated, _, info = env.step(action)
+        assert not terminated
+    assert differs > 5
+
+
+def test_structure_oracle_knows_the_twin_without_its_disorder():
+    from envs.twin import twin_dataset
+
+    env = small_env()
+    policy = make_policy("structure-oracle")
+    assert policy.privileged
+    env.reset(seed=0)
+    policy.reset(env, seed=0)
+    config = {"grid": [10, 10], "n_times": 16, "pinning_disorder": 0.0}
+    expected = env.layout.to_blocks(torch.from_numpy(twin_dataset(3, **config).truth))
+    np.testing.assert_allclose(policy.structure_blocks, expected.double().numpy())
+    # Not the truth of the sample itself: that has the disorder.
+    truth = env.layout.to_blocks(torch.from_numpy(env.dataset.truth)).double().numpy()
+    assert np.abs(policy.structure_blocks - truth).max() > 0.01
+    # Files have no disorder-free twin.
+    from envs.dataset import Dataset
+
+    file_env = small_env(data=Dataset(env.dataset.data, env.dataset.axes))
+    file_env.reset(seed=0)
+    with pytest.raises(ValueError, match="needs twin data"):
+        make_policy("structure-oracle").reset(file_env, seed=0)

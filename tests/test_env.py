@@ -33,7 +33,9 @@ def synthetic_dataset(seed: int = 0, shape=(8, 8, 8, 4), with_truth: bool = True
     truth = np.einsum("kxy,kf->xyf", maps, spectra).reshape(shape)
     data = truth + 0.05 * rng.normal(size=shape)
     axes = [
-        Axis("x", np.arange(nx)), Axis("y", np.arange(ny)), Axis("voltage", np.arange(nv), "V"),
+        Axis("x", np.arange(nx)),
+        Axis("y", np.arange(ny)),
+        Axis("voltage", np.arange(nv), "V"),
         Axis("time", (np.arange(nt) + 1) * 0.002, "s"),
     ]
     return Dataset(data, axes, truth=truth if with_truth else None, source="test")
@@ -379,3 +381,48 @@ def test_surprise_plane_is_the_trackers_local_surprise_of_the_steps_taken():
     repeated, _, _, _, info = env.step(action)
     assert info["repeated"]
     np.testing.assert_array_equal(repeated["planes"], obs["planes"])
+
+
+def test_energy_plane_is_the_relative_log_pixel_energy_after_the_surprise_plane():
+    """With observe_energy the plane before the tip is log(pixel energy / max) over
+    ENERGY_PLANE_SCALE, clipped to [-1, 0], recomputed after every step; the other planes are
+    the env's without it, in the same order (the surprise plane, when shown, comes first)."""
+    from envs.energy import ENERGY_PLANE_SCALE, pixel_energy
+
+    both = make_env(observe_surprise=True, observe_energy=True, reconstructor="idw")
+    surprise_only = make_env(observe_surprise=True, reconstructor="idw")
+    n_planes = surprise_only.observation_space["planes"].shape[0]
+    assert both.observation_space["planes"].shape == (n_planes + 1, 8, 8)
+    obs, _ = both.reset(seed=0)
+    plain_obs, _ = surprise_only.reset(seed=0)
+    np.testing.assert_array_equal(np.delete(obs["planes"], -2, axis=0), plain_obs["planes"])
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        action = int(rng.choice(np.flatnonzero(both.action_masks())))
+        obs, _, terminated, _, _ = both.step(action)
+        energy = pixel_energy(both.reconstructor).reshape(both.grid_shape)
+        expected = np.log(np.maximum(energy / energy.max(), 1e-300)) / ENERGY_PLANE_SCALE
+        np.testing.assert_allclose(obs["planes"][-2], np.clip(expected, -1, 0), atol=1e-6)
+        assert both.observation_space.contains(obs) and not terminated
+    assert obs["planes"][-2].max() == 0.0 and obs["planes"][-2].min() < -0.05
+
+
+def test_energy_helpers_handle_zero_and_nan_estimates():
+    import torch
+
+    from envs.energy import ENERGY_FLOOR, pixel_energy, relative_log_energy
+
+    class Estimate:
+        def __init__(self, values):
+            self.values = torch.tensor(values, dtype=torch.float32)
+
+        def estimate_blocks(self):
+            return self.values
+
+    values = np.ones((3, 2, 2))
+    values[1] = 2.0
+    values[2, 0] = np.nan  # a lost block counts as nothing
+    np.testing.assert_allclose(pixel_energy(Estimate(values)), [4.0, 16.0, 2.0])
+    np.testing.assert_array_equal(relative_log_energy(np.zeros(4)), 0.0)
+    logs = relative_log_energy(np.array([1.0, 0.0, 1e-12]))
+    np.testing.assert_allclose(logs, [0.0, np.log(ENERGY_FLOOR), np.log(ENERGY_FLOOR)])
