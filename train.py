@@ -129,6 +129,12 @@ class TrainArgs:
         "gp-surprise-per-second. On by default since it beat the model trained without it on 40 "
         "held-out twins (models/README.md)",
     )
+    energy_plane: bool = _arg(
+        False,
+        "observe the log pixel-energy plane (how strongly each pixel responds, which scales the "
+        "reconstruction's error); with the heuristic prior and the surprise plane the actor "
+        "starts as gp-energy-surprise-per-second",
+    )
     channels: int = _arg(16, "feature channels of the convolutional score map")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
     # evaluation, checkpoints, progress
@@ -230,6 +236,7 @@ def env_kwargs(args: TrainArgs, twin_seeds: int | list[int]) -> dict[str, Any]:
         reward=args.reward,
         target_r2=args.stop_r2 or None,
         observe_surprise=args.surprise_plane,
+        observe_energy=args.energy_plane,
     )
 
 
@@ -411,6 +418,7 @@ def new_model(
             "temperature": args.temperature,
             "scaled_head": args.scaled_head,
             "surprise_plane": args.surprise_plane,
+            "energy_plane": args.energy_plane,
             "travel_pixels": travel_pixels(args),
         },
         tensorboard_log=tensorboard_log,
@@ -437,13 +445,14 @@ def train(args: TrainArgs) -> MaskablePPO:
     )
     if args.resume:
         saved = MaskablePPO.load(args.resume, device=device)
-        if bool(getattr(saved.policy, "surprise_plane", False)) != args.surprise_plane:
-            raise ValueError(
-                f"{args.resume} was trained "
-                f"{'with' if saved.policy.surprise_plane else 'without'} the surprise plane: "
-                f"resume it {'with' if saved.policy.surprise_plane else 'without'} "
-                "--surprise-plane"
-            )
+        for plane in ("surprise", "energy"):
+            saved_has = bool(getattr(saved.policy, f"{plane}_plane", False))
+            if saved_has != getattr(args, f"{plane}_plane"):
+                option = f"--{'' if saved_has else 'no-'}{plane}-plane"
+                raise ValueError(
+                    f"{args.resume} was trained {'with' if saved_has else 'without'} the "
+                    f"{plane} plane: resume it with {option}"
+                )
         model = MaskablePPO.load(
             args.resume, env=train_env, device=device, tensorboard_log=str(out / "tb")
         )

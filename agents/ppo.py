@@ -37,6 +37,11 @@ the prior adds ``SURPRISE_WEIGHT * local surprise`` to the log score: the untrai
 before it load with ``False``): the plane count alone cannot tell a surprise plane from one more
 component map.
 
+Energy. With ``energy_plane=True`` the observation also holds the env's log pixel-energy plane
+(``AcquisitionEnv(observe_energy=True)``, :mod:`envs.energy`), after the surprise plane, and the
+prior adds the log energy to the log score: with both planes the untrained policy is
+``gp-energy-surprise-per-second``. Saved with the model like ``surprise_plane``.
+
 :class:`ScoreMapPolicy` plugs these into sb3-contrib's ``MaskableActorCriticPolicy`` (the logits
 are the actor's latent, the action net is the identity), so MaskablePPO trains it unchanged.
 :class:`PPOPolicy` is the deployable side: it loads a saved model and acts greedily among the
@@ -56,6 +61,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from agents.base import Policy, register_policy
+from envs.energy import ENERGY_PLANE_SCALE, log_energy_plane
 from envs.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT, SurpriseTracker
 from reconstruct.base import resolve_device
 
@@ -108,15 +114,16 @@ UNCERTAINTY_FLOOR = 1e-4
 
 
 class PriorPlanes(nn.Module):
-    """Log uncertainty per block and log travel factor (and local surprise), from the
-    acquisition env's planes.
+    """Log uncertainty per block and log travel factor (and local surprise, log energy), from
+    the acquisition env's planes.
 
     The env's planes are ``[measured mask (nb), component maps (nc), uncertainty (nb),
-    (surprise (1),) tip (1)]`` (:class:`envs.acquisition.AcquisitionEnv`). Output
-    ``(B, nb + 1 [+ 1], X, Y)``: ``log u_b`` for each block, then ``log(1 + d / travel_pixels)``
-    with ``d`` the Euclidean distance in pixel pitches from the tip (the cost model's travel
-    metric), then (``surprise_plane``) the local surprise in log units (the plane times
-    ``SURPRISE_PLANE_SCALE``, undoing the env's scaling).
+    (surprise (1),) (energy (1),) tip (1)]`` (:class:`envs.acquisition.AcquisitionEnv`). Output
+    ``(B, nb + 1 [+ 1] [+ 1], X, Y)``: ``log u_b`` for each block, then ``log(1 + d /
+    travel_pixels)`` with ``d`` the Euclidean distance in pixel pitches from the tip (the cost
+    model's travel metric), then (``surprise_plane``) the local surprise in log units (the plane
+    times ``SURPRISE_PLANE_SCALE``, undoing the env's scaling), then (``energy_plane``) the log
+    pixel energy relative to the largest (the plane times ``ENERGY_PLANE_SCALE``).
 
     Parameters
     ----------
@@ -124,17 +131,24 @@ class PriorPlanes(nn.Module):
         Planes in the observation and voltage blocks per pixel.
     travel_pixels
         Pixel pitches of travel that cost as much as one block's measurement (``d0 = c0 / k``).
-    surprise_plane
-        Whether the observation holds the surprise plane (before the tip plane).
+    surprise_plane, energy_plane
+        Whether the observation holds the surprise plane and the energy plane (in that order,
+        before the tip plane).
     """
 
     def __init__(
-        self, n_planes: int, n_blocks: int, travel_pixels: float, surprise_plane: bool = False
+        self,
+        n_planes: int,
+        n_blocks: int,
+        travel_pixels: float,
+        surprise_plane: bool = False,
+        energy_plane: bool = False,
     ) -> None:
         super().__init__()
-        n_components = n_planes - 2 * n_blocks - 1 - int(surprise_plane)
+        n_components = n_planes - 2 * n_blocks - 1 - int(surprise_plane) - int(energy_plane)
         if n_components < 1:
             surprise = "a surprise plane, " if surprise_plane else ""
+            surprise += "an energy plane, " if energy_plane else ""
             raise ValueError(
                 f"prior planes need the acquisition env's layout (2 x {n_blocks} block planes, "
                 f">= 1 component map, {surprise}a tip plane), but the observation has only "
@@ -146,7 +160,8 @@ class PriorPlanes(nn.Module):
         self.n_blocks = n_blocks
         self.travel_pixels = float(travel_pixels)
         self.surprise_plane = bool(surprise_plane)
-        self.n_outputs = n_blocks + 1 + int(surprise_plane)
+        self.energy_plane = bool(energy_plane)
+        self.n_outputs = n_blocks + 1 + int(surprise_plane) + int(energy_plane)
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         batch, _, nx, ny = planes.shape
@@ -163,10 +178,14 @@ class PriorPlanes(nn.Module):
             cols[None, None, :] - tip_col[:, None, None],
         )
         travel = torch.log1p(distance / self.travel_pixels)[:, None]
-        if not self.surprise_plane:
-            return torch.cat([log_uncertainty, travel], dim=1)
-        surprise = planes[:, -2:-1] * SURPRISE_PLANE_SCALE
-        return torch.cat([log_uncertainty, travel, surprise], dim=1)
+        parts = [log_uncertainty, travel]
+        # The optional planes sit just before the tip plane: (surprise,) (energy,) tip.
+        after = 1 + int(self.energy_plane)
+        if self.surprise_plane:
+            parts.append(planes[:, -after - 1 : -after] * SURPRISE_PLANE_SCALE)
+        if self.energy_plane:
+            parts.append(planes[:, -2:-1] * ENERGY_PLANE_SCALE)
+        return torch.cat(parts, dim=1)
 
 
 class ScoreMapExtractor(BaseFeaturesExtractor):
@@ -186,7 +205,7 @@ class ScoreMapExtractor(BaseFeaturesExtractor):
         Dilation of each residual block; the receptive field is ``3 + 2 * sum(dilations)`` pixels.
     n_blocks
         Voltage blocks per pixel; ``None`` for no prior planes (any plane layout).
-    travel_pixels, surprise_plane
+    travel_pixels, surprise_plane, energy_plane
         See :class:`PriorPlanes`.
     """
 
@@ -198,6 +217,7 @@ class ScoreMapExtractor(BaseFeaturesExtractor):
         n_blocks: int | None = None,
         travel_pixels: float = 44.0,
         surprise_plane: bool = False,
+        energy_plane: bool = False,
     ) -> None:
         n_planes, n_scalars = _check_observation_space(observation_space)
         if channels < 1 or not dilations or min(dilations) < 1:
@@ -205,7 +225,7 @@ class ScoreMapExtractor(BaseFeaturesExtractor):
         prior = (
             None
             if n_blocks is None
-            else PriorPlanes(n_planes, n_blocks, travel_pixels, surprise_plane)
+            else PriorPlanes(n_planes, n_blocks, travel_pixels, surprise_plane, energy_plane)
         )
         n_inputs = n_planes + n_scalars + (0 if prior is None else prior.n_outputs)
         super().__init__(observation_space, features_dim=channels + n_inputs)
@@ -271,7 +291,9 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
     weights are ``1 / temperature`` (20 at 0.05) and Adam's steps of ~lr per weight barely move
     them or the trunk's share of the score. ``surprise_plane=True`` says the observation holds
     the env's local-surprise plane (``observe_surprise=True``); with the prior, the actor then
-    starts as ``gp-surprise-per-second``. Everything else is as in sb3-contrib. ``net_arch``
+    starts as ``gp-surprise-per-second``; ``energy_plane=True`` likewise for the log
+    pixel-energy plane (``observe_energy=True``), and with both the actor starts as
+    ``gp-energy-surprise-per-second``. Everything else is as in sb3-contrib. ``net_arch``
     and ``features_extractor_class`` are fixed.
     """
 
@@ -288,6 +310,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         travel_pixels: float = 44.0,
         scaled_head: bool = False,
         surprise_plane: bool = False,
+        energy_plane: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_observation_space(observation_space)
@@ -306,6 +329,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         self.temperature = float(temperature)
         self.scaled_head = bool(scaled_head)
         self.surprise_plane = bool(surprise_plane)
+        self.energy_plane = bool(energy_plane)
         kwargs.pop("net_arch", None)
         kwargs["features_extractor_class"] = ScoreMapExtractor
         kwargs["features_extractor_kwargs"] = {
@@ -314,6 +338,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
             "n_blocks": self.n_blocks if self.heuristic_prior else None,
             "travel_pixels": float(travel_pixels),
             "surprise_plane": self.surprise_plane,
+            "energy_plane": self.energy_plane,
         }
         kwargs.setdefault("share_features_extractor", True)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], **kwargs)
@@ -346,7 +371,8 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
 
     def _start_from_heuristic(self) -> None:
         """Make the actor's head score ``(log u_b - log travel factor) / temperature``, plus
-        ``SURPRISE_WEIGHT * local surprise / temperature`` with the surprise plane.
+        ``SURPRISE_WEIGHT * local surprise / temperature`` with the surprise plane and
+        ``log energy / temperature`` with the energy plane.
 
         Every other head weight starts at zero, the trunk's included: the greedy action is then
         exactly the heuristic's (even small random trunk weights broke its many near-ties and
@@ -361,8 +387,12 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
             for block in range(self.n_blocks):
                 head.weight[block, prior_start + block] = weight
             head.weight[:, prior_start + self.n_blocks] = -weight
+            extra = prior_start + self.n_blocks + 1
             if self.surprise_plane:
-                head.weight[:, prior_start + self.n_blocks + 1] = SURPRISE_WEIGHT * weight
+                head.weight[:, extra] = SURPRISE_WEIGHT * weight
+                extra += 1
+            if self.energy_plane:
+                head.weight[:, extra] = weight
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -378,6 +408,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
             travel_pixels=kwargs["travel_pixels"],
             scaled_head=self.scaled_head,
             surprise_plane=self.surprise_plane,
+            energy_plane=self.energy_plane,
         )
         return data
 
@@ -436,12 +467,12 @@ class PPOPolicy(Policy):
     ``gp-uncertainty-per-second`` reads them), so a model trained with short read-outs still
     weighs travel correctly on an instrument with long ones.
 
-    The surprise plane follows the model, whatever the env shows: a model trained with it
-    (``surprise_plane``) run on an env without it (``evaluate.py``'s envs, built for every
-    policy alike) keeps its own :class:`envs.surprise.SurpriseTracker` on the env's
-    reconstructor, exactly as the env would (noting each chosen block's prediction before the
-    step, recording it at the next decision), and inserts the plane; a model trained without it
-    ignores an env's surprise plane.
+    The surprise and energy planes follow the model, whatever the env shows: a model trained
+    with them (``surprise_plane``, ``energy_plane``) run on an env without them (``evaluate.py``'s
+    envs, built for every policy alike) computes them itself from the env's reconstructor,
+    exactly as the env would (for the surprise: its own :class:`envs.surprise.SurpriseTracker`,
+    noting each chosen block's prediction before the step and recording it at the next
+    decision), and inserts them; a model trained without them ignores an env's planes.
     """
 
     name = "ppo"
@@ -467,40 +498,60 @@ class PPOPolicy(Policy):
         self.network: ScoreMapPolicy = model.policy
         self.network.set_training_mode(False)
         self._tracker: SurpriseTracker | None = None
-        self._drop_surprise = False
+        self._env_planes = {"surprise": False, "energy": False}
 
     @property
     def surprise_plane(self) -> bool:
         """Whether the model reads a surprise plane (models saved before the flag: False)."""
         return bool(getattr(self.network, "surprise_plane", False))
 
+    @property
+    def energy_plane(self) -> bool:
+        """Whether the model reads an energy plane (models saved before the flag: False)."""
+        return bool(getattr(self.network, "energy_plane", False))
+
     def reset(self, env: Any, seed: int | None = None) -> None:
         super().reset(env, seed)
         prior = self.network.features_extractor.prior
         if prior is not None and hasattr(self.env, "cost_model"):
             prior.travel_pixels = travel_pixels_of(self.env)
-        env_shows = bool(getattr(self.env, "observe_surprise", False))
-        self._drop_surprise = env_shows and not self.surprise_plane
+        self._env_planes = {
+            "surprise": bool(getattr(self.env, "observe_surprise", False)),
+            "energy": bool(getattr(self.env, "observe_energy", False)),
+        }
+        computes = (self.surprise_plane and not self._env_planes["surprise"]) or (
+            self.energy_plane and not self._env_planes["energy"]
+        )
+        if computes and not hasattr(self.env, "reconstructor"):
+            raise ValueError(
+                f"{self.model_path} was trained with the surprise or energy plane: run it on an "
+                "acquisition env (observe_surprise / observe_energy, or any whose reconstructor "
+                "it can read)"
+            )
         self._tracker = None
-        if self.surprise_plane and not env_shows:
-            if not hasattr(self.env, "reconstructor"):
-                raise ValueError(
-                    f"{self.model_path} was trained with the surprise plane: run it on an "
-                    "acquisition env (observe_surprise=True, or any whose reconstructor it can "
-                    "track)"
-                )
+        if self.surprise_plane and not self._env_planes["surprise"]:
             self._tracker = SurpriseTracker(self.env.grid_shape)
 
     def _model_observation(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The observation in the model's plane layout (surprise plane added or dropped)."""
-        if self._tracker is None and not self._drop_surprise:
+        """The observation in the model's plane layout: the env's own planes, then the model's
+        optional planes (from the env's observation, or computed here), then the tip plane."""
+        shown = self._env_planes
+        wanted = {"surprise": self.surprise_plane, "energy": self.energy_plane}
+        if shown == wanted:
             return observation
         planes = np.asarray(observation["planes"])
-        if self._drop_surprise:
-            planes = np.delete(planes, -2, axis=0)
-        else:
+        n_shown = int(shown["surprise"]) + int(shown["energy"])
+        names = [k for k in ("surprise", "energy") if shown[k]]
+        optional = dict(zip(names, planes[len(planes) - 1 - n_shown : -1], strict=True))
+        if self._tracker is not None:
             self._tracker.record(self.env.reconstructor)  # the last chosen block, if measured
-            planes = np.concatenate([planes[:-1], self._tracker.plane()[None], planes[-1:]])
+            optional["surprise"] = self._tracker.plane()
+        if self.energy_plane and not shown["energy"] and hasattr(self.env, "reconstructor"):
+            optional["energy"] = log_energy_plane(self.env.reconstructor, self.env.grid_shape)
+        if any(wanted[k] and k not in optional for k in wanted):
+            return observation  # not reset on an env: the plane count check explains
+        extra = [optional[k][None] for k in ("surprise", "energy") if wanted[k]]
+        planes = np.concatenate([planes[: len(planes) - 1 - n_shown], *extra, planes[-1:]])
         return {**observation, "planes": planes}
 
     @property
@@ -514,12 +565,13 @@ class PPOPolicy(Policy):
         expected = self.network.observation_space
         n_planes, n_scalars = expected["planes"].shape[0], expected["scalars"].shape[0]
         if tensors["planes"].shape[1] != n_planes or tensors["scalars"].shape[1] != n_scalars:
-            surprise = "with" if self.surprise_plane else "without"
+            planes = [k for k in ("surprise", "energy") if getattr(self, f"{k}_plane")]
+            optional = f"with the {' and '.join(planes)} plane" if planes else "no optional plane"
             raise ValueError(
                 f"the observation has {tensors['planes'].shape[1]} planes and "
                 f"{tensors['scalars'].shape[1]} scalars, the model was trained on {n_planes} and "
                 f"{n_scalars}: use the env settings it was trained with ({self.n_blocks} blocks "
-                f"per pixel, same number of component maps, {surprise} the surprise plane)"
+                f"per pixel, same number of component maps, {optional})"
             )
         with torch.no_grad():
             logits = self.network.score_logits(tensors)

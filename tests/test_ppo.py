@@ -121,19 +121,22 @@ def test_weights_do_not_depend_on_grid_size():
 
 
 @pytest.mark.parametrize(
-    ("scaled_head", "surprise", "heuristic_name"),
+    ("scaled_head", "surprise", "energy", "heuristic_name"),
     [
-        (False, False, "gp-uncertainty-per-second"),
-        (True, False, "gp-uncertainty-per-second"),
-        (False, True, "gp-surprise-per-second"),
-        (True, True, "gp-surprise-per-second"),
+        (False, False, False, "gp-uncertainty-per-second"),
+        (True, False, False, "gp-uncertainty-per-second"),
+        (False, True, False, "gp-surprise-per-second"),
+        (True, True, False, "gp-surprise-per-second"),
+        (False, True, True, "gp-energy-surprise-per-second"),
+        (True, True, True, "gp-energy-surprise-per-second"),
     ],
 )
-def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, heuristic_name):
+def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, energy, heuristic_name):
     """With the heuristic prior the untrained greedy policy is the cost-aware heuristic: same
     action at every step of an episode with the GP reconstructor (ties included), whether the
     temperature is folded into the head's weights or divides its output; with the surprise
-    plane it is gp-surprise-per-second."""
+    plane it is gp-surprise-per-second, with the energy plane too
+    gp-energy-surprise-per-second."""
     env = AcquisitionEnv(
         twin_seeds=3,
         twin_overrides={"grid": [10, 10], "n_times": 16},
@@ -141,6 +144,7 @@ def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, heuristi
         budget_fraction=0.15,
         device="cpu",
         observe_surprise=surprise,
+        observe_energy=energy,
     )
     observation, _ = env.reset(seed=0)
     torch.manual_seed(0)
@@ -152,6 +156,7 @@ def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, heuristi
         temperature=0.05,
         scaled_head=scaled_head,
         surprise_plane=surprise,
+        energy_plane=energy,
         **SMALL_NET,
     )
     head_weights = network.mlp_extractor.logits.weight.abs().max().item()
@@ -171,7 +176,9 @@ def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, heuristi
         steps += 1
     assert steps > 20 and travelled > 0
     if surprise:  # the surprise term took part
-        assert np.abs(observation["planes"][-2]).max() > 0.01
+        assert np.abs(observation["planes"][-2 - int(energy)]).max() > 0.01
+    if energy:  # and the energy term: pixels differ in energy by more than a factor e
+        assert observation["planes"][-2].min() < -1 / 8
 
 
 def test_prior_needs_the_env_plane_layout():
@@ -348,11 +355,30 @@ def test_surprise_model_round_trip_and_runs_on_envs_without_the_plane(tmp_path):
         fresh.action_logits(plain_observation)
 
 
-def test_models_without_the_plane_ignore_an_envs_surprise_plane(trained_model_path):
+def test_energy_model_acts_alike_whichever_optional_planes_the_env_shows(tmp_path):
+    """A model trained with the surprise and energy planes records both flags and, on envs that
+    show both, one or none of them (it computes the missing ones), takes the same actions."""
+    both = {"observe_surprise": True, "observe_energy": True}
+    model = _trained_model(
+        tmp_path / "e.zip", steps=64, n_steps=64, n_epochs=1,
+        env_kwargs=both, surprise_plane=True, energy_plane=True,
+    )  # fmt: skip
+    assert model.policy.energy_plane and model.policy.surprise_plane
+    policy = PPOPolicy(tmp_path / "e.zip", device="cpu")
+    assert policy.energy_plane and policy.network.features_extractor.prior.energy_plane
+    reference = _greedy_actions(policy, small_env(seeds=7, **both), 3, 30)
+    assert len(set(reference)) == len(reference) > 20
+    for shown in ({}, {"observe_energy": True}, {"observe_surprise": True}):
+        assert _greedy_actions(policy, small_env(seeds=7, **shown), 3, 30) == reference, shown
+
+
+def test_models_without_the_planes_ignore_an_envs_optional_planes(trained_model_path):
     policy = PPOPolicy(trained_model_path, device="cpu")
     assert not policy.surprise_plane
     plain = _greedy_actions(policy, small_env(seeds=7), 3, 30)
     assert plain == _greedy_actions(policy, small_env(seeds=7, observe_surprise=True), 3, 30)
+    both = {"observe_surprise": True, "observe_energy": True}
+    assert plain == _greedy_actions(policy, small_env(seeds=7, **both), 3, 30)
 
 
 def test_shipped_model_matches_the_default_training_configuration():
@@ -368,6 +394,7 @@ def test_shipped_model_matches_the_default_training_configuration():
     assert policy.network.features_extractor.prior.n_outputs == policy.n_blocks + 2
     # The documented command (models/README.md) is the configuration that made the model.
     recorded = json.loads(DEFAULT_MODEL_PATH.with_suffix(".json").read_text())["args"]
+    recorded.setdefault("energy_plane", False)  # saved before the option existed
     documented = vars(
         train.parse_args(["--model", "models/ppo_default.zip", "--torch-threads", "1"])
     )
