@@ -133,7 +133,8 @@ class TrainArgs:
         False,
         "observe the log pixel-energy plane (how strongly each pixel responds, which scales the "
         "reconstruction's error); with the heuristic prior and the surprise plane the actor "
-        "starts as gp-energy-surprise-per-second",
+        "starts as gp-energy-surprise-per-second. Off by default: it helps on twins but hurts "
+        "on the real BE-PFM file (models/README.md)",
     )
     channels: int = _arg(16, "feature channels of the convolutional score map")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")

@@ -381,23 +381,27 @@ def test_models_without_the_planes_ignore_an_envs_optional_planes(trained_model_
     assert plain == _greedy_actions(policy, small_env(seeds=7, **both), 3, 30)
 
 
-def test_shipped_model_matches_the_default_training_configuration():
+@pytest.mark.parametrize(
+    ("name", "options", "energy"),
+    [("ppo_default", [], False), ("ppo_energy", ["--energy-plane"], True)],
+)
+def test_shipped_models_match_their_documented_training_commands(name, options, energy):
     import json
 
     import train
     from agents.ppo import DEFAULT_MODEL_PATH
 
-    if not DEFAULT_MODEL_PATH.is_file():
-        pytest.skip("no shipped model")
-    policy = PPOPolicy(DEFAULT_MODEL_PATH, device="cpu")
-    assert policy.surprise_plane  # trained with the plane, the default since it was shipped
-    assert policy.network.features_extractor.prior.n_outputs == policy.n_blocks + 2
+    path = DEFAULT_MODEL_PATH.with_name(f"{name}.zip")
+    if not path.is_file():
+        pytest.skip(f"no shipped {name}")
+    policy = PPOPolicy(path, device="cpu")
+    assert policy.surprise_plane and policy.energy_plane == energy
+    prior_planes = policy.n_blocks + 2 + int(energy)
+    assert policy.network.features_extractor.prior.n_outputs == prior_planes
     # The documented command (models/README.md) is the configuration that made the model.
-    recorded = json.loads(DEFAULT_MODEL_PATH.with_suffix(".json").read_text())["args"]
+    recorded = json.loads(path.with_suffix(".json").read_text())["args"]
     recorded.setdefault("energy_plane", False)  # saved before the option existed
-    documented = vars(
-        train.parse_args(["--model", "models/ppo_default.zip", "--torch-threads", "1"])
-    )
+    documented = vars(train.parse_args([*options, "--model", str(path), "--torch-threads", "1"]))
     differing = {
         k for k in documented if k not in ("out", "model") and recorded[k] != documented[k]
     }
