@@ -29,7 +29,6 @@ DEFAULT_AGENTS = ",".join(
         "gp-uncertainty",
         "gp-uncertainty-per-second",
         "gp-surprise-per-second",
-        "gp-energy-surprise-per-second",
         "variance-reduction",
         "ppo",  # the shipped models/ppo_default.zip (train.py's default run)
         "greedy-oracle",

@@ -1,12 +1,15 @@
 """How strong is each pixel's response? The reconstruction's signal energy per pixel.
 
 A GP's posterior variance depends only on where the measurements are, not on how large the
-response is where nothing has been measured yet. The error of the reconstruction does: the
-twin's pixel-scale disorder (like the disorder of real switching maps) scales a pixel's whole
-spectrum, so an unmeasured pixel in a strongly responding region (a c-domain near a wall) is
-wrong by more than one in a weak a-domain, at the same distance from the data. The *pixel
-energy*, the sum of squares of a pixel's estimated spectrum over all blocks, is the observable
-stand-in for that scale: the heuristic ``gp-energy-surprise-per-second``
+response is where nothing has been measured yet. On the twin the error of the reconstruction
+does: its pixel-scale disorder scales a pixel's whole spectrum, so an unmeasured pixel in a
+strongly responding region (a c-domain near a wall) is wrong by more than one in a weak
+a-domain, at the same distance from the data. On the real BE-PFM file this does not hold, and
+weighting by the energy there costs much of the time saved (``models/README.md``), so the
+default PPO model does not read it.
+
+The *pixel energy*, the sum of squares of a pixel's estimated spectrum over all blocks, is the
+observable stand-in for that scale: the heuristic ``gp-energy-surprise-per-second``
 (:class:`agents.baselines.EnergySurprisePerSecondPolicy`) multiplies the cost-aware uncertainty
 score by it; the acquisition env (``observe_energy=True``) shows its log as one observation
 plane; the score-map PPO policy's prior adds that log to its log score. All three use
