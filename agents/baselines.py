@@ -215,10 +215,12 @@ class EnergySurprisePerSecondPolicy(SurprisePerSecondPolicy):
     name = "gp-energy-surprise-per-second"
 
     def pixel_factor(self) -> np.ndarray:
-        from envs.energy import ENERGY_FLOOR, pixel_energy
+        from envs.energy import pixel_energy, relative_log_energy
 
-        energy = pixel_energy(self.env.reconstructor)
-        return super().pixel_factor() * np.maximum(energy, ENERGY_FLOOR * max(energy.max(), 0.0))
+        # Energy over the largest (floored as the PPO prior's plane is): the same argmax as the
+        # energy itself, and the same scores as a score-map policy started from this heuristic.
+        energy = np.exp(relative_log_energy(pixel_energy(self.env.reconstructor)))
+        return super().pixel_factor() * energy
 
 
 class StructureOraclePolicy(Policy):

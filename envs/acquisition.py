@@ -58,15 +58,14 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
 
     - ``"planes"``: ``Box(-1, 1, (C, X, Y), float32)``, channel-first, ``C = 2 n_blocks +
       n_components + 1`` (``+ 1`` each with ``observe_surprise`` and ``observe_energy``): the
-      measured mask of each block
-      (0/1); the reconstruction's ``n_components`` leading spectral component maps
-      (``reconstructor.component_maps``), each divided by its largest magnitude; the predictive
-      uncertainty of each block (``reconstructor.uncertainty()``) divided by its largest value;
-      with ``observe_surprise``, the local surprise (:mod:`envs.surprise`: the smoothed log
-      ratio of each measured block's squared prediction error, predicted just before it was
-      measured, to its predicted variance) divided by ``SURPRISE_PLANE_SCALE`` = 4 and clipped
-      to [-1, 1], 0 before the first step; with ``observe_energy``, the log of each pixel's
-      estimated signal energy relative to the largest (:mod:`envs.energy`) divided by
+      measured mask of each block (0/1); the reconstruction's ``n_components`` leading spectral
+      component maps (``reconstructor.component_maps``), each divided by its largest magnitude;
+      the predictive uncertainty of each block (``reconstructor.uncertainty()``) divided by its
+      largest value; with ``observe_surprise``, the local surprise (:mod:`envs.surprise`: the
+      smoothed log ratio of each measured block's squared prediction error, predicted just
+      before it was measured, to its predicted variance) divided by ``SURPRISE_PLANE_SCALE`` = 4
+      and clipped to [-1, 1], 0 before the first step; with ``observe_energy``, the log of each
+      pixel's estimated signal energy relative to the largest (:mod:`envs.energy`) divided by
       ``ENERGY_PLANE_SCALE`` = 8 and clipped to [-1, 0]; the tip position (one-hot), always
       last.
     - ``"scalars"``: ``Box(0, 1, (3,), float32)``: fraction of the budget used (clipped at 1),
