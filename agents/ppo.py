@@ -108,6 +108,9 @@ class _DilatedBlock(nn.Module):
         return x + self.act(self.conv(x) + context)
 
 
+#: The optional observation planes, in the order the env puts them before the tip plane.
+OPTIONAL_PLANES = ("surprise", "energy")
+
 #: Uncertainty planes are floored at this fraction of their maximum before the log (a measured
 #: block has zero variance; its action is masked anyway).
 UNCERTAINTY_FLOOR = 1e-4
@@ -540,8 +543,8 @@ class PPOPolicy(Policy):
         if shown == wanted:
             return observation
         planes = np.asarray(observation["planes"])
-        n_shown = int(shown["surprise"]) + int(shown["energy"])
-        names = [k for k in ("surprise", "energy") if shown[k]]
+        names = [k for k in OPTIONAL_PLANES if shown[k]]
+        n_shown = len(names)
         optional = dict(zip(names, planes[len(planes) - 1 - n_shown : -1], strict=True))
         if self._tracker is not None:
             self._tracker.record(self.env.reconstructor)  # the last chosen block, if measured
@@ -550,7 +553,7 @@ class PPOPolicy(Policy):
             optional["energy"] = log_energy_plane(self.env.reconstructor, self.env.grid_shape)
         if any(wanted[k] and k not in optional for k in wanted):
             return observation  # not reset on an env: the plane count check explains
-        extra = [optional[k][None] for k in ("surprise", "energy") if wanted[k]]
+        extra = [optional[k][None] for k in OPTIONAL_PLANES if wanted[k]]
         planes = np.concatenate([planes[: len(planes) - 1 - n_shown], *extra, planes[-1:]])
         return {**observation, "planes": planes}
 
@@ -565,7 +568,7 @@ class PPOPolicy(Policy):
         expected = self.network.observation_space
         n_planes, n_scalars = expected["planes"].shape[0], expected["scalars"].shape[0]
         if tensors["planes"].shape[1] != n_planes or tensors["scalars"].shape[1] != n_scalars:
-            planes = [k for k in ("surprise", "energy") if getattr(self, f"{k}_plane")]
+            planes = [k for k in OPTIONAL_PLANES if getattr(self, f"{k}_plane")]
             optional = f"with the {' and '.join(planes)} plane" if planes else "no optional plane"
             raise ValueError(
                 f"the observation has {tensors['planes'].shape[1]} planes and "
