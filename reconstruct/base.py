@@ -227,6 +227,12 @@ class Reconstructor(ABC):
         tensor."""
         return self.estimate_blocks()[int(pixel), int(block)]
 
+    def pixel_energy(self) -> torch.Tensor:
+        """``(P,)`` float64 sum of squares of each pixel's estimated spectrum over every block
+        (measured entries with their measured values; NaN entries, e.g. lost blocks, count as
+        0). Default: from :meth:`estimate_blocks`; low-rank models give it without the tensor."""
+        return self.estimate_blocks().double().square().nan_to_num(0.0).sum(dim=(1, 2))
+
     def estimate(self) -> torch.Tensor:
         """The current estimate as ``(X, Y, V, *rest)``."""
         return self.layout.from_blocks(

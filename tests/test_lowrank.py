@@ -229,3 +229,20 @@ def test_predict_block_equals_the_full_estimate(cls):
     estimate = rec.estimate_blocks()
     for pixel, block in [(5, 1), (5, 3), (60, 2), (99, 0)]:
         torch.testing.assert_close(rec.predict_block(pixel, block), estimate[pixel, block])
+
+
+@pytest.mark.parametrize("cls", [LowRankGP, LowRankCompletion])
+def test_pixel_energy_equals_the_sum_of_squares_of_the_full_estimate(cls):
+    from reconstruct.base import Reconstructor
+
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = cls(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
+    _fill(rec, field, [0, 17, 40, 77], {})  # before the first basis: the generic path
+    torch.testing.assert_close(rec.pixel_energy(), Reconstructor.pixel_energy(rec))
+    _fill(rec, field, [101, 143], {5: [1], 60: [0, 2]})
+    for pixel, block in [(None, None), (61, 3), (99, 0)]:  # through incremental updates too
+        if pixel is not None:
+            rec.add(pixel, block, field[pixel, block])
+        generic = Reconstructor.pixel_energy(rec)
+        assert generic.min() > 0
+        torch.testing.assert_close(rec.pixel_energy(), generic, rtol=1e-5, atol=0)
