@@ -136,6 +136,12 @@ class TrainArgs:
         "starts as gp-energy-surprise-per-second. Off by default: it helps on twins but hurts "
         "on the real BE-PFM file (models/README.md)",
     )
+    calibrate_energy: bool = _arg(
+        False,
+        "with the energy plane: multiply it by the power of the energy fitted to each sample as "
+        "it is measured (how strongly the surprise of measured blocks rises with their energy), "
+        "so that the actor starts as gp-calibrated-energy-per-second",
+    )
     channels: int = _arg(16, "feature channels of the convolutional score map")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
     # evaluation, checkpoints, progress
@@ -172,6 +178,8 @@ class TrainArgs:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.calibrate_energy and not (self.energy_plane and self.surprise_plane):
+            problems.append("calibrate_energy needs the energy plane and the surprise plane")
         if not 0.0 <= self.stop_r2 < 1.0:
             problems.append(f"stop_r2 must be in [0, 1), got {self.stop_r2}")
         if not 0.0 < self.budget_fraction <= 1.0:
@@ -238,6 +246,7 @@ def env_kwargs(args: TrainArgs, twin_seeds: int | list[int]) -> dict[str, Any]:
         target_r2=args.stop_r2 or None,
         observe_surprise=args.surprise_plane,
         observe_energy=args.energy_plane,
+        calibrate_energy=args.calibrate_energy,
     )
 
 
@@ -420,6 +429,7 @@ def new_model(
             "scaled_head": args.scaled_head,
             "surprise_plane": args.surprise_plane,
             "energy_plane": args.energy_plane,
+            "calibrated_energy": args.calibrate_energy,
             "travel_pixels": travel_pixels(args),
         },
         tensorboard_log=tensorboard_log,
@@ -446,13 +456,17 @@ def train(args: TrainArgs) -> MaskablePPO:
     )
     if args.resume:
         saved = MaskablePPO.load(args.resume, device=device)
-        for plane in ("surprise", "energy"):
-            saved_has = bool(getattr(saved.policy, f"{plane}_plane", False))
-            if saved_has != getattr(args, f"{plane}_plane"):
-                option = f"--{'' if saved_has else 'no-'}{plane}-plane"
+        for option, attribute, given, what in (
+            ("surprise-plane", "surprise_plane", args.surprise_plane, "the surprise plane"),
+            ("energy-plane", "energy_plane", args.energy_plane, "the energy plane"),
+            ("calibrate-energy", "calibrated_energy", args.calibrate_energy, "its calibration"),
+        ):
+            saved_has = bool(getattr(saved.policy, attribute, False))
+            if saved_has != given:
+                flag = f"--{'' if saved_has else 'no-'}{option}"
                 raise ValueError(
-                    f"{args.resume} was trained {'with' if saved_has else 'without'} the "
-                    f"{plane} plane: resume it with {option}"
+                    f"{args.resume} was trained {'with' if saved_has else 'without'} {what}: "
+                    f"resume it with {flag}"
                 )
         model = MaskablePPO.load(
             args.resume, env=train_env, device=device, tensorboard_log=str(out / "tb")

@@ -40,7 +40,10 @@ component map.
 Energy. With ``energy_plane=True`` the observation also holds the env's log pixel-energy plane
 (``AcquisitionEnv(observe_energy=True)``, :mod:`envs.energy`), after the surprise plane, and the
 prior adds the log energy to the log score: with both planes the untrained policy is
-``gp-energy-surprise-per-second``. Saved with the model like ``surprise_plane``.
+``gp-energy-surprise-per-second``. Saved with the model like ``surprise_plane``. With
+``calibrated_energy=True`` the plane is the env's calibrated one (``calibrate_energy=True``:
+the log energy times the power fitted to the sample, :func:`envs.energy.energy_exponent`), and
+the untrained policy is ``gp-calibrated-energy-per-second``.
 
 :class:`ScoreMapPolicy` plugs these into sb3-contrib's ``MaskableActorCriticPolicy`` (the logits
 are the actor's latent, the action net is the identity), so MaskablePPO trains it unchanged.
@@ -61,7 +64,13 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from agents.base import Policy, register_policy
-from envs.energy import ENERGY_PLANE_SCALE, log_energy_plane
+from envs.energy import (
+    ENERGY_PLANE_SCALE,
+    energy_exponent,
+    log_energy_plane,
+    pixel_energy,
+    relative_log_energy,
+)
 from envs.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT, SurpriseTracker
 from reconstruct.base import resolve_device
 
@@ -296,7 +305,9 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
     the env's local-surprise plane (``observe_surprise=True``); with the prior, the actor then
     starts as ``gp-surprise-per-second``; ``energy_plane=True`` likewise for the log
     pixel-energy plane (``observe_energy=True``), and with both the actor starts as
-    ``gp-energy-surprise-per-second``. Everything else is as in sb3-contrib. ``net_arch``
+    ``gp-energy-surprise-per-second``; ``calibrated_energy=True`` says the energy plane is the
+    env's calibrated one (``calibrate_energy=True``), and the actor then starts as
+    ``gp-calibrated-energy-per-second``. Everything else is as in sb3-contrib. ``net_arch``
     and ``features_extractor_class`` are fixed.
     """
 
@@ -314,9 +325,12 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         scaled_head: bool = False,
         surprise_plane: bool = False,
         energy_plane: bool = False,
+        calibrated_energy: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_observation_space(observation_space)
+        if calibrated_energy and not (surprise_plane and energy_plane):
+            raise ValueError("calibrated_energy needs surprise_plane=True and energy_plane=True")
         nx, ny = observation_space["planes"].shape[1:]
         if not isinstance(action_space, spaces.Discrete) or int(action_space.n) % (nx * ny):
             raise ValueError(
@@ -333,6 +347,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         self.scaled_head = bool(scaled_head)
         self.surprise_plane = bool(surprise_plane)
         self.energy_plane = bool(energy_plane)
+        self.calibrated_energy = bool(calibrated_energy)
         kwargs.pop("net_arch", None)
         kwargs["features_extractor_class"] = ScoreMapExtractor
         kwargs["features_extractor_kwargs"] = {
@@ -412,6 +427,7 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
             scaled_head=self.scaled_head,
             surprise_plane=self.surprise_plane,
             energy_plane=self.energy_plane,
+            calibrated_energy=self.calibrated_energy,
         )
         return data
 
@@ -475,7 +491,10 @@ class PPOPolicy(Policy):
     envs, built for every policy alike) computes them itself from the env's reconstructor,
     exactly as the env would (for the surprise: its own :class:`envs.surprise.SurpriseTracker`,
     noting each chosen block's prediction before the step and recording it at the next
-    decision), and inserts them; a model trained without them ignores an env's planes.
+    decision), and inserts them; a model trained without them ignores an env's planes. A model
+    with the calibrated energy plane (``calibrated_energy``) on an env without it computes the
+    plane and the surprise with its own tracker, which also records the covariates the fitted
+    power needs.
     """
 
     name = "ppo"
@@ -501,7 +520,9 @@ class PPOPolicy(Policy):
         self.network: ScoreMapPolicy = model.policy
         self.network.set_training_mode(False)
         self._tracker: SurpriseTracker | None = None
-        self._env_planes = {"surprise": False, "energy": False}
+        self._env_planes = {"surprise": False, "energy": False}  # what the env's planes hold
+        self._computes = {"surprise": False, "energy": False}  # what this policy computes
+        self._log_energy: np.ndarray | None = None
 
     @property
     def surprise_plane(self) -> bool:
@@ -513,6 +534,11 @@ class PPOPolicy(Policy):
         """Whether the model reads an energy plane (models saved before the flag: False)."""
         return bool(getattr(self.network, "energy_plane", False))
 
+    @property
+    def calibrated_energy(self) -> bool:
+        """Whether the model's energy plane is the calibrated one (models saved before: False)."""
+        return bool(getattr(self.network, "calibrated_energy", False))
+
     def reset(self, env: Any, seed: int | None = None) -> None:
         super().reset(env, seed)
         prior = self.network.features_extractor.prior
@@ -522,25 +548,31 @@ class PPOPolicy(Policy):
             "surprise": bool(getattr(self.env, "observe_surprise", False)),
             "energy": bool(getattr(self.env, "observe_energy", False)),
         }
-        computes = (self.surprise_plane and not self._env_planes["surprise"]) or (
-            self.energy_plane and not self._env_planes["energy"]
+        # An env's energy plane of the other kind (calibrated or not) is recomputed.
+        same_energy = self._env_planes["energy"] and self.calibrated_energy == bool(
+            getattr(self.env, "calibrate_energy", False)
         )
-        if computes and not hasattr(self.env, "reconstructor"):
+        energy = self.energy_plane and not same_energy
+        # The calibrated energy needs the surprise tracker's covariates: its own tracker then.
+        surprise = self.surprise_plane and (
+            not self._env_planes["surprise"] or (energy and self.calibrated_energy)
+        )
+        self._computes = {"surprise": surprise, "energy": energy}
+        if (surprise or energy) and not hasattr(self.env, "reconstructor"):
             raise ValueError(
                 f"{self.model_path} was trained with the surprise or energy plane: run it on an "
                 "acquisition env (observe_surprise / observe_energy, or any whose reconstructor "
                 "it can read)"
             )
-        self._tracker = None
-        if self.surprise_plane and not self._env_planes["surprise"]:
-            self._tracker = SurpriseTracker(self.env.grid_shape)
+        self._tracker = SurpriseTracker(self.env.grid_shape) if surprise else None
+        self._log_energy = None
 
     def _model_observation(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The observation in the model's plane layout: the env's own planes, then the model's
         optional planes (from the env's observation, or computed here), then the tip plane."""
         shown = self._env_planes
         wanted = {"surprise": self.surprise_plane, "energy": self.energy_plane}
-        if shown == wanted:
+        if shown == wanted and not any(self._computes.values()):
             return observation
         planes = np.asarray(observation["planes"])
         names = [k for k in OPTIONAL_PLANES if shown[k]]
@@ -549,8 +581,10 @@ class PPOPolicy(Policy):
         if self._tracker is not None:
             self._tracker.record(self.env.reconstructor)  # the last chosen block, if measured
             optional["surprise"] = self._tracker.plane()
-        if self.energy_plane and not shown["energy"] and hasattr(self.env, "reconstructor"):
-            optional["energy"] = log_energy_plane(self.env.reconstructor, self.env.grid_shape)
+        if self._computes["energy"] and hasattr(self.env, "reconstructor"):
+            self._log_energy = relative_log_energy(pixel_energy(self.env.reconstructor))
+            power = energy_exponent(self._tracker) if self.calibrated_energy else 1.0
+            optional["energy"] = log_energy_plane(self._log_energy, self.env.grid_shape, power)
         if any(wanted[k] and k not in optional for k in wanted):
             return observation  # not reset on an env: the plane count check explains
         extra = [optional[k][None] for k in OPTIONAL_PLANES if wanted[k]]
@@ -596,7 +630,10 @@ class PPOPolicy(Policy):
             reconstructor = self.env.reconstructor
             pixel, block = divmod(action, self.n_blocks)
             variance = float(reconstructor.uncertainty()[pixel, block])
-            self._tracker.expect(reconstructor, pixel, block, variance)
+            covariate = None
+            if self.calibrated_energy and self._log_energy is not None:
+                covariate = float(self._log_energy[pixel])  # the log energy its plane showed
+            self._tracker.expect(reconstructor, pixel, block, variance, covariate)
         return action
 
 

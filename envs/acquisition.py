@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from envs.cost import CostModel
 from envs.dataset import DataError, Dataset
-from envs.energy import log_energy_plane
+from envs.energy import energy_exponent, log_energy_plane, pixel_energy, relative_log_energy
 from envs.instrument import ReplayInstrument
 from envs.surprise import SurpriseTracker
 from reconstruct.base import BlockLayout, Reconstructor
@@ -66,8 +66,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
       before it was measured, to its predicted variance) divided by ``SURPRISE_PLANE_SCALE`` = 4
       and clipped to [-1, 1], 0 before the first step; with ``observe_energy``, the log of each
       pixel's estimated signal energy relative to the largest (:mod:`envs.energy`) divided by
-      ``ENERGY_PLANE_SCALE`` = 8 and clipped to [-1, 0]; the tip position (one-hot), always
-      last.
+      ``ENERGY_PLANE_SCALE`` = 8 and clipped to [-1, 0], times the fitted power of the energy
+      with ``calibrate_energy`` (:func:`envs.energy.energy_exponent`); the tip position
+      (one-hot), always last.
     - ``"scalars"``: ``Box(0, 1, (3,), float32)``: fraction of the budget used (clipped at 1),
       fraction of blocks measured, and the recent change of the reconstruction (relative change
       of the component maps over the last step, sign-aligned, clipped at 1).
@@ -156,6 +157,10 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     observe_energy
         Add the log pixel-energy plane (:mod:`envs.energy`) to the observation, after the
         surprise plane (off by default, as for the surprise plane).
+    calibrate_energy
+        Multiply the energy plane by the power of the energy fitted to this sample's measured
+        blocks (:func:`envs.energy.energy_exponent`: how strongly their surprise rises with
+        their pixel's energy); needs ``observe_surprise`` and ``observe_energy``.
     render_mode
         ``None`` or ``"rgb_array"`` (mask, reconstructed map, uncertainty and true map).
 
@@ -195,6 +200,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     observe_surprise: bool = False
     _surprise: SurpriseTracker | None = None
     observe_energy: bool = False
+    calibrate_energy: bool = False
 
     def __init__(
         self,
@@ -216,6 +222,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         n_components: int = 3,
         observe_surprise: bool = False,
         observe_energy: bool = False,
+        calibrate_energy: bool = False,
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
@@ -241,6 +248,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.n_components = int(n_components)
         self.observe_surprise = bool(observe_surprise)
         self.observe_energy = bool(observe_energy)
+        self.calibrate_energy = bool(calibrate_energy)
+        if self.calibrate_energy and not (self.observe_surprise and self.observe_energy):
+            raise ValueError(
+                "calibrate_energy fits the energy's power on the surprise of measured blocks: "
+                "it needs observe_surprise=True and observe_energy=True"
+            )
         self.render_mode = render_mode
         self._cost_overrides = dict(cost or {})
         self._base_cost = CostModel.from_dict(self._cost_overrides)
@@ -590,7 +603,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 # The model state is the one the last observation showed: its uncertainty is
                 # the variance the prediction is judged against.
                 variance = float(self._uncertainty[pixel, block])
-                self._surprise.expect(self.reconstructor, pixel, block, variance)
+                # With calibration, the covariate is the pixel's log energy that it showed.
+                covariate = float(self._log_energy[pixel]) if self.calibrate_energy else None
+                self._surprise.expect(self.reconstructor, pixel, block, variance, covariate)
             values, seconds = self.instrument.measure(pixel, self.layout.voltages(block))
             self.instrument_seconds += seconds
             self.measured[pixel, block] = True
@@ -662,7 +677,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             if self._surprise is not None:
                 self._surprise_plane = self._surprise.plane()[None]
             if self.observe_energy:
-                self._energy_plane = log_energy_plane(self.reconstructor, grid)[None]
+                self._log_energy = relative_log_energy(pixel_energy(self.reconstructor))
+                power = energy_exponent(self._surprise) if self.calibrate_energy else 1.0
+                self._energy_plane = log_energy_plane(self._log_energy, grid, power)[None]
         tip = np.zeros((1, *grid), dtype=np.float32)
         tip.reshape(-1)[self.tip_pixel] = 1.0
         n_maps = self.n_components

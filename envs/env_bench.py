@@ -47,6 +47,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "budget_fraction": 1.0,
         "observe_surprise": args.surprise_plane,
         "observe_energy": args.energy_plane,
+        "calibrate_energy": args.calibrate_energy,
     }
 
 
@@ -175,6 +176,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--energy-plane", action="store_true", help="observe the log pixel-energy plane too"
+    )
+    p.add_argument(
+        "--calibrate-energy",
+        action="store_true",
+        help="calibrate the energy plane (needs --surprise-plane --energy-plane)",
     )
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)

@@ -61,12 +61,23 @@ class SurpriseTracker:
         self._pending: tuple[int, int, np.ndarray, float] | None = None
         self._log_ratio_sum = np.zeros(self.grid_shape)
         self._count = np.zeros(self.grid_shape)
+        self._covariates: list[float] = []  # per recorded block with a covariate, and ...
+        self._covariate_log_ratios: list[float] = []  # ... its log surprise
 
-    def expect(self, reconstructor: Any, pixel: int, block: int, variance: float) -> None:
+    def expect(
+        self,
+        reconstructor: Any,
+        pixel: int,
+        block: int,
+        variance: float,
+        covariate: float | None = None,
+    ) -> None:
         """Note the model's prediction of ``(pixel, block)`` and its predictive ``variance``
-        (``reconstructor.uncertainty()[pixel, block]``), before the block is measured."""
+        (``reconstructor.uncertainty()[pixel, block]``), before the block is measured; and,
+        optionally, a ``covariate`` of the block known now (e.g. its pixel's relative log
+        energy), whose relation to the surprise :meth:`covariate_slope` estimates."""
         predicted = reconstructor.predict_block(pixel, block).detach().cpu().double().numpy()
-        self._pending = (int(pixel), int(block), predicted, float(variance))
+        self._pending = (int(pixel), int(block), predicted, float(variance), covariate)
 
     def record(self, reconstructor: Any) -> bool:
         """Add the surprise of the block noted by :meth:`expect`, now that the reconstructor
@@ -74,16 +85,32 @@ class SurpriseTracker:
         or the block was not measured (e.g. its values were NaN)."""
         if self._pending is None:
             return False
-        pixel, block, predicted, variance = self._pending
+        pixel, block, predicted, variance, covariate = self._pending
         self._pending = None
         if not bool(reconstructor.measured[pixel, block]):
             return False
         measured = reconstructor.predict_block(pixel, block).detach().cpu().double().numpy()
         ratio = float(np.mean((measured - predicted) ** 2)) / max(variance, 1e-12)
+        log_ratio = float(np.log(ratio + 1e-6))
         cell = np.unravel_index(pixel, self.grid_shape)
-        self._log_ratio_sum[cell] += np.log(ratio + 1e-6)
+        self._log_ratio_sum[cell] += log_ratio
         self._count[cell] += 1.0
+        if covariate is not None and np.isfinite(covariate):
+            self._covariates.append(float(covariate))
+            self._covariate_log_ratios.append(log_ratio)
         return True
+
+    def covariate_slope(self, shrinkage: float) -> float:
+        """Least-squares slope of the recorded log surprises on their covariates, shrunk
+        towards 0: ``sum(dx dy) / (sum(dx^2) + shrinkage)`` with ``dx, dy`` the deviations
+        from the means; 0 with fewer than two records. ``shrinkage`` is in squared covariate
+        units: the covariate spread that the data must show before the slope is believed."""
+        if len(self._covariates) < 2:
+            return 0.0
+        x = np.asarray(self._covariates)
+        y = np.asarray(self._covariate_log_ratios)
+        dx = x - x.mean()
+        return float(dx @ (y - y.mean()) / (dx @ dx + shrinkage))
 
     def local_surprise(self) -> np.ndarray:
         """``(P,)`` Gaussian-weighted mean log surprise around each pixel (0 with no data)."""

@@ -212,6 +212,76 @@ def test_energy_policy_scores_the_surprise_heuristic_times_the_pixel_energy():
     assert differs > 5
 
 
+def test_surprise_tracker_fits_the_slope_of_the_log_surprise_on_a_covariate():
+    """Blocks whose squared error is exp(2 x) times their variance give log surprises of slope
+    2 in x: the shrunk least-squares slope recovers it (exactly without shrinkage); blocks
+    without a finite covariate count for the surprise but not for the slope."""
+    import torch
+
+    from envs.surprise import SurpriseTracker
+
+    class Model:  # predicts 0 everywhere; a measured block holds its measured values
+        def __init__(self):
+            self.measured = np.zeros((16, 1), dtype=bool)
+            self.values = np.zeros((16, 3))
+
+        def predict_block(self, pixel, block):
+            return torch.tensor(self.values[pixel])  # a copy, as a model's prediction is
+
+    model, tracker = Model(), SurpriseTracker((4, 4))
+    covariates = np.linspace(-3.0, 0.0, 8)
+    for pixel, x in enumerate(covariates):
+        assert tracker.covariate_slope(0.0) == 0.0 or pixel >= 2
+        tracker.expect(model, pixel, 0, variance=0.5, covariate=float(x))
+        model.measured[pixel] = True
+        model.values[pixel] = np.sqrt(0.5) * np.exp(x)  # squared error exp(2 x) x variance
+        assert tracker.record(model)
+    for pixel, x in [(8, np.nan), (9, None)]:
+        tracker.expect(model, pixel, 0, variance=0.5, covariate=x)
+        model.measured[pixel] = True
+        model.values[pixel] = 100.0
+        assert tracker.record(model)
+    assert tracker.covariate_slope(0.0) == pytest.approx(2.0, rel=1e-3)  # log(ratio + 1e-6)
+    spread = float(np.sum((covariates - covariates.mean()) ** 2))
+    shrunk = 2.0 * spread / (spread + 10.0)
+    assert tracker.covariate_slope(10.0) == pytest.approx(shrunk, rel=1e-3)
+    tracker.reset()
+    assert tracker.covariate_slope(0.0) == 0.0
+
+
+def test_calibrated_energy_policy_weighs_the_energy_by_its_fitted_power():
+    """gp-calibrated-energy-per-second starts as gp-surprise-per-second (no data, power 0) and
+    then scores surprise heuristic x energy^power with the power fitted on the episode's
+    blocks; on the twin that power becomes positive, and stays within [0, 1]."""
+    from agents.baselines import block_seconds_table
+    from envs.energy import energy_exponent, pixel_energy, relative_log_energy
+
+    env = small_env(budget_fraction=0.5)
+    obs, info = env.reset(seed=1)
+    policy = make_policy("gp-calibrated-energy-per-second")
+    policy.reset(env, seed=1)
+    first = make_policy("gp-surprise-per-second")
+    first.reset(env, seed=1)
+    mask = info["action_mask"].astype(bool)
+    action = policy.act(obs, mask)
+    assert action == first.act(obs, mask)
+    powers = []
+    for _ in range(40):
+        obs, _, terminated, _, info = env.step(action)
+        assert not terminated
+        mask = info["action_mask"].astype(bool)
+        action = policy.act(obs, mask)
+        power = energy_exponent(policy.tracker)
+        surprise = np.exp(0.25 * policy.tracker.local_surprise())
+        energy = np.exp(power * relative_log_energy(pixel_energy(env.reconstructor)))
+        variance = env.reconstructor.uncertainty().numpy().reshape(-1)
+        factor = np.repeat(surprise * energy, env.n_blocks)
+        scores = np.where(mask, variance / block_seconds_table(env) * factor, -np.inf)
+        assert action == int(np.argmax(scores))
+        powers.append(power)
+    assert 0.0 <= min(powers) and max(powers) <= 1.0 and max(powers) > 0.2
+
+
 def test_structure_oracle_knows_the_twin_without_its_disorder():
     from envs.twin import twin_dataset
 

@@ -407,12 +407,47 @@ def test_energy_plane_is_the_relative_log_pixel_energy_after_the_surprise_plane(
     assert obs["planes"][-2].max() == 0.0 and obs["planes"][-2].min() < -0.05
 
 
+def test_calibrated_energy_plane_is_the_fitted_power_times_the_log_energy():
+    """With calibrate_energy the energy plane is the relative log energy times the power fitted
+    on the env's own surprise records (one per measured block, its covariate the log energy
+    its pixel showed when chosen); the power starts at 0 and the flag needs both planes."""
+    from envs.energy import (
+        ENERGY_PLANE_SCALE,
+        energy_exponent,
+        pixel_energy,
+        relative_log_energy,
+    )
+
+    for missing in ({"observe_energy": True}, {"observe_surprise": True}):
+        with pytest.raises(ValueError, match="calibrate_energy"):
+            make_env(calibrate_energy=True, **missing)
+    env = make_env(observe_surprise=True, observe_energy=True, calibrate_energy=True)
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs["planes"][-2], 0.0)  # no record yet: power 0
+    rng = np.random.default_rng(0)
+    for step in range(12):
+        shown = relative_log_energy(pixel_energy(env.reconstructor))
+        action = int(rng.choice(np.flatnonzero(env.action_masks())))
+        obs, _, terminated, _, _ = env.step(action)
+        covariate = env._surprise._covariates[-1]
+        assert covariate == pytest.approx(shown[env.decode_action(action)[0]])
+        assert len(env._surprise._covariates) == step + 1
+        power = energy_exponent(env._surprise)
+        log_energy = relative_log_energy(pixel_energy(env.reconstructor))
+        expected = power * log_energy.reshape(env.grid_shape) / ENERGY_PLANE_SCALE
+        np.testing.assert_allclose(obs["planes"][-2], np.clip(expected, -1, 0), atol=1e-6)
+        assert env.observation_space.contains(obs) and not terminated
+
+
 def test_energy_helpers_handle_zero_and_nan_estimates():
     import torch
 
     from envs.energy import ENERGY_FLOOR, pixel_energy, relative_log_energy
+    from reconstruct.base import Reconstructor
 
-    class Estimate:
+    class Estimate:  # just an estimate, with the reconstructors' generic pixel energy
+        pixel_energy = Reconstructor.pixel_energy
+
         def __init__(self, values):
             self.values = torch.tensor(values, dtype=torch.float32)
 

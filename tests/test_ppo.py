@@ -13,6 +13,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from agents.base import available_policies, make_policy
 from agents.ppo import PPOPolicy, ScoreMapPolicy, observation_to_tensors, travel_pixels_of
 from envs.acquisition import AcquisitionEnv
+from envs.energy import energy_exponent
 
 #: A cheap reconstructor keeps these tests fast; the network does not care what fills the planes.
 RECONSTRUCTOR = "idw"
@@ -121,22 +122,26 @@ def test_weights_do_not_depend_on_grid_size():
 
 
 @pytest.mark.parametrize(
-    ("scaled_head", "surprise", "energy", "heuristic_name"),
+    ("scaled_head", "surprise", "energy", "calibrated", "heuristic_name"),
     [
-        (False, False, False, "gp-uncertainty-per-second"),
-        (True, False, False, "gp-uncertainty-per-second"),
-        (False, True, False, "gp-surprise-per-second"),
-        (True, True, False, "gp-surprise-per-second"),
-        (False, True, True, "gp-energy-surprise-per-second"),
-        (True, True, True, "gp-energy-surprise-per-second"),
+        (False, False, False, False, "gp-uncertainty-per-second"),
+        (True, False, False, False, "gp-uncertainty-per-second"),
+        (False, True, False, False, "gp-surprise-per-second"),
+        (True, True, False, False, "gp-surprise-per-second"),
+        (False, True, True, False, "gp-energy-surprise-per-second"),
+        (True, True, True, False, "gp-energy-surprise-per-second"),
+        (False, True, True, True, "gp-calibrated-energy-per-second"),
     ],
 )
-def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, energy, heuristic_name):
+def test_untrained_prior_acts_like_the_heuristic(
+    scaled_head, surprise, energy, calibrated, heuristic_name
+):
     """With the heuristic prior the untrained greedy policy is the cost-aware heuristic: same
     action at every step of an episode with the GP reconstructor (ties included), whether the
     temperature is folded into the head's weights or divides its output; with the surprise
     plane it is gp-surprise-per-second, with the energy plane too
-    gp-energy-surprise-per-second."""
+    gp-energy-surprise-per-second, and with the calibrated energy plane
+    gp-calibrated-energy-per-second."""
     env = AcquisitionEnv(
         twin_seeds=3,
         twin_overrides={"grid": [10, 10], "n_times": 16},
@@ -145,6 +150,7 @@ def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, energy, 
         device="cpu",
         observe_surprise=surprise,
         observe_energy=energy,
+        calibrate_energy=calibrated,
     )
     observation, _ = env.reset(seed=0)
     torch.manual_seed(0)
@@ -157,6 +163,7 @@ def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, energy, 
         scaled_head=scaled_head,
         surprise_plane=surprise,
         energy_plane=energy,
+        calibrated_energy=calibrated,
         **SMALL_NET,
     )
     head_weights = network.mlp_extractor.logits.weight.abs().max().item()
@@ -177,8 +184,11 @@ def test_untrained_prior_acts_like_the_heuristic(scaled_head, surprise, energy, 
     assert steps > 20 and travelled > 0
     if surprise:  # the surprise term took part
         assert np.abs(observation["planes"][-2 - int(energy)]).max() > 0.01
-    if energy:  # and the energy term: pixels differ in energy by more than a factor e
+    if energy and not calibrated:  # and the energy term: pixels differ by more than a factor e
         assert observation["planes"][-2].min() < -1 / 8
+    if calibrated:  # and the energy term, to a fitted power between 0 and 1
+        assert 0.0 < energy_exponent(env._surprise) < 1.0
+        assert observation["planes"][-2].min() < -0.01
 
 
 def test_prior_needs_the_env_plane_layout():
@@ -355,21 +365,31 @@ def test_surprise_model_round_trip_and_runs_on_envs_without_the_plane(tmp_path):
         fresh.action_logits(plain_observation)
 
 
-def test_energy_model_acts_alike_whichever_optional_planes_the_env_shows(tmp_path):
-    """A model trained with the surprise and energy planes records both flags and, on envs that
-    show both, one or none of them (it computes the missing ones), takes the same actions."""
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_energy_model_acts_alike_whichever_optional_planes_the_env_shows(tmp_path, calibrated):
+    """A model trained with the surprise and energy planes (calibrated or not) records its flags
+    and, on envs that show both, one or none of them, or the other kind of energy plane (it
+    computes what is missing or different), takes the same actions."""
     both = {"observe_surprise": True, "observe_energy": True}
+    trained = {**both, "calibrate_energy": calibrated}
     model = _trained_model(
-        tmp_path / "e.zip", steps=64, n_steps=64, n_epochs=1,
-        env_kwargs=both, surprise_plane=True, energy_plane=True,
+        tmp_path / "e.zip", steps=64, n_steps=64, n_epochs=1, env_kwargs=trained,
+        surprise_plane=True, energy_plane=True, calibrated_energy=calibrated,
     )  # fmt: skip
     assert model.policy.energy_plane and model.policy.surprise_plane
+    assert model.policy.calibrated_energy == calibrated
     policy = PPOPolicy(tmp_path / "e.zip", device="cpu")
     assert policy.energy_plane and policy.network.features_extractor.prior.energy_plane
-    reference = _greedy_actions(policy, small_env(seeds=7, **both), 3, 30)
+    assert policy.calibrated_energy == calibrated
+    reference = _greedy_actions(policy, small_env(seeds=7, **trained), 3, 30)
     assert len(set(reference)) == len(reference) > 20
-    for shown in ({}, {"observe_energy": True}, {"observe_surprise": True}):
+    other = {**both, "calibrate_energy": not calibrated}
+    for shown in ({}, {"observe_energy": True}, {"observe_surprise": True}, other):
         assert _greedy_actions(policy, small_env(seeds=7, **shown), 3, 30) == reference, shown
+    if calibrated:  # the calibration took part: the uncalibrated plane's actions differ
+        uncalibrated = PPOPolicy(tmp_path / "e.zip", device="cpu")
+        uncalibrated.network.calibrated_energy = False
+        assert _greedy_actions(uncalibrated, small_env(seeds=7, **both), 3, 30) != reference
 
 
 def test_models_without_the_planes_ignore_an_envs_optional_planes(trained_model_path):
@@ -400,7 +420,8 @@ def test_shipped_models_match_their_documented_training_commands(name, options, 
     assert policy.network.features_extractor.prior.n_outputs == prior_planes
     # The documented command (models/README.md) is the configuration that made the model.
     recorded = json.loads(path.with_suffix(".json").read_text())["args"]
-    recorded.setdefault("energy_plane", False)  # saved before the option existed
+    recorded.setdefault("energy_plane", False)  # saved before the options existed
+    recorded.setdefault("calibrate_energy", False)
     documented = vars(train.parse_args([*options, "--model", str(path), "--torch-threads", "1"]))
     differing = {
         k for k in documented if k not in ("out", "model") and recorded[k] != documented[k]
