@@ -100,6 +100,10 @@ class SurpriseTracker:
             self._covariate_log_ratios.append(log_ratio)
         return True
 
+    def covariate_records(self) -> tuple[np.ndarray, np.ndarray]:
+        """The recorded covariates and their blocks' log surprises, in recording order."""
+        return np.asarray(self._covariates), np.asarray(self._covariate_log_ratios)
+
     def covariate_slope(self, shrinkage: float) -> float:
         """Least-squares slope of the recorded log surprises on their covariates, shrunk
         towards 0: ``sum(dx dy) / (sum(dx^2) + shrinkage)`` with ``dx, dy`` the deviations
@@ -107,8 +111,7 @@ class SurpriseTracker:
         units: the covariate spread that the data must show before the slope is believed."""
         if len(self._covariates) < 2:
             return 0.0
-        x = np.asarray(self._covariates)
-        y = np.asarray(self._covariate_log_ratios)
+        x, y = self.covariate_records()
         dx = x - x.mean()
         return float(dx @ (y - y.mean()) / (dx @ dx + shrinkage))
 

@@ -282,6 +282,23 @@ def test_calibrated_energy_policy_weighs_the_energy_by_its_fitted_power():
     assert 0.0 <= min(powers) and max(powers) <= 1.0 and max(powers) > 0.2
 
 
+def test_energy_power_reports_the_calibrated_fit_of_each_episode(capsys):
+    """``python -m agents.energy_power`` prints one row per twin episode and the power is the
+    one the calibrated heuristic would use next, in [0, 1]."""
+    from agents.energy_power import episode_power, main
+
+    fit = episode_power(small_env(budget_fraction=1.0, target_r2=0.9), seed=3)
+    assert fit["blocks"] > 20 and -1.0 <= fit["correlation"] <= 1.0
+    # Shrinkage keeps the plain slope's sign and lessens it; the clip keeps the power in [0, 1].
+    if fit["slope"] <= 0:
+        assert fit["power"] == 0.0
+    else:
+        assert 0.0 < fit["power"] <= min(fit["slope"], 1.0)
+    assert main(["--seeds", "2", "--grid", "8", "--n-times", "16", "--stop-r2", "0.8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("power: mean")
+
+
 def test_structure_oracle_knows_the_twin_without_its_disorder():
     from envs.twin import twin_dataset
 
