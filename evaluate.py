@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    labels = [policy.label for policy in policies]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:  # their rows and curves would be merged under one name
+        print(f"error: agents given twice: {', '.join(repeated)}", file=sys.stderr)
+        return 2
 
     summaries = []
     try:

@@ -525,6 +525,14 @@ class PPOPolicy(Policy):
         self._log_energy: np.ndarray | None = None
 
     @property
+    def label(self) -> str:
+        """``ppo`` for the shipped default model, ``ppo:NAME`` (the file's stem) for others, so
+        that two models in one evaluation keep their own rows and curves."""
+        if self.model_path.resolve() == DEFAULT_MODEL_PATH.resolve():
+            return self.name
+        return f"{self.name}:{self.model_path.stem}"
+
+    @property
     def surprise_plane(self) -> bool:
         """Whether the model reads a surprise plane (models saved before the flag: False)."""
         return bool(getattr(self.network, "surprise_plane", False))

@@ -3,6 +3,8 @@
 import csv
 import json
 
+import pytest
+
 import evaluate
 
 
@@ -74,6 +76,28 @@ def test_evaluate_is_deterministic_for_a_seed(tmp_path, monkeypatch):
 def test_unknown_agent_is_a_clear_error(tmp_path, capsys):
     assert evaluate.main(["--agents", "nonsense", "--out", str(tmp_path)]) == 2
     assert "unknown policy 'nonsense'" in capsys.readouterr().err
+
+
+def test_an_agent_given_twice_is_a_clear_error(tmp_path, capsys):
+    args = ["--agents", "random,raster,random", "--out", str(tmp_path)]
+    assert evaluate.main(args) == 2
+    assert "agents given twice: random" in capsys.readouterr().err
+
+
+def test_ppo_models_keep_their_own_labels(tmp_path):
+    """The shipped model is ``ppo`` however it is named; another file is ``ppo:STEM``."""
+    import shutil
+
+    from agents.base import make_policy
+    from agents.ppo import DEFAULT_MODEL_PATH
+
+    if not DEFAULT_MODEL_PATH.is_file():
+        pytest.skip("no shipped model")
+    other = tmp_path / "other_model.zip"
+    shutil.copy(DEFAULT_MODEL_PATH, other)
+    assert make_policy("ppo").label == "ppo"
+    assert make_policy(f"ppo:{DEFAULT_MODEL_PATH}").label == "ppo"
+    assert make_policy(f"ppo:{other}").label == "ppo:other_model"
 
 
 def test_default_agents_include_the_shipped_ppo_model():
