@@ -29,6 +29,7 @@ DEFAULT_AGENTS = ",".join(
         "gp-uncertainty",
         "gp-uncertainty-per-second",
         "gp-surprise-per-second",
+        "gp-calibrated-energy-per-second",
         "variance-reduction",
         "ppo",  # the shipped models/ppo_default.zip (train.py's default run)
         "greedy-oracle",

@@ -130,17 +130,19 @@ class TrainArgs:
         "held-out twins (models/README.md)",
     )
     energy_plane: bool = _arg(
-        False,
+        True,
         "observe the log pixel-energy plane (how strongly each pixel responds, which scales the "
-        "reconstruction's error); with the heuristic prior and the surprise plane the actor "
-        "starts as gp-energy-surprise-per-second. Off by default: it helps on twins but hurts "
-        "on the real BE-PFM file (models/README.md)",
+        "reconstruction's error on twins); with the heuristic prior and the surprise plane the "
+        "actor starts as gp-energy-surprise-per-second, or with --calibrate-energy as "
+        "gp-calibrated-energy-per-second",
     )
     calibrate_energy: bool = _arg(
-        False,
+        True,
         "with the energy plane: multiply it by the power of the energy fitted to each sample as "
-        "it is measured (how strongly the surprise of measured blocks rises with their energy), "
-        "so that the actor starts as gp-calibrated-energy-per-second",
+        "it is measured (how strongly the surprise of measured blocks rises with their energy). "
+        "On by default (off without the energy or the surprise plane): uncalibrated, the energy "
+        "helps on twins but hurts on the real BE-PFM file; calibrated, it helps on twins and "
+        "costs nothing there (models/README.md)",
     )
     channels: int = _arg(16, "feature channels of the convolutional score map")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
@@ -178,8 +180,8 @@ class TrainArgs:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.calibrate_energy and not (self.energy_plane and self.surprise_plane):
-            problems.append("calibrate_energy needs the energy plane and the surprise plane")
+        if not (self.energy_plane and self.surprise_plane):
+            self.calibrate_energy = False  # it calibrates the energy plane on the surprise
         if not 0.0 <= self.stop_r2 < 1.0:
             problems.append(f"stop_r2 must be in [0, 1), got {self.stop_r2}")
         if not 0.0 < self.budget_fraction <= 1.0:

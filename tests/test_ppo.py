@@ -291,7 +291,7 @@ def test_block_count_mismatch_is_a_clear_error(trained_model_path):
 def test_registered_as_ppo(trained_model_path, tmp_path):
     assert "ppo" in available_policies()
     policy = make_policy(f"ppo:{trained_model_path}")
-    assert isinstance(policy, PPOPolicy) and policy.label == "ppo"
+    assert isinstance(policy, PPOPolicy) and policy.label == "ppo:model"  # not the shipped one
     with pytest.raises(FileNotFoundError, match="no PPO model"):
         make_policy(f"ppo:{tmp_path / 'missing.zip'}")
 
@@ -402,10 +402,14 @@ def test_models_without_the_planes_ignore_an_envs_optional_planes(trained_model_
 
 
 @pytest.mark.parametrize(
-    ("name", "options", "energy"),
-    [("ppo_default", [], False), ("ppo_energy", ["--energy-plane"], True)],
+    ("name", "options", "energy", "calibrated"),
+    [
+        ("ppo_default", [], True, True),
+        ("ppo_energy", ["--no-calibrate-energy"], True, False),
+        ("ppo_surprise", ["--no-energy-plane"], False, False),
+    ],
 )
-def test_shipped_models_match_their_documented_training_commands(name, options, energy):
+def test_shipped_models_match_their_documented_training_commands(name, options, energy, calibrated):
     import json
 
     import train
@@ -416,6 +420,7 @@ def test_shipped_models_match_their_documented_training_commands(name, options, 
         pytest.skip(f"no shipped {name}")
     policy = PPOPolicy(path, device="cpu")
     assert policy.surprise_plane and policy.energy_plane == energy
+    assert policy.calibrated_energy == calibrated
     prior_planes = policy.n_blocks + 2 + int(energy)
     assert policy.network.features_extractor.prior.n_outputs == prior_planes
     # The documented command (models/README.md) is the configuration that made the model.
