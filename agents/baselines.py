@@ -241,8 +241,9 @@ class CalibratedEnergySurprisePolicy(EnergySurprisePerSecondPolicy):
     measured.
 
     Whether a strongly responding pixel is also a badly predicted one depends on the sample: on
-    the twin it is (the block log surprise rises with the pixel's log energy with slope 0.5-1.2
-    over five seeds), on the real BE-PFM file it is not (slope 0.06). So the score's power of
+    the twin it is (the measured blocks' log surprise rises with their pixel's log energy with
+    slope 1.2-1.9 on five 16 x 16 seeds), on the real BE-PFM file it is not (slope -0.12;
+    ``python -m agents.energy_power`` measures both, ``models/README.md``). So the score's power of
     the energy is that slope, fitted by least squares over the episode's own measurements,
     shrunk towards 0 while they are few and clipped to [0, 1] (:func:`envs.energy.energy_exponent`):
     the policy starts as ``gp-surprise-per-second`` and becomes ``gp-energy-surprise-per-second``
