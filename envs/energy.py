@@ -6,7 +6,7 @@ does: its pixel-scale disorder scales a pixel's whole spectrum, so an unmeasured
 strongly responding region (a c-domain near a wall) is wrong by more than one in a weak
 a-domain, at the same distance from the data. On the real BE-PFM file this does not hold, and
 weighting by the energy there costs much of the time saved (``models/README.md``), so the
-default PPO model does not read it.
+default PPO model reads it only calibrated (below).
 
 The *pixel energy*, the sum of squares of a pixel's estimated spectrum over all blocks, is the
 observable stand-in for that scale: the heuristic ``gp-energy-surprise-per-second``
@@ -18,7 +18,8 @@ plane; the score-map PPO policy's prior adds that log to its log score. All thre
 Whether the error follows the energy is a property of the sample, so the energy can also enter
 with a power fitted to the sample as it is measured (:func:`energy_exponent`): the heuristic
 ``gp-calibrated-energy-per-second``, the env's ``calibrate_energy=True`` (the plane then shows
-the power times the log energy) and the PPO prior on that plane.
+the power times the log energy) and the PPO prior on that plane, which the default model
+reads.
 """
 
 from __future__ import annotations
