@@ -58,7 +58,7 @@ class SurpriseTracker:
 
     def reset(self) -> None:
         """Forget every recorded surprise (a new episode)."""
-        self._pending: tuple[int, int, np.ndarray, float] | None = None
+        self._pending: tuple[int, int, np.ndarray, float, float | None] | None = None
         self._log_ratio_sum = np.zeros(self.grid_shape)
         self._count = np.zeros(self.grid_shape)
         self._covariates: list[float] = []  # per recorded block with a covariate, and ...
