@@ -429,9 +429,9 @@ def test_calibrated_energy_plane_is_the_fitted_power_times_the_log_energy():
         shown = relative_log_energy(pixel_energy(env.reconstructor))
         action = int(rng.choice(np.flatnonzero(env.action_masks())))
         obs, _, terminated, _, _ = env.step(action)
-        covariate = env._surprise._covariates[-1]
-        assert covariate == pytest.approx(shown[env.decode_action(action)[0]])
-        assert len(env._surprise._covariates) == step + 1
+        covariates, _ = env._surprise.covariate_records()
+        assert covariates.size == step + 1
+        assert covariates[-1] == pytest.approx(shown[env.decode_action(action)[0]])
         power = energy_exponent(env._surprise)
         log_energy = relative_log_energy(pixel_energy(env.reconstructor))
         expected = power * log_energy.reshape(env.grid_shape) / ENERGY_PLANE_SCALE
