@@ -57,15 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=4, help="voltage blocks")
     parser.add_argument("--stop-r2", type=float, default=0.95, help="end episodes at this R^2")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(1)
-    print(f"{'episode':>10s} {'blocks':>7s} {'corr':>6s} {'slope':>6s} {'power':>6s} {'R^2':>6s}")
     powers = []
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         kwargs = {"data": args.data, "n_blocks": args.blocks, "budget_fraction": 1.0}
         if args.data == "twin":
             kwargs["twin_seeds"] = seed
             kwargs["twin_overrides"] = {"grid": [args.grid, args.grid], "n_times": args.n_times}
-        env = AcquisitionEnv(**kwargs, target_r2=args.stop_r2 or None)
+        try:
+            env = AcquisitionEnv(**kwargs, target_r2=args.stop_r2 or None)
+        except (ValueError, OSError) as err:  # DataError is a ValueError: bad file, blocks
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if not powers:  # the header once the data have opened
+            header = ("episode", "blocks", "corr", "slope", "power", "R^2")
+            print(" ".join(f"{h:>{w}s}" for h, w in zip(header, (10, 7, 6, 6, 6, 6), strict=True)))
         fit = episode_power(env, seed)
         env.close()
         powers.append(fit["power"])

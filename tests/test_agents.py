@@ -297,6 +297,10 @@ def test_energy_power_reports_the_calibrated_fit_of_each_episode(capsys):
     assert main(["--seeds", "2", "--grid", "8", "--n-times", "16", "--stop-r2", "0.8"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and lines[-1].startswith("power: mean")
+    assert main(["--data", "missing.npy"]) == 2
+    assert "file not found: missing.npy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--seeds", "0"])
 
 
 def test_structure_oracle_knows_the_twin_without_its_disorder():
