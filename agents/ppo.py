@@ -64,13 +64,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from agents.base import Policy, register_policy
-from envs.energy import (
-    ENERGY_PLANE_SCALE,
-    energy_exponent,
-    log_energy_plane,
-    pixel_energy,
-    relative_log_energy,
-)
+from envs.energy import ENERGY_PLANE_SCALE, energy_observation
 from envs.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT, SurpriseTracker
 from reconstruct.base import resolve_device
 
@@ -590,9 +584,10 @@ class PPOPolicy(Policy):
             self._tracker.record(self.env.reconstructor)  # the last chosen block, if measured
             optional["surprise"] = self._tracker.plane()
         if self._computes["energy"] and hasattr(self.env, "reconstructor"):
-            self._log_energy = relative_log_energy(pixel_energy(self.env.reconstructor))
-            power = energy_exponent(self._tracker) if self.calibrated_energy else 1.0
-            optional["energy"] = log_energy_plane(self._log_energy, self.env.grid_shape, power)
+            tracker = self._tracker if self.calibrated_energy else None
+            self._log_energy, optional["energy"] = energy_observation(
+                self.env.reconstructor, self.env.grid_shape, tracker
+            )
         if any(wanted[k] and k not in optional for k in wanted):
             return observation  # not reset on an env: the plane count check explains
         extra = [optional[k][None] for k in OPTIONAL_PLANES if wanted[k]]

@@ -13,7 +13,7 @@ from gymnasium import spaces
 
 from envs.cost import CostModel
 from envs.dataset import DataError, Dataset
-from envs.energy import energy_exponent, log_energy_plane, pixel_energy, relative_log_energy
+from envs.energy import energy_observation
 from envs.instrument import ReplayInstrument
 from envs.surprise import SurpriseTracker
 from reconstruct.base import BlockLayout, Reconstructor
@@ -677,9 +677,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             if self._surprise is not None:
                 self._surprise_plane = self._surprise.plane()[None]
             if self.observe_energy:
-                self._log_energy = relative_log_energy(pixel_energy(self.reconstructor))
-                power = energy_exponent(self._surprise) if self.calibrate_energy else 1.0
-                self._energy_plane = log_energy_plane(self._log_energy, grid, power)[None]
+                tracker = self._surprise if self.calibrate_energy else None
+                self._log_energy, plane = energy_observation(self.reconstructor, grid, tracker)
+                self._energy_plane = plane[None]
         tip = np.zeros((1, *grid), dtype=np.float32)
         tip.reshape(-1)[self.tip_pixel] = 1.0
         n_maps = self.n_components

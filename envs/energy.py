@@ -82,3 +82,15 @@ def energy_exponent(tracker: Any) -> float:
     fixed power helps on one and costs on the other; fitted per sample, the power follows the
     data in hand."""
     return float(np.clip(tracker.covariate_slope(ENERGY_EXPONENT_SHRINKAGE), 0.0, 1.0))
+
+
+def energy_observation(
+    reconstructor: Any, grid_shape: tuple[int, int], tracker: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The acquisition env's energy plane and the ``(P,)`` relative log energy it shows: the
+    log energy times the power fitted on ``tracker``'s records (``calibrate_energy``), or
+    times 1 without a tracker. One function for the env and for a PPO policy that computes the
+    plane itself, so that both see the same plane."""
+    log_energy = relative_log_energy(pixel_energy(reconstructor))
+    power = 1.0 if tracker is None else energy_exponent(tracker)
+    return log_energy, log_energy_plane(log_energy, grid_shape, power)
