@@ -504,8 +504,9 @@ class LowRankGP(Reconstructor):
     def pixel_energy(self) -> torch.Tensor:
         """As :meth:`Reconstructor.pixel_energy`, from the coefficients: an unmeasured block
         ``mu_b + c B_b`` has ``|mu_b|^2 + 2 c . (B_b mu_b) + c^T (B_b B_b^T) c``, which costs
-        ``O(P n_blocks k^2)`` instead of building the ``(P, n_blocks, F_b)`` estimate: 0.44
-        against 21 ms, one thread, on a 30 x 30 x 16 x 128 twin with 794 blocks measured."""
+        ``O(P n_blocks k^2)`` instead of building the ``(P, n_blocks, F_b)`` estimate: 0.3-0.4
+        against 21-33 ms, one thread, on a 30 x 30 x 16 x 128 twin with 794 blocks measured
+        (``models/README.md``, "The energy plane", has the command)."""
         if self.basis is None:
             return super().pixel_energy()
         c = self.coefficients()  # (P, k) float64
