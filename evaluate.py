@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from agents.base import make_policy
-    from agents.report import challenge_lines, format_table, write_results
+    from agents.report import challenge_lines, format_table, write_episodes, write_results
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -149,25 +149,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: agents given twice: {', '.join(repeated)}", file=sys.stderr)
         return 2
 
-    summaries = []
+    summaries, episodes = [], []
     try:
         for data in [d.strip() for d in args.data.split(",") if d.strip()]:
-            summaries += evaluate_data(args, data, policies, targets, out)
+            data_summaries, data_episodes = evaluate_data(args, data, policies, targets, out)
+            summaries += data_summaries
+            episodes += data_episodes
     except (ValueError, OSError) as err:  # DataError is a ValueError: bad file, blocks, budget
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     write_results(out, summaries, asdict(args))
+    write_episodes(out, episodes, targets)
     print(format_table(summaries, target_keys))
     print()
     for line in challenge_lines(summaries):
         print(line)
-    print(f"\nwrote {out / 'results.json'}, {out / 'results.csv'} and figures to {out}/")
+    print(
+        f"\nwrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'episodes.csv'} "
+        f"and figures to {out}/"
+    )
     return 0
 
 
 def evaluate_data(args: EvaluateArgs, data: str, policies: list, targets: list[float], out: Path):
-    """Run every policy over the seeds on one data source; plot; return the summaries."""
+    """Run every policy over the seeds on one data source; plot; return the summaries and the
+    ``(data name, trace)`` of every episode."""
     from tqdm import tqdm
 
     from agents.evaluation import run_episode, summarise
@@ -203,7 +210,8 @@ def evaluate_data(args: EvaluateArgs, data: str, policies: list, targets: list[f
     title = f"{data_name}, {args.seeds} seeds"
     plot_curves(out / f"curves_{stem}.png", traces_by_agent, title, targets)
     plot_reconstructions(out / f"reconstructions_{stem}.png", traces_by_agent, truth_map)
-    return summaries
+    episodes = [(data_name, t) for traces in traces_by_agent.values() for t in traces]
+    return summaries, episodes
 
 
 def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:

@@ -100,6 +100,35 @@ def write_results(out: Path, summaries: list[AgentSummary], config: dict) -> Non
         writer.writerows(rows)
 
 
+def write_episodes(out: Path, traces: list[tuple[str, Trace]], targets: list[float]) -> None:
+    """``episodes.csv``: one row per (data, agent, seed) with that episode's AUC, seconds to and
+    gain at each target (empty where not reached), final R^2, measurements and summed decision
+    seconds. Paired comparisons (the same seeds under two agents) need these, not the means."""
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["data", "agent", "seed", "auc"]
+    for t in targets:
+        fields += [f"seconds_to_{t:.2f}", f"gain_at_{t:.2f}"]
+    fields += ["final_r2", "n_measurements", "decision_seconds"]
+    with open(out / "episodes.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for data, trace in traces:
+            row: dict[str, object] = {
+                "data": data,
+                "agent": trace.agent,
+                "seed": trace.seed,
+                "auc": trace.auc(),
+            }
+            for t in targets:
+                seconds = trace.seconds_to(t)
+                row[f"seconds_to_{t:.2f}"] = "" if math.isnan(seconds) else seconds
+                row[f"gain_at_{t:.2f}"] = "" if math.isnan(seconds) else trace.gain_at(t)
+            row["final_r2"] = float(trace.r2[-1])
+            row["n_measurements"] = trace.n_measurements
+            row["decision_seconds"] = float(np.sum(trace.decision_seconds))
+            writer.writerow(row)
+
+
 def _triple_columns(name: str, triple: tuple[float, float, float]) -> dict[str, float]:
     """Columns ``name``, ``name_lo``, ``name_hi`` for a (mean, low, high) statistic."""
     return dict(zip([name, f"{name}_lo", f"{name}_hi"], triple, strict=True))

@@ -41,6 +41,20 @@ def test_evaluate_writes_results_and_figures(tmp_path, capsys, monkeypatch):
         assert 0.0 < float(r["auc"]) <= 1.0
     assert (out / "curves_twin.png").stat().st_size > 10_000
     assert (out / "reconstructions_twin.png").stat().st_size > 10_000
+    # one row per agent and seed, whose mean is the summary's AUC
+    with open(out / "episodes.csv") as f:
+        episodes = list(csv.DictReader(f))
+    assert len(episodes) == 3 * 2
+    start = evaluate.HELD_OUT_SEED_START
+    assert {(e["agent"], int(e["seed"])) for e in episodes} == {
+        (r["agent"], seed) for r in rows for seed in (start, start + 1)
+    }
+    for r in rows:
+        aucs = [float(e["auc"]) for e in episodes if e["agent"] == r["agent"]]
+        assert sum(aucs) / 2 == pytest.approx(float(r["auc"]))
+        seconds = [e["seconds_to_0.90"] for e in episodes if e["agent"] == r["agent"]]
+        reached = [float(x) for x in seconds if x != ""]
+        assert len(reached) == int(r["reached_0.90"])
 
 
 def test_evaluate_is_deterministic_for_a_seed(tmp_path, monkeypatch):
