@@ -1,9 +1,10 @@
 """Evaluate acquisition policies: how much instrument time does each save at a target accuracy?
 
 Runs every chosen agent on every chosen dataset over several seeds, prints a table (mean and
-95 % interval over seeds), writes ``results.json``, ``results.csv`` and PNG figures to ``--out``,
-and ends with one line per agent saying whether the challenge criterion (>= 25 % of the full
-raster's time saved at R^2 >= 0.90, algorithm time included) holds.
+95 % interval over seeds), writes ``results.json``, ``results.csv``, ``episodes.csv`` (one row
+per episode, for paired comparisons with ``python -m agents.paired``) and PNG figures to
+``--out``, and ends with one line per agent saying whether the challenge criterion (>= 25 % of
+the full raster's time saved at R^2 >= 0.90, algorithm time included) holds.
 
 Examples
 --------
@@ -120,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         help="torch threads (0: torch's default); the reconstruction runs many small matrix "
         "operations, which extra threads slow down on a busy machine",
     )
-    p.add_argument("--out", default=d.out, help="output folder")
+    p.add_argument("--out", default=d.out, help="output folder (tables, episodes.csv and figures)")
     return EvaluateArgs(**vars(p.parse_args(argv)))
 
 
