@@ -31,7 +31,12 @@ def read_episodes(paths: list[Path]) -> dict[str, dict[str, dict[int, dict[str, 
     table: dict[str, dict[str, dict[int, dict[str, str]]]] = defaultdict(dict)
     for path in paths:
         with open(path, newline="") as f:
-            for row in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            missing = {"data", "agent", "seed", "auc", "final_r2"} - set(reader.fieldnames or [])
+            if missing:
+                names = ", ".join(sorted(missing))
+                raise ValueError(f"{path} is not an episodes.csv of evaluate.py (no {names})")
+            for row in reader:
                 agents = table[row["data"]].setdefault(row["agent"], {})
                 seed = int(row["seed"])
                 if seed in agents:
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         paired_tables(read_episodes([Path(p) for p in args.episodes]), args.reference, args.target)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -64,3 +64,6 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert paired.main([str(uneven), "--reference", "nobody"]) == 2
     assert "reference 'nobody' not in twin" in capsys.readouterr().err
     assert paired.main([str(tmp_path / "missing.csv")]) == 2
+    (tmp_path / "results.csv").write_text("data,agent,n_seeds,auc\ntwin,ref,2,0.7\n")
+    assert paired.main([str(tmp_path / "results.csv")]) == 2
+    assert "not an episodes.csv of evaluate.py (no final_r2, seed)" in capsys.readouterr().err
