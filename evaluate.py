@@ -2,7 +2,7 @@
 
 Runs every chosen agent on every chosen dataset over several seeds, prints a table (mean and
 95 % interval over seeds), writes ``results.json``, ``results.csv``, ``episodes.csv`` (one row
-per episode, for paired comparisons with ``python -m agents.paired``) and PNG figures to
+per episode, for paired comparisons with ``python -m studies.paired``) and PNG figures to
 ``--out``, and ends with one line per agent saying whether the challenge criterion (>= 25 % of
 the full raster's time saved at R^2 >= 0.90, algorithm time included) holds.
 
@@ -20,8 +20,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-#: Twin samples with seeds from here on are never used for training (train.py draws below it).
-HELD_OUT_SEED_START = 100_000
+from envs.sources import HELD_OUT_SEED_START
+
 DEFAULT_AGENTS = ",".join(
     [
         "random",
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from agents.base import make_policy
+    from agents.registry import make_policy
     from agents.report import challenge_lines, format_table, write_episodes, write_results
 
     if args.threads > 0:

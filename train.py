@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from agents.ppo import ScoreMapPolicy, travel_pixels_of
 from envs import ENV_ID  # importing envs registers the acquisition envs (also in workers)
-from evaluate import HELD_OUT_SEED_START
+from envs.sources import HELD_OUT_SEED_START
 from reconstruct.base import resolve_device
 
 

@@ -1,4 +1,4 @@
-"""The one interface every acquisition policy follows, and the registry that names them.
+"""The one interface every acquisition policy follows (:mod:`agents.registry` names them).
 
 A policy is told about a new episode with :meth:`Policy.reset` and then asked for one action at a
 time with :meth:`Policy.act`. Model-based heuristics may read the environment's public model
@@ -10,7 +10,6 @@ the dataset itself (the ground truth); tables and plots label them as such.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -38,44 +37,15 @@ class Policy(ABC):
     def act(self, observation: dict[str, np.ndarray], action_mask: np.ndarray) -> int:
         """Return a flat action index whose ``action_mask`` entry is True."""
 
+    @classmethod
+    def from_argument(cls, argument: str | None) -> Policy:
+        """The policy for ``"name:argument"`` (``argument`` None for a bare ``"name"``); a
+        policy that takes no argument refuses one."""
+        if argument:
+            raise ValueError(f"policy {cls.name!r} takes no argument, got {argument!r}")
+        return cls()
+
     @property
     def label(self) -> str:
         """Name for tables and plots; privileged policies say so."""
         return f"{self.name} (privileged)" if self.privileged else self.name
-
-
-PolicyFactory = Callable[[str | None], Policy]
-_REGISTRY: dict[str, PolicyFactory] = {}
-
-
-def register_policy(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
-    """Decorator registering ``factory(argument) -> Policy`` under ``name``."""
-
-    def decorator(factory: PolicyFactory) -> PolicyFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"policy {name!r} is registered twice")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
-
-
-def available_policies() -> list[str]:
-    """Registered policy names."""
-    import agents.baselines  # noqa: F401  (registers the baselines)
-
-    try:
-        import agents.ppo  # noqa: F401  (registers "ppo" when its dependencies import)
-    except ImportError:
-        pass
-    return sorted(_REGISTRY)
-
-
-def make_policy(spec: str) -> Policy:
-    """Build a policy from ``"name"`` or ``"name:argument"`` (e.g. ``"ppo:models/ppo.zip"``,
-    ``"static-subsample:6"``)."""
-    name, _, argument = spec.partition(":")
-    names = available_policies()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown policy {name!r}; available: {', '.join(names)}")
-    return _REGISTRY[name](argument or None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.base import Policy, register_policy
+from agents.base import Policy
 from envs.surprise import SURPRISE_SIGMA, SURPRISE_WEIGHT, SurpriseTracker
 
 
@@ -153,12 +153,17 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
     weight 0.25 (the best of 0.1, 0.25, 0.5, 1 on seeds 100 100-100 119) raised the AUC by
     +0.031 [+0.018, +0.043] at budget 0.3 and 32 read-outs, and by +0.017 [+0.001, +0.033] with
     128 read-outs over the full budget; on fresh seeds 100 200-100 219 by +0.022 [+0.009,
-    +0.036] and +0.015 [+0.001, +0.028] (``python -m agents.ppo_compare gp-surprise-per-second
+    +0.036] and +0.015 [+0.001, +0.028] (``python -m studies.ppo_compare gp-surprise-per-second
     --seed-start 100200``, with ``--n-times 128 --budget-fraction 1.0 --stop-r2 0.95`` for the
     second setting). The time to R^2 0.90 did not change significantly.
     """
 
     name = "gp-surprise-per-second"
+
+    @classmethod
+    def from_argument(cls, argument: str | None) -> Policy:
+        """``NAME`` or ``NAME:WEIGHT`` (the weight of the local surprise)."""
+        return cls() if argument is None else cls(float(argument))
 
     def __init__(self, weight: float = SURPRISE_WEIGHT, sigma: float = SURPRISE_SIGMA) -> None:
         super().__init__()
@@ -243,7 +248,7 @@ class CalibratedEnergySurprisePolicy(EnergySurprisePerSecondPolicy):
     Whether a strongly responding pixel is also a badly predicted one depends on the sample: on
     the twin it is (the measured blocks' log surprise rises with their pixel's log energy with
     slope 1.2-1.9 on five 16 x 16 seeds), on the real BE-PFM file it is not (slope -0.12;
-    ``python -m agents.energy_power`` measures both, ``models/README.md``). So the score's power of
+    ``python -m studies.energy_power`` measures both, ``models/README.md``). So the score's power of
     the energy is that slope, fitted by least squares over the episode's own measurements,
     shrunk towards 0 while they are few and clipped to [0, 1] (:func:`envs.energy.energy_exponent`):
     the policy starts as ``gp-surprise-per-second`` and becomes ``gp-energy-surprise-per-second``
@@ -310,6 +315,11 @@ class VarianceReductionPolicy(UncertaintyPolicy):
 
     name = "variance-reduction"
 
+    @classmethod
+    def from_argument(cls, argument: str | None) -> Policy:
+        """``variance-reduction`` or ``variance-reduction:CANDIDATES``."""
+        return cls() if argument is None else cls(int(argument))
+
     def __init__(self, candidates: int = 64) -> None:
         super().__init__()
         if candidates < 1:
@@ -342,47 +352,3 @@ class GreedyOraclePolicy(Policy):
 
     def act(self, observation, action_mask):
         return _masked_argmax(block_errors(self.env) / block_seconds_table(self.env), action_mask)
-
-
-def _no_argument(cls: type[Policy]):
-    def factory(argument: str | None) -> Policy:
-        if argument:
-            raise ValueError(f"policy {cls.name!r} takes no argument, got {argument!r}")
-        return cls()
-
-    return factory
-
-
-for _cls in (
-    RandomPolicy,
-    RasterPolicy,
-    StaticSubsamplePolicy,
-    UncertaintyPolicy,
-    UncertaintyPerSecondPolicy,
-    GreedyOraclePolicy,
-    StructureOraclePolicy,
-):
-    register_policy(_cls.name)(_no_argument(_cls))
-
-
-def _surprise_weight(cls: type[SurprisePerSecondPolicy]):
-    """Factory of ``NAME`` or ``NAME:WEIGHT`` (the weight of the local surprise)."""
-
-    def factory(argument: str | None) -> Policy:
-        return cls() if argument is None else cls(float(argument))
-
-    return factory
-
-
-for _cls in (
-    SurprisePerSecondPolicy,
-    EnergySurprisePerSecondPolicy,
-    CalibratedEnergySurprisePolicy,
-):
-    register_policy(_cls.name)(_surprise_weight(_cls))
-
-
-@register_policy(VarianceReductionPolicy.name)
-def _variance_reduction(argument: str | None) -> Policy:
-    """``variance-reduction`` or ``variance-reduction:CANDIDATES``."""
-    return VarianceReductionPolicy() if argument is None else VarianceReductionPolicy(int(argument))

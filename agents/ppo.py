@@ -63,7 +63,7 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from agents.base import Policy, register_policy
+from agents.base import Policy
 from envs.energy import ENERGY_PLANE_SCALE, energy_observation
 from envs.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT, SurpriseTracker
 from reconstruct.base import resolve_device
@@ -493,6 +493,11 @@ class PPOPolicy(Policy):
 
     name = "ppo"
 
+    @classmethod
+    def from_argument(cls, argument: str | None) -> PPOPolicy:
+        """``"ppo"`` loads the shipped default model, ``"ppo:PATH"`` the model at PATH."""
+        return cls(argument or DEFAULT_MODEL_PATH)
+
     def __init__(self, model_path: str | Path, device: str | torch.device = "auto") -> None:
         super().__init__()
         from sb3_contrib import MaskablePPO
@@ -638,9 +643,3 @@ class PPOPolicy(Policy):
                 covariate = float(self._log_energy[pixel])  # the log energy its plane showed
             self._tracker.expect(reconstructor, pixel, block, variance, covariate)
         return action
-
-
-@register_policy("ppo")
-def _make_ppo_policy(argument: str | None) -> PPOPolicy:
-    """``"ppo"`` loads the shipped default model, ``"ppo:PATH"`` the model at PATH."""
-    return PPOPolicy(argument or DEFAULT_MODEL_PATH)

@@ -78,7 +78,7 @@ def energy_exponent(tracker: Any) -> float:
 
     Why: a score of variance x energy^a is the expected squared error when the error's scale
     grows as energy^a. The twin's errors grow with the energy (slope 1.2-1.9 on five 16 x 16
-    seeds), the real BE-PFM file's do not (-0.12; ``python -m agents.energy_power``), so a
+    seeds), the real BE-PFM file's do not (-0.12; ``python -m studies.energy_power``), so a
     fixed power helps on one and costs on the other; fitted per sample, the power follows the
     data in hand."""
     return float(np.clip(tracker.covariate_slope(ENERGY_EXPONENT_SHRINKAGE), 0.0, 1.0))

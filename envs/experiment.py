@@ -35,11 +35,11 @@ change" scalar restarts at 0.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,48 +53,13 @@ from envs.accuracy_estimate import ESTIMATES, choose_check_blocks, estimate_r2
 from envs.acquisition import AcquisitionEnv
 from envs.cost import CostModel
 from envs.dataset import Axis, Dataset
-from envs.instrument import Instrument, ReplayInstrument
+from envs.instrument import Instrument, PacedInstrument, ReplayInstrument
 from envs.remote import InstrumentError, RemoteInstrument
 from envs.session import KIND_CHECK, KIND_INITIAL, KIND_POLICY, Records, Session, SessionError
 from reconstruct.base import BlockLayout, Reconstructor
 
 
 # ============================================================================ instruments
-class PacedInstrument:
-    """Wraps an instrument so each call takes ``instrument seconds / speed`` of real time.
-
-    Parameters
-    ----------
-    instrument
-        Usually a :class:`~envs.instrument.ReplayInstrument`.
-    speed
-        Real-time factor: 1 runs as slowly as the microscope, 10 ten times faster.
-    """
-
-    def __init__(self, instrument: Instrument, speed: float) -> None:
-        if not speed > 0:
-            raise ValueError(f"pace must be > 0 (a real-time speed-up factor), got {speed}")
-        self.inner = instrument
-        self.speed = float(speed)
-        self.grid_shape = instrument.grid_shape
-        self.spectral_shape = instrument.spectral_shape
-        self.axes = instrument.axes
-
-    @property
-    def tip_pixel(self) -> int:
-        return self.inner.tip_pixel
-
-    def go_to(self, pixel: int) -> float:
-        seconds = self.inner.go_to(pixel)
-        time.sleep(seconds / self.speed)
-        return seconds
-
-    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
-        values, seconds = self.inner.measure(pixel, voltages)
-        time.sleep(seconds / self.speed)
-        return values, seconds
-
-
 def open_instrument(
     spec: str,
     *,
@@ -112,7 +77,7 @@ def open_instrument(
     if spec.startswith(("http://", "https://")):
         instrument: Instrument = RemoteInstrument(spec, timeout=timeout)
     else:
-        from envs.loaders import open_data
+        from envs.sources import open_data
 
         data_spec = spec.removeprefix("replay:")
         is_twin = data_spec == "twin" or data_spec.startswith("twin:")
@@ -291,7 +256,9 @@ class ExperimentStopped(RuntimeError):
 class _Experiment:
     """One running session: instrument, session file, live env, policy and estimates."""
 
-    def __init__(self, config: ExperimentConfig, resume: bool) -> None:
+    def __init__(
+        self, config: ExperimentConfig, resume: bool, make_policy: Callable[[str], Any]
+    ) -> None:
         if resume:
             session = Session.open(config.session)
             stored = dict(session.config)
@@ -305,7 +272,7 @@ class _Experiment:
         )
         reference = dataset
         if config.reference:
-            from envs.loaders import open_data
+            from envs.sources import open_data
 
             reference = open_data(config.reference, **config.twin_options())
         n_voltages = self.instrument.spectral_shape[0]
@@ -341,8 +308,6 @@ class _Experiment:
         self.reference_blocks = None
         if reference is not None:
             self.reference_blocks = self.env._to_blocks(reference.data)
-
-        from agents.base import make_policy
 
         self.policy = make_policy(config.agent)
         if self.policy.privileged:
@@ -606,8 +571,13 @@ class _Experiment:
         plt.close(fig)
 
 
-def run_experiment(config: ExperimentConfig, resume: bool = False) -> ExperimentResult:
+def run_experiment(
+    config: ExperimentConfig, resume: bool = False, *, make_policy: Callable[[str], Any]
+) -> ExperimentResult:
     """Run (or resume) a session to its end and write its outputs.
+
+    ``make_policy`` builds the policy from the session's agent spec (``config.agent``, or the
+    stored one on resume): :func:`agents.registry.make_policy` for the registered policies.
 
     Raises
     ------
@@ -617,7 +587,7 @@ def run_experiment(config: ExperimentConfig, resume: bool = False) -> Experiment
     SessionError, ValueError
         For a session that cannot start (existing file, bad settings).
     """
-    experiment = _Experiment(config, resume)
+    experiment = _Experiment(config, resume, make_policy)
     try:
         reason = experiment.run()
         return experiment.write_outputs(reason)
@@ -627,77 +597,8 @@ def run_experiment(config: ExperimentConfig, resume: bool = False) -> Experiment
         n = experiment.session.n_records
         raise ExperimentStopped(
             f"session stopped: {what}\n{n} measurements are saved in {experiment.session.path}; "
-            f"continue with: python -m envs.experiment run --resume --session "
+            f"continue with: python experiment.py run --resume --session "
             f"{experiment.session.path} --instrument {experiment.config.instrument}"
         ) from err
     finally:
         experiment.session.close()
-
-
-# ============================================================================ command line
-def _parser() -> argparse.ArgumentParser:
-    defaults = ExperimentConfig(instrument="", session="")
-    parser = argparse.ArgumentParser(
-        prog="python -m envs.experiment", description=__doc__.split("\n")[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run or resume a session")
-    run.add_argument("--instrument", required=True,
-                     help="http://HOST:PORT, or replay:SPEC / SPEC with SPEC twin:SEED or a file")
-    run.add_argument("--session", required=True, help="session h5 file (outputs go beside it)")
-    run.add_argument("--resume", action="store_true", help="continue the session in --session")
-    run.add_argument("--agent", default=defaults.agent, help="policy (agents.base.make_policy)")
-    run.add_argument("--seed", type=int, default=defaults.seed)
-    run.add_argument("--budget-hours", type=float, default=defaults.budget_hours)
-    run.add_argument("--target", type=float, default=defaults.target,
-                     help="stop when the estimated R^2 reaches this (negative: no target)")
-    run.add_argument("--reconstructor", default=defaults.reconstructor)
-    run.add_argument("--n-blocks", type=int, default=defaults.n_blocks)
-    run.add_argument("--initial-stride", type=int, default=defaults.initial_stride)
-    run.add_argument("--check-blocks", type=int, default=defaults.check_blocks,
-                     help="held-back blocks that calibrate the accuracy estimate")
-    run.add_argument("--estimate", choices=ESTIMATES, default=defaults.estimate)
-    run.add_argument("--estimate-every", type=int, default=defaults.estimate_every)
-    run.add_argument("--max-measurements", type=int, default=None)
-    run.add_argument(
-        "--algorithm-clock", choices=("wall", "model"), default=defaults.algorithm_clock
-    )
-    run.add_argument("--on-nan", choices=("skip", "stop"), default=defaults.on_nan)
-    run.add_argument("--timeout", type=float, default=defaults.timeout, help="seconds per call")
-    run.add_argument("--pace", type=float, default=0.0, help="real-time factor for a replay")
-    run.add_argument("--reference", default=None,
-                     help="data spec of the truth, to report the true R^2 beside the estimate")
-    run.add_argument("--twin-grid", type=int, default=None)
-    run.add_argument("--twin-times", type=int, default=None)
-    run.add_argument("--device", default="auto")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 done, 1 stopped/failed, 130 Ctrl-C)."""
-    args = _parser().parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet")}
-    options["target"] = None if args.target is not None and args.target < 0 else args.target
-    options["progress"] = not args.quiet
-    try:
-        result = run_experiment(ExperimentConfig(**options), resume=args.resume)
-    except ExperimentStopped as err:
-        print(str(err), file=sys.stderr)
-        return 130 if isinstance(err.__cause__, KeyboardInterrupt) else 1
-    except (SessionError, ValueError, InstrumentError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    true = f", true R^2 {result.r2_true:.4f}" if np.isfinite(result.r2_true) else ""
-    print(f"finished: {result.reason}")
-    print(
-        f"{result.n_records} measurements, {result.seconds / 3600:.3f} h, estimated R^2 "
-        f"{result.r2_estimate:.4f}{true}"
-    )
-    print(f"session {result.session}\nreconstruction {result.reconstruction}\n"
-          f"summary {result.summary}\nfigure {result.figure}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,6 +14,7 @@ Results obtained on replays carry that assumption.
 
 from __future__ import annotations
 
+import time
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -122,3 +123,38 @@ class ReplayInstrument:
         self.tip_pixel = pixel
         row, col = divmod(pixel, self.grid_shape[1])
         return self.dataset.data[row, col, voltages].copy(), seconds
+
+
+class PacedInstrument:
+    """Wraps an instrument so each call takes ``instrument seconds / speed`` of real time.
+
+    Parameters
+    ----------
+    instrument
+        Usually a :class:`~envs.instrument.ReplayInstrument`.
+    speed
+        Real-time factor: 1 runs as slowly as the microscope, 10 ten times faster.
+    """
+
+    def __init__(self, instrument: Instrument, speed: float) -> None:
+        if not speed > 0:
+            raise ValueError(f"pace must be > 0 (a real-time speed-up factor), got {speed}")
+        self.inner = instrument
+        self.speed = float(speed)
+        self.grid_shape = instrument.grid_shape
+        self.spectral_shape = instrument.spectral_shape
+        self.axes = instrument.axes
+
+    @property
+    def tip_pixel(self) -> int:
+        return self.inner.tip_pixel
+
+    def go_to(self, pixel: int) -> float:
+        seconds = self.inner.go_to(pixel)
+        time.sleep(seconds / self.speed)
+        return seconds
+
+    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
+        values, seconds = self.inner.measure(pixel, voltages)
+        time.sleep(seconds / self.speed)
+        return values, seconds

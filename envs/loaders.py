@@ -4,7 +4,7 @@ Entry points
 ------------
 - :func:`load_dataset` reads ``.npy``, ``.npz`` and HDF5 (``.h5``, ``.hdf5``, ``.hdf``) files.
 - :func:`save_dataset` writes a Dataset to HDF5 in the project's own layout (below).
-- :func:`open_data` is what command-line tools call: ``"twin"`` / ``"twin:SEED"`` or a file path.
+- :func:`envs.sources.open_data` is what command-line tools call: a file path or the twin.
 
 How an HDF5 file is read (first rule that applies)
 --------------------------------------------------
@@ -234,51 +234,6 @@ def save_dataset(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
                 tensor.dims[i].attach_scale(scale)
                 tensor.dims[i].label = axis.name
     return file
-
-
-def open_data(spec: str | os.PathLike[str], **kwargs: Any) -> Dataset:
-    """Open a data source named on a command line.
-
-    Parameters
-    ----------
-    spec
-        ``"twin"`` (the synthetic twin with seed 0), ``"twin:SEED"`` (seed ``SEED``), or a file
-        path for :func:`load_dataset`.
-    **kwargs
-        For a file: keyword arguments of :func:`load_dataset`. For the twin: keyword arguments of
-        ``envs.twin.twin_dataset``; loader options set to ``None`` are ignored there, so a
-        command-line tool can pass its options unconditionally.
-
-    Returns
-    -------
-    Dataset
-    """
-    text = os.fspath(spec).strip()
-    seed = _twin_seed(text)
-    if seed is None:
-        return load_dataset(text, **kwargs)
-    loader_options = {"dataset_path", "axis_names", "channel", "complex_view"}
-    misplaced = [k for k in loader_options if kwargs.get(k) not in (None, "real")]
-    if misplaced:
-        raise DataError(
-            f"{sorted(misplaced)} apply to data files, not to the synthetic twin {text!r}"
-        )
-    twin_kwargs = {k: v for k, v in kwargs.items() if k not in loader_options}
-    from envs.twin import twin_dataset  # imported here: the twin is optional for file users
-
-    return twin_dataset(seed=seed, **twin_kwargs)
-
-
-def _twin_seed(text: str) -> int | None:
-    """The seed that ``text`` asks of the twin, or None when ``text`` is not a twin spec."""
-    if text == "twin":
-        return 0
-    if not text.startswith("twin:"):
-        return None
-    match = re.fullmatch(r"twin:(\d+)", text)
-    if match is None:
-        raise DataError(f"bad twin spec {text!r}: expected 'twin' or 'twin:SEED' with SEED >= 0")
-    return int(match.group(1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -404,8 +404,8 @@ class RemoteInstrument:
 def main(argv: list[str] | None = None) -> int:
     """``python -m envs.remote serve --data SPEC``: serve a replay instrument until Ctrl-C."""
     from envs.cost import CostModel
-    from envs.instrument import ReplayInstrument
-    from envs.loaders import open_data
+    from envs.instrument import PacedInstrument, ReplayInstrument
+    from envs.sources import open_data
 
     parser = argparse.ArgumentParser(
         prog="python -m envs.remote", description=__doc__.split("\n")[0]
@@ -429,8 +429,6 @@ def main(argv: list[str] | None = None) -> int:
     dataset = open_data(args.data, **twin_options)
     instrument: Instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
     if args.pace > 0:
-        from envs.experiment import PacedInstrument
-
         instrument = PacedInstrument(instrument, args.pace)
     server = InstrumentServer(instrument, args.host, args.port)
     print(f"serving {dataset.summary()} at {server.url} (Ctrl-C to stop)", flush=True)

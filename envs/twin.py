@@ -30,7 +30,7 @@ Randomness comes from one integer seed, split into independent streams for the l
 parameter maps and the instrument, so the same seed always gives the same twin.
 
 Run ``python -m envs.twin --seed 0 --out twin.h5 --plot twin.png`` to write a twin file and an
-overview figure and to print its realism statistics.
+overview figure (``python -m studies.realism --data twin:0`` prints its realism statistics).
 """
 
 from __future__ import annotations
@@ -696,7 +696,8 @@ def plot_overview(sample: TwinSample, path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: generate a twin, save it, plot it and print its realism statistics."""
+    """Command line: generate a twin, save it and plot it (``python -m studies.realism`` prints
+    its realism statistics)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument(
@@ -709,7 +710,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="write the twin to this h5 file")
     parser.add_argument("--plot", type=Path, default=None, help="write an overview PNG here")
-    parser.add_argument("--no-stats", action="store_true", help="skip the realism statistics")
     args = parser.parse_args(argv)
 
     config = TwinConfig() if args.grid is None else TwinConfig(grid=tuple(args.grid))
@@ -723,11 +723,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.out}")
     if args.plot is not None:
         print(f"wrote {plot_overview(sample, args.plot)}")
-    if not args.no_stats:
-        from envs.realism import realism_report
-
-        for name, value in realism_report(sample.dataset).items():
-            print(f"  {name}: {value:.4g}" if isinstance(value, float) else f"  {name}: {value}")
 
 
 if __name__ == "__main__":

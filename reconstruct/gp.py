@@ -380,7 +380,8 @@ class TiledSpatialGP:
     observations inside the core widened by ``halo`` pixels on every side, and predicts only in
     its core. An observation is added to every tile whose window holds it (at most 4 while
     ``halo <= tile / 2``). With a Matern-5/2 lengthscale of a few pixels, correlations beyond
-    ~4 lengthscales are negligible, so a halo of 12 loses little (see ``reconstruct.bench``).
+    ~4 lengthscales are negligible, so a halo of 12 loses little
+    (see ``benchmarks.reconstruction``).
     Same interface as :class:`SpatialGP` for ``add``, ``rebuild``, ``mean``, ``variance``,
     ``variance_reduction``.
     """

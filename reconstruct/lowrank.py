@@ -15,7 +15,8 @@ coefficients at every pixel (smoothing partially measured ones too); the estimat
 Why this model for partial spectra: every measured block, whatever its voltages, informs all
 ``k`` coefficients of its pixel, and through them the pixel's unmeasured blocks; independent
 per-block GPs (sharing the kernel) only ever borrow from the same block at other pixels, so a
-pixel measured at one block teaches them nothing about its other blocks. ``reconstruct.bench``
+pixel measured at one block teaches them nothing about its other blocks.
+``benchmarks.reconstruction``
 measures the two side by side on the twin (``--compare-partial``).
 
 Bootstrapping: until ``min_full_pixels`` pixels are fully measured there is no basis; the
@@ -748,7 +749,7 @@ class InverseDistanceCoefficients:
 
     Why not the nearest pixel's coefficients (the first version): on the 60 x 60 twin they
     gave R^2 0.19 / 0.30 at 10 / 20 % of pixels, below linear interpolation of the raw data
-    (0.39 / 0.50); these weights give 0.44 / 0.57 (``reconstruct.bench``).
+    (0.39 / 0.50); these weights give 0.44 / 0.57 (``benchmarks.reconstruction``).
     """
 
     def __init__(

@@ -7,10 +7,10 @@ import json
 import numpy as np
 
 import train
-from agents.action_values import candidate_values, collect, main, summarise
 from agents.baselines import block_seconds_table
 from agents.ppo import PPOPolicy
 from envs.acquisition import AcquisitionEnv
+from studies.action_values import candidate_values, collect, main, summarise
 
 SMALL = ["--grid", "10", "--n-times", "16", "--budget-fraction", "0.15"]
 

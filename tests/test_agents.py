@@ -283,9 +283,9 @@ def test_calibrated_energy_policy_weighs_the_energy_by_its_fitted_power():
 
 
 def test_energy_power_reports_the_calibrated_fit_of_each_episode(capsys):
-    """``python -m agents.energy_power`` prints one row per twin episode and the power is the
+    """``python -m studies.energy_power`` prints one row per twin episode and the power is the
     one the calibrated heuristic would use next, in [0, 1]."""
-    from agents.energy_power import episode_power, main
+    from studies.energy_power import episode_power, main
 
     fit = episode_power(small_env(budget_fraction=1.0, target_r2=0.9), seed=3)
     assert fit["blocks"] > 20 and -1.0 <= fit["correlation"] <= 1.0

@@ -102,8 +102,8 @@ def test_ppo_models_keep_their_own_labels(tmp_path):
     """The shipped model is ``ppo`` however it is named; another file is ``ppo:STEM``."""
     import shutil
 
-    from agents.base import make_policy
     from agents.ppo import DEFAULT_MODEL_PATH
+    from agents.registry import make_policy
 
     if not DEFAULT_MODEL_PATH.is_file():
         pytest.skip("no shipped model")
@@ -115,8 +115,8 @@ def test_ppo_models_keep_their_own_labels(tmp_path):
 
 
 def test_default_agents_include_the_shipped_ppo_model():
-    from agents.base import make_policy
     from agents.ppo import DEFAULT_MODEL_PATH, PPOPolicy
+    from agents.registry import make_policy
 
     names = evaluate.DEFAULT_AGENTS.split(",")
     assert "ppo" in names

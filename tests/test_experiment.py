@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from fake_instruments import HangingInstrument
 
+from agents.registry import make_policy
 from envs.cost import CostModel
-from envs.experiment import ExperimentConfig, ExperimentStopped, run_experiment
+from envs.experiment import ExperimentConfig, ExperimentStopped
+from envs.experiment import run_experiment as run_session
 from envs.instrument import ReplayInstrument
 from envs.loaders import save_dataset
 from envs.remote import InstrumentServer, serving
@@ -29,6 +31,11 @@ TWIN = {"grid": (10, 10), "n_times": 8}
 #: within 0.15 of the true R^2 once the policy had taken 10 measurements (it leaned optimistic);
 #: the test allows 0.2. More check blocks narrow it (they set the error scale).
 ESTIMATE_MARGIN = 0.2
+
+
+def run_experiment(config, resume=False):
+    """The live loop with the registered policies, as ``experiment.py`` runs it."""
+    return run_session(config, resume, make_policy=make_policy)
 
 
 def _config(tmp: Path, name: str, **changes) -> ExperimentConfig:
@@ -88,7 +95,7 @@ def test_reference_session_writes_outputs(reference):
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, reference):
     config = _config(tmp_path, "killed")
     command = [
-        sys.executable, "-m", "envs.experiment", "run", "--instrument", "twin:1",
+        sys.executable, "experiment.py", "run", "--instrument", "twin:1",
         "--twin-grid", "10", "--twin-times", "8", "--session", config.session, "--agent",
         config.agent, "--seed", "5", "--target", "-1", "--initial-stride", "3",
         "--check-blocks", "12", "--max-measurements", "90", "--algorithm-clock", "model",

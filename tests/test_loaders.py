@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+import envs.sources
 from envs.dataset import Axis, DataError, Dataset
-from envs.loaders import load_dataset, open_data, save_dataset
+from envs.loaders import load_dataset, save_dataset
+from envs.sources import open_data
 
 # ---------------------------------------------------------------------------------------------
 # Fixture-file builders (small files written into pytest's tmp_path)
@@ -428,16 +428,14 @@ def test_save_rejects_unserialisable_attrs(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fake_twin(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """Stand-in ``envs.twin`` that records its calls."""
+    """Stand-in for the twin generator behind ``envs.sources.open_data``, recording its calls."""
     calls: list[dict] = []
 
     def twin_dataset(seed: int = 0, **kwargs: object) -> Dataset:
         calls.append({"seed": seed, **kwargs})
         return Dataset(np.full((2, 2, 2), float(seed)), source="twin")
 
-    module = types.ModuleType("envs.twin")
-    module.twin_dataset = twin_dataset  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "envs.twin", module)
+    monkeypatch.setattr(envs.sources, "twin_dataset", twin_dataset)
     return calls
 
 

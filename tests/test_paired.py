@@ -1,10 +1,10 @@
-"""agents.paired: paired differences from evaluate.py's episodes.csv files."""
+"""studies.paired: paired differences from evaluate.py's episodes.csv files."""
 
 import csv
 
 import pytest
 
-from agents import paired
+from studies import paired
 
 FIELDS = ["data", "agent", "seed", "auc", "seconds_to_0.90", "gain_at_0.90", "final_r2"]
 

@@ -10,8 +10,8 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.base import available_policies, make_policy
 from agents.ppo import PPOPolicy, ScoreMapPolicy, observation_to_tensors, travel_pixels_of
+from agents.registry import available_policies, make_policy
 from envs.acquisition import AcquisitionEnv
 from envs.energy import energy_exponent
 
@@ -312,7 +312,7 @@ def test_scaled_head_survives_save_and_load(tmp_path):
 
 
 def test_paired_comparison_counts_and_interval():
-    from agents.ppo_compare import paired
+    from studies.ppo_compare import paired
 
     result = paired(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 2.5, 2.0, 3.0]))
     assert result["mean"] == pytest.approx(0.5)
@@ -437,7 +437,7 @@ def test_shipped_models_match_their_documented_training_commands(name, options, 
 def test_compare_pairs_against_each_reference_from_one_set_of_episodes(tmp_path, capsys):
     import json
 
-    from agents.ppo_compare import main
+    from studies.ppo_compare import main
 
     out = tmp_path / "compare.json"
     argv = ["raster", "--reference", "random,static-subsample", "--seeds", "2", "--grid", "10",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from reconstruct.base import BlockLayout
-from reconstruct.predictability import block_predictability, format_table
+from studies.predictability import block_predictability, format_table
 
 GRID, VOLTAGES, TIMES = 24, 8, 6
 
@@ -70,7 +70,7 @@ def test_bad_input_is_refused_with_a_clear_error():
 
 
 def test_command_line_takes_twin_settings(tmp_path):
-    from reconstruct.predictability import main
+    from studies.predictability import main
 
     out = tmp_path / "p.json"
     argv = ["--data", "twin:3", "--twin-setting", "grid=[12, 12]", "--twin-setting", "n_times=8"]

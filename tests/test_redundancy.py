@@ -1,11 +1,11 @@
-"""Tests for the redundancy study (reconstruct.redundancy) on tiny tensors."""
+"""Tests for the redundancy study (studies.redundancy) on tiny tensors."""
 
 import json
 
 import numpy as np
 import pytest
 
-from reconstruct.redundancy import (
+from studies.redundancy import (
     RedundancyStudy,
     Trial,
     axis_interpolation_weights,

@@ -12,10 +12,10 @@ from sb3_contrib import MaskablePPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from agents import ppo_curves
-from agents.base import make_policy
 from agents.evaluation import run_episode
-from evaluate import HELD_OUT_SEED_START
+from agents.registry import make_policy
+from envs.sources import HELD_OUT_SEED_START
+from studies import ppo_curves
 
 #: Tiny, fast settings: 12 x 12 twin, 16 read-outs, a cheap reconstructor, short episodes.
 TINY = [

@@ -1,4 +1,4 @@
-"""Tests for the relaxation-PFM twin (envs.twin) and the realism statistics (envs.realism).
+"""Tests for the relaxation-PFM twin (envs.twin) and the realism statistics (studies.realism).
 
 The realism tests run on the default 60 x 60 twin with the thresholds of the project's
 foundation issue; the statistics themselves are first checked on fields whose answers are known.
@@ -17,15 +17,6 @@ from scipy import ndimage
 from scipy.signal import lfilter
 
 from envs.dataset import DataError, Dataset
-from envs.realism import (
-    autocorrelation_by_distance,
-    components_for_share,
-    interpolation_r2,
-    map_indices,
-    realism_report,
-    spatial_statistics,
-    spectral_variance_shares,
-)
 from envs.twin import (
     A_DOMAIN,
     C_DOWN,
@@ -37,6 +28,15 @@ from envs.twin import (
     twin_dataset,
 )
 from reconstruct.metrics import r2_score
+from studies.realism import (
+    autocorrelation_by_distance,
+    components_for_share,
+    interpolation_r2,
+    map_indices,
+    realism_report,
+    spatial_statistics,
+    spectral_variance_shares,
+)
 
 SMALL = TwinConfig(grid=(24, 24), n_times=16)
 
@@ -353,7 +353,7 @@ def test_command_line_writes_file_and_figure(tmp_path: Path) -> None:
     out, plot = tmp_path / "twin.h5", tmp_path / "twin.png"
     result = subprocess.run(
         [sys.executable, "-m", "envs.twin", "--seed", "3", "--grid", "24", "24"]
-        + ["--out", str(out), "--plot", str(plot), "--no-stats"],
+        + ["--out", str(out), "--plot", str(plot)],
         capture_output=True,
         text=True,
         timeout=120,

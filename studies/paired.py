@@ -10,7 +10,7 @@ the target R^2 (decision time included, as evaluated).
 
 Example
 -------
-    python -m agents.paired runs/evaluate/episodes.csv --reference gp-uncertainty-per-second
+    python -m studies.paired runs/evaluate/episodes.csv --reference gp-uncertainty-per-second
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from agents.ppo_compare import print_table
+from studies.ppo_compare import print_table
 
 
 def read_episodes(paths: list[Path]) -> dict[str, dict[str, dict[int, dict[str, str]]]]:

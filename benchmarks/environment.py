@@ -1,6 +1,6 @@
 """Environment speed: steps per second of one env and of vector envs, and where a step's time goes.
 
-Run ``python -m envs.env_bench`` (add ``--help`` for options). It builds the acquisition
+Run ``python -m benchmarks.environment`` (add ``--help`` for options). It builds the acquisition
 environment on the (60, 60, 16, 128) twin with the GP reconstructor, steps a masked random policy
 until ``--fraction`` (default 20 %) of all blocks are measured, then times
 

@@ -1,6 +1,6 @@
 """Redundancy study: how much of each axis can be left unmeasured at a given accuracy.
 
-``python -m reconstruct.redundancy --data twin|FILE --out DIR`` keeps a fraction of the data
+``python -m studies.redundancy --data twin|FILE --out DIR`` keeps a fraction of the data
 along one axis (or a combination), reconstructs the rest, and scores the reconstruction with
 R^2 (see :func:`reconstruct.metrics.r2_score`) against the measured tensor and, when the
 dataset has a noise-free ``truth``, against the truth. Experiments:
@@ -483,7 +483,7 @@ def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
 # ------------------------------------------------------------------ command line
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; returns the summary it wrote."""
-    parser = argparse.ArgumentParser(prog="python -m reconstruct.redundancy", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m studies.redundancy", description=__doc__)
     parser.add_argument("--data", default="twin", help="'twin', 'twin:SEED' or a data file")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
@@ -507,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from envs.loaders import open_data  # the one place this module touches envs
+    from envs.sources import open_data  # the one place this module touches envs
 
     dataset = open_data(args.data)
     print(dataset.summary())

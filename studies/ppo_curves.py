@@ -8,8 +8,8 @@ of the heuristic the policy starts from).
 
 Examples
 --------
-    python -m agents.ppo_curves runs/ppo/tb --out docs/ppo_training_curves.png
-    python -m agents.ppo_curves runs/ppo/tb --reference 0.459 --title "default run"
+    python -m studies.ppo_curves runs/ppo/tb --out docs/ppo_training_curves.png
+    python -m studies.ppo_curves runs/ppo/tb --reference 0.459 --title "default run"
 """
 
 from __future__ import annotations

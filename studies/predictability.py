@@ -24,7 +24,7 @@ block is kept as measured and the others are predicted. With a noise-free ``trut
 are the truth; otherwise the measured data. Only interior pixels whose 3 x 3 neighbourhood is
 finite take part.
 
-``python -m reconstruct.predictability --data twin|FILE [--blocks N] [--out FILE.json]
+``python -m studies.predictability --data twin|FILE [--blocks N] [--out FILE.json]
 [--twin-setting NAME=VALUE ...]`` prints one row per block.
 """
 
@@ -213,7 +213,7 @@ def _short_list(values: Sequence[int]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; returns the result it printed."""
     parser = argparse.ArgumentParser(
-        prog="python -m reconstruct.predictability", description=__doc__
+        prog="python -m studies.predictability", description=__doc__
     )
     parser.add_argument("--data", default="twin", help="'twin', 'twin:SEED' or a data file")
     parser.add_argument("--blocks", type=int, default=4, help="voltage blocks per spectrum")
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     args = parser.parse_args(argv)
 
-    from envs.loaders import open_data  # the one place this module touches envs
+    from envs.sources import open_data  # the one place this module touches envs
 
     settings = {}
     for item in args.twin_setting:

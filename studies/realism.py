@@ -291,3 +291,20 @@ def realism_report(dataset: Dataset, n_components: int = 8, seed: int = 0) -> di
             dataset.data, 0.2, seed=seed, reference=dataset.truth
         )
     return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m studies.realism --data twin:0``: print the realism statistics of a data spec."""
+    import argparse
+
+    from envs.sources import open_data
+
+    parser = argparse.ArgumentParser(prog="python -m studies.realism", description=__doc__)
+    parser.add_argument("--data", default="twin:0", help="data spec: twin, twin:SEED or a file")
+    args = parser.parse_args(argv)
+    for name, value in realism_report(open_data(args.data)).items():
+        print(f"  {name}: {value:.4g}" if isinstance(value, float) else f"  {name}: {value}")
+
+
+if __name__ == "__main__":
+    main()

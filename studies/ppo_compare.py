@@ -10,10 +10,10 @@ Several comma-separated references give one table per reference from the same ep
 
 Examples
 --------
-    python -m agents.ppo_compare runs/diag_a/model.zip runs/diag_b/model.zip
-    python -m agents.ppo_compare models/ppo_default.zip --seeds 20 --seed-start 100100 \
+    python -m studies.ppo_compare runs/diag_a/model.zip runs/diag_b/model.zip
+    python -m studies.ppo_compare models/ppo_default.zip --seeds 20 --seed-start 100100 \
         --reference gp-uncertainty-per-second --json runs/compare.json
-    python -m agents.ppo_compare runs/ppo_surprise/model.zip models/ppo_default.zip \
+    python -m studies.ppo_compare runs/ppo_surprise/model.zip models/ppo_default.zip \
         --reference gp-uncertainty-per-second,gp-surprise-per-second
 """
 
@@ -47,8 +47,8 @@ def run_policy(
 ) -> dict[str, list[float]]:
     """AUC, final R^2 and seconds to ``target`` (NaN: not reached) of one policy
     (``make_policy`` spec) on each seed."""
-    from agents.base import make_policy
     from agents.evaluation import run_episode
+    from agents.registry import make_policy
     from envs.acquisition import AcquisitionEnv
     from train import env_kwargs
 
@@ -110,7 +110,7 @@ def print_table(
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from evaluate import HELD_OUT_SEED_START
+    from envs.sources import HELD_OUT_SEED_START
     from train import TrainArgs
 
     parser = argparse.ArgumentParser(

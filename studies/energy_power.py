@@ -9,8 +9,8 @@ says the error scales with the energy (the twin), near 0 that it does not (the r
 
 Examples
 --------
-    python -m agents.energy_power --seeds 5 --grid 16 --n-times 128
-    python -m agents.energy_power --data runs/bepfm_32x32x100.npy
+    python -m studies.energy_power --seeds 5 --grid 16 --n-times 128
+    python -m studies.energy_power --data runs/bepfm_32x32x100.npy
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from envs.acquisition import AcquisitionEnv
-    from evaluate import HELD_OUT_SEED_START
+    from envs.sources import HELD_OUT_SEED_START
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

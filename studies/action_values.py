@@ -20,9 +20,9 @@ its logits over each state's candidates and the softmax of the candidates' stand
 (``--target value``), or of their current squared reconstruction error per second, the greedy
 oracle's criterion (``--target error``). The held-out states (the last sixth of the episodes)
 show whether the network ranks candidates better than the heuristic; the saved model can be
-compared as a policy with ``python -m agents.ppo_compare DIR/model.zip``.
+compared as a policy with ``python -m studies.ppo_compare DIR/model.zip``.
 
-``python -m agents.action_values --episodes 60 --out DIR [--fit --target value|error]``; any
+``python -m studies.action_values --episodes 60 --out DIR [--fit --target value|error]``; any
 other option is ``train.py``'s (e.g. ``--grid 12``) and sets the environment and network.
 """
 
@@ -226,7 +226,7 @@ def fit_score_map(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; returns what it wrote to ``DIR/action_values.json``."""
-    parser = argparse.ArgumentParser(prog="python -m agents.action_values", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m studies.action_values", description=__doc__)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--episodes", type=int, default=60, help="training-env episodes to visit")
     parser.add_argument("--seed-start", type=int, default=0, help="twin seed of the first episode")
