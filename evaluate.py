@@ -180,7 +180,7 @@ def evaluate_data(args: EvaluateArgs, data: str, policies: list, targets: list[f
 
     from agents.evaluation import run_episode, summarise
     from agents.report import plot_curves, plot_reconstructions
-    from envs.acquisition import AcquisitionEnv
+    from envs.factory import make_env
 
     data_name = "twin (held-out)" if data == "twin" else Path(data).name
     traces_by_agent, summaries = {}, []
@@ -190,7 +190,7 @@ def evaluate_data(args: EvaluateArgs, data: str, policies: list, targets: list[f
         bar = tqdm(total=args.seeds, desc=f"{data_name}: {policy.label}", unit="episode")
         for i in range(args.seeds):
             seed = args.seed_start + i
-            env = AcquisitionEnv(**_env_kwargs(args, data, seed))
+            env = make_env(**_env_kwargs(args, data, seed), **policy.env_settings())
             trace = run_episode(
                 env,
                 policy,

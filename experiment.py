@@ -1,7 +1,7 @@
 """Run a live acquisition session: the policy picks, the instrument measures, nothing is lost.
 
     python experiment.py run --instrument http://127.0.0.1:8765 --agent gp-uncertainty \\
-        --budget-hours 2 --target 0.9 --session runs/s1.h5
+        --budget-hours 2 --stop-r2 0.9 --session runs/s1.h5
     python experiment.py run --instrument http://127.0.0.1:8765 --session runs/s1.h5 --resume
 
 The loop, the session file and the accuracy estimate live in :mod:`envs.experiment`; this
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--agent", default=defaults.agent, help="policy (a name from agents.registry)")
     run.add_argument("--seed", type=int, default=defaults.seed)
     run.add_argument("--budget-hours", type=float, default=defaults.budget_hours)
-    run.add_argument("--target", type=float, default=defaults.target,
+    run.add_argument("--stop-r2", type=float, default=defaults.stop_r2,
                      help="stop when the estimated R^2 reaches this (negative: no target)")
     run.add_argument("--reconstructor", default=defaults.reconstructor)
     run.add_argument("--n-blocks", type=int, default=defaults.n_blocks)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 done, 1 stopped/failed, 130 Ctrl-C)."""
     args = _parser().parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet")}
-    options["target"] = None if args.target is not None and args.target < 0 else args.target
+    options["stop_r2"] = None if args.stop_r2 is not None and args.stop_r2 < 0 else args.stop_r2
     options["progress"] = not args.quiet
     try:
         result = run_experiment(

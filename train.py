@@ -1,7 +1,7 @@
 """Train a MaskablePPO acquisition policy on synthetic twin samples.
 
 Every training episode draws a new twin sample from the training seed range; held-out samples
-(seeds from ``evaluate.HELD_OUT_SEED_START`` = 100 000 on) are used only for the periodic
+(seeds from ``envs.sources.HELD_OUT_SEED_START`` = 100 000 on) are used only for the periodic
 evaluation, one fixed sample per evaluation env. The policy is the fully convolutional score map of
 :mod:`agents.ppo`, so the trained weights also run on other grid sizes (e.g. the full 60 x 60 grid
 in ``evaluate.py``).
@@ -46,6 +46,8 @@ from tqdm import tqdm
 
 from agents.ppo import ScoreMapPolicy, travel_pixels_of
 from envs import ENV_ID  # importing envs registers the acquisition envs (also in workers)
+from envs.factory import EnvConfig
+from envs.observation import ObservationSpec
 from envs.sources import HELD_OUT_SEED_START
 from reconstruct.base import resolve_device
 
@@ -122,27 +124,11 @@ class TrainArgs:
         "divide the actor head's output by the temperature (weights in log-score units) instead "
         "of folding 1/temperature into its weights",
     )
-    surprise_plane: bool = _arg(
-        True,
-        "observe the local-surprise plane (where the model's predictions of measured blocks were "
-        "worse than its variance said); with the heuristic prior the actor starts as "
-        "gp-surprise-per-second. On by default since it beat the model trained without it on 40 "
-        "held-out twins (models/README.md)",
-    )
-    energy_plane: bool = _arg(
-        True,
-        "observe the log pixel-energy plane (how strongly each pixel responds, which scales the "
-        "reconstruction's error on twins); with the heuristic prior and the surprise plane the "
-        "actor starts as gp-energy-surprise-per-second, or with --calibrate-energy as "
-        "gp-calibrated-energy-per-second",
-    )
-    calibrate_energy: bool = _arg(
-        True,
-        "with the energy plane: multiply it by the power of the energy fitted to each sample as "
-        "it is measured (how strongly the surprise of measured blocks rises with their energy). "
-        "On by default (off without the energy or the surprise plane): uncalibrated, the energy "
-        "helps on twins but hurts on the real BE-PFM file; calibrated, it helps on twins and "
-        "costs nothing there (models/README.md)",
+    planes: str = _arg(
+        "surprise,calibrated-energy",
+        "comma-separated optional observation planes (envs.observation.OPTIONAL_PLANES: "
+        "surprise, energy, calibrated-energy; empty for none); with the heuristic prior the "
+        "actor starts as the heuristic that reads the same planes",
     )
     channels: int = _arg(16, "feature channels of the convolutional score map")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
@@ -180,8 +166,10 @@ class TrainArgs:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.energy_plane and self.surprise_plane):
-            self.calibrate_energy = False  # it calibrates the energy plane on the surprise
+        try:
+            ObservationSpec(self.blocks, optional=self.plane_names())
+        except ValueError as err:
+            problems.append(f"planes: {err}")
         if not 0.0 <= self.stop_r2 < 1.0:
             problems.append(f"stop_r2 must be in [0, 1), got {self.stop_r2}")
         if not 0.0 < self.budget_fraction <= 1.0:
@@ -194,6 +182,9 @@ class TrainArgs:
             )
         if problems:
             raise ValueError("invalid training arguments: " + "; ".join(problems))
+
+    def plane_names(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.planes.split(",") if p.strip())
 
     def dilation_tuple(self) -> tuple[int, ...]:
         values = tuple(int(d) for d in self.dilations.split(",") if d.strip())
@@ -233,11 +224,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
 
 # --------------------------------------------------------------------------- environments
 def env_kwargs(args: TrainArgs, twin_seeds: int | list[int]) -> dict[str, Any]:
-    """JSON-safe keyword arguments of the acquisition env for a twin seed or seed range."""
+    """JSON-safe settings of the acquisition env (:class:`envs.factory.EnvConfig`) for a twin
+    seed or seed range."""
     overrides: dict[str, Any] = {"grid": [args.grid, args.grid]}
     if args.n_times:
         overrides["n_times"] = args.n_times
-    return dict(
+    config = EnvConfig(
         data="twin",
         twin_seeds=twin_seeds,
         twin_overrides=overrides,
@@ -245,11 +237,10 @@ def env_kwargs(args: TrainArgs, twin_seeds: int | list[int]) -> dict[str, Any]:
         n_blocks=args.blocks,
         budget_fraction=args.budget_fraction,
         reward=args.reward,
-        target_r2=args.stop_r2 or None,
-        observe_surprise=args.surprise_plane,
-        observe_energy=args.energy_plane,
-        calibrate_energy=args.calibrate_energy,
+        stop_r2=args.stop_r2 or None,
+        planes=list(args.plane_names()),
     )
+    return config.to_kwargs()
 
 
 class ScaleReward(gym.RewardWrapper):
@@ -264,37 +255,44 @@ class ScaleReward(gym.RewardWrapper):
 
 
 def make_env(
-    env_id: str, kwargs: dict[str, Any], reward_scale: float = 1.0
+    env_id: str, kwargs: dict[str, Any], reward_scale: float = 1.0, worker: bool = False
 ) -> Callable[[], gym.Env]:
-    """A factory for one monitored env; in a worker process it first limits torch to one thread
-    (several workers on a few cores otherwise oversubscribe them). The monitor sits inside the
-    reward scaling, so logged episode returns stay in the env's own units (normalised AUC)."""
+    """A factory for one monitored env. In a worker process (``worker=True``: a subprocess
+    vector env) it first limits torch to one thread, since several workers on a few cores
+    otherwise oversubscribe them; in the learner's own process (a ``DummyVecEnv``) it leaves
+    the thread count alone, which ``--torch-threads`` sets. The monitor sits inside the reward
+    scaling, so logged episode returns stay in the env's own units (normalised AUC)."""
 
     def thunk() -> gym.Env:
-        os.environ["OMP_NUM_THREADS"] = "1"
-        torch.set_num_threads(1)
+        if worker:
+            os.environ["OMP_NUM_THREADS"] = "1"
+            torch.set_num_threads(1)
         env = Monitor(gym.make(env_id, **kwargs))
         return ScaleReward(env, reward_scale) if reward_scale != 1.0 else env
 
     return thunk
 
 
-def travel_pixels(args: TrainArgs) -> float:
-    """Pixel pitches of tip travel that cost as much as one block measured at the tip, right
-    after the initial design, in the training env (the ``d0`` of the score map's travel prior,
-    from the env's cost model)."""
+def probe_env(args: TrainArgs) -> tuple[float, dict[str, Any]]:
+    """What the score map needs from the training env, right after the initial design: the
+    pixel pitches of tip travel that cost as much as one block measured at the tip (the ``d0``
+    of the travel prior, from the env's cost model), and the observation spec."""
     env = gym.make(args.env_id, **env_kwargs(args, args.train_seed_start))
     env.reset(seed=args.seed)
     pixels = travel_pixels_of(env)
+    spec = env.unwrapped.observation_spec.to_dict()
     env.close()
-    return pixels
+    return pixels, spec
 
 
-def make_vec_env(factories: list[Callable[[], gym.Env]], kind: str) -> VecEnv:
-    """Subprocess or in-process vector env over ``factories``."""
-    if kind == "subproc" and len(factories) > 1:
-        return SubprocVecEnv(factories)
-    return DummyVecEnv(factories)
+
+def make_vec_env(
+    env_id: str, settings: list[dict[str, Any]], kind: str, reward_scale: float = 1.0
+) -> VecEnv:
+    """Subprocess or in-process vector env of one monitored env per entry of ``settings``."""
+    workers = kind == "subproc" and len(settings) > 1
+    factories = [make_env(env_id, kwargs, reward_scale, worker=workers) for kwargs in settings]
+    return SubprocVecEnv(factories) if workers else DummyVecEnv(factories)
 
 
 # --------------------------------------------------------------------------- logging callbacks
@@ -410,6 +408,7 @@ def new_model(
 ) -> MaskablePPO:
     """An untrained MaskablePPO with the score-map policy as ``args`` configure it, on ``env``
     (the one place the model is built: training and supervised studies share it)."""
+    travel, spec = probe_env(args)
     return MaskablePPO(
         ScoreMapPolicy,
         env,
@@ -429,10 +428,8 @@ def new_model(
             "heuristic_prior": args.heuristic_prior,
             "temperature": args.temperature,
             "scaled_head": args.scaled_head,
-            "surprise_plane": args.surprise_plane,
-            "energy_plane": args.energy_plane,
-            "calibrated_energy": args.calibrate_energy,
-            "travel_pixels": travel_pixels(args),
+            "observation_spec": spec,
+            "travel_pixels": travel,
         },
         tensorboard_log=tensorboard_log,
         seed=args.seed,
@@ -450,26 +447,18 @@ def train(args: TrainArgs) -> MaskablePPO:
 
     train_range = [args.train_seed_start, args.train_seed_end]
     train_env = make_vec_env(
-        [
-            make_env(args.env_id, env_kwargs(args, train_range), args.reward_scale)
-            for _ in range(args.n_envs)
-        ],
-        args.vec_env,
+        args.env_id, [env_kwargs(args, train_range)] * args.n_envs, args.vec_env, args.reward_scale
     )
     if args.resume:
         saved = MaskablePPO.load(args.resume, device=device)
-        for option, attribute, given, what in (
-            ("surprise-plane", "surprise_plane", args.surprise_plane, "the surprise plane"),
-            ("energy-plane", "energy_plane", args.energy_plane, "the energy plane"),
-            ("calibrate-energy", "calibrated_energy", args.calibrate_energy, "its calibration"),
-        ):
-            saved_has = bool(getattr(saved.policy, attribute, False))
-            if saved_has != given:
-                flag = f"--{'' if saved_has else 'no-'}{option}"
-                raise ValueError(
-                    f"{args.resume} was trained {'with' if saved_has else 'without'} {what}: "
-                    f"resume it with {flag}"
-                )
+        wanted = ObservationSpec(args.blocks, optional=args.plane_names())
+        difference = saved.policy.observation_spec.mismatch(wanted)
+        if difference:
+            raise ValueError(
+                f"{args.resume} was trained on {saved.policy.observation_spec.describe()}, not "
+                f"on what these options give ({difference}): resume it with --planes "
+                f"{','.join(saved.policy.observation_spec.optional)}"
+            )
         model = MaskablePPO.load(
             args.resume, env=train_env, device=device, tensorboard_log=str(out / "tb")
         )
@@ -495,10 +484,8 @@ def train(args: TrainArgs) -> MaskablePPO:
         )
     if args.eval_freq and args.eval_seeds:
         eval_env = make_vec_env(
-            [
-                make_env(args.env_id, env_kwargs(args, HELD_OUT_SEED_START + i))
-                for i in range(args.eval_seeds)
-            ],
+            args.env_id,
+            [env_kwargs(args, HELD_OUT_SEED_START + i) for i in range(args.eval_seeds)],
             args.vec_env,
         )
         callbacks.append(

@@ -45,6 +45,11 @@ class Policy(ABC):
             raise ValueError(f"policy {cls.name!r} takes no argument, got {argument!r}")
         return cls()
 
+    def env_settings(self) -> dict[str, Any]:
+        """Env settings (:class:`envs.factory.EnvConfig` fields) this policy needs, e.g. the
+        observation planes a trained model reads; programs build its env with them."""
+        return {}
+
     @property
     def label(self) -> str:
         """Name for tables and plots; privileged policies say so."""

@@ -10,10 +10,10 @@ any ``(X, Y)``. The critic pools the same feature map over space.
 Network (``ScoreMapExtractor`` + ``ScoreMapHeads``):
 
 - input: the observation planes ``(C, X, Y)`` plus every scalar broadcast as a constant plane,
-  plus (``heuristic_prior=True``) derived *prior planes* computed from the env's planes: the log
-  of each block's uncertainty plane and the log travel factor ``log(1 + d / travel_pixels)``,
-  ``d`` the distance of each pixel from the tip (found from the one-hot tip plane), and (with
-  ``surprise_plane=True``) the local surprise in log units;
+  plus (``heuristic_prior=True``) derived *prior planes* read by name from the env's planes
+  (:class:`envs.observation.ObservationSpec`): the log of each block's uncertainty plane and the
+  log travel factor ``log(1 + d / travel_pixels)``, ``d`` the distance of each pixel from the
+  tip, and, when the observation holds them, the local surprise and the log energy;
 - a 3x3 stem, then residual 3x3 convolutions with growing dilation (1, 2, 4, 8 by default), each
   also fed a global-average "context" of the map, so the receptive field spans about 33 pixels
   (several domains) while the cost stays linear in the number of pixels;
@@ -30,20 +30,13 @@ sampling is near-greedy; PPO then learns corrections through the trunk. A unifor
 thousands of actions gave no measurable learning in 16k steps, and a learned policy that cannot
 first match the heuristic has nothing to improve on.
 
-Surprise. With ``surprise_plane=True`` the observation holds the env's local-surprise plane
-(``AcquisitionEnv(observe_surprise=True)``, :mod:`envs.surprise`) just before the tip plane, and
-the prior adds ``SURPRISE_WEIGHT * local surprise`` to the log score: the untrained policy is then
-``gp-surprise-per-second``. The flag is a policy keyword, saved with the model (models saved
-before it load with ``False``): the plane count alone cannot tell a surprise plane from one more
-component map.
-
-Energy. With ``energy_plane=True`` the observation also holds the env's log pixel-energy plane
-(``AcquisitionEnv(observe_energy=True)``, :mod:`envs.energy`), after the surprise plane, and the
-prior adds the log energy to the log score: with both planes the untrained policy is
-``gp-energy-surprise-per-second``. Saved with the model like ``surprise_plane``. With
-``calibrated_energy=True`` the plane is the env's calibrated one (``calibrate_energy=True``:
-the log energy times the power fitted to the sample, :func:`envs.energy.energy_exponent`), and
-the untrained policy is ``gp-calibrated-energy-per-second``.
+Optional planes. With a ``surprise`` plane in the observation (:mod:`envs.surprise`) the prior
+adds ``SURPRISE_WEIGHT * local surprise`` to the log score: the untrained policy is then
+``gp-surprise-per-second``; with an ``energy`` plane (:mod:`envs.energy`) it adds the log energy
+too (``gp-energy-surprise-per-second``), and with ``calibrated-energy`` (the log energy times
+the power fitted to the sample) it starts as ``gp-calibrated-energy-per-second``. The model
+saves the observation spec it was trained on, and :class:`PPOPolicy` runs only on envs whose
+observation has the same spec.
 
 :class:`ScoreMapPolicy` plugs these into sb3-contrib's ``MaskableActorCriticPolicy`` (the logits
 are the actor's latent, the action net is the identity), so MaskablePPO trains it unchanged.
@@ -64,8 +57,9 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from agents.base import Policy
-from envs.energy import ENERGY_PLANE_SCALE, energy_observation
-from envs.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT, SurpriseTracker
+from envs.energy import ENERGY_PLANE_SCALE
+from envs.observation import ObservationSpec
+from envs.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT
 from reconstruct.base import resolve_device
 
 #: Where ``train.py`` writes the shipped model, and what ``"ppo"`` without a path loads.
@@ -111,70 +105,49 @@ class _DilatedBlock(nn.Module):
         return x + self.act(self.conv(x) + context)
 
 
-#: The optional observation planes, in the order the env puts them before the tip plane.
-OPTIONAL_PLANES = ("surprise", "energy")
-
 #: Uncertainty planes are floored at this fraction of their maximum before the log (a measured
 #: block has zero variance; its action is masked anyway).
 UNCERTAINTY_FLOOR = 1e-4
 
 
 class PriorPlanes(nn.Module):
-    """Log uncertainty per block and log travel factor (and local surprise, log energy), from
-    the acquisition env's planes.
+    """Log uncertainty per block and log travel factor (and local surprise, log energy), read by
+    name from the acquisition env's planes.
 
-    The env's planes are ``[measured mask (nb), component maps (nc), uncertainty (nb),
-    (surprise (1),) (energy (1),) tip (1)]`` (:class:`envs.acquisition.AcquisitionEnv`). Output
-    ``(B, nb + 1 [+ 1] [+ 1], X, Y)``: ``log u_b`` for each block, then ``log(1 + d /
+    Output ``(B, nb + 1 [+ 1] [+ 1], X, Y)``: ``log u_b`` for each block, then ``log(1 + d /
     travel_pixels)`` with ``d`` the Euclidean distance in pixel pitches from the tip (the cost
-    model's travel metric), then (``surprise_plane``) the local surprise in log units (the plane
-    times ``SURPRISE_PLANE_SCALE``, undoing the env's scaling), then (``energy_plane``) the log
-    pixel energy relative to the largest (the plane times ``ENERGY_PLANE_SCALE``).
+    model's travel metric), then (with a ``surprise`` plane) the local surprise in log units
+    (the plane times ``SURPRISE_PLANE_SCALE``, undoing the env's scaling), then (with an
+    ``energy`` or ``calibrated-energy`` plane) the log pixel energy relative to the largest (the
+    plane times ``ENERGY_PLANE_SCALE``).
 
     Parameters
     ----------
-    n_planes, n_blocks
-        Planes in the observation and voltage blocks per pixel.
+    spec
+        The observation's :class:`envs.observation.ObservationSpec`.
     travel_pixels
         Pixel pitches of travel that cost as much as one block's measurement (``d0 = c0 / k``).
-    surprise_plane, energy_plane
-        Whether the observation holds the surprise plane and the energy plane (in that order,
-        before the tip plane).
     """
 
-    def __init__(
-        self,
-        n_planes: int,
-        n_blocks: int,
-        travel_pixels: float,
-        surprise_plane: bool = False,
-        energy_plane: bool = False,
-    ) -> None:
+    def __init__(self, spec: ObservationSpec, travel_pixels: float) -> None:
         super().__init__()
-        n_components = n_planes - 2 * n_blocks - 1 - int(surprise_plane) - int(energy_plane)
-        if n_components < 1:
-            surprise = "a surprise plane, " if surprise_plane else ""
-            surprise += "an energy plane, " if energy_plane else ""
-            raise ValueError(
-                f"prior planes need the acquisition env's layout (2 x {n_blocks} block planes, "
-                f">= 1 component map, {surprise}a tip plane), but the observation has only "
-                f"{n_planes} planes; pass heuristic_prior=False for other observations"
-            )
         if not travel_pixels > 0:
             raise ValueError(f"travel_pixels must be > 0, got {travel_pixels}")
-        self.uncertainty_start = n_blocks + n_components
-        self.n_blocks = n_blocks
+        self.n_blocks = spec.n_blocks
         self.travel_pixels = float(travel_pixels)
-        self.surprise_plane = bool(surprise_plane)
-        self.energy_plane = bool(energy_plane)
-        self.n_outputs = n_blocks + 1 + int(surprise_plane) + int(energy_plane)
+        self.uncertainty = spec.planes_of("uncertainty")
+        self.tip = spec.planes_of("tip").start
+        self.surprise = spec.planes_of("surprise") if spec.has("surprise") else None
+        energy = next((p for p in ("energy", "calibrated-energy") if spec.has(p)), None)
+        self.energy = spec.planes_of(energy) if energy else None
+        self.n_outputs = self.n_blocks + 1 + int(self.surprise is not None) + int(
+            self.energy is not None
+        )
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         batch, _, nx, ny = planes.shape
-        start = self.uncertainty_start
-        uncertainty = planes[:, start : start + self.n_blocks]
-        log_uncertainty = torch.log(uncertainty.clamp_min(UNCERTAINTY_FLOOR))
-        tip = planes[:, -1].reshape(batch, -1).argmax(dim=1)
+        log_uncertainty = torch.log(planes[:, self.uncertainty].clamp_min(UNCERTAINTY_FLOOR))
+        tip = planes[:, self.tip].reshape(batch, -1).argmax(dim=1)
         rows = torch.arange(nx, device=planes.device, dtype=planes.dtype)
         cols = torch.arange(ny, device=planes.device, dtype=planes.dtype)
         tip_row = torch.div(tip, ny, rounding_mode="floor").to(planes.dtype)
@@ -185,12 +158,10 @@ class PriorPlanes(nn.Module):
         )
         travel = torch.log1p(distance / self.travel_pixels)[:, None]
         parts = [log_uncertainty, travel]
-        # The optional planes sit just before the tip plane: (surprise,) (energy,) tip.
-        after = 1 + int(self.energy_plane)
-        if self.surprise_plane:
-            parts.append(planes[:, -after - 1 : -after] * SURPRISE_PLANE_SCALE)
-        if self.energy_plane:
-            parts.append(planes[:, -2:-1] * ENERGY_PLANE_SCALE)
+        if self.surprise is not None:
+            parts.append(planes[:, self.surprise] * SURPRISE_PLANE_SCALE)
+        if self.energy is not None:
+            parts.append(planes[:, self.energy] * ENERGY_PLANE_SCALE)
         return torch.cat(parts, dim=1)
 
 
@@ -209,9 +180,10 @@ class ScoreMapExtractor(BaseFeaturesExtractor):
         Feature channels ``F`` throughout the trunk.
     dilations
         Dilation of each residual block; the receptive field is ``3 + 2 * sum(dilations)`` pixels.
-    n_blocks
-        Voltage blocks per pixel; ``None`` for no prior planes (any plane layout).
-    travel_pixels, surprise_plane, energy_plane
+    observation_spec
+        The observation's spec (:meth:`ObservationSpec.to_dict`) for the prior planes; ``None``
+        for no prior planes (any plane layout).
+    travel_pixels
         See :class:`PriorPlanes`.
     """
 
@@ -220,18 +192,16 @@ class ScoreMapExtractor(BaseFeaturesExtractor):
         observation_space: spaces.Dict,
         channels: int = 32,
         dilations: tuple[int, ...] = (1, 2, 4, 8),
-        n_blocks: int | None = None,
+        observation_spec: dict[str, Any] | None = None,
         travel_pixels: float = 44.0,
-        surprise_plane: bool = False,
-        energy_plane: bool = False,
     ) -> None:
         n_planes, n_scalars = _check_observation_space(observation_space)
         if channels < 1 or not dilations or min(dilations) < 1:
             raise ValueError(f"need channels >= 1 and dilations >= 1, got {channels}, {dilations}")
         prior = (
             None
-            if n_blocks is None
-            else PriorPlanes(n_planes, n_blocks, travel_pixels, surprise_plane, energy_plane)
+            if observation_spec is None
+            else PriorPlanes(ObservationSpec.from_dict(observation_spec), travel_pixels)
         )
         n_inputs = n_planes + n_scalars + (0 if prior is None else prior.n_outputs)
         super().__init__(observation_space, features_dim=channels + n_inputs)
@@ -283,6 +253,21 @@ class ScoreMapHeads(nn.Module):
         return self.forward_actor(features), self.forward_critic(features)
 
 
+def _spec_from_flags(
+    n_planes: int, n_blocks: int, surprise: bool, energy: bool, calibrated: bool
+) -> ObservationSpec | None:
+    """The spec of an acquisition observation with these optional planes (the flags that
+    models saved before the spec carry); None when the plane count fits no acquisition layout."""
+    if calibrated and not (surprise and energy):
+        raise ValueError("calibrated_energy needs surprise_plane=True and energy_plane=True")
+    energy_name = "calibrated-energy" if calibrated else "energy"
+    optional = ("surprise",) * surprise + (energy_name,) * energy
+    n_components = n_planes - 2 * n_blocks - 1 - len(optional)
+    if n_components < 1:
+        return None
+    return ObservationSpec(n_blocks, n_components, optional)
+
+
 class ScoreMapPolicy(MaskableActorCriticPolicy):
     """MaskableActorCriticPolicy whose actor is a convolutional score map (grid-size independent).
 
@@ -295,14 +280,14 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
     prior's are +-1), so an optimiser step of a given size moves the scores as much at any
     temperature; folded into the weights (the default, as in models saved before), the prior
     weights are ``1 / temperature`` (20 at 0.05) and Adam's steps of ~lr per weight barely move
-    them or the trunk's share of the score. ``surprise_plane=True`` says the observation holds
-    the env's local-surprise plane (``observe_surprise=True``); with the prior, the actor then
-    starts as ``gp-surprise-per-second``; ``energy_plane=True`` likewise for the log
-    pixel-energy plane (``observe_energy=True``), and with both the actor starts as
-    ``gp-energy-surprise-per-second``; ``calibrated_energy=True`` says the energy plane is the
-    env's calibrated one (``calibrate_energy=True``), and the actor then starts as
-    ``gp-calibrated-energy-per-second``. Everything else is as in sb3-contrib. ``net_arch``
-    and ``features_extractor_class`` are fixed.
+    them or the trunk's share of the score. ``observation_spec`` (a
+    :meth:`envs.observation.ObservationSpec.to_dict`, saved with the model) names the planes;
+    with a ``surprise`` plane and the prior the actor starts as ``gp-surprise-per-second``, with
+    an ``energy`` plane too as ``gp-energy-surprise-per-second``, with ``calibrated-energy`` as
+    ``gp-calibrated-energy-per-second``. Models saved before the spec existed carry the flags
+    ``surprise_plane``, ``energy_plane`` and ``calibrated_energy`` instead; they are read into a
+    spec. Everything else is as in sb3-contrib. ``net_arch`` and ``features_extractor_class``
+    are fixed.
     """
 
     def __init__(
@@ -317,14 +302,13 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         temperature: float = 0.2,
         travel_pixels: float = 44.0,
         scaled_head: bool = False,
+        observation_spec: dict[str, Any] | None = None,
         surprise_plane: bool = False,
         energy_plane: bool = False,
         calibrated_energy: bool = False,
         **kwargs: Any,
     ) -> None:
-        _check_observation_space(observation_space)
-        if calibrated_energy and not (surprise_plane and energy_plane):
-            raise ValueError("calibrated_energy needs surprise_plane=True and energy_plane=True")
+        n_planes, _ = _check_observation_space(observation_space)
         nx, ny = observation_space["planes"].shape[1:]
         if not isinstance(action_space, spaces.Discrete) or int(action_space.n) % (nx * ny):
             raise ValueError(
@@ -339,18 +323,35 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
         self.heuristic_prior = bool(heuristic_prior)
         self.temperature = float(temperature)
         self.scaled_head = bool(scaled_head)
-        self.surprise_plane = bool(surprise_plane)
-        self.energy_plane = bool(energy_plane)
-        self.calibrated_energy = bool(calibrated_energy)
+        if observation_spec is not None:
+            self.observation_spec: ObservationSpec | None = ObservationSpec.from_dict(
+                observation_spec
+            )
+        else:
+            self.observation_spec = _spec_from_flags(
+                n_planes, self.n_blocks, surprise_plane, energy_plane, calibrated_energy
+            )
+        if self.observation_spec is not None and self.observation_spec.n_planes != n_planes:
+            raise ValueError(
+                f"the observation has {n_planes} planes, its spec "
+                f"({self.observation_spec.describe()}) names {self.observation_spec.n_planes}"
+            )
+        if self.heuristic_prior and self.observation_spec is None:
+            optional = "a surprise plane, " * surprise_plane + "an energy plane, " * energy_plane
+            raise ValueError(
+                f"prior planes need the acquisition env's layout (2 x {self.n_blocks} block "
+                f"planes, >= 1 component map, {optional}a tip plane), but the observation has "
+                f"only {n_planes} planes; pass heuristic_prior=False for other observations"
+            )
         kwargs.pop("net_arch", None)
         kwargs["features_extractor_class"] = ScoreMapExtractor
         kwargs["features_extractor_kwargs"] = {
             "channels": channels,
             "dilations": tuple(dilations),
-            "n_blocks": self.n_blocks if self.heuristic_prior else None,
+            "observation_spec": (
+                self.observation_spec.to_dict() if self.heuristic_prior else None
+            ),
             "travel_pixels": float(travel_pixels),
-            "surprise_plane": self.surprise_plane,
-            "energy_plane": self.energy_plane,
         }
         kwargs.setdefault("share_features_extractor", True)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], **kwargs)
@@ -400,10 +401,11 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
                 head.weight[block, prior_start + block] = weight
             head.weight[:, prior_start + self.n_blocks] = -weight
             extra = prior_start + self.n_blocks + 1
-            if self.surprise_plane:
+            prior = self.features_extractor.prior
+            if prior.surprise is not None:
                 head.weight[:, extra] = SURPRISE_WEIGHT * weight
                 extra += 1
-            if self.energy_plane:
+            if prior.energy is not None:
                 head.weight[:, extra] = weight
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -419,9 +421,9 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
             temperature=self.temperature,
             travel_pixels=kwargs["travel_pixels"],
             scaled_head=self.scaled_head,
-            surprise_plane=self.surprise_plane,
-            energy_plane=self.energy_plane,
-            calibrated_energy=self.calibrated_energy,
+            observation_spec=(
+                None if self.observation_spec is None else self.observation_spec.to_dict()
+            ),
         )
         return data
 
@@ -474,21 +476,13 @@ class PPOPolicy(Policy):
     device
         ``"auto"`` (CUDA when present), ``"cpu"``, ...
 
-    The grid of the observations may differ from the training grid: only the number of planes,
-    scalars and blocks must match. With the heuristic prior, :meth:`reset` takes the travel
-    prior's ``d0`` from the env's cost model (the instrument's public prices, as
+    The grid of the observations may differ from the training grid; the observation contract
+    (:attr:`observation_spec`: blocks, component maps, optional planes) must be the model's:
+    :meth:`env_settings` says which env settings give it, and :meth:`reset` refuses an env
+    whose spec differs, naming the difference. With the heuristic prior, :meth:`reset` takes the
+    travel prior's ``d0`` from the env's cost model (the instrument's public prices, as
     ``gp-uncertainty-per-second`` reads them), so a model trained with short read-outs still
     weighs travel correctly on an instrument with long ones.
-
-    The surprise and energy planes follow the model, whatever the env shows: a model trained
-    with them (``surprise_plane``, ``energy_plane``) run on an env without them (``evaluate.py``'s
-    envs, built for every policy alike) computes them itself from the env's reconstructor,
-    exactly as the env would (for the surprise: its own :class:`envs.surprise.SurpriseTracker`,
-    noting each chosen block's prediction before the step and recording it at the next
-    decision), and inserts them; a model trained without them ignores an env's planes. A model
-    with the calibrated energy plane (``calibrated_energy``) on an env without it computes the
-    plane and the surprise with its own tracker, which also records the covariates the fitted
-    power needs.
     """
 
     name = "ppo"
@@ -518,10 +512,9 @@ class PPOPolicy(Policy):
             )
         self.network: ScoreMapPolicy = model.policy
         self.network.set_training_mode(False)
-        self._tracker: SurpriseTracker | None = None
-        self._env_planes = {"surprise": False, "energy": False}  # what the env's planes hold
-        self._computes = {"surprise": False, "energy": False}  # what this policy computes
-        self._log_energy: np.ndarray | None = None
+        if self.network.observation_spec is None:
+            raise ValueError(f"{path} was trained on observations no acquisition env gives")
+        self.observation_spec: ObservationSpec = self.network.observation_spec
 
     @property
     def label(self) -> str:
@@ -531,73 +524,28 @@ class PPOPolicy(Policy):
             return self.name
         return f"{self.name}:{self.model_path.stem}"
 
-    @property
-    def surprise_plane(self) -> bool:
-        """Whether the model reads a surprise plane (models saved before the flag: False)."""
-        return bool(getattr(self.network, "surprise_plane", False))
-
-    @property
-    def energy_plane(self) -> bool:
-        """Whether the model reads an energy plane (models saved before the flag: False)."""
-        return bool(getattr(self.network, "energy_plane", False))
-
-    @property
-    def calibrated_energy(self) -> bool:
-        """Whether the model's energy plane is the calibrated one (models saved before: False)."""
-        return bool(getattr(self.network, "calibrated_energy", False))
+    def env_settings(self) -> dict[str, Any]:
+        """The env settings (:class:`envs.factory.EnvConfig` fields) that give this model's
+        observation: its component maps and optional planes (the voltage blocks are the data's
+        choice: :meth:`reset` refuses a different number)."""
+        spec = self.observation_spec
+        return {"n_components": spec.n_components, "planes": list(spec.optional)}
 
     def reset(self, env: Any, seed: int | None = None) -> None:
         super().reset(env, seed)
+        shown = getattr(self.env, "observation_spec", None)
+        if shown is None:
+            raise ValueError(f"{self.model_path} runs on an acquisition env (observation_spec)")
+        difference = self.observation_spec.mismatch(shown)
+        if difference:
+            raise ValueError(
+                f"{self.model_path.name} was trained on {self.observation_spec.describe()}, the "
+                f"env observes {shown.describe()} ({difference}); build the env with the "
+                f"model's settings {self.env_settings()}"
+            )
         prior = self.network.features_extractor.prior
         if prior is not None and hasattr(self.env, "cost_model"):
             prior.travel_pixels = travel_pixels_of(self.env)
-        self._env_planes = {
-            "surprise": bool(getattr(self.env, "observe_surprise", False)),
-            "energy": bool(getattr(self.env, "observe_energy", False)),
-        }
-        # An env's energy plane of the other kind (calibrated or not) is recomputed.
-        same_energy = self._env_planes["energy"] and self.calibrated_energy == bool(
-            getattr(self.env, "calibrate_energy", False)
-        )
-        energy = self.energy_plane and not same_energy
-        # The calibrated energy needs the surprise tracker's covariates: its own tracker then.
-        surprise = self.surprise_plane and (
-            not self._env_planes["surprise"] or (energy and self.calibrated_energy)
-        )
-        self._computes = {"surprise": surprise, "energy": energy}
-        if (surprise or energy) and not hasattr(self.env, "reconstructor"):
-            raise ValueError(
-                f"{self.model_path} was trained with the surprise or energy plane: run it on an "
-                "acquisition env (observe_surprise / observe_energy, or any whose reconstructor "
-                "it can read)"
-            )
-        self._tracker = SurpriseTracker(self.env.grid_shape) if surprise else None
-        self._log_energy = None
-
-    def _model_observation(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The observation in the model's plane layout: the env's own planes, then the model's
-        optional planes (from the env's observation, or computed here), then the tip plane."""
-        shown = self._env_planes
-        wanted = {"surprise": self.surprise_plane, "energy": self.energy_plane}
-        if shown == wanted and not any(self._computes.values()):
-            return observation
-        planes = np.asarray(observation["planes"])
-        names = [k for k in OPTIONAL_PLANES if shown[k]]
-        n_shown = len(names)
-        optional = dict(zip(names, planes[len(planes) - 1 - n_shown : -1], strict=True))
-        if self._tracker is not None:
-            self._tracker.record(self.env.reconstructor)  # the last chosen block, if measured
-            optional["surprise"] = self._tracker.plane()
-        if self._computes["energy"] and hasattr(self.env, "reconstructor"):
-            tracker = self._tracker if self.calibrated_energy else None
-            self._log_energy, optional["energy"] = energy_observation(
-                self.env.reconstructor, self.env.grid_shape, tracker
-            )
-        if any(wanted[k] and k not in optional for k in wanted):
-            return observation  # not reset on an env: the plane count check explains
-        extra = [optional[k][None] for k in OPTIONAL_PLANES if wanted[k]]
-        planes = np.concatenate([planes[: len(planes) - 1 - n_shown], *extra, planes[-1:]])
-        return {**observation, "planes": planes}
 
     @property
     def n_blocks(self) -> int:
@@ -606,17 +554,15 @@ class PPOPolicy(Policy):
 
     def action_logits(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         """Unmasked logits ``(X * Y * n_blocks,)`` of one observation, in the env's action order."""
-        tensors = observation_to_tensors(self._model_observation(observation), self.device)
+        tensors = observation_to_tensors(observation, self.device)
         expected = self.network.observation_space
         n_planes, n_scalars = expected["planes"].shape[0], expected["scalars"].shape[0]
         if tensors["planes"].shape[1] != n_planes or tensors["scalars"].shape[1] != n_scalars:
-            planes = [k for k in OPTIONAL_PLANES if getattr(self, f"{k}_plane")]
-            optional = f"with the {' and '.join(planes)} plane" if planes else "no optional plane"
             raise ValueError(
                 f"the observation has {tensors['planes'].shape[1]} planes and "
                 f"{tensors['scalars'].shape[1]} scalars, the model was trained on {n_planes} and "
-                f"{n_scalars}: use the env settings it was trained with ({self.n_blocks} blocks "
-                f"per pixel, same number of component maps, {optional})"
+                f"{n_scalars}: use an env with {self.n_blocks} blocks per pixel and the model's "
+                f"settings {self.env_settings()}"
             )
         with torch.no_grad():
             logits = self.network.score_logits(tensors)
@@ -633,13 +579,4 @@ class PPOPolicy(Policy):
             )
         if not mask.any():
             raise RuntimeError("no valid action left")
-        action = int(np.argmax(np.where(mask, logits, -np.inf)))
-        if self._tracker is not None:
-            reconstructor = self.env.reconstructor
-            pixel, block = divmod(action, self.n_blocks)
-            variance = float(reconstructor.uncertainty()[pixel, block])
-            covariate = None
-            if self.calibrated_energy and self._log_energy is not None:
-                covariate = float(self._log_energy[pixel])  # the log energy its plane showed
-            self._tracker.expect(reconstructor, pixel, block, variance, covariate)
-        return action
+        return int(np.argmax(np.where(mask, logits, -np.inf)))

@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from envs.acquisition import AcquisitionEnv  # noqa: E402
+from envs.factory import make_env  # noqa: E402
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,15 +46,13 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "reconstructor": args.reconstructor,
         "device": args.device,
         "budget_fraction": 1.0,
-        "observe_surprise": args.surprise_plane,
-        "observe_energy": args.energy_plane,
-        "calibrate_energy": args.calibrate_energy,
+        "planes": [p for p in args.planes.split(",") if p],
     }
 
 
 def _make_env(kwargs: dict[str, Any]) -> gym.Env:
     torch.set_num_threads(1)
-    return AcquisitionEnv(**kwargs)
+    return make_env(**kwargs)
 
 
 def _timed(obj: Any, name: str, totals: dict[str, float]) -> None:
@@ -172,15 +171,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=400, help="timed env steps (per benchmark)")
     p.add_argument("--vector", default="4,8", help="vector-env sizes, comma separated; '' skips")
     p.add_argument(
-        "--surprise-plane", action="store_true", help="observe the local-surprise plane too"
-    )
-    p.add_argument(
-        "--energy-plane", action="store_true", help="observe the log pixel-energy plane too"
-    )
-    p.add_argument(
-        "--calibrate-energy",
-        action="store_true",
-        help="calibrate the energy plane (needs --surprise-plane --energy-plane)",
+        "--planes",
+        default="",
+        help="comma-separated optional observation planes (surprise, energy, calibrated-energy)",
     )
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)

@@ -10,7 +10,8 @@ process):
 - ``PFMAcquisition/RelaxationSmall-v0``: the same on a 16 x 16 grid with 16 read-outs, for tests
   and quick experiments.
 
-Any argument of :class:`envs.acquisition.AcquisitionEnv` can be overridden in ``make``.
+Any setting of :class:`envs.factory.EnvConfig` can be overridden in ``make``; in code,
+:func:`envs.factory.make_env` takes the same settings.
 """
 
 from typing import Any
@@ -23,7 +24,7 @@ from envs.instrument import Instrument, ReplayInstrument
 
 ENV_ID = "PFMAcquisition/Relaxation-v0"
 SMALL_ENV_ID = "PFMAcquisition/RelaxationSmall-v0"
-_ENTRY_POINT = "envs.acquisition:AcquisitionEnv"
+_ENTRY_POINT = "envs.factory:make_env"
 _REGISTERED: dict[str, dict[str, Any]] = {
     ENV_ID: {"data": "twin", "twin_seeds": [0, 1000], "reconstructor": "gp"},
     SMALL_ENV_ID: {
@@ -44,6 +45,10 @@ def __getattr__(name: str) -> Any:
         from envs.acquisition import AcquisitionEnv
 
         return AcquisitionEnv
+    if name in ("EnvConfig", "make_env"):
+        import envs.factory
+
+        return getattr(envs.factory, name)
     raise AttributeError(f"module 'envs' has no attribute {name!r}")
 
 
@@ -54,7 +59,9 @@ __all__ = [
     "Axis",
     "CostModel",
     "DataError",
+    "EnvConfig",
     "Dataset",
     "Instrument",
     "ReplayInstrument",
+    "make_env",
 ]

@@ -23,7 +23,7 @@ seen. Three estimates of it:
 Measured limits: on a 10 x 10 x 16 x 8 twin with 12 check blocks (``tests/test_experiment.py``),
 ``"calibrated"`` stays within 0.15 of the true R^2 (the test allows 0.2). On a 24 x 24 x 16 x 128
 twin with ``gp-uncertainty`` and a 0.9 target, every estimate stopped the run optimistically
-(``python -m envs.experiment run --instrument replay:twin:0 --twin-grid 24 --agent
+(``python experiment.py run --instrument replay:twin:0 --twin-grid 24 --agent
 gp-uncertainty --budget-hours 1 --target 0.9 --reference twin:0 --seed 0 --algorithm-clock model
 --estimate KIND``): ``"calibrated"`` 0.901 against a true 0.747, ``"variance"`` 0.903 against
 0.768, ``"check"`` 0.900 against 0.797. Treat the stop rule as leaning 0.1-0.15 optimistic on

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -14,7 +13,9 @@ from gymnasium import spaces
 from envs.cost import CostModel
 from envs.dataset import DataError, Dataset
 from envs.energy import energy_observation
-from envs.instrument import ReplayInstrument
+from envs.instrument import Instrument, ReplayInstrument
+from envs.observation import ObservationSpec
+from envs.sources import DatasetSource
 from envs.surprise import SurpriseTracker
 from reconstruct.base import BlockLayout, Reconstructor
 
@@ -56,19 +57,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     -----------------
     ``Dict`` of
 
-    - ``"planes"``: ``Box(-1, 1, (C, X, Y), float32)``, channel-first, ``C = 2 n_blocks +
-      n_components + 1`` (``+ 1`` each with ``observe_surprise`` and ``observe_energy``): the
-      measured mask of each block (0/1); the reconstruction's ``n_components`` leading spectral
-      component maps (``reconstructor.component_maps``), each divided by its largest magnitude;
-      the predictive uncertainty of each block (``reconstructor.uncertainty()``) divided by its
-      largest value; with ``observe_surprise``, the local surprise (:mod:`envs.surprise`: the
-      smoothed log ratio of each measured block's squared prediction error, predicted just
-      before it was measured, to its predicted variance) divided by ``SURPRISE_PLANE_SCALE`` = 4
-      and clipped to [-1, 1], 0 before the first step; with ``observe_energy``, the log of each
-      pixel's estimated signal energy relative to the largest (:mod:`envs.energy`) divided by
-      ``ENERGY_PLANE_SCALE`` = 8 and clipped to [-1, 0], times the fitted power of the energy
-      with ``calibrate_energy`` (:func:`envs.energy.energy_exponent`); the tip position
-      (one-hot), always last.
+    - ``"planes"``: ``Box(-1, 1, (C, X, Y), float32)``, channel-first, named and ordered by
+      the env's :class:`envs.observation.ObservationSpec` (``env.observation_spec``): the
+      measured mask of each block, the reconstruction's leading spectral component maps, the
+      predictive uncertainty of each block, the optional planes it names (local surprise, log
+      pixel energy, calibrated energy) and the tip position (one-hot), always last.
     - ``"scalars"``: ``Box(0, 1, (3,), float32)``: fraction of the budget used (clipped at 1),
       fraction of blocks measured, and the recent change of the reconstruction (relative change
       of the component maps over the last step, sign-aligned, clipped at 1).
@@ -95,15 +88,16 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
 
     Starting State
     --------------
-    Each reset draws a dataset (a twin seed from ``twin_seeds`` through ``self.np_random``, the
-    loaded file, or ``options={"dataset": Dataset}``), puts the tip at pixel 0 and measures the
+    Each reset draws a dataset from the source (through ``self.np_random``; or
+    ``options={"dataset": Dataset}``), puts the tip at pixel 0 (a live instrument's tip stays
+    where it is) and, unless ``options={"initial_design": False}``, measures the
     initial design: every block of the pixels on a grid of stride ``initial_stride`` (offset by
     half a stride), in raster order. Its instrument seconds and the algorithm time of one batch
     update are charged, so the episode starts with ``seconds > 0`` and ``R2_0`` from that design.
 
     Episode End
     -----------
-    ``terminated`` when the seconds used reach the budget, when ``target_r2`` (if set) is reached,
+    ``terminated`` when the seconds used reach the budget, when ``stop_r2`` (if set) is reached,
     or when every block is measured. ``truncated`` is never set by the environment itself, only
     by a ``TimeLimit`` wrapper. The final step's info holds ``"r2_truth"`` (R^2 against the
     noise-free truth) when the dataset has one.
@@ -118,49 +112,32 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
 
     Arguments
     ---------
-    data
-        ``"twin"`` (synthetic relaxation twin; see ``twin_seeds`` and ``twin_overrides``),
-        ``"twin:SEED"``, or a path to an h5/npy file read by :func:`envs.loaders.load_dataset`.
-        A :class:`Dataset` instance also works (not JSON-safe: not for registration kwargs).
-    twin_seeds
-        An int (the same twin every reset) or ``[lo, hi)``: each reset draws a seed from that range
-        with ``self.np_random``.
-    twin_overrides
-        JSON-safe dict of twin settings (e.g. ``{"grid": [16, 16], "n_times": 16}``).
-    reconstructor, reconstructor_kwargs
-        Name for :func:`reconstruct.registry.make_reconstructor` and its keyword arguments.
-    device
-        Passed to the reconstructor; ``"auto"`` picks CUDA when present.
-    n_blocks, block_scheme
-        The voltage blocks; ``n_blocks`` must divide the voltage axis (``ValueError`` otherwise);
-        ``block_scheme`` is ``"spread"`` (default), ``"interleaved"`` or ``"contiguous"``
-        (:class:`reconstruct.BlockLayout`).
-    cost
-        Cost-model parameters (``CostModel`` field names); ``reads`` and ``read_interval_s``
-        default to the dataset's time axis when it has a time unit.
+    The env receives its parts as objects; :func:`envs.factory.make_env` builds them from the
+    JSON-safe settings that ``gymnasium.make`` passes (:class:`envs.factory.EnvConfig`).
+
+    source
+        A :class:`envs.sources.DatasetSource` to replay (one dataset per episode, drawn with
+        ``self.np_random``), or a live :class:`envs.instrument.Instrument`: then there is no
+        reference, ``info["r2"]`` is NaN and every reward is 0.
+    reconstructor
+        Any :class:`reconstruct.Reconstructor` built for the data's grid and spectral shape; its
+        ``layout`` sets the voltage blocks.
+    cost_model
+        The :class:`envs.cost.CostModel` that prices measurements and the algorithm's time.
     budget_fraction, budget_seconds
         The budget as a fraction of the full-raster time and/or in seconds (the smaller wins when
         both are given; ``budget_fraction`` defaults to 0.5 when neither is). Must be > 0 and
         larger than the initial design's cost.
-    target_r2
+    stop_r2
         Optional accuracy that ends the episode once reached.
     initial_stride
         Stride of the initial grid of fully measured pixels; 0 for no initial design.
     reward, repeat_penalty
         ``"auc"`` or ``"rate"``; penalty (>= 0) for a repeated block.
-    n_components
-        Component maps in the observation.
-    observe_surprise
-        Add the local-surprise plane to the observation (off by default: the layout that models
-        trained before it expect). Each step then also predicts the chosen block before
-        measuring it.
-    observe_energy
-        Add the log pixel-energy plane (:mod:`envs.energy`) to the observation, after the
-        surprise plane (off by default, as for the surprise plane).
-    calibrate_energy
-        Multiply the energy plane by the power of the energy fitted to this sample's measured
-        blocks (:func:`envs.energy.energy_exponent`: how strongly their surprise rises with
-        their pixel's energy); needs ``observe_surprise`` and ``observe_energy``.
+    observation
+        The :class:`envs.observation.ObservationSpec` (component maps, optional planes); by
+        default 3 component maps and no optional plane. With a ``surprise`` plane each step also
+        predicts the chosen block before measuring it.
     render_mode
         ``None`` or ``"rgb_array"`` (mask, reconstructed map, uncertainty and true map).
 
@@ -172,8 +149,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         The voltage blocks.
     cost_model : envs.cost.CostModel
         Prices of this episode's measurements.
-    instrument : envs.instrument.ReplayInstrument
-        The replayed instrument.
+    instrument : envs.instrument.Instrument
+        The episode's instrument: a replay of the dataset, or the live one.
     tip_pixel : int
         Flat index of the pixel under the tip.
     seconds_used, budget_seconds, full_raster_seconds : float
@@ -184,131 +161,104 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         Blocks per pixel.
     measured : numpy.ndarray
         ``(P, n_blocks)`` bool, blocks measured (NaN blocks included).
-    dataset : envs.Dataset
-        Privileged: the replayed data (and truth). Only an oracle policy may read it.
-    reference_blocks : torch.Tensor
+    dataset : envs.Dataset or None
+        Privileged: the replayed data (and truth); None on a live instrument. Only an oracle
+        policy may read it.
+    reference_blocks : torch.Tensor or None
         Privileged: the data in block layout, ``(P, n_blocks, F_b)``, used for R^2.
+    observation_spec : envs.observation.ObservationSpec
+        Names and order of the observation's planes and scalars.
 
     Version History
     ---------------
-    v0: initial version.
+    v0: initial version; the parts injected as objects, the observation named by a spec
+    (the observation itself unchanged).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
-    #: No surprise plane unless ``__init__`` asks for one; class-level, so subclasses that set
-    #: the state themselves (:class:`envs.experiment.LiveAcquisition`) observe as before.
-    observe_surprise: bool = False
-    _surprise: SurpriseTracker | None = None
-    observe_energy: bool = False
-    calibrate_energy: bool = False
 
     def __init__(
         self,
-        data: str | Dataset = "twin",
-        twin_seeds: int | Sequence[int] = 0,
-        twin_overrides: dict[str, Any] | None = None,
-        reconstructor: str = "gp",
-        reconstructor_kwargs: dict[str, Any] | None = None,
-        device: str = "auto",
-        n_blocks: int = 4,
-        block_scheme: str = "spread",
-        cost: dict[str, Any] | None = None,
+        source: DatasetSource | Instrument,
+        reconstructor: Reconstructor,
+        cost_model: CostModel,
+        *,
         budget_fraction: float | None = None,
         budget_seconds: float | None = None,
-        target_r2: float | None = None,
+        stop_r2: float | None = None,
         initial_stride: int = 6,
         reward: str = "auc",
         repeat_penalty: float = 0.01,
-        n_components: int = 3,
-        observe_surprise: bool = False,
-        observe_energy: bool = False,
-        calibrate_energy: bool = False,
+        observation: ObservationSpec | None = None,
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
         self._check_arguments(
             budget_fraction,
             budget_seconds,
-            target_r2,
+            stop_r2,
             initial_stride,
             reward,
             repeat_penalty,
-            n_components,
             render_mode,
-            n_blocks,
         )
         if budget_fraction is None and budget_seconds is None:
             budget_fraction = 0.5
         self.budget_fraction = None if budget_fraction is None else float(budget_fraction)
         self.budget_limit_seconds = None if budget_seconds is None else float(budget_seconds)
-        self.target_r2 = None if target_r2 is None else float(target_r2)
+        self.stop_r2 = None if stop_r2 is None else float(stop_r2)
         self.initial_stride = int(initial_stride)
         self.reward_kind = reward
         self.repeat_penalty = float(repeat_penalty)
-        self.n_components = int(n_components)
-        self.observe_surprise = bool(observe_surprise)
-        self.observe_energy = bool(observe_energy)
-        self.calibrate_energy = bool(calibrate_energy)
-        if self.calibrate_energy and not (self.observe_surprise and self.observe_energy):
-            raise ValueError(
-                "calibrate_energy fits the energy's power on the surprise of measured blocks: "
-                "it needs observe_surprise=True and observe_energy=True"
-            )
         self.render_mode = render_mode
-        self._cost_overrides = dict(cost or {})
-        self._base_cost = CostModel.from_dict(self._cost_overrides)
-
-        self._data_spec = data
-        self._twin_seeds = self._parse_twin_seeds(twin_seeds)
-        self._twin_overrides = dict(twin_overrides or {})
-        self._loaded: dict[Any, Dataset] = {}  # the last dataset per source key (one entry)
-        first = self._draw_dataset(self._twin_seeds[0])
-
-        self.grid_shape: tuple[int, int] = first.spatial_shape
-        self.spectral_shape: tuple[int, ...] = first.spectral_shape
-        self.n_pixels = first.n_pixels
-        try:
-            self.layout = BlockLayout(self.spectral_shape[0], int(n_blocks), str(block_scheme))
-        except ValueError as err:
-            raise ValueError(
-                f"voltage blocks (n_blocks={n_blocks}, block_scheme={block_scheme!r}) do not fit "
-                f"the data {first.shape}: {err}"
-            ) from None
+        self.reconstructor = reconstructor
+        self.layout: BlockLayout = reconstructor.layout
         self.n_blocks = self.layout.n_blocks
+        self.device = reconstructor.device
+        self.cost_model = cost_model
+
+        if isinstance(source, DatasetSource):
+            self.source: DatasetSource | None = source
+            self.live_instrument: Instrument | None = None
+            first = source.first()
+            grid, spectral = first.spatial_shape, first.spectral_shape
+        else:
+            self.source, self.live_instrument = None, source
+            first = None
+            grid = tuple(int(s) for s in source.grid_shape)
+            spectral = tuple(int(s) for s in source.spectral_shape)
+        self.grid_shape: tuple[int, int] = grid  # type: ignore[assignment]
+        self.spectral_shape: tuple[int, ...] = tuple(spectral)
+        self.n_pixels = self.grid_shape[0] * self.grid_shape[1]
+        if (
+            tuple(reconstructor.spatial_shape) != self.grid_shape
+            or tuple(reconstructor.spectral_shape) != self.spectral_shape
+        ):
+            raise ValueError(
+                f"the reconstructor is built for {tuple(reconstructor.spatial_shape)} x "
+                f"{tuple(reconstructor.spectral_shape)}, the data is {self.grid_shape} x "
+                f"{self.spectral_shape}"
+            )
         self.initial_pixels = self._initial_design_pixels()
         if self.initial_pixels.size == self.n_pixels:
             raise ValueError(
                 f"initial_stride={initial_stride} measures every pixel; nothing is left to choose"
             )
-
-        from reconstruct.registry import make_reconstructor
-
-        self.reconstructor: Reconstructor = make_reconstructor(
-            reconstructor,
-            self.grid_shape,
-            self.spectral_shape,
-            self.layout,
-            device=device,
-            **dict(reconstructor_kwargs or {}),
+        self.observation_spec = observation or ObservationSpec(self.n_blocks)
+        if self.observation_spec.n_blocks != self.n_blocks:
+            raise ValueError(
+                f"the observation spec has {self.observation_spec.n_blocks} blocks, the layout "
+                f"{self.n_blocks}"
+            )
+        self.n_components = self.observation_spec.n_components
+        self.calibrate_energy = self.observation_spec.has("calibrated-energy")
+        self.observe_energy = self.calibrate_energy or self.observation_spec.has("energy")
+        self._surprise = (
+            SurpriseTracker(self.grid_shape) if self.observation_spec.has("surprise") else None
         )
-        self.device = self.reconstructor.device
-
-        self._surprise = SurpriseTracker(self.grid_shape) if self.observe_surprise else None
-        n_channels = (
-            2 * self.n_blocks
-            + self.n_components
-            + 1
-            + int(self.observe_surprise)
-            + int(self.observe_energy)
-        )
-        self.observation_space = spaces.Dict(
-            {
-                "planes": spaces.Box(-1.0, 1.0, (n_channels, *self.grid_shape), np.float32),
-                "scalars": spaces.Box(0.0, 1.0, (3,), np.float32),
-            }
-        )
+        self.observation_space = self.observation_spec.space(self.grid_shape)
         self.action_space = spaces.Discrete(self.n_pixels * self.n_blocks)
-        # Check the budget against the first dataset now, so a bad configuration fails here.
+        # Price and budget the first dataset now, so a bad configuration fails here.
         self._set_dataset(first)
 
     # ================================================================= configuration
@@ -316,13 +266,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     def _check_arguments(
         budget_fraction: float | None,
         budget_seconds: float | None,
-        target_r2: float | None,
+        stop_r2: float | None,
         initial_stride: int,
         reward: str,
         repeat_penalty: float,
-        n_components: int,
         render_mode: str | None,
-        n_blocks: int,
     ) -> None:
         for name, value in (
             ("budget_fraction", budget_fraction),
@@ -332,66 +280,19 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 raise ValueError(
                     f"{name} must be a positive number of seconds/fraction, got {value}"
                 )
-        if target_r2 is not None and not (np.isfinite(target_r2) and target_r2 <= 1):
-            raise ValueError(f"target_r2 must be a number <= 1, got {target_r2}")
-        if (
-            isinstance(n_blocks, bool)
-            or not isinstance(n_blocks, (int, np.integer))
-            or n_blocks < 1
-        ):
-            raise ValueError(f"n_blocks must be a positive integer, got {n_blocks!r}")
+        if stop_r2 is not None and not (np.isfinite(stop_r2) and stop_r2 <= 1):
+            raise ValueError(f"stop_r2 must be a number <= 1, got {stop_r2}")
         if not isinstance(initial_stride, (int, np.integer)) or initial_stride < 0:
             raise ValueError(f"initial_stride must be an integer >= 0, got {initial_stride!r}")
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
         if not (np.isfinite(repeat_penalty) and repeat_penalty >= 0):
             raise ValueError(f"repeat_penalty must be >= 0, got {repeat_penalty}")
-        if not isinstance(n_components, (int, np.integer)) or n_components < 1:
-            raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}")
         if render_mode is not None and render_mode not in AcquisitionEnv.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be None or one of {AcquisitionEnv.metadata['render_modes']}, "
                 f"got {render_mode!r}"
             )
-
-    @staticmethod
-    def _parse_twin_seeds(twin_seeds: int | Sequence[int]) -> tuple[int, int]:
-        """``[lo, hi)`` of twin seeds (an int ``s`` means ``[s, s + 1)``)."""
-        if isinstance(twin_seeds, (int, np.integer)) and not isinstance(twin_seeds, bool):
-            return int(twin_seeds), int(twin_seeds) + 1
-        if isinstance(twin_seeds, Sequence) and len(twin_seeds) == 2:
-            lo, hi = (int(s) for s in twin_seeds)
-            if hi > lo:
-                return lo, hi
-        raise ValueError(
-            f"twin_seeds must be an int or a [lo, hi) pair with hi > lo, got {twin_seeds!r}"
-        )
-
-    def _draw_dataset(self, twin_seed: int) -> Dataset:
-        """The dataset of the configured source (twins for ``twin_seed``), cached per source."""
-        spec = self._data_spec
-        if isinstance(spec, Dataset):
-            return spec
-        if not isinstance(spec, str):
-            raise TypeError(
-                f"data must be 'twin', 'twin:SEED', a file path or a Dataset, got {spec!r}"
-            )
-        if spec == "twin" or spec.startswith("twin:"):
-            seed = twin_seed if spec == "twin" else int(spec.split(":", 1)[1])
-            key: Any = ("twin", seed)
-        else:
-            key = ("file", spec)
-        if key not in self._loaded:
-            if key[0] == "twin":
-                from envs.twin import twin_dataset
-
-                dataset = twin_dataset(key[1], **self._twin_overrides)
-            else:
-                from envs.loaders import load_dataset
-
-                dataset = load_dataset(spec)
-            self._loaded = {key: dataset}
-        return self._loaded[key]
 
     def _initial_design_pixels(self) -> np.ndarray:
         """Flat indices of the initial grid, in raster order (empty for stride 0)."""
@@ -406,27 +307,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         )
         return (rows[:, None] * self.grid_shape[1] + cols[None, :]).reshape(-1)
 
-    def _set_dataset(self, dataset: Dataset) -> None:
-        """Make ``dataset`` the replayed data; price and budget the episode on it."""
-        if not isinstance(dataset, Dataset):
-            raise TypeError(
-                f"options['dataset'] must be an envs.Dataset, got {type(dataset).__name__}"
-            )
-        if (
-            dataset.spatial_shape != self.grid_shape
-            or dataset.spectral_shape[0] != self.layout.n_voltages
-        ):
-            raise DataError(
-                f"dataset of shape {dataset.shape} does not fit this environment: it needs grid "
-                f"{self.grid_shape} and {self.layout.n_voltages} voltages"
-            )
-        if dataset.spectral_shape != self.spectral_shape:
-            raise DataError(
-                f"dataset spectral shape {dataset.spectral_shape} differs from the environment's "
-                f"{self.spectral_shape}"
-            )
+    def _set_dataset(self, dataset: Dataset | None) -> None:
+        """Make ``dataset`` the replayed data (None on a live instrument); price and budget the
+        episode."""
+        if dataset is not None:
+            self._check_dataset(dataset)
         self.dataset = dataset
-        self.cost_model = self._base_cost.for_axes(dataset.axes, self._cost_overrides)
         self.full_raster_seconds = self.cost_model.full_raster_seconds(
             self.grid_shape, self.layout.n_voltages, self.layout
         )
@@ -446,6 +332,25 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             )
         if self.cost_model.measurement_seconds(self.layout.block_size, 0, 0, self.grid_shape) <= 0:
             raise ValueError("the cost model charges 0 s for a measurement; set a positive time")
+
+    def _check_dataset(self, dataset: Any) -> None:
+        if not isinstance(dataset, Dataset):
+            raise TypeError(
+                f"options['dataset'] must be an envs.Dataset, got {type(dataset).__name__}"
+            )
+        if (
+            dataset.spatial_shape != self.grid_shape
+            or dataset.spectral_shape[0] != self.layout.n_voltages
+        ):
+            raise DataError(
+                f"dataset of shape {dataset.shape} does not fit this environment: it needs grid "
+                f"{self.grid_shape} and {self.layout.n_voltages} voltages"
+            )
+        if dataset.spectral_shape != self.spectral_shape:
+            raise DataError(
+                f"dataset spectral shape {dataset.spectral_shape} differs from the environment's "
+                f"{self.spectral_shape}"
+            )
 
     def _initial_design_seconds(self) -> float:
         """Instrument plus algorithm seconds of the initial design (as charged at reset)."""
@@ -525,27 +430,30 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        options = options or {}
-        unknown = sorted(set(options) - {"dataset"})
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"dataset", "initial_design"})
         if unknown:
-            raise ValueError(f"unknown reset options {unknown}; the only option is 'dataset'")
-        if "dataset" in options:
-            dataset = options["dataset"]
+            raise ValueError(
+                f"unknown reset options {unknown}; the options are 'dataset' and 'initial_design'"
+            )
+        if self.source is not None:
+            dataset = options.get("dataset") or self.source.draw(self.np_random)
+            self._set_dataset(dataset)
+            self.instrument: Instrument = ReplayInstrument(dataset, self.cost_model, start_pixel=0)
+            self.reference_blocks: torch.Tensor | None = self._to_blocks(dataset.data)
         else:
-            lo, hi = self._twin_seeds
-            dataset = self._draw_dataset(int(self.np_random.integers(lo, hi)))
-        self._set_dataset(dataset)
-
-        self.instrument = ReplayInstrument(self.dataset, self.cost_model, start_pixel=0)
+            if "dataset" in options:
+                raise ValueError("a live instrument is its own data source: no 'dataset' option")
+            self.instrument, self.reference_blocks = self.live_instrument, None
         self.reconstructor.reset()
-        self.reference_blocks = self._to_blocks(self.dataset.data)
         self.measured = np.zeros((self.n_pixels, self.n_blocks), dtype=bool)
         self._n_measured = 0
         self.instrument_seconds = 0.0
         self.algorithm_seconds = 0.0
         self._pending_wall = 0.0
-        self._measure_initial_design()
-        self.r2_start = self.r2_now = float(self.reconstructor.r2(self.reference_blocks))
+        if options.get("initial_design", True):
+            self._measure_initial_design()
+        self.r2_start = self.r2_now = self._reference_r2()
         self._previous_maps: torch.Tensor | None = None
         self._change = 0.0
         if self._surprise is not None:
@@ -553,6 +461,22 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         observation = self._observation()
         self._last_return = time.perf_counter()
         return observation, self._info(-1, -1, repeated=False, nan_block=False, terminated=False)
+
+    def _reference_r2(self) -> float:
+        """R^2 against the replayed data; NaN on a live instrument (no reference)."""
+        if self.reference_blocks is None:
+            return float("nan")
+        return float(self.reconstructor.r2(self.reference_blocks))
+
+    def mark(self, pixel: int, block: int) -> None:
+        """Count a block as taken without measuring it here (the live loop measures and
+        records it itself, e.g. a held-back check block)."""
+        self.measured[pixel, block] = True
+        self._n_measured += 1
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """The observation of the current state (what ``reset`` and ``step`` return)."""
+        return self._observation(changed=True)
 
     def _to_blocks(self, tensor: np.ndarray) -> torch.Tensor:
         return self.layout.to_blocks(torch.from_numpy(tensor)).contiguous().to(self.device)
@@ -599,13 +523,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             )
             reward = -self.repeat_penalty
         else:
-            if self._surprise is not None:
-                # The model state is the one the last observation showed: its uncertainty is
-                # the variance the prediction is judged against.
-                variance = float(self._uncertainty[pixel, block])
-                # With calibration, the covariate is the pixel's log energy that it showed.
-                covariate = float(self._log_energy[pixel]) if self.calibrate_energy else None
-                self._surprise.expect(self.reconstructor, pixel, block, variance, covariate)
+            self.before_measuring(pixel, block)
             values, seconds = self.instrument.measure(pixel, self.layout.voltages(block))
             self.instrument_seconds += seconds
             self.measured[pixel, block] = True
@@ -613,17 +531,18 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             nan_block = not bool(np.isfinite(values).all())
             if not nan_block:
                 self.reconstructor.add(pixel, block, values)
-            if self._surprise is not None:
-                self._surprise.record(self.reconstructor)
+            self.after_measuring()
             if wall:
                 self.algorithm_seconds += self._wall_since_last_step()
             else:
                 self.algorithm_seconds += self.cost_model.algorithm_s(self._n_measured)
             r2_before = self.r2_now
             if not nan_block:
-                self.r2_now = float(self.reconstructor.r2(self.reference_blocks))
+                self.r2_now = self._reference_r2()
             gain = self.r2_now - r2_before
-            if self.reward_kind == "auc":
+            if self.reference_blocks is None:
+                reward = 0.0  # a live instrument: no reference, nothing to pay
+            elif self.reward_kind == "auc":
                 left = max(self.budget_seconds - self.seconds_used, 0.0)
                 reward = gain * left / self.budget_seconds
             else:
@@ -631,7 +550,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         terminated = bool(
             self.seconds_used >= self.budget_seconds
             or self._n_measured == self.measured.size
-            or (self.target_r2 is not None and self.r2_now >= self.target_r2)
+            or (self.stop_r2 is not None and self.r2_now >= self.stop_r2)
         )
         obs_start = time.perf_counter()
         observation = self._observation(changed=not repeated)
@@ -642,6 +561,24 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self._pending_wall = self._last_return - obs_start
         return observation, float(reward), terminated, False, info
 
+    def before_measuring(self, pixel: int, block: int) -> None:
+        """Note the prediction of the block about to be measured (the surprise plane scores it
+        once the block has arrived, :meth:`after_measuring`); nothing without that plane. The
+        live loop calls both around its own measurements, as :meth:`step` does."""
+        if self._surprise is not None:
+            # The model state is the one the last observation showed: its uncertainty is the
+            # variance the prediction is judged against.
+            variance = float(self._uncertainty[pixel, block])
+            # With calibration, the covariate is the pixel's log energy that it showed.
+            covariate = float(self._log_energy[pixel]) if self.calibrate_energy else None
+            self._surprise.expect(self.reconstructor, pixel, block, variance, covariate)
+
+    def after_measuring(self) -> None:
+        """Score the prediction noted by :meth:`before_measuring` against the reconstructor,
+        which has the measured block now (or not, for a NaN block)."""
+        if self._surprise is not None:
+            self._surprise.record(self.reconstructor)
+
     def _wall_since_last_step(self) -> float:
         """Wall seconds of the decision (since the last step returned), this step's update so
         far, and the building of the last observation (what the policy waited for)."""
@@ -649,7 +586,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
 
     def r2_truth(self) -> float:
         """R^2 of the current reconstruction against the noise-free truth (synthetic data only)."""
-        if self.dataset.truth is None:
+        if self.dataset is None or self.dataset.truth is None:
             raise DataError("this dataset has no noise-free truth (only synthetic data has one)")
         return float(self.reconstructor.r2(self._to_blocks(self.dataset.truth)))
 
@@ -683,12 +620,17 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         tip = np.zeros((1, *grid), dtype=np.float32)
         tip.reshape(-1)[self.tip_pixel] = 1.0
         n_maps = self.n_components
-        parts = [mask, self._model_planes[:n_maps], self._model_planes[n_maps:]]
+        groups = {
+            "measured": mask,
+            "component": self._model_planes[:n_maps],
+            "uncertainty": self._model_planes[n_maps:],
+            "tip": tip,
+        }
         if self._surprise is not None:
-            parts.append(self._surprise_plane)
+            groups["surprise"] = self._surprise_plane
         if self.observe_energy:
-            parts.append(self._energy_plane)
-        planes = np.concatenate([*parts, tip]).astype(np.float32, copy=False)
+            groups["calibrated-energy" if self.calibrate_energy else "energy"] = self._energy_plane
+        planes = self.observation_spec.assemble(groups)
         scalars = np.array(
             [
                 min(self.seconds_used / self.budget_seconds, 1.0),
@@ -726,7 +668,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             "block": int(block),
             "action_mask": self.action_masks().astype(np.int8),
         }
-        if terminated and self.dataset.truth is not None:
+        if terminated and self.dataset is not None and self.dataset.truth is not None:
             info["r2_truth"] = self.r2_truth()
         return info
 
@@ -743,8 +685,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         feature = position * rest + within
         estimate = self.reconstructor.estimate_blocks()[:, block, feature].detach().cpu().numpy()
         uncertainty = self.reconstructor.uncertainty()[:, block].detach().cpu().numpy()
-        source = self.dataset.truth if self.dataset.truth is not None else self.dataset.data
-        truth = source[(slice(None), slice(None), *middle)]
+        if self.dataset is None:  # a live instrument: the estimate stands in for the truth
+            truth = estimate.reshape(self.grid_shape)
+        else:
+            source = self.dataset.truth if self.dataset.truth is not None else self.dataset.data
+            truth = source[(slice(None), slice(None), *middle)]
         grid = self.grid_shape
         return _panel_image(
             [

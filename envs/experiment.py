@@ -1,7 +1,7 @@
 """The live experiment: drive an instrument block by block, save every measurement, resume anywhere.
 
-``python -m envs.experiment run --instrument http://127.0.0.1:8765 --agent gp-uncertainty
---budget-hours 2 --target 0.9 --session runs/s1.h5`` runs the loop a scientist runs at the
+``python experiment.py run --instrument http://127.0.0.1:8765 --agent gp-uncertainty
+--budget-hours 2 --stop-r2 0.9 --session runs/s1.h5`` runs the loop a scientist runs at the
 microscope: the policy picks a (pixel, voltage block), the instrument measures it, the
 measurement is appended to the session file and flushed, the reconstruction updates; repeat
 until the estimated accuracy reaches the target, the budget is spent, or every block is measured.
@@ -27,10 +27,12 @@ record are the wall time from the previous measurement's arrival to this one's r
 update, the estimate, the observation and the decision). The move back to the last pixel after a
 resume is not charged, so a resumed session spends the same budget as an uninterrupted one.
 
-The loop reuses :class:`envs.acquisition.AcquisitionEnv`'s observation, action encoding and
-pricing code through :class:`LiveAcquisition`, so every policy (PPO included) sees the same
-observations it was trained on. Known difference after a resume: the observation's "recent
-change" scalar restarts at 0.
+The loop runs the same :class:`envs.acquisition.AcquisitionEnv` as training and evaluation,
+over the live instrument (no reference, so no reward), for its observation, action encoding and
+pricing, so every policy (PPO included) sees the observations it was trained on; the loop
+measures through the instrument itself so that each block is in the session file before the
+reconstruction sees it. Known differences after a resume: the observation's "recent change"
+scalar restarts at 0 and a surprise plane restarts from the measurements after the resume.
 """
 
 from __future__ import annotations
@@ -44,19 +46,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
-import torch
-from gymnasium import spaces
 
 from envs.accuracy_estimate import ESTIMATES, choose_check_blocks, estimate_r2
 from envs.acquisition import AcquisitionEnv
 from envs.cost import CostModel
 from envs.dataset import Axis, Dataset
 from envs.instrument import Instrument, PacedInstrument, ReplayInstrument
+from envs.observation import ObservationSpec
 from envs.remote import InstrumentError, RemoteInstrument
 from envs.session import KIND_CHECK, KIND_INITIAL, KIND_POLICY, Records, Session, SessionError
-from reconstruct.base import BlockLayout, Reconstructor
+from reconstruct.base import BlockLayout
+from reconstruct.registry import make_reconstructor
 
 
 # ============================================================================ instruments
@@ -88,86 +89,6 @@ def open_instrument(
     return instrument, dataset
 
 
-# ============================================================================ the live env
-class LiveAcquisition(AcquisitionEnv):
-    """The acquisition environment's state, observations and pricing over any instrument.
-
-    Policies act on it exactly as on :class:`~envs.acquisition.AcquisitionEnv` (reconstructor,
-    layout, cost model, tip, masks, observations); it has no ground truth, so it pays no reward
-    and the experiment loop (:func:`run_experiment`) drives it instead of ``step``.
-
-    Parameters
-    ----------
-    instrument
-        Any :class:`~envs.instrument.Instrument`.
-    reconstructor
-        Built for the instrument's grid, spectral shape and ``layout``.
-    cost_model
-        Prices candidate measurements for cost-aware policies.
-    budget_seconds
-        The session budget (instrument plus algorithm seconds).
-    initial_stride, n_components
-        As for :class:`~envs.acquisition.AcquisitionEnv`.
-    """
-
-    def __init__(
-        self,
-        instrument: Instrument,
-        reconstructor: Reconstructor,
-        cost_model: CostModel,
-        budget_seconds: float,
-        initial_stride: int = 6,
-        n_components: int = 3,
-    ) -> None:
-        # The parent's __init__ loads a dataset to replay; here the instrument is the data
-        # source, so the state it would set is set directly.
-        gym.Env.__init__(self)
-        self.instrument = instrument
-        self.reconstructor = reconstructor
-        self.layout: BlockLayout = reconstructor.layout
-        self.device = reconstructor.device
-        self.grid_shape = tuple(int(s) for s in instrument.grid_shape)  # type: ignore[assignment]
-        self.spectral_shape = tuple(int(s) for s in instrument.spectral_shape)
-        self.n_pixels = self.grid_shape[0] * self.grid_shape[1]
-        self.n_blocks = self.layout.n_blocks
-        self.cost_model = cost_model
-        self.budget_seconds = float(budget_seconds)
-        self.initial_stride = int(initial_stride)
-        self.n_components = int(n_components)
-        self.render_mode = None
-        self.pixel_seconds = cost_model.pixel_seconds(self.layout.n_voltages, self.n_blocks)
-        self.initial_pixels = self._initial_design_pixels()
-        n_channels = 2 * self.n_blocks + self.n_components + 1
-        self.observation_space = spaces.Dict(
-            {
-                "planes": spaces.Box(-1.0, 1.0, (n_channels, *self.grid_shape), np.float32),
-                "scalars": spaces.Box(0.0, 1.0, (3,), np.float32),
-            }
-        )
-        self.action_space = spaces.Discrete(self.n_pixels * self.n_blocks)
-        self.measured = np.zeros((self.n_pixels, self.n_blocks), dtype=bool)
-        self._n_measured = 0
-        self.instrument_seconds = 0.0
-        self.algorithm_seconds = 0.0
-        self._previous_maps: torch.Tensor | None = None
-        self._change = 0.0
-
-    def observe(self) -> dict[str, np.ndarray]:
-        """The observation the acquisition environment would return now."""
-        return self._observation(changed=True)
-
-    def mark(self, pixel: int, block: int) -> None:
-        """Count a block as taken (measured, held back, or rejected)."""
-        self.measured[pixel, block] = True
-        self._n_measured += 1
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
-        raise NotImplementedError("a live acquisition is driven by run_experiment, not reset/step")
-
-    def step(self, action: Any) -> Any:
-        raise NotImplementedError("a live acquisition is driven by run_experiment, not reset/step")
-
-
 # ============================================================================ configuration
 @dataclass
 class ExperimentConfig:
@@ -182,7 +103,7 @@ class ExperimentConfig:
     agent: str = "gp-uncertainty"
     seed: int = 0
     budget_hours: float = 1.0
-    target: float | None = 0.9
+    stop_r2: float | None = 0.9
     reconstructor: str = "gp"
     n_blocks: int = 4
     block_scheme: str = "spread"
@@ -207,8 +128,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.budget_hours > 0:
             raise ValueError(f"budget_hours must be > 0, got {self.budget_hours}")
-        if self.target is not None and not self.target <= 1:
-            raise ValueError(f"target must be an R^2 <= 1, got {self.target}")
+        if self.stop_r2 is not None and not self.stop_r2 <= 1:
+            raise ValueError(f"stop_r2 must be an R^2 <= 1, got {self.stop_r2}")
         if self.estimate not in ESTIMATES:
             raise ValueError(f"estimate must be one of {ESTIMATES}, got {self.estimate!r}")
         if self.algorithm_clock not in ("wall", "model"):
@@ -262,6 +183,8 @@ class _Experiment:
         if resume:
             session = Session.open(config.session)
             stored = dict(session.config)
+            if "target" in stored:  # sessions written before the option was named stop_r2
+                stored["stop_r2"] = stored.pop("target")
             for key in ExperimentConfig.RESUMABLE_OVERRIDES:
                 stored[key] = getattr(config, key)
             config = ExperimentConfig(**stored)
@@ -293,25 +216,37 @@ class _Experiment:
             self.session = Session.create(config.session, config.stored(), axes, block_features)
         self.session.set_status("running")
 
-        from reconstruct.registry import make_reconstructor
-
+        self.policy = make_policy(config.agent)
+        if self.policy.privileged:
+            raise ValueError(f"policy {config.agent!r} reads the ground truth; it cannot run live")
         grid = tuple(self.instrument.grid_shape)
         spectral = tuple(self.instrument.spectral_shape)
         reconstructor = make_reconstructor(
             config.reconstructor, grid, spectral, self.layout, device=config.device
         )
         cost = CostModel(algorithm_clock="model").for_axes(axes)
-        self.env = LiveAcquisition(
-            self.instrument, reconstructor, cost, config.budget_hours * 3600.0,
-            config.initial_stride,
+        # The observation the policy reads (a trained model's planes), as in its training env.
+        settings = self.policy.env_settings()
+        observation = ObservationSpec(
+            self.layout.n_blocks,
+            settings.get("n_components", 3),
+            tuple(settings.get("planes", ())),
         )
+        self.env = AcquisitionEnv(
+            self.instrument,
+            reconstructor,
+            cost,
+            budget_seconds=config.budget_hours * 3600.0,
+            initial_stride=config.initial_stride,
+            observation=observation,
+        )
+        # The loop measures the initial design itself, so that every block reaches the session
+        # file before the reconstruction sees it.
+        self.env.reset(seed=config.seed, options={"initial_design": False})
         self.reference_blocks = None
         if reference is not None:
             self.reference_blocks = self.env._to_blocks(reference.data)
 
-        self.policy = make_policy(config.agent)
-        if self.policy.privileged:
-            raise ValueError(f"policy {config.agent!r} reads the ground truth; it cannot run live")
         self.check_pairs = choose_check_blocks(
             self.env.n_pixels, self.env.n_blocks, config.check_blocks,
             self.env.initial_pixels, config.seed,
@@ -432,8 +367,8 @@ class _Experiment:
 
     def stop_reason(self) -> str | None:
         env, config = self.env, self.config
-        if config.target is not None and self.r2_estimate >= config.target:
-            return f"estimated R^2 {self.r2_estimate:.3f} reached the target {config.target}"
+        if config.stop_r2 is not None and self.r2_estimate >= config.stop_r2:
+            return f"estimated R^2 {self.r2_estimate:.3f} reached the target {config.stop_r2}"
         if env.seconds_used >= env.budget_seconds:
             return f"budget of {config.budget_hours:g} h spent"
         if env.measured.all():
@@ -451,8 +386,10 @@ class _Experiment:
         pixel, block = env.decode_action(self.policy.act(observation, env.action_masks()))
         self._decision_ms = 1e3 * (time.perf_counter() - start)
         algorithm_seconds = self._algorithm_seconds()
+        env.before_measuring(pixel, block)
         values = self._measure(pixel, block, KIND_POLICY, algorithm_seconds)
         self._add(pixel, block, values)
+        env.after_measuring()
 
     def run(self) -> str:
         """Measure until a stop rule fires; the reason."""
@@ -559,8 +496,8 @@ class _Experiment:
             axes[3].plot(hours / 3600, est, label=f"estimated ({self.config.estimate})")
             if np.isfinite(true).any():
                 axes[3].plot(hours / 3600, true, label="true (replay only)")
-            if self.config.target is not None:
-                axes[3].axhline(self.config.target, color="grey", ls="--", label="target")
+            if self.config.stop_r2 is not None:
+                axes[3].axhline(self.config.stop_r2, color="grey", ls="--", label="target")
             shown = np.concatenate([est, true])
             axes[3].set_ylim(max(float(np.nanmin(shown)), -0.5), 1.0)
             axes[3].legend(loc="lower right")

@@ -85,7 +85,7 @@ def collect(
     ``scalars``, ``masks``, ``candidates`` (flat actions; the heuristic's pick first, then its
     next best, then the random ones), and per candidate the heuristic's ``score``, the true
     ``value`` and the current ``error`` per second; ``episode``."""
-    from envs.acquisition import AcquisitionEnv
+    from envs.factory import make_env
 
     if candidates < 2 or candidates % 2:
         raise ValueError(f"candidates must be an even number >= 2, got {candidates}")
@@ -96,7 +96,7 @@ def collect(
         for k in ("planes", "scalars", "masks", "candidates", "score", "value", "error", "episode")
     }
     for episode in tqdm(range(episodes), desc="states", disable=not progress):
-        env = AcquisitionEnv(**env_kwargs)
+        env = make_env(**env_kwargs)
         observation, _ = env.reset(seed=seed_start + episode)
         heuristic.reset(env, seed=seed_start + episode)
         done, step = False, 0
@@ -273,9 +273,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["collect_seconds"] = time.perf_counter() - start
     print(json.dumps(result["summary"], indent=1))
     if args.fit:
-        from envs.acquisition import AcquisitionEnv
+        from envs.factory import make_env
 
-        env = AcquisitionEnv(**env_kwargs)
+        env = make_env(**env_kwargs)
         model = train.new_model(train_args, env)
         result["fit"] = fit_score_map(
             samples,

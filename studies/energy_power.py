@@ -43,7 +43,7 @@ def episode_power(env, seed: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from envs.acquisition import AcquisitionEnv
+    from envs.factory import make_env
     from envs.sources import HELD_OUT_SEED_START
 
     parser = argparse.ArgumentParser(
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             kwargs["twin_seeds"] = seed
             kwargs["twin_overrides"] = {"grid": [args.grid, args.grid], "n_times": args.n_times}
         try:
-            env = AcquisitionEnv(**kwargs, target_r2=args.stop_r2 or None)
+            env = make_env(**kwargs, stop_r2=args.stop_r2 or None)
         except (ValueError, OSError) as err:  # DataError is a ValueError: bad file, blocks
             print(f"error: {err}", file=sys.stderr)
             return 2

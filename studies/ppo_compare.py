@@ -49,13 +49,13 @@ def run_policy(
     (``make_policy`` spec) on each seed."""
     from agents.evaluation import run_episode
     from agents.registry import make_policy
-    from envs.acquisition import AcquisitionEnv
+    from envs.factory import make_env
     from train import env_kwargs
 
     policy = make_policy(spec)
     auc, r2, seconds = [], [], []
     for seed in seeds:
-        env = AcquisitionEnv(**env_kwargs(train_args, seed))
+        env = make_env(**env_kwargs(train_args, seed))
         trace = run_episode(env, policy, seed, charge_decisions="none")
         auc.append(float(trace.auc()))
         r2.append(float(trace.r2[-1]))

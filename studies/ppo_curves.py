@@ -8,8 +8,9 @@ of the heuristic the policy starts from).
 
 Examples
 --------
-    python -m studies.ppo_curves runs/ppo/tb --out docs/ppo_training_curves.png
-    python -m studies.ppo_curves runs/ppo/tb --reference 0.459 --title "default run"
+    python -m studies.ppo_curves runs/ppo/tb        # writes runs/ppo/training_curves.png
+    python -m studies.ppo_curves runs/ppo/tb --reference 0.459 --title "default run" \\
+        --out docs/ppo_training_curves.png
 """
 
 from __future__ import annotations
@@ -107,14 +108,19 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("logdir", help="a run's tb/ folder (e.g. runs/ppo/tb)")
-    parser.add_argument("--out", default="docs/ppo_training_curves.png")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="PNG to write (default: training_curves.png in the run folder, beside LOGDIR)",
+    )
     parser.add_argument("--reference", type=float, default=None, help="a return to draw as a line")
     parser.add_argument("--reference-label", default="heuristic start")
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)
     try:
+        out = args.out or Path(args.logdir).resolve().parent / "training_curves.png"
         path = plot_training_curves(
-            args.logdir, args.out, args.reference, args.reference_label, args.title
+            args.logdir, out, args.reference, args.reference_label, args.title
         )
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -9,7 +9,7 @@ import numpy as np
 import train
 from agents.baselines import block_seconds_table
 from agents.ppo import PPOPolicy
-from envs.acquisition import AcquisitionEnv
+from envs.factory import make_env
 from studies.action_values import candidate_values, collect, main, summarise
 
 SMALL = ["--grid", "10", "--n-times", "16", "--budget-fraction", "0.15"]
@@ -20,7 +20,7 @@ def small_env_kwargs(seed) -> dict:
 
 
 def test_simulated_value_equals_the_gain_of_the_step_and_leaves_the_env_alone():
-    env = AcquisitionEnv(**small_env_kwargs(3))
+    env = make_env(**small_env_kwargs(3))
     env.reset(seed=3)
     for _ in range(25):
         env.step(int(np.flatnonzero(env.action_masks())[5]))
@@ -55,7 +55,7 @@ def test_fit_writes_a_model_that_runs_as_a_policy(tmp_path):
     assert len(result["fit"]["epochs"]) == 1
     assert set(result["fit"]["heuristic"]) == {"held_out_spearman", "held_out_pick_value"}
     assert json.loads((tmp_path / "action_values.json").read_text())["summary"]["states"] > 0
-    env = AcquisitionEnv(**small_env_kwargs(7))
+    env = make_env(**small_env_kwargs(7))
     observation, _ = env.reset(seed=7)
     policy = PPOPolicy(tmp_path / "model.zip")
     policy.reset(env, seed=7)

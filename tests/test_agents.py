@@ -24,7 +24,7 @@ BASELINES = [
 
 
 def small_env(**overrides):
-    from envs.acquisition import AcquisitionEnv
+    from envs.factory import make_env
 
     kwargs = dict(
         data="twin",
@@ -34,7 +34,7 @@ def small_env(**overrides):
         budget_fraction=0.3,
     )
     kwargs.update(overrides)
-    return AcquisitionEnv(**kwargs)
+    return make_env(**kwargs)
 
 
 def test_every_baseline_is_registered():
@@ -287,7 +287,7 @@ def test_energy_power_reports_the_calibrated_fit_of_each_episode(capsys):
     one the calibrated heuristic would use next, in [0, 1]."""
     from studies.energy_power import episode_power, main
 
-    fit = episode_power(small_env(budget_fraction=1.0, target_r2=0.9), seed=3)
+    fit = episode_power(small_env(budget_fraction=1.0, stop_r2=0.9), seed=3)
     assert fit["blocks"] > 20 and -1.0 <= fit["correlation"] <= 1.0
     # Shrinkage keeps the plain slope's sign and lessens it; the clip keeps the power in [0, 1].
     if fit["slope"] <= 0:

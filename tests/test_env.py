@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import envs.factory
 from envs.acquisition import AcquisitionEnv
 from envs.cost import CostModel
 from envs.dataset import Axis, DataError, Dataset
@@ -44,7 +45,7 @@ def synthetic_dataset(seed: int = 0, shape=(8, 8, 8, 4), with_truth: bool = True
 def make_env(**kwargs) -> AcquisitionEnv:
     defaults = dict(data=synthetic_dataset(), reconstructor="mean", initial_stride=4)
     defaults.update(kwargs)
-    return AcquisitionEnv(**defaults)
+    return envs.factory.make_env(**defaults)
 
 
 def random_episode(env: AcquisitionEnv, seed: int, allow_repeats: bool = False):
@@ -228,7 +229,7 @@ def test_wrong_type_action_raises_type_error(action):
         ({"render_mode": "human"}, "render_mode"),
         ({"twin_seeds": [5, 5]}, "twin_seeds"),
         ({"cost": {"pulse_s": -1.0}}, "pulse_s"),
-        ({"target_r2": 1.5}, "target_r2"),
+        ({"stop_r2": 1.5}, "stop_r2"),
     ],
 )
 def test_configuration_errors_are_clear(kwargs, message):
@@ -267,8 +268,8 @@ def test_nan_block_is_charged_marked_and_not_reconstructed():
     assert not env.action_masks()[env.encode_action(1, block)]
 
 
-def test_target_r2_ends_episode():
-    env = make_env(target_r2=-10.0)
+def test_stop_r2_ends_episode():
+    env = make_env(stop_r2=-10.0)
     env.reset(seed=0)
     assert env.step(0)[2] is True
 
@@ -346,8 +347,8 @@ def test_default_cost_gives_hours_for_full_twin_raster():
 
 
 def test_surprise_plane_is_off_by_default_and_zero_before_any_step():
-    plain, surprising = make_env(), make_env(observe_surprise=True)
-    assert not plain.observe_surprise
+    plain, surprising = make_env(), make_env(planes=["surprise"])
+    assert not plain.observation_spec.has("surprise")
     n_plain = plain.observation_space["planes"].shape[0]
     assert surprising.observation_space["planes"].shape == (n_plain + 1, 8, 8)
     obs, _ = surprising.reset(seed=0)
@@ -363,7 +364,7 @@ def test_surprise_plane_is_the_trackers_local_surprise_of_the_steps_taken():
     tracker fed the same steps gives; a repeated block changes nothing."""
     from envs.surprise import SURPRISE_PLANE_SCALE, SurpriseTracker
 
-    env = make_env(observe_surprise=True, reconstructor="idw", budget_fraction=0.5)
+    env = make_env(planes=["surprise"], reconstructor="idw", budget_fraction=0.5)
     obs, _ = env.reset(seed=0)
     tracker = SurpriseTracker(env.grid_shape)
     rng = np.random.default_rng(0)
@@ -384,13 +385,13 @@ def test_surprise_plane_is_the_trackers_local_surprise_of_the_steps_taken():
 
 
 def test_energy_plane_is_the_relative_log_pixel_energy_after_the_surprise_plane():
-    """With observe_energy the plane before the tip is log(pixel energy / max) over
+    """With the energy plane the plane before the tip is log(pixel energy / max) over
     ENERGY_PLANE_SCALE, clipped to [-1, 0], recomputed after every step; the other planes are
     the env's without it, in the same order (the surprise plane, when shown, comes first)."""
     from envs.energy import ENERGY_PLANE_SCALE, pixel_energy
 
-    both = make_env(observe_surprise=True, observe_energy=True, reconstructor="idw")
-    surprise_only = make_env(observe_surprise=True, reconstructor="idw")
+    both = make_env(planes=["surprise", "energy"], reconstructor="idw")
+    surprise_only = make_env(planes=["surprise"], reconstructor="idw")
     n_planes = surprise_only.observation_space["planes"].shape[0]
     assert both.observation_space["planes"].shape == (n_planes + 1, 8, 8)
     obs, _ = both.reset(seed=0)
@@ -408,9 +409,9 @@ def test_energy_plane_is_the_relative_log_pixel_energy_after_the_surprise_plane(
 
 
 def test_calibrated_energy_plane_is_the_fitted_power_times_the_log_energy():
-    """With calibrate_energy the energy plane is the relative log energy times the power fitted
-    on the env's own surprise records (one per measured block, its covariate the log energy
-    its pixel showed when chosen); the power starts at 0 and the flag needs both planes."""
+    """The calibrated-energy plane is the relative log energy times the power fitted on the
+    env's own surprise records (one per measured block, its covariate the log energy its pixel
+    showed when chosen); the power starts at 0 and the plane needs the surprise plane."""
     from envs.energy import (
         ENERGY_PLANE_SCALE,
         energy_exponent,
@@ -418,10 +419,10 @@ def test_calibrated_energy_plane_is_the_fitted_power_times_the_log_energy():
         relative_log_energy,
     )
 
-    for missing in ({"observe_energy": True}, {"observe_surprise": True}):
-        with pytest.raises(ValueError, match="calibrate_energy"):
-            make_env(calibrate_energy=True, **missing)
-    env = make_env(observe_surprise=True, observe_energy=True, calibrate_energy=True)
+    for planes in (["calibrated-energy"], ["calibrated-energy", "energy"]):
+        with pytest.raises(ValueError, match="calibrated-energy"):
+            make_env(planes=planes)
+    env = make_env(planes=["surprise", "calibrated-energy"])
     obs, _ = env.reset(seed=0)
     np.testing.assert_array_equal(obs["planes"][-2], 0.0)  # no record yet: power 0
     rng = np.random.default_rng(0)

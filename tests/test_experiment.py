@@ -41,7 +41,7 @@ def run_experiment(config, resume=False):
 def _config(tmp: Path, name: str, **changes) -> ExperimentConfig:
     base = ExperimentConfig(
         instrument="twin:1", session=str(tmp / f"{name}.h5"), agent="gp-uncertainty", seed=5,
-        budget_hours=1.0, target=None, initial_stride=3, check_blocks=12, estimate_every=10,
+        budget_hours=1.0, stop_r2=None, initial_stride=3, check_blocks=12, estimate_every=10,
         max_measurements=90, algorithm_clock="model", twin_grid=10, twin_times=8,
         progress=False,
     )
@@ -97,7 +97,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, reference):
     command = [
         sys.executable, "experiment.py", "run", "--instrument", "twin:1",
         "--twin-grid", "10", "--twin-times", "8", "--session", config.session, "--agent",
-        config.agent, "--seed", "5", "--target", "-1", "--initial-stride", "3",
+        config.agent, "--seed", "5", "--stop-r2", "-1", "--initial-stride", "3",
         "--check-blocks", "12", "--max-measurements", "90", "--algorithm-clock", "model",
         "--pace", "4", "--quiet",
     ]

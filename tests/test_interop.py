@@ -15,6 +15,7 @@ import torch
 
 import envs
 from envs.acquisition import AcquisitionEnv
+from envs.factory import make_env
 from envs.wrappers import MaskObservation
 
 # Small, fast configuration; every worker builds its own twin from these JSON-safe kwargs.
@@ -37,7 +38,7 @@ def one_thread():
 
 
 def make_small(**overrides) -> AcquisitionEnv:
-    return AcquisitionEnv(**{**SMALL, **overrides})
+    return make_env(**{**SMALL, **overrides})
 
 
 def small_kwargs() -> dict:
@@ -58,7 +59,7 @@ def test_kwargs_are_json_safe():
     assert json.loads(json.dumps(SMALL)) == SMALL
     for env_id in (envs.ENV_ID, envs.SMALL_ENV_ID):
         spec = gym.spec(env_id)
-        assert spec.entry_point == "envs.acquisition:AcquisitionEnv"
+        assert spec.entry_point == "envs.factory:make_env"
         json.dumps(spec.kwargs)
 
 

@@ -14,15 +14,22 @@ from agents.ppo import PPOPolicy, ScoreMapPolicy, observation_to_tensors, travel
 from agents.registry import available_policies, make_policy
 from envs.acquisition import AcquisitionEnv
 from envs.energy import energy_exponent
+from envs.factory import make_env
 
 #: A cheap reconstructor keeps these tests fast; the network does not care what fills the planes.
 RECONSTRUCTOR = "idw"
 SMALL_NET = {"channels": 8, "dilations": (1, 2)}
 
 
+def planes_of(surprise: bool = False, energy: bool = False, calibrated: bool = False) -> list:
+    """The optional observation planes of these choices."""
+    energy_plane = "calibrated-energy" if calibrated else "energy"
+    return ["surprise"] * surprise + [energy_plane] * energy
+
+
 def small_env(grid: int = 12, seeds: int | list[int] = (0, 50), **kwargs) -> AcquisitionEnv:
     """A small twin env: ``grid`` x ``grid`` pixels, 16 read-outs, a short budget."""
-    return AcquisitionEnv(
+    return make_env(
         twin_seeds=list(seeds) if isinstance(seeds, tuple) else seeds,
         twin_overrides={"grid": [grid, grid], "n_times": 16},
         reconstructor=RECONSTRUCTOR,
@@ -59,6 +66,7 @@ def _trained_model(
     """A MaskablePPO score-map model trained ``steps`` steps on the 12 x 12 env (with
     ``env_kwargs``), saved at ``path``."""
     vec_env = DummyVecEnv([lambda: small_env(**(env_kwargs or {}))])
+    spec = vec_env.envs[0].unwrapped.observation_spec.to_dict()
     model = MaskablePPO(
         ScoreMapPolicy,
         vec_env,
@@ -66,7 +74,7 @@ def _trained_model(
         batch_size=64,
         n_epochs=n_epochs,
         seed=0,
-        policy_kwargs={**SMALL_NET, **policy_kwargs},
+        policy_kwargs={**SMALL_NET, "observation_spec": spec, **policy_kwargs},
         device="cpu",
     )
     model.learn(steps)
@@ -142,15 +150,13 @@ def test_untrained_prior_acts_like_the_heuristic(
     plane it is gp-surprise-per-second, with the energy plane too
     gp-energy-surprise-per-second, and with the calibrated energy plane
     gp-calibrated-energy-per-second."""
-    env = AcquisitionEnv(
+    env = make_env(
         twin_seeds=3,
         twin_overrides={"grid": [10, 10], "n_times": 16},
         reconstructor="gp",
         budget_fraction=0.15,
         device="cpu",
-        observe_surprise=surprise,
-        observe_energy=energy,
-        calibrate_energy=calibrated,
+        planes=planes_of(surprise, energy, calibrated),
     )
     observation, _ = env.reset(seed=0)
     torch.manual_seed(0)
@@ -161,9 +167,7 @@ def test_untrained_prior_acts_like_the_heuristic(
         travel_pixels=travel_pixels_of(env),
         temperature=0.05,
         scaled_head=scaled_head,
-        surprise_plane=surprise,
-        energy_plane=energy,
-        calibrated_energy=calibrated,
+        observation_spec=env.observation_spec.to_dict(),
         **SMALL_NET,
     )
     head_weights = network.mlp_extractor.logits.weight.abs().max().item()
@@ -332,18 +336,18 @@ def _greedy_actions(policy: PPOPolicy, env: AcquisitionEnv, seed: int, steps: in
     return actions
 
 
-def test_surprise_model_round_trip_and_runs_on_envs_without_the_plane(tmp_path):
-    """A model trained with the surprise plane records the flag; loaded, it acts as the saved
-    model does, and on an env without the plane (as evaluate.py builds them) it tracks the
-    surprise itself and takes the same actions."""
+def test_surprise_model_round_trip_and_refuses_envs_without_the_plane(tmp_path):
+    """A model trained with the surprise plane saves its observation spec; loaded, it acts as
+    the saved model does on an env built with its settings, and an env that observes other
+    planes is refused with a message naming the difference."""
     model = _trained_model(
-        tmp_path / "s.zip", steps=64, n_steps=64, n_epochs=1,
-        env_kwargs={"observe_surprise": True}, surprise_plane=True,
+        tmp_path / "s.zip", steps=64, n_steps=64, n_epochs=1, env_kwargs={"planes": ["surprise"]},
     )  # fmt: skip
-    assert model.policy.surprise_plane
+    assert model.policy.observation_spec.optional == ("surprise",)
     policy = PPOPolicy(tmp_path / "s.zip", device="cpu")
-    assert policy.surprise_plane and policy.network.features_extractor.prior.surprise_plane
-    env = small_env(seeds=7, observe_surprise=True)
+    assert policy.env_settings()["planes"] == ["surprise"]
+    assert policy.network.features_extractor.prior.surprise is not None
+    env = small_env(seeds=7, **policy.env_settings())
     observation, _ = env.reset(seed=3)
     policy.reset(env, seed=3)
     # The policy reads the travel prior's scale from the env (reset); the saved model has its own.
@@ -355,58 +359,52 @@ def test_surprise_model_round_trip_and_runs_on_envs_without_the_plane(tmp_path):
         assert action == int(expected)
         observation, _, terminated, _, _ = env.step(action)
         assert not terminated
-    with_plane = _greedy_actions(policy, small_env(seeds=7, observe_surprise=True), 3, 40)
-    without = _greedy_actions(policy, small_env(seeds=7), 3, 40)
-    assert with_plane == without and len(set(without)) == len(without)
-    # Without an env to track, an observation lacking the plane is a clear error.
+    actions = _greedy_actions(policy, small_env(seeds=7, planes=["surprise"]), 3, 40)
+    assert len(set(actions)) == len(actions)
+    for planes in ([], ["surprise", "energy"]):
+        with pytest.raises(ValueError, match="optional planes \\[surprise\\] against"):
+            policy.reset(small_env(seeds=7, planes=planes), seed=3)
+    # Without an env, an observation lacking the plane is a clear error.
     fresh = PPOPolicy(tmp_path / "s.zip", device="cpu")
     plain_observation, _ = small_env(seeds=7).reset(seed=3)
-    with pytest.raises(ValueError, match="with the surprise plane"):
+    with pytest.raises(ValueError, match="'planes': \\['surprise'\\]"):
         fresh.action_logits(plain_observation)
 
 
 @pytest.mark.parametrize("calibrated", [False, True])
-def test_energy_model_acts_alike_whichever_optional_planes_the_env_shows(tmp_path, calibrated):
-    """A model trained with the surprise and energy planes (calibrated or not) records its flags
-    and, on envs that show both, one or none of them, or the other kind of energy plane (it
-    computes what is missing or different), takes the same actions."""
-    both = {"observe_surprise": True, "observe_energy": True}
-    trained = {**both, "calibrate_energy": calibrated}
+def test_energy_model_runs_on_its_own_planes_and_names_what_differs(tmp_path, calibrated):
+    """A model trained with the surprise and energy planes (calibrated or not) saves them;
+    envs showing one, none, or the other kind of energy plane are refused by name."""
+    trained = planes_of(True, True, calibrated)
     model = _trained_model(
-        tmp_path / "e.zip", steps=64, n_steps=64, n_epochs=1, env_kwargs=trained,
-        surprise_plane=True, energy_plane=True, calibrated_energy=calibrated,
+        tmp_path / "e.zip", steps=64, n_steps=64, n_epochs=1, env_kwargs={"planes": trained},
     )  # fmt: skip
-    assert model.policy.energy_plane and model.policy.surprise_plane
-    assert model.policy.calibrated_energy == calibrated
+    assert list(model.policy.observation_spec.optional) == trained
     policy = PPOPolicy(tmp_path / "e.zip", device="cpu")
-    assert policy.energy_plane and policy.network.features_extractor.prior.energy_plane
-    assert policy.calibrated_energy == calibrated
-    reference = _greedy_actions(policy, small_env(seeds=7, **trained), 3, 30)
+    assert policy.network.features_extractor.prior.energy is not None
+    reference = _greedy_actions(policy, small_env(seeds=7, planes=trained), 3, 30)
     assert len(set(reference)) == len(reference) > 20
-    other = {**both, "calibrate_energy": not calibrated}
-    for shown in ({}, {"observe_energy": True}, {"observe_surprise": True}, other):
-        assert _greedy_actions(policy, small_env(seeds=7, **shown), 3, 30) == reference, shown
-    if calibrated:  # the calibration took part: the uncalibrated plane's actions differ
-        uncalibrated = PPOPolicy(tmp_path / "e.zip", device="cpu")
-        uncalibrated.network.calibrated_energy = False
-        assert _greedy_actions(uncalibrated, small_env(seeds=7, **both), 3, 30) != reference
+    other = planes_of(True, True, not calibrated)
+    for shown in ([], planes_of(energy=True), ["surprise"], other):
+        with pytest.raises(ValueError, match="optional planes"):
+            policy.reset(small_env(seeds=7, planes=shown), seed=3)
 
 
-def test_models_without_the_planes_ignore_an_envs_optional_planes(trained_model_path):
+def test_models_without_the_planes_refuse_an_envs_optional_planes(trained_model_path):
     policy = PPOPolicy(trained_model_path, device="cpu")
-    assert not policy.surprise_plane
+    assert policy.env_settings()["planes"] == []
     plain = _greedy_actions(policy, small_env(seeds=7), 3, 30)
-    assert plain == _greedy_actions(policy, small_env(seeds=7, observe_surprise=True), 3, 30)
-    both = {"observe_surprise": True, "observe_energy": True}
-    assert plain == _greedy_actions(policy, small_env(seeds=7, **both), 3, 30)
+    assert len(plain) == 30
+    with pytest.raises(ValueError, match="optional planes \\[none\\] against \\[surprise\\]"):
+        policy.reset(small_env(seeds=7, planes=["surprise"]), seed=3)
 
 
 @pytest.mark.parametrize(
     ("name", "options", "energy", "calibrated"),
     [
         ("ppo_default", [], True, True),
-        ("ppo_energy", ["--no-calibrate-energy"], True, False),
-        ("ppo_surprise", ["--no-energy-plane"], False, False),
+        ("ppo_energy", ["--planes", "surprise,energy"], True, False),
+        ("ppo_surprise", ["--planes", "surprise"], False, False),
     ],
 )
 def test_shipped_models_match_their_documented_training_commands(name, options, energy, calibrated):
@@ -419,14 +417,14 @@ def test_shipped_models_match_their_documented_training_commands(name, options, 
     if not path.is_file():
         pytest.skip(f"no shipped {name}")
     policy = PPOPolicy(path, device="cpu")
-    assert policy.surprise_plane and policy.energy_plane == energy
-    assert policy.calibrated_energy == calibrated
+    assert policy.env_settings()["planes"] == planes_of(True, energy, calibrated)
     prior_planes = policy.n_blocks + 2 + int(energy)
     assert policy.network.features_extractor.prior.n_outputs == prior_planes
     # The documented command (models/README.md) is the configuration that made the model.
     recorded = json.loads(path.with_suffix(".json").read_text())["args"]
-    recorded.setdefault("energy_plane", False)  # saved before the options existed
-    recorded.setdefault("calibrate_energy", False)
+    if "planes" not in recorded:  # saved when the optional planes were flags
+        flags = [recorded.pop(k, False) for k in ("surprise_plane", "energy_plane")]
+        recorded["planes"] = ",".join(planes_of(*flags, recorded.pop("calibrate_energy", False)))
     documented = vars(train.parse_args([*options, "--model", str(path), "--torch-threads", "1"]))
     differing = {
         k for k in documented if k not in ("out", "model") and recorded[k] != documented[k]

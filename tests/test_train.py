@@ -60,29 +60,32 @@ def test_env_kwargs_are_json_safe_and_keep_evaluation_held_out():
     kwargs = train.env_kwargs(args, [args.train_seed_start, args.train_seed_end])
     assert json.loads(json.dumps(kwargs)) == kwargs
     assert kwargs["twin_seeds"][1] <= HELD_OUT_SEED_START
-    assert kwargs["target_r2"] is None  # episodes run to the budget unless --stop-r2 is given
+    assert kwargs["stop_r2"] is None  # episodes run to the budget unless --stop-r2 is given
     stopping = train.env_kwargs(train.parse_args([*TINY, "--stop-r2", "0.95"]), 0)
-    assert stopping["target_r2"] == 0.95
-    assert gym.make(train.ENV_ID, **stopping).unwrapped.target_r2 == 0.95
+    assert stopping["stop_r2"] == 0.95
+    assert gym.make(train.ENV_ID, **stopping).unwrapped.stop_r2 == 0.95
 
 
-def test_surprise_plane_flag_reaches_env_policy_and_config(tmp_path):
-    assert train.env_kwargs(train.parse_args(TINY), 0)["observe_surprise"] is True  # the default
-    off = train.parse_args([*TINY, "--no-surprise-plane"])
-    assert train.env_kwargs(off, 0)["observe_surprise"] is False
+def test_planes_option_reaches_env_policy_and_config(tmp_path):
+    default = train.env_kwargs(train.parse_args(TINY), 0)["planes"]
+    assert default == ["surprise", "calibrated-energy"]  # the default
+    off = train.parse_args([*TINY, "--planes", ""])
+    assert train.env_kwargs(off, 0)["planes"] == []
     model = run(
-        tmp_path, "--surprise-plane", "--total-timesteps", "64", "--eval-freq", "0",
+        tmp_path, "--planes", "surprise", "--total-timesteps", "64", "--eval-freq", "0",
         "--checkpoint-freq", "64",
     )  # fmt: skip
-    assert model.policy.surprise_plane
+    assert model.policy.observation_spec.optional == ("surprise",)
     config = json.loads((tmp_path / "model.json").read_text())
-    assert config["args"]["surprise_plane"] is True
-    assert config["train_env_kwargs"]["observe_surprise"] is True
+    assert config["args"]["planes"] == "surprise"
+    assert config["train_env_kwargs"]["planes"] == ["surprise"]
     loaded = MaskablePPO.load(tmp_path / "model.zip", device="cpu")
-    assert loaded.policy.surprise_plane
-    with pytest.raises(ValueError, match="with the surprise plane"):
-        run(tmp_path, "--no-surprise-plane", "--total-timesteps", "128", "--eval-freq", "0",
+    assert loaded.policy.observation_spec.optional == ("surprise",)
+    with pytest.raises(ValueError, match="resume it with --planes surprise"):
+        run(tmp_path, "--planes", "", "--total-timesteps", "128", "--eval-freq", "0",
             "--resume", str(tmp_path / "checkpoints" / "ppo_64_steps.zip"))  # fmt: skip
+    with pytest.raises(ValueError, match="planes"):
+        train.parse_args([*TINY, "--planes", "energy,calibrated-energy"])
 
 
 def test_episode_tracker_reports_first_time_at_target():
@@ -118,6 +121,9 @@ def test_short_run_writes_model_config_checkpoints_and_logs(tmp_path):
     figure = tmp_path / "curves.png"
     assert ppo_curves.main([str(tmp_path / "tb"), "--out", str(figure), "--reference", "0.1"]) == 0
     assert figure.stat().st_size > 10_000
+    # by default the figure goes into the run folder, never onto a tracked file of the project
+    assert ppo_curves.main([str(tmp_path / "tb")]) == 0
+    assert (tmp_path / "training_curves.png").stat().st_size > 10_000
     steps, _ = ppo_curves.read_scalars(tmp_path / "tb")["train/entropy_loss"]
     assert steps.max() <= 256 and np.all(np.diff(steps) > 0)
 

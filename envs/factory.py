@@ -1,0 +1,139 @@
+"""Build an acquisition environment from JSON-safe settings: the one place its parts are made.
+
+``gymnasium.make("PFMAcquisition/Relaxation-v0", **settings)`` calls :func:`make_env`, and so
+do ``train.py``, ``evaluate.py``, the live loop and every study: a data spec, a reconstructor
+name or a cost override means the same thing everywhere. :class:`EnvConfig` holds the settings
+(every field JSON-safe, so a run's configuration can be saved and read back); :func:`make_env`
+turns them into a :class:`~envs.sources.DatasetSource`, a :class:`~reconstruct.Reconstructor`, a
+:class:`~envs.cost.CostModel` and an :class:`~envs.observation.ObservationSpec`, and hands them
+to :class:`~envs.acquisition.AcquisitionEnv`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from envs.acquisition import AcquisitionEnv
+from envs.cost import CostModel
+from envs.dataset import Dataset
+from envs.observation import ObservationSpec
+from envs.sources import DatasetSource
+from reconstruct.base import BlockLayout
+from reconstruct.registry import make_reconstructor
+
+
+@dataclass
+class EnvConfig:
+    """Settings of an acquisition environment.
+
+    Attributes
+    ----------
+    data
+        A data spec (:mod:`envs.sources`: ``"twin"``, ``"twin:SEED"``, a file path) or, in code
+        only, a :class:`Dataset`.
+    twin_seeds
+        For ``"twin"``: an int (the same twin every reset) or ``[lo, hi)``, drawn from at each
+        reset.
+    twin_overrides
+        Twin settings (:class:`envs.twin.TwinConfig` fields, e.g. ``{"grid": [16, 16]}``).
+    reconstructor, reconstructor_kwargs, device
+        Name for :func:`reconstruct.registry.make_reconstructor`, its options, and its device
+        (``"auto"`` picks CUDA when present).
+    n_blocks, block_scheme
+        The voltage blocks (:class:`reconstruct.BlockLayout`); ``n_blocks`` must divide the
+        voltage axis.
+    cost
+        Cost-model parameters (:class:`envs.cost.CostModel` fields); ``reads`` and
+        ``read_interval_s`` default to the data's time axis when it has a time unit.
+    budget_fraction, budget_seconds, stop_r2, initial_stride, reward, repeat_penalty
+        As for :class:`envs.acquisition.AcquisitionEnv`.
+    n_components, planes
+        Component maps and optional planes (names from :data:`envs.observation.OPTIONAL_PLANES`)
+        of the observation.
+    render_mode
+        ``None`` or ``"rgb_array"``.
+    """
+
+    data: str | Dataset = "twin"
+    twin_seeds: int | list[int] = 0
+    twin_overrides: dict[str, Any] = field(default_factory=dict)
+    reconstructor: str = "gp"
+    reconstructor_kwargs: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    n_blocks: int = 4
+    block_scheme: str = "spread"
+    cost: dict[str, Any] = field(default_factory=dict)
+    budget_fraction: float | None = None
+    budget_seconds: float | None = None
+    stop_r2: float | None = None
+    initial_stride: int = 6
+    reward: str = "auc"
+    repeat_penalty: float = 0.01
+    n_components: int = 3
+    planes: list[str] = field(default_factory=list)
+    render_mode: str | None = None
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EnvConfig:
+        """A config from keyword arguments, with a clear error for an unknown one."""
+        cls._check_names(kwargs)
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> EnvConfig:
+        """A copy with ``changes`` (an unknown name is an error)."""
+        self._check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments (JSON-safe unless ``data`` is a Dataset)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def _check_names(cls, kwargs: dict[str, Any]) -> None:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown env setting(s) {unknown}; the settings are {sorted(known)}")
+
+
+def make_env(config: EnvConfig | None = None, **kwargs: Any) -> AcquisitionEnv:
+    """The acquisition environment of ``config`` (or of keyword settings, or both: keywords
+    override the config's fields)."""
+    config = (config or EnvConfig()).replace(**kwargs)
+    source = DatasetSource(config.data, config.twin_seeds, config.twin_overrides)
+    first = source.first()
+    n_blocks = config.n_blocks
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1:
+        raise ValueError(f"n_blocks must be a positive integer, got {n_blocks!r}")
+    try:
+        layout = BlockLayout(first.spectral_shape[0], n_blocks, str(config.block_scheme))
+    except ValueError as err:
+        raise ValueError(
+            f"voltage blocks (n_blocks={n_blocks}, block_scheme={config.block_scheme!r}) do not "
+            f"fit the data {first.shape}: {err}"
+        ) from None
+    cost_model = CostModel.from_dict(config.cost).for_axes(first.axes, config.cost)
+    observation = ObservationSpec(layout.n_blocks, config.n_components, tuple(config.planes))
+    reconstructor = make_reconstructor(
+        config.reconstructor,
+        first.spatial_shape,
+        first.spectral_shape,
+        layout,
+        device=config.device,
+        **dict(config.reconstructor_kwargs),
+    )
+    return AcquisitionEnv(
+        source,
+        reconstructor,
+        cost_model,
+        budget_fraction=config.budget_fraction,
+        budget_seconds=config.budget_seconds,
+        stop_r2=config.stop_r2,
+        initial_stride=config.initial_stride,
+        reward=config.reward,
+        repeat_penalty=config.repeat_penalty,
+        observation=observation,
+        render_mode=config.render_mode,
+    )
