@@ -182,6 +182,13 @@ class _Experiment:
     ) -> None:
         if resume:
             session = Session.open(config.session)
+            if session.status.startswith("finished"):
+                reason = session.status.partition(": ")[2] or session.status
+                session.close()
+                raise SessionError(
+                    f"{config.session} is already finished ({reason}); its results are beside "
+                    f"it; start a new session with another --session"
+                )
             stored = dict(session.config)
             if "target" in stored:  # sessions written before the option was named stop_r2
                 stored["stop_r2"] = stored.pop("target")
@@ -316,6 +323,8 @@ class _Experiment:
                 seconds = float(records.instrument_seconds[: i + 1].sum())
                 estimate, true = float(records.r2_estimate[i]), float(records.r2_true[i])
                 self.trace.append((seconds, estimate, true))
+                # The stop rule reads the last estimate, as it did before the interruption.
+                self.r2_estimate, self.r2_true = estimate, true
         if initial.sum() == self.env.initial_pixels.size * self.env.n_blocks:
             self._add_initial(records)
         for i in np.flatnonzero(records.kind == KIND_POLICY):
@@ -354,7 +363,9 @@ class _Experiment:
                 )
 
     def update_estimate(self) -> None:
-        """Recompute the accuracy estimate (and the true R^2 when a reference is known)."""
+        """Recompute the accuracy estimate (and the true R^2 when a reference is known) and
+        store it on the last record."""
+        self._estimate_stored_on_last_record = True
         recon = self.env.reconstructor
         self.r2_estimate = estimate_r2(
             self.config.estimate, recon.estimate_blocks(), recon.uncertainty(),
@@ -388,6 +399,7 @@ class _Experiment:
         algorithm_seconds = self._algorithm_seconds()
         env.before_measuring(pixel, block)
         values = self._measure(pixel, block, KIND_POLICY, algorithm_seconds)
+        self._estimate_stored_on_last_record = False
         self._add(pixel, block, values)
         env.after_measuring()
 
@@ -397,27 +409,40 @@ class _Experiment:
 
         self.replay_records()
         self.measure_initial_and_checks()
+        records = self.session.records()
+        self._n_before_policy = int((records.kind != KIND_POLICY).sum())
+        self._estimate_stored_on_last_record = bool(
+            len(records) and np.isfinite(records.r2_estimate[-1])
+        )
         self.policy.reset(self.env, self.config.seed)
         bar = tqdm(
             total=self.env.measured.size, initial=self.session.n_records, unit="block",
             disable=not self.config.progress, dynamic_ncols=True, file=sys.stderr,
         )
+        every = self.config.estimate_every
         try:
-            steps = 0
-            self.update_estimate()
+            # The estimate is due when the number of policy records is a multiple of
+            # ``estimate_every``, counted over the whole session, so that a resumed session
+            # estimates (and stops) exactly where an uninterrupted one would.
+            if self.n_policy_records % every == 0 and not self._estimate_stored_on_last_record:
+                self.update_estimate()
             while (reason := self.stop_reason()) is None:
                 self.policy_step()
-                steps += 1
-                if steps % self.config.estimate_every == 0:
+                if self.n_policy_records % every == 0:
                     self.update_estimate()
                 bar.update(1)
                 bar.set_postfix_str(self._progress_text(), refresh=False)
-            if steps % self.config.estimate_every:
+            if self.n_policy_records % every and not self._estimate_stored_on_last_record:
                 self.update_estimate()
                 reason = self.stop_reason() or reason
         finally:
             bar.close()
         return reason
+
+    @property
+    def n_policy_records(self) -> int:
+        """Blocks the policy chose so far in this session (a resume counts the earlier ones)."""
+        return self.session.n_records - self._n_before_policy
 
     def _progress_text(self) -> str:
         text = (
