@@ -226,13 +226,11 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
 def env_kwargs(args: TrainArgs, twin_seeds: int | list[int]) -> dict[str, Any]:
     """JSON-safe settings of the acquisition env (:class:`envs.factory.EnvConfig`) for a twin
     seed or seed range."""
-    overrides: dict[str, Any] = {"grid": [args.grid, args.grid]}
-    if args.n_times:
-        overrides["n_times"] = args.n_times
-    config = EnvConfig(
-        data="twin",
-        twin_seeds=twin_seeds,
-        twin_overrides=overrides,
+    config = EnvConfig.for_data(
+        "twin",
+        twin_seeds,
+        grid=args.grid,
+        n_times=args.n_times,
         reconstructor=args.reconstructor,
         n_blocks=args.blocks,
         budget_fraction=args.budget_fraction,

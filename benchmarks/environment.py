@@ -35,19 +35,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from envs.acquisition import AcquisitionEnv  # noqa: E402
-from envs.factory import make_env  # noqa: E402
+from envs.factory import EnvConfig, make_env  # noqa: E402
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "data": "twin",
-        "twin_seeds": 0,
-        "twin_overrides": {"grid": [args.grid, args.grid], "n_times": args.times},
-        "reconstructor": args.reconstructor,
-        "device": args.device,
-        "budget_fraction": 1.0,
-        "planes": [p for p in args.planes.split(",") if p],
-    }
+    return EnvConfig.for_data(
+        "twin",
+        0,
+        args.grid,
+        args.times,
+        reconstructor=args.reconstructor,
+        device=args.device,
+        budget_fraction=1.0,
+        planes=[p for p in args.planes.split(",") if p],
+    ).to_kwargs()
 
 
 def _make_env(kwargs: dict[str, Any]) -> gym.Env:

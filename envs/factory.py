@@ -19,7 +19,7 @@ from envs.acquisition import AcquisitionEnv
 from envs.cost import CostModel
 from envs.dataset import Dataset
 from envs.observation import ObservationSpec
-from envs.sources import DatasetSource
+from envs.sources import DatasetSource, parse_spec
 from reconstruct.base import BlockLayout
 from reconstruct.registry import make_reconstructor
 
@@ -74,6 +74,27 @@ class EnvConfig:
     n_components: int = 3
     planes: list[str] = field(default_factory=list)
     render_mode: str | None = None
+
+    @classmethod
+    def for_data(
+        cls,
+        data: str | Dataset,
+        twin_seeds: int | list[int] = 0,
+        grid: int | None = None,
+        n_times: int | None = None,
+        **settings: Any,
+    ) -> EnvConfig:
+        """Settings for a data source; for the twin, a square grid of ``grid`` pixels a side
+        and ``n_times`` read-outs per pulse (None or 0: the twin's own defaults). Other data
+        ignores the twin's settings."""
+        if isinstance(data, str) and parse_spec(data).is_twin:
+            overrides = dict(settings.pop("twin_overrides", {}))
+            if grid:
+                overrides["grid"] = [int(grid), int(grid)]
+            if n_times:
+                overrides["n_times"] = int(n_times)
+            settings.update(twin_seeds=twin_seeds, twin_overrides=overrides)
+        return cls.from_kwargs(data=data, **settings)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EnvConfig:

@@ -43,7 +43,7 @@ def episode_power(env, seed: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from envs.factory import make_env
+    from envs.factory import EnvConfig, make_env
     from envs.sources import HELD_OUT_SEED_START
 
     parser = argparse.ArgumentParser(
@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     powers = []
     for seed in range(args.seed_start, args.seed_start + args.seeds):
-        kwargs = {"data": args.data, "n_blocks": args.blocks, "budget_fraction": 1.0}
-        if args.data == "twin":
-            kwargs["twin_seeds"] = seed
-            kwargs["twin_overrides"] = {"grid": [args.grid, args.grid], "n_times": args.n_times}
+        config = EnvConfig.for_data(
+            args.data, seed, args.grid, args.n_times, n_blocks=args.blocks, budget_fraction=1.0,
+            stop_r2=args.stop_r2 or None,
+        )  # fmt: skip
         try:
-            env = make_env(**kwargs, stop_r2=args.stop_r2 or None)
+            env = make_env(config)
         except (ValueError, OSError) as err:  # DataError is a ValueError: bad file, blocks
             print(f"error: {err}", file=sys.stderr)
             return 2
