@@ -198,17 +198,32 @@ class TrainArgs:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
-    """Command-line options, one per :class:`TrainArgs` field (``--total-timesteps`` etc.)."""
+    """Command-line options, one per :class:`TrainArgs` field (``--total-timesteps`` etc.).
+
+    ``--config FILE.json`` reads settings from a JSON object of :class:`TrainArgs` fields (as
+    the ``"args"`` of a model's JSON record, which a run writes beside its model); options on
+    the command line override it.
+    """
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument("--config", default="")
+    known, rest = config_parser.parse_known_args(argv)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainArgs)}
+    if known.config:
+        defaults.update(read_config(known.config))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--config", default="", help="JSON file of settings (command-line options override it)"
+    )
     for f in dataclasses.fields(TrainArgs):
         flag = "--" + f.name.replace("_", "-")
+        default = defaults[f.name]
         if f.type in ("bool", bool):
             parser.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
-                default=f.default,
+                default=default,
                 help=f.metadata["help"],
             )
         else:
@@ -216,10 +231,37 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
             parser.add_argument(
                 flag,
                 type=kind,
-                default=f.default,
-                help=f"{f.metadata['help']} (default: {f.default})",
+                default=default,
+                help=f"{f.metadata['help']} (default: {default})",
             )
-    return TrainArgs(**vars(parser.parse_args(argv)))
+    options = vars(parser.parse_args([*rest, "--config", known.config]))
+    options.pop("config")
+    return TrainArgs(**options)
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """Settings from a JSON file: a :class:`TrainArgs` object, or a model's record with one
+    under ``"args"``; unknown names are an error that lists them."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read the config {path}: {err}") from None
+    settings = record.get("args", record) if isinstance(record, dict) else None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} holds no JSON object of training settings")
+    settings = dict(settings)
+    if "planes" not in settings and "surprise_plane" in settings:
+        # Records written when the optional planes were three flags.
+        surprise, energy = settings.pop("surprise_plane"), settings.pop("energy_plane", False)
+        calibrated = settings.pop("calibrate_energy", False) and energy and surprise
+        planes = ["surprise"] * bool(surprise)
+        planes += ["calibrated-energy" if calibrated else "energy"] * bool(energy)
+        settings["planes"] = ",".join(planes)
+    known = {f.name for f in dataclasses.fields(TrainArgs)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {unknown}")
+    return settings
 
 
 # --------------------------------------------------------------------------- environments

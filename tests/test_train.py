@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -86,6 +87,20 @@ def test_planes_option_reaches_env_policy_and_config(tmp_path):
             "--resume", str(tmp_path / "checkpoints" / "ppo_64_steps.zip"))  # fmt: skip
     with pytest.raises(ValueError, match="planes"):
         train.parse_args([*TINY, "--planes", "energy,calibrated-energy"])
+
+
+def test_config_file_sets_options_and_the_command_line_overrides_it(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"args": {"grid": 20, "planes": "surprise", "seed": 3}}))
+    args = train.parse_args(["--config", str(path), "--seed", "4"])
+    assert (args.grid, args.planes, args.seed) == (20, "surprise", 4)
+    # a shipped model's record reproduces its settings, flags of older records included
+    record = Path(train.__file__).parent / "models" / "ppo_energy.json"
+    if record.is_file():
+        assert train.parse_args(["--config", str(record)]).planes == "surprise,energy"
+    path.write_text(json.dumps({"gird": 20}))
+    with pytest.raises(ValueError, match="unknown settings \\['gird'\\]"):
+        train.parse_args(["--config", str(path)])
 
 
 def test_episode_tracker_reports_first_time_at_target():
