@@ -148,14 +148,8 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
     instrument has measured and what the model predicted enters: no ground truth.
 
     Why: the uncertainty planes say how far a pixel is from measurements, not where the
-    reconstruction is actually wrong, which is what the privileged oracle exploits. On 20
-    held-out 16 x 16 twins (paired with ``gp-uncertainty-per-second``, decisions not charged)
-    weight 0.25 (the best of 0.1, 0.25, 0.5, 1 on seeds 100 100-100 119) raised the AUC by
-    +0.031 [+0.018, +0.043] at budget 0.3 and 32 read-outs, and by +0.017 [+0.001, +0.033] with
-    128 read-outs over the full budget; on fresh seeds 100 200-100 219 by +0.022 [+0.009,
-    +0.036] and +0.015 [+0.001, +0.028] (``python -m studies.ppo_compare gp-surprise-per-second
-    --seed-start 100200``, with ``--n-times 128 --budget-fraction 1.0 --stop-r2 0.95`` for the
-    second setting). The time to R^2 0.90 did not change significantly.
+    reconstruction is actually wrong, which is what the privileged oracle exploits. The
+    measured effect of the surprise weight is in ``docs/results.md``.
     """
 
     name = "gp-surprise-per-second"
@@ -211,15 +205,9 @@ class EnergySurprisePerSecondPolicy(SurprisePerSecondPolicy):
 
     Why: the posterior variance of a stationary GP does not see the response's amplitude, while
     the twin's pixel-scale disorder scales a pixel's whole spectrum, so the reconstruction is
-    most wrong where the response is strong. A privileged reference that knows the twin's
-    disorder-free structure (``structure-oracle``) reaches R^2 0.90 in 0.143 h on 16 x 16 twins
-    where ``gp-uncertainty-per-second`` needs 0.192 h (``models/README.md``); the energy is one
-    part of that structure that the observation shows.
-    Paired on 40 held-out 16 x 16 twins (128 read-outs, run to R^2 0.95) this policy reaches 0.90
-    about two minutes sooner than ``gp-surprise-per-second`` and ``gp-uncertainty-per-second``.
-    But it is a twin-specific signal: on the real BE-PFM file it saves 69 % of the raster's time
-    at R^2 0.90 where ``gp-surprise-per-second`` saves 90 %, since that file's weak pixels are not
-    where its error is small.
+    most wrong where the response is strong. It is a twin-specific signal: where weak pixels are
+    not where the error is small (as on the real BE-PFM file) it misleads; the calibrated
+    variant below fits how much the energy matters. Measurements: ``docs/results.md``.
     """
 
     name = "gp-energy-surprise-per-second"

@@ -13,12 +13,9 @@ environment charges the measured wall clock instead.
 
 Default numbers: 16 voltages x (20 ms pulse + 128 reads x 2 ms) + 0.1 s settle = 4.52 s for a full
 pixel, inside the 0.1-10 s per pixel real instruments take, so a full 60 x 60 raster takes about
-4.5 hours. The algorithm defaults (8 ms per decision plus 4 us per measured block) come from
-``python -m benchmarks.environment``:
-a straight-line fit of one environment step's wall time (GP update
-and observation, on one CPU thread of a shared 2-core machine, twin (60, 60, 16, 128), up to 22 %
-measured) against the number of blocks already measured, which gave 7.9 ms + 4.0 us x n. At 20 %
-measured that is about 20 ms per step, under 2 % of the 1.2 s a 4-voltage block takes.
+4.5 hours. The algorithm defaults (8 ms per decision plus 4 us per measured block) are a straight-line fit
+of one environment step's wall time against the number of blocks already measured, made with
+``python -m benchmarks.environment`` (``docs/performance.md`` has the measurement).
 
 The module depends on numpy only, so baselines and evaluation scripts can price a schedule without
 building an environment.
