@@ -13,9 +13,10 @@ environment charges the measured wall clock instead.
 
 Default numbers: 16 voltages x (20 ms pulse + 128 reads x 2 ms) + 0.1 s settle = 4.52 s for a full
 pixel, inside the 0.1-10 s per pixel real instruments take, so a full 60 x 60 raster takes about
-4.5 hours. The algorithm defaults (8 ms per decision plus 4 us per measured block) are a straight-line fit
-of one environment step's wall time against the number of blocks already measured, made with
-``python -m benchmarks.environment`` (``docs/performance.md`` has the measurement).
+4.5 hours. The algorithm defaults (8 ms per decision plus 4 us per measured block) are a
+straight-line fit of one environment step's wall time against the number of blocks already
+measured, made with ``python -m benchmarks.environment`` (``docs/performance.md`` has the
+measurement).
 
 The module depends on numpy only, so baselines and evaluation scripts can price a schedule without
 building an environment.
