@@ -437,7 +437,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 f"unknown reset options {unknown}; the options are 'dataset' and 'initial_design'"
             )
         if self.source is not None:
-            dataset = options.get("dataset") or self.source.draw(self.np_random)
+            dataset = options["dataset"] if "dataset" in options else None
+            if dataset is None:
+                dataset = self.source.draw(self.np_random)
             self._set_dataset(dataset)
             self.instrument: Instrument = ReplayInstrument(dataset, self.cost_model, start_pixel=0)
             self.reference_blocks: torch.Tensor | None = self._to_blocks(dataset.data)
