@@ -23,6 +23,16 @@ def serpentine_pixels(grid_shape: tuple[int, int]) -> np.ndarray:
     return order.reshape(-1)
 
 
+def staggered_blocks(pixels: np.ndarray, n_cols: int, n_blocks: int) -> np.ndarray:
+    """``(len(pixels), n_blocks)``: column ``q`` is the block ``(i + 2 j + q) mod n_blocks``
+    of pixel ``(i, j)``. Every row is a permutation of the blocks, and for ``n_blocks >= 3``
+    the first ``q`` columns of 4-neighbouring pixels never share a block at the same column,
+    so a design that measures each pixel's first few columns shows every voltage in every
+    small neighbourhood."""
+    rows, cols = np.divmod(np.asarray(pixels), n_cols)
+    return (rows[:, None] + 2 * cols[:, None] + np.arange(n_blocks)[None, :]) % n_blocks
+
+
 def _masked_argmax(scores: np.ndarray, action_mask: np.ndarray) -> int:
     """Index of the largest score among valid actions (ties: lowest index, so runs repeat)."""
     scores = np.where(action_mask, np.nan_to_num(scores, nan=-np.inf, posinf=np.inf), -np.inf)
@@ -106,12 +116,10 @@ class StaticSubsamplePolicy(OrderedPolicy):
     name = "static-subsample"
 
     def action_order(self) -> np.ndarray:
-        nx, ny = self.env.grid_shape
         nb = self.env.n_blocks
-        pixels = serpentine_pixels((nx, ny))
-        rows, cols = np.divmod(pixels, ny)
-        passes = [pixels * nb + (rows + 2 * cols + q) % nb for q in range(nb)]
-        return np.concatenate(passes)
+        pixels = serpentine_pixels(self.env.grid_shape)
+        actions = pixels[:, None] * nb + staggered_blocks(pixels, self.env.grid_shape[1], nb)
+        return actions.T.reshape(-1)  # pass q: column q of every pixel, in serpentine order
 
 
 class UncertaintyPolicy(Policy):
@@ -340,3 +348,91 @@ class GreedyOraclePolicy(Policy):
 
     def act(self, observation, action_mask):
         return _masked_argmax(block_errors(self.env) / block_seconds_table(self.env), action_mask)
+
+
+def evenly_spread_pixels(grid_shape: tuple[int, int], count: int) -> np.ndarray:
+    """``count`` distinct flat pixel indices spread evenly over the grid, ascending.
+
+    Each row ``i`` gets its share of the points (``round((i + 1) c / X) - round(i c / X)``, so
+    the total is exact), evenly spaced along the row and shifted by the golden ratio's
+    fractional part times ``i`` of the spacing, so that successive rows do not line their
+    points up in columns: a sheared lattice, like a Kronecker low-discrepancy set."""
+    nx, ny = grid_shape
+    if not 0 <= count <= nx * ny:
+        raise ValueError(f"cannot pick {count} of {nx * ny} pixels")
+    golden = (np.sqrt(5.0) - 1.0) / 2.0
+    per_row = np.diff(np.round(np.arange(nx + 1) * count / nx).astype(np.int64))
+    chosen = []
+    for row, n in enumerate(per_row):
+        if n:
+            shift = (row * golden) % 1.0
+            chosen.append(row * ny + np.floor((np.arange(n) + shift) * ny / n).astype(np.int64))
+    return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+
+
+class StaticBasisPolicy(OrderedPolicy):
+    """The static "spectral basis + a few voltages everywhere" design, fixed in advance.
+
+    A fraction ``full_fraction`` of the pixels, spread evenly over the grid
+    (:func:`evenly_spread_pixels`), is measured at every block: those spectra give the low-rank
+    reconstructors their spectral basis. Every other pixel is measured at ``blocks_per_pixel``
+    blocks, the first columns of :func:`staggered_blocks`, so that neighbouring pixels hold
+    different blocks; the reconstructor's least squares on the basis gives their
+    coefficients. One serpentine pass visits every pixel once and measures its design blocks
+    there (no travel back). Pixels the environment's initial design already completed count as
+    measured and are skipped.
+
+    Should the budget outlast the design, further serpentine passes add the next staggered
+    block at every partly measured pixel (``static-subsample``'s later passes), so the policy
+    keeps filling in blocks in the same even pattern.
+
+    Spec: ``static-basis`` (10 % full, 1 block elsewhere), ``static-basis:FRACTION`` or
+    ``static-basis:FRACTION,BLOCKS`` (e.g. ``static-basis:0.05,2``).
+    """
+
+    name = "static-basis"
+
+    @classmethod
+    def from_argument(cls, argument: str | None) -> Policy:
+        """``static-basis``, ``static-basis:FRACTION`` or ``static-basis:FRACTION,BLOCKS``."""
+        if argument is None:
+            return cls()
+        parts = argument.split(",")
+        if len(parts) > 2:
+            raise ValueError(f"static-basis takes FRACTION[,BLOCKS], got {argument!r}")
+        try:
+            fraction = float(parts[0])
+            blocks = int(parts[1]) if len(parts) == 2 else 1
+        except ValueError:
+            raise ValueError(
+                f"static-basis takes FRACTION[,BLOCKS] (e.g. 0.1,1), got {argument!r}"
+            ) from None
+        return cls(fraction, blocks)
+
+    def __init__(self, full_fraction: float = 0.1, blocks_per_pixel: int = 1) -> None:
+        super().__init__()
+        if not 0.0 <= full_fraction <= 1.0:
+            raise ValueError(f"full_fraction must be in [0, 1], got {full_fraction}")
+        if blocks_per_pixel < 1:
+            raise ValueError(f"blocks_per_pixel must be >= 1, got {blocks_per_pixel}")
+        self.full_fraction = float(full_fraction)
+        self.blocks_per_pixel = int(blocks_per_pixel)
+
+    def full_pixels(self) -> np.ndarray:
+        """The design's fully measured pixels (flat indices, ascending)."""
+        nx, ny = self.env.grid_shape
+        return evenly_spread_pixels((nx, ny), int(round(self.full_fraction * nx * ny)))
+
+    def action_order(self) -> np.ndarray:
+        nb = self.env.n_blocks
+        if self.blocks_per_pixel > nb:
+            raise ValueError(
+                f"blocks_per_pixel {self.blocks_per_pixel} exceeds the env's {nb} blocks"
+            )
+        pixels = serpentine_pixels(self.env.grid_shape)
+        actions = pixels[:, None] * nb + staggered_blocks(pixels, self.env.grid_shape[1], nb)
+        is_full = np.isin(pixels, self.full_pixels())
+        n_design = np.where(is_full, nb, self.blocks_per_pixel)
+        design = actions[np.arange(nb)[None, :] < n_design[:, None]]  # pixel by pixel
+        later_passes = actions[~is_full, self.blocks_per_pixel :].T.reshape(-1)
+        return np.concatenate([design, later_passes])

@@ -15,6 +15,7 @@ _BASELINES: tuple[type[Policy], ...] = (
     baselines.RandomPolicy,
     baselines.RasterPolicy,
     baselines.StaticSubsamplePolicy,
+    baselines.StaticBasisPolicy,
     baselines.UncertaintyPolicy,
     baselines.UncertaintyPerSecondPolicy,
     baselines.SurprisePerSecondPolicy,

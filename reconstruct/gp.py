@@ -133,6 +133,23 @@ def _as_noise(
     return out.clamp_min(_MIN_NOISE)
 
 
+def _as_values(
+    values: torch.Tensor | np.ndarray, n: int, n_outputs: int, device: torch.device
+) -> torch.Tensor:
+    """``values`` as a float64 ``(n, n_outputs)`` on ``device``. An empty set of observations
+    (``n = 0``, e.g. a tile with nothing measured in its window yet) is a valid ``(0, k)``:
+    it leaves the prior, which is what such a tile must predict."""
+    vals = torch.as_tensor(values, dtype=torch.float64).to(device)
+    if n == 0:
+        if vals.numel():
+            raise ValueError(f"got {vals.numel()} values for 0 observations")
+        return vals.reshape(0, n_outputs)
+    vals = vals.reshape(n, -1)
+    if vals.shape[1] != n_outputs:
+        raise ValueError(f"values have {vals.shape[1]} outputs, expected {n_outputs}")
+    return vals
+
+
 class SpatialGP:
     """Exact GP posterior over every grid pixel, updated one observation at a time.
 
@@ -306,9 +323,7 @@ class SpatialGP:
         n = idx.numel()
         if n and (idx.min() < 0 or idx.max() >= self.n_pixels):
             raise IndexError(f"pixels out of range [0, {self.n_pixels})")
-        vals = torch.as_tensor(values, dtype=torch.float64).to(self.device).reshape(n, -1)
-        if n and vals.shape[1] != self.n_outputs:
-            raise ValueError(f"values have {vals.shape[1]} outputs, expected {self.n_outputs}")
+        vals = _as_values(values, n, self.n_outputs, self.device)
         if not torch.isfinite(vals).all():
             raise ValueError("values contain NaN or inf")
         s2 = _as_noise(noise, n, self.device)
@@ -480,7 +495,7 @@ class TiledSpatialGP:
         if hyper is not None:
             self.hyper = hyper
         idx = torch.as_tensor(pixels, dtype=torch.long).reshape(-1).tolist()
-        vals = torch.as_tensor(values, dtype=torch.float64).to(self.device).reshape(len(idx), -1)
+        vals = _as_values(values, len(idx), self.n_outputs, self.device)
         s2 = _as_noise(noise, len(idx), self.device)
         members: list[list[int]] = [[] for _ in self.tiles]
         for i, p in enumerate(idx):

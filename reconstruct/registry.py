@@ -13,15 +13,16 @@ from typing import Any
 
 from reconstruct.base import BlockLayout, Reconstructor
 
-# name -> modules, searched in order, for a Reconstructor subclass whose ``name`` attribute is
-# that name (the GP reconstructor works on low-rank coefficients, so it may live in either).
-_MODULES: dict[str, tuple[str, ...]] = {
-    "mean": ("reconstruct.interpolate",),
-    "nearest": ("reconstruct.interpolate",),
-    "idw": ("reconstruct.interpolate",),
-    "linear": ("reconstruct.interpolate",),
-    "gp": ("reconstruct.gp", "reconstruct.lowrank"),
-    "lowrank": ("reconstruct.lowrank",),
+# name -> the one module that defines the Reconstructor subclass whose ``name`` attribute is
+# that name. (``reconstruct.gp`` is the spatial GP engine, not a reconstructor: the "gp"
+# reconstructor, a GP over low-rank coefficients, is defined in ``reconstruct.lowrank``.)
+_MODULES: dict[str, str] = {
+    "mean": "reconstruct.interpolate",
+    "nearest": "reconstruct.interpolate",
+    "idw": "reconstruct.interpolate",
+    "linear": "reconstruct.interpolate",
+    "gp": "reconstruct.lowrank",
+    "lowrank": "reconstruct.lowrank",
 }
 
 
@@ -38,23 +39,20 @@ def reconstructor_class(name: str) -> type[Reconstructor]:
     KeyError
         For an unknown name (the message lists the known ones).
     ImportError
-        When a module that may provide ``name`` is missing, or none defines it.
+        When the module registered for ``name`` is missing, or does not define it.
     """
     if name not in _MODULES:
         raise KeyError(f"unknown reconstructor {name!r}; choose one of {reconstructor_names()}")
-    for module_name in _MODULES[name]:
-        module = importlib.import_module(module_name)
-        for obj in vars(module).values():
-            if (
-                isinstance(obj, type)
-                and issubclass(obj, Reconstructor)
-                and getattr(obj, "name", None) == name
-                and obj.__module__ == module.__name__
-            ):
-                return obj
-    raise ImportError(
-        f"none of {list(_MODULES[name])} defines a Reconstructor with name = {name!r}"
-    )
+    module = importlib.import_module(_MODULES[name])
+    for obj in vars(module).values():
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, Reconstructor)
+            and getattr(obj, "name", None) == name
+            and obj.__module__ == module.__name__
+        ):
+            return obj
+    raise ImportError(f"{module.__name__} defines no Reconstructor with name = {name!r}")
 
 
 def make_reconstructor(

@@ -13,6 +13,7 @@ BASELINES = [
     "random",
     "raster",
     "static-subsample",
+    "static-basis",
     "gp-uncertainty",
     "gp-uncertainty-per-second",
     "gp-surprise-per-second",

@@ -181,3 +181,32 @@ def test_rbf_kernel_has_no_denormals():
     values = correlation(torch.linspace(0, 60, 1000, dtype=torch.float64), hyper)
     tiny = (values > 0) & (values < 1e-12)
     assert not bool(tiny.any())
+
+
+def test_rebuild_on_no_observations_is_the_prior():
+    gp = SpatialGP(grid_coords((5, 5)), 3, HYPER, prior_mean=[1.0, 2.0, 3.0], device="cpu")
+    gp.add(4, [0.0, 0.0, 0.0], 0.1)
+    gp.rebuild([], torch.zeros(0, 3), 0.1)
+    assert gp.n_obs == 0
+    assert torch.equal(gp.mean, torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64).expand(25, 3))
+    assert torch.equal(gp.variance, torch.ones(25, dtype=torch.float64))
+    gp.add(7, [1.0, 2.0, 3.0], 0.1)  # still usable afterwards
+    assert gp.n_obs == 1
+    with pytest.raises(ValueError, match="0 observations"):
+        gp.rebuild([], torch.zeros(2, 3), 0.1)
+
+
+def test_tiled_rebuild_with_empty_tiles_keeps_their_prior():
+    # Observations only in the top-left corner: the other tiles' windows hold none.
+    shape = (40, 40)
+    pixels = [0, 1, 40, 41]
+    y = torch.arange(8, dtype=torch.float64).reshape(4, 2)
+    tiled = TiledSpatialGP(shape, 2, HYPER, tile=16, halo=4, device="cpu")
+    tiled.rebuild(pixels, y, 0.05)
+    far = 39 * 40 + 39  # bottom-right pixel, in a tile that saw nothing
+    assert torch.equal(tiled.mean[far], tiled.prior_mean)
+    assert float(tiled.variance[far]) == 1.0
+    assert float(tiled.variance[0]) < 0.5
+    assert torch.isfinite(tiled.variance_reduction([0, far], 0.05)).all()
+    tiled.rebuild([], torch.zeros(0, 2), 0.05)  # nothing at all observed
+    assert tiled.n_obs == 0 and float(tiled.variance.min()) == 1.0

@@ -184,6 +184,32 @@ def test_registry() -> None:
         make_reconstructor("kriging", SPATIAL, SPECTRAL)
 
 
+def test_registry_names_exactly_the_defining_module() -> None:
+    # Every Reconstructor subclass with a name, in every module of the package, is found: the
+    # registry must point each name at that module and no other.
+    import importlib
+    import pkgutil
+
+    import reconstruct
+    from reconstruct.base import Reconstructor
+    from reconstruct.registry import _MODULES
+
+    defined_in: dict[str, set[str]] = {}
+    for info in pkgutil.iter_modules(reconstruct.__path__, "reconstruct."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, Reconstructor)
+                and obj.__module__ == module.__name__
+                and "name" in vars(obj)
+            ):
+                defined_in.setdefault(obj.name, set()).add(module.__name__)
+    for name in reconstructor_names():
+        assert defined_in.get(name) == {_MODULES[name]}, name
+        assert reconstructor_class(name).__module__ == _MODULES[name]
+
+
 def test_add_many_rejects_the_whole_batch() -> None:
     recon = NearestNeighbour(SPATIAL, SPECTRAL, LAYOUT, device="cpu")
     good = np.ones((3, 6))
