@@ -606,6 +606,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             self._change = self._map_change(maps)
             self._previous_maps = maps
             self._uncertainty = self.reconstructor.uncertainty().detach().cpu()
+            if not (torch.isfinite(maps).all() and torch.isfinite(self._uncertainty).all()):
+                # A policy must never be shown (or learn from) a broken reconstruction.
+                raise FloatingPointError(
+                    f"the {type(self.reconstructor).__name__} reconstruction is not finite "
+                    f"after {self._n_measured} measurements"
+                )
             uncertainty = self._uncertainty.to(torch.float32)
             uncertainty = uncertainty / uncertainty.max().clamp_min(1e-12)
             self._model_planes = (

@@ -462,3 +462,15 @@ def test_energy_helpers_handle_zero_and_nan_estimates():
     np.testing.assert_array_equal(relative_log_energy(np.zeros(4)), 0.0)
     logs = relative_log_energy(np.array([1.0, 0.0, 1e-12]))
     np.testing.assert_allclose(logs, [0.0, np.log(ENERGY_FLOOR), np.log(ENERGY_FLOOR)])
+
+
+def test_a_non_finite_reconstruction_is_never_passed_on(monkeypatch):
+    """A reconstructor that breaks (NaN estimate) stops the episode with a one-line error,
+    instead of showing a policy NaN planes."""
+    env = make_env()
+    env.reset(seed=0)
+    monkeypatch.setattr(
+        env.reconstructor, "uncertainty", lambda: torch.full((env.n_pixels, env.n_blocks), np.nan)
+    )
+    with pytest.raises(FloatingPointError, match="reconstruction is not finite"):
+        env.step(int(np.flatnonzero(env.action_masks())[0]))
