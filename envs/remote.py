@@ -19,12 +19,21 @@ HTTP/1.1 with JSON bodies (UTF-8). Pixels are flat indices ``p = row * Y + col``
     Move the tip. Answer ``{"seconds": float, "tip_pixel": int}`` (travel seconds).
 ``POST /get_spectrum`` with ``{"pixel": int, "voltages": [int, ...]}``
     Move to ``pixel`` if needed, apply the listed pulses in the order given and read the response.
-    Answer ``{"values": nested list of shape [len(voltages), ...rest], "seconds": float,
-    "tip_pixel": int}``; ``null`` marks a reading that is not usable (NaN). ``seconds`` is the
-    instrument time the measurement took (travel, settling, pulses, reads).
+    ``voltages`` lists 1 to ``V`` distinct voltages (each at most once). Answer ``{"values":
+    nested list of shape [len(voltages), ...rest], "seconds": float, "tip_pixel": int}``;
+    ``null`` marks a reading that is not usable (NaN). ``seconds`` is the instrument time the
+    measurement took (travel, settling, pulses, reads).
+Requests
+    A POST carries ``Content-Length`` (no chunked bodies) of at most the server's body limit,
+    :data:`MAX_BODY_BYTES` (256 KiB) unless set otherwise; a longer body is refused unread.
+    A request that stalls for ``read_timeout`` seconds (default 30) is given up.
 Errors
-    Any status other than 200 with ``{"error": "message"}``: 400 for a bad request (unknown
-    pixel or voltage, malformed body), 404 for an unknown call, 500 when the instrument failed.
+    Any status other than 200 with ``{"error": "message"}`` (the same for http.server's own
+    refusals, e.g. a malformed request line): 400 for a bad request (unknown pixel or voltage,
+    repeated or too many voltages, malformed body or ``Content-Length``), 404 for an unknown
+    call, 405 (with ``Allow: GET, POST``) for any other method, 408 for a stalled request, 411
+    for a POST without ``Content-Length``, 413 for a body over the limit, 500 when the
+    instrument failed. After refusing a body it did not read, the server closes the connection.
 
 Numbers are JSON floats; float32 readings survive the trip exactly (a float32 widened to float64
 prints and parses back to the same value).
@@ -44,6 +53,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import reprlib
+import socket
 import threading
 import time
 import urllib.error
@@ -100,15 +111,39 @@ def describe(instrument: Instrument) -> dict[str, Any]:
 
 
 # ============================================================================ server
-class _BadRequest(ValueError):
-    """A request the server cannot act on (answered with status 400)."""
+MAX_BODY_BYTES = 256 * 1024
+"""Default limit on a request body. The largest request the protocol needs, ``get_spectrum`` with
+every voltage once, takes about 8 bytes per voltage: this leaves room for 30,000 voltages."""
+
+READ_TIMEOUT_SECONDS = 30.0
+"""Default wait for the next bytes of a request before the server gives up on that connection."""
+
+ALLOWED_METHODS = "GET, POST"
+
+# After refusing a request whose body it did not read, the server reads away (and drops) what the
+# client still sends, at most this much for at most this long, before closing: closing a socket
+# with unread data resets the connection, and a client still sending would lose the answer.
+LINGER_BYTES = 16 * 1024 * 1024
+LINGER_SECONDS = 2.0
+
+CALLS = "GET /describe, POST /go_to, POST /get_spectrum"
+
+
+class _Refusal(Exception):
+    """A request the server will not act on: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
 
 
 class InstrumentServer:
     """Serves an :class:`~envs.instrument.Instrument` over HTTP (protocol in the module docstring).
 
-    Requests are handled one at a time under a lock (an instrument does one thing at a time), each
-    in its own thread so a slow measurement does not block the listening socket.
+    Each connection is handled in its own thread; the instrument is used under a lock (it does one
+    thing at a time), held only while it works: requests are read, checked and answered outside it,
+    so a slow or oversized request never stops ``describe`` or a measurement from answering.
 
     Parameters
     ----------
@@ -117,10 +152,28 @@ class InstrumentServer:
     host, port
         Where to listen; port 0 asks the system for a free one (see :attr:`url`). The default host
         is loopback: serving beyond the machine is an explicit choice.
+    max_body_bytes
+        Longest request body accepted; longer ones are answered 413 without being read.
+    read_timeout
+        Seconds to wait for the next bytes of a request (a stalled client is answered 408).
     """
 
-    def __init__(self, instrument: Instrument, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        instrument: Instrument,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        read_timeout: float = READ_TIMEOUT_SECONDS,
+    ) -> None:
+        if not max_body_bytes > 0:
+            raise ValueError(f"max_body_bytes must be > 0, got {max_body_bytes}")
+        if not read_timeout > 0:
+            raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         self.instrument = instrument
+        self.max_body_bytes = int(max_body_bytes)
+        self.read_timeout = float(read_timeout)
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
@@ -137,6 +190,11 @@ class InstrumentServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # what a request that is not HTTP/1.x is answered in: the protocol is HTTP/1.1, and
+            # http.server's default (HTTP/0.9) answers a malformed request line with a bare body
+            default_request_version = "HTTP/1.1"
+            timeout = server.read_timeout  # applied to the connection's socket by socketserver
+            _body_consumed = False  # the current request's body has been read, or given up on
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass  # quiet: the experiment shows its own progress
@@ -145,31 +203,119 @@ class InstrumentServer:
                 self._answer(lambda: server._dispatch_get(self.path))
 
             def do_POST(self) -> None:  # noqa: N802
-                def call() -> tuple[int, dict[str, Any]]:
-                    length = int(self.headers.get("Content-Length") or 0)
-                    try:
-                        body = json.loads(self.rfile.read(length) or b"{}")
-                    except json.JSONDecodeError as err:
-                        raise _BadRequest(f"body is not JSON: {err}") from None
-                    if not isinstance(body, dict):
-                        raise _BadRequest("body must be a JSON object")
-                    return server._dispatch_post(self.path, body)
+                self._answer(lambda: server._dispatch_post(self.path, self._read_body()))
 
-                self._answer(call)
+            def _refuse_method(self) -> None:
+                def refuse() -> tuple[int, dict[str, Any]]:
+                    raise _Refusal(
+                        f"method {self.command} is not part of the protocol; calls are {CALLS}",
+                        405, {"Allow": ALLOWED_METHODS},
+                    )
+
+                self._answer(refuse)
+
+            def __getattr__(self, name: str) -> Any:
+                # http.server answers a method without a do_<METHOD> with an HTML 501 page; every
+                # method other than GET and POST gets the protocol's JSON 405 instead.
+                if name.startswith("do_"):
+                    return self._refuse_method
+                raise AttributeError(name)
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None
+                           ) -> None:
+                # http.server's own refusals (a malformed request line, too many headers, ...)
+                # in the protocol's JSON instead of an HTML page.
+                self.close_connection = True
+                reason = message or self.responses.get(code, ("refused",))[0]
+                self._send_json(code, {"error": reason}, {})
+
+            def _read_body(self) -> dict[str, Any]:
+                """The request's JSON object, read only when its declared length is acceptable."""
+                if self.headers.get("Transfer-Encoding"):
+                    raise _Refusal("chunked bodies are not accepted: send Content-Length", 411)
+                declared = self.headers.get_all("Content-Length") or []
+                if not declared:
+                    raise _Refusal("Content-Length is required", 411)
+                text = declared[0].strip()
+                if len(declared) > 1 or not (text.isascii() and text.isdigit()):
+                    raise _Refusal(
+                        f"Content-Length must be one whole number of bytes, got "
+                        f"{reprlib.repr(', '.join(declared))}"
+                    )
+                length = int(text)
+                if length > server.max_body_bytes:
+                    raise _Refusal(
+                        f"body of {length} bytes is longer than this server accepts "
+                        f"({server.max_body_bytes} bytes)", 413,
+                    )
+                self._body_consumed = True
+                try:
+                    raw = self.rfile.read(length)
+                except TimeoutError:
+                    self.close_connection = True  # the rest of the body may still arrive
+                    raise _Refusal(
+                        f"body not received within {server.read_timeout:g} s", 408
+                    ) from None
+                if len(raw) < length:
+                    self.close_connection = True  # the client closed its side
+                    raise _Refusal(f"body ended after {len(raw)} of {length} bytes")
+                try:
+                    body = json.loads(raw or b"{}")
+                except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, or nested too deep
+                    raise _Refusal(f"body is not JSON: {err}") from None
+                if not isinstance(body, dict):
+                    raise _Refusal("body must be a JSON object")
+                return body
+
+            def _declares_body(self) -> bool:
+                length = (self.headers.get("Content-Length") or "0").strip()
+                return bool(self.headers.get("Transfer-Encoding")) or length != "0"
 
             def _answer(self, call: Any) -> None:
+                self._body_consumed = False
                 try:
                     status, payload = call()
-                except _BadRequest as err:
-                    status, payload = 400, {"error": str(err)}
+                    headers: dict[str, str] = {}
+                except _Refusal as err:
+                    status, payload, headers = err.status, {"error": str(err)}, err.headers
                 except Exception as err:  # the instrument failed: tell the client why
-                    status, payload = 500, {"error": f"{type(err).__name__}: {err}"}
+                    status, payload, headers = 500, {"error": f"{type(err).__name__}: {err}"}, {}
+                # An unread body would be taken for the next request on this connection: close it.
+                body_left_unread = self._declares_body() and not self._body_consumed
+                if body_left_unread:
+                    self.close_connection = True
+                self._send_json(status, payload, headers)
+                if body_left_unread:
+                    self._discard_until_closed()
+
+            def _send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str]
+                           ) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":  # an answer to HEAD is its headers only
+                    self.wfile.write(data)
+
+            def _discard_until_closed(self) -> None:
+                """Read away what the client still sends (see :data:`LINGER_BYTES`)."""
+                try:
+                    self.connection.shutdown(socket.SHUT_WR)  # the answer is complete
+                    deadline = time.monotonic() + LINGER_SECONDS
+                    discarded = 0
+                    while discarded < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                        self.connection.settimeout(left)
+                        chunk = self.connection.recv(64 * 1024)
+                        if not chunk:
+                            break
+                        discarded += len(chunk)
+                except OSError:
+                    pass  # the client went away or stalled: closing is all that is left
 
         return Handler
 
@@ -177,37 +323,59 @@ class InstrumentServer:
         if path.rstrip("/") == "/describe":
             with self._lock:
                 return 200, describe(self.instrument)
-        return 404, {"error": f"unknown call GET {path}; calls are GET /describe, POST /go_to, "
-                              f"POST /get_spectrum"}
+        return 404, {"error": f"unknown call GET {path}; calls are {CALLS}"}
 
     def _dispatch_post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         call = path.rstrip("/")
         if call not in ("/go_to", "/get_spectrum"):
-            return 404, {"error": f"unknown call POST {path}; calls are POST /go_to, "
-                                  f"POST /get_spectrum, GET /describe"}
+            return 404, {"error": f"unknown call POST {path}; calls are {CALLS}"}
         pixel = body.get("pixel")
         if isinstance(pixel, bool) or not isinstance(pixel, int):
-            raise _BadRequest(f"'pixel' must be an integer, got {pixel!r}")
+            raise _Refusal(f"'pixel' must be an integer, got {reprlib.repr(pixel)}")
+        if call == "/go_to":
+            with self._using_instrument() as instrument:
+                seconds = instrument.go_to(pixel)
+                tip = int(instrument.tip_pixel)
+            return 200, {"seconds": float(seconds), "tip_pixel": tip}
+        voltages = self._voltages(body.get("voltages"))
+        with self._using_instrument() as instrument:
+            values, seconds = instrument.measure(pixel, voltages)
+            tip = int(instrument.tip_pixel)
+        # encoded once the instrument is free for the next request
+        return 200, {"values": encode_values(values), "seconds": float(seconds), "tip_pixel": tip}
+
+    @contextmanager
+    def _using_instrument(self) -> Iterator[Instrument]:
+        """The instrument, held for one call; what it refuses (a pixel or voltage out of range)
+        is the client's mistake, answered 400."""
         with self._lock:
             try:
-                if call == "/go_to":
-                    seconds = self.instrument.go_to(pixel)
-                    tip = int(self.instrument.tip_pixel)
-                    return 200, {"seconds": float(seconds), "tip_pixel": tip}
-                voltages = body.get("voltages")
-                if not isinstance(voltages, list) or not all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in voltages
-                ):
-                    raise _BadRequest(f"'voltages' must be a list of integers, got {voltages!r}")
-                indices = np.asarray(voltages, dtype=np.int64)
-                values, seconds = self.instrument.measure(pixel, indices)
+                yield self.instrument
             except (IndexError, ValueError, TypeError) as err:
-                raise _BadRequest(str(err)) from None
-            return 200, {
-                "values": encode_values(values),
-                "seconds": float(seconds),
-                "tip_pixel": int(self.instrument.tip_pixel),
-            }
+                raise _Refusal(str(err)) from None
+
+    def _voltages(self, voltages: Any) -> np.ndarray:
+        """``get_spectrum``'s voltages as indices, each of the instrument's voltages at most once
+        (so an answer is never larger than one full spectrum)."""
+        n_voltages = int(self.instrument.spectral_shape[0])
+        if not isinstance(voltages, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in voltages
+        ):
+            raise _Refusal(f"'voltages' must be a list of integers, got {reprlib.repr(voltages)}")
+        if not 1 <= len(voltages) <= n_voltages:
+            raise _Refusal(
+                f"'voltages' lists {len(voltages)} voltages; this instrument has {n_voltages}, "
+                f"so list 1 to {n_voltages}, each once"
+            )
+        outside = [v for v in voltages if not 0 <= v < n_voltages]
+        if outside:
+            raise _Refusal(f"voltage {reprlib.repr(outside[0])} out of range [0, {n_voltages})")
+        seen: set[int] = set()
+        for voltage in voltages:
+            if voltage in seen:
+                raise _Refusal(f"voltage {voltage} is listed more than once; list each once")
+            seen.add(voltage)
+        return np.asarray(voltages, dtype=np.int64)
 
     def start(self) -> InstrumentServer:
         """Serve in a background thread; returns self."""
