@@ -34,6 +34,22 @@ Errors
     call, 405 (with ``Allow: GET, POST``) for any other method, 408 for a stalled request, 411
     for a POST without ``Content-Length``, 413 for a body over the limit, 500 when the
     instrument failed. After refusing a body it did not read, the server closes the connection.
+Access
+    A server may require a shared token: every request then carries the header
+    ``Authorization: Bearer TOKEN`` (printable ASCII, no spaces), and one with a missing or wrong
+    token is answered 401 (with ``WWW-Authenticate: Bearer``) before its body is read. The token
+    is compared in constant time. Serving on any address other than loopback requires a token
+    (the server refuses to start without one); on loopback it is optional, and used when given.
+    The header is an optional addition, so the protocol version is unchanged: a client that
+    sends it works with a server that needs no token, which ignores it. Over plain ``http://``
+    the token and the data travel unencrypted: beyond a trusted network, reach the server through
+    an SSH tunnel or a TLS proxy.
+
+    The token comes from a file (``serve --token-file FILE``; ``RemoteInstrument(url,
+    token_file=FILE)``), an argument (``token=``), or the environment variable
+    ``PFM_INSTRUMENT_TOKEN``, which the ``serve`` command and :class:`RemoteInstrument` read
+    when given neither (so the experiment's ``http://`` instruments pick it up). To make one:
+    ``python -c "import secrets; print(secrets.token_urlsafe(32))" > token``.
 
 Numbers are JSON floats; float32 readings survive the trip exactly (a float32 widened to float64
 prints and parses back to the same value).
@@ -45,16 +61,21 @@ Connection failures are retried ``retries`` times with a short pause first (a re
 timeouts are not retried, since the instrument may still be busy with the request.
 
 Command line: ``python -m envs.remote serve --data twin:0 --port 8765 [--pace 10]`` serves a replay
-of any data source :func:`envs.loaders.open_data` reads.
+of any data source :func:`envs.loaders.open_data` reads; add ``--host ADDRESS --token-file FILE``
+to serve beyond this machine, ``--max-body-bytes N`` to change the body limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import http.client
+import ipaddress
 import json
+import os
 import reprlib
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -62,6 +83,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,6 +132,64 @@ def describe(instrument: Instrument) -> dict[str, Any]:
     }
 
 
+# ============================================================================ access
+TOKEN_ENV = "PFM_INSTRUMENT_TOKEN"
+"""Environment variable holding the shared token, read by the client and the ``serve`` command."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the server on this machine. Only ``localhost`` and
+    loopback addresses count: any other name, and ``""`` (every interface), are taken as reaching
+    beyond it (a name is not resolved to find out)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _checked_token(text: str, source: str) -> str:
+    token = text.strip()
+    if not token:
+        raise ValueError(f"the token from {source} is empty")
+    if not all(33 <= ord(c) <= 126 for c in token):  # what a header value carries unchanged
+        raise ValueError(f"the token from {source} must be printable ASCII without spaces")
+    return token
+
+
+def read_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None
+               ) -> str | None:
+    """The shared token: ``token`` if given, else the contents of ``token_file``, else the
+    environment variable :data:`TOKEN_ENV`, else ``None`` (surrounding whitespace dropped).
+
+    Raises
+    ------
+    ValueError
+        When the file cannot be read, or the token is empty or not printable ASCII.
+    """
+    if token is not None:
+        return _checked_token(token, "the token argument")
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read the token file {token_file}: {err}") from None
+        return _checked_token(text, f"the token file {token_file}")
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return _checked_token(os.environ[TOKEN_ENV], f"${TOKEN_ENV}")
+    return None
+
+
+def require_token_beyond_loopback(host: str, token: str | None) -> None:
+    """Refuse to serve beyond this machine without a token (checked before anything is bound)."""
+    if token is None and not is_loopback(host):
+        raise ValueError(
+            f"serving on {host!r} reaches beyond this machine and needs a shared token: give a "
+            f"file holding one with --token-file FILE (token= in Python) or set ${TOKEN_ENV}"
+        )
+
+
 # ============================================================================ server
 MAX_BODY_BYTES = 256 * 1024
 """Default limit on a request body. The largest request the protocol needs, ``get_spectrum`` with
@@ -156,6 +236,14 @@ class InstrumentServer:
         Longest request body accepted; longer ones are answered 413 without being read.
     read_timeout
         Seconds to wait for the next bytes of a request (a stalled client is answered 408).
+    token
+        Shared token every request must carry (``Authorization: Bearer TOKEN``; others are
+        answered 401). Required when ``host`` is not loopback, optional on loopback.
+
+    Raises
+    ------
+    ValueError
+        Before binding, when ``host`` is not loopback and no ``token`` is given.
     """
 
     def __init__(
@@ -166,7 +254,10 @@ class InstrumentServer:
         *,
         max_body_bytes: int = MAX_BODY_BYTES,
         read_timeout: float = READ_TIMEOUT_SECONDS,
+        token: str | None = None,
     ) -> None:
+        self._token = None if token is None else _checked_token(token, "the token argument")
+        require_token_beyond_loopback(host, self._token)
         if not max_body_bytes > 0:
             raise ValueError(f"max_body_bytes must be > 0, got {max_body_bytes}")
         if not read_timeout > 0:
@@ -274,6 +365,7 @@ class InstrumentServer:
             def _answer(self, call: Any) -> None:
                 self._body_consumed = False
                 try:
+                    server._check_authorization(self.headers.get("Authorization"))
                     status, payload = call()
                     headers: dict[str, str] = {}
                 except _Refusal as err:
@@ -318,6 +410,22 @@ class InstrumentServer:
                     pass  # the client went away or stalled: closing is all that is left
 
         return Handler
+
+    def _check_authorization(self, authorization: str | None) -> None:
+        """Refuse (401) a request without this server's token; anything goes without one."""
+        if self._token is None:
+            return
+        challenge = {"WWW-Authenticate": 'Bearer realm="pfm-instrument"'}
+        if not authorization:
+            raise _Refusal(
+                "this server needs its token: send the header 'Authorization: Bearer TOKEN'",
+                401, challenge,
+            )
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self._token.encode()
+        ):
+            raise _Refusal("wrong token", 401, challenge)
 
     def _dispatch_get(self, path: str) -> tuple[int, dict[str, Any]]:
         if path.rstrip("/") == "/describe":
@@ -396,9 +504,12 @@ class InstrumentServer:
 
 
 @contextmanager
-def serving(instrument: Instrument, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Context manager: serve ``instrument`` in a background thread, yield its URL, then stop."""
-    server = InstrumentServer(instrument, host, port).start()
+def serving(
+    instrument: Instrument, host: str = "127.0.0.1", port: int = 0, **options: Any
+) -> Iterator[str]:
+    """Context manager: serve ``instrument`` in a background thread, yield its URL, then stop.
+    ``options`` go to :class:`InstrumentServer` (``token``, ``max_body_bytes``, ...)."""
+    server = InstrumentServer(instrument, host, port, **options).start()
     try:
         yield server.url
     finally:
@@ -418,16 +529,28 @@ class RemoteInstrument:
         Seconds to wait for any one answer (a measurement included) before giving up.
     retries
         Extra attempts after a refused or dropped connection, ``retry_pause`` seconds apart.
+    token, token_file
+        The server's shared token, or a file holding it; by default the environment variable
+        :data:`TOKEN_ENV`, else none (see :func:`read_token`).
 
     Raises
     ------
     InstrumentError
-        At construction when the server cannot be reached or does not speak the protocol; on any
-        call that fails (see the module docstring).
+        At construction when the server cannot be reached, refuses the token or does not speak
+        the protocol; on any call that fails (see the module docstring).
+    ValueError
+        When the token file cannot be read or the token is not printable ASCII.
     """
 
     def __init__(
-        self, url: str, timeout: float = 30.0, retries: int = 2, retry_pause: float = 0.5
+        self,
+        url: str,
+        timeout: float = 30.0,
+        retries: int = 2,
+        retry_pause: float = 0.5,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"instrument URL must start with http:// or https://, got {url!r}")
@@ -437,6 +560,7 @@ class RemoteInstrument:
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.retry_pause = float(retry_pause)
+        self._token = read_token(token, token_file)
         info = self._call("GET", "describe")
         if info.get("protocol") != PROTOCOL:
             raise InstrumentError(
@@ -466,9 +590,11 @@ class RemoteInstrument:
     def _call(self, method: str, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One request with retries on connection failures; the decoded JSON answer."""
         data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
         request = urllib.request.Request(
-            f"{self.url}/{name}", data=data, method=method,
-            headers={"Content-Type": "application/json"},
+            f"{self.url}/{name}", data=data, method=method, headers=headers
         )
         for attempt in range(self.retries + 1):
             try:
@@ -476,6 +602,9 @@ class RemoteInstrument:
                     return self._decode(name, answer.read())
             except urllib.error.HTTPError as err:
                 message = self._decode_error(err)
+                if err.code == 401:
+                    message += (f" (give the server's token with token= or token_file=, or set "
+                                f"${TOKEN_ENV})")
                 raise InstrumentError(
                     f"instrument server {self.url} refused {name}: HTTP {err.code}: {message}"
                 ) from None
@@ -581,13 +710,27 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a replay of a dataset over HTTP")
     serve.add_argument("--data", required=True, help="'twin', 'twin:SEED' or an h5/npy path")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; beyond loopback a token is required")
+    serve.add_argument("--token-file", default=None,
+                       help=f"file holding the shared token clients must send (default: "
+                            f"${TOKEN_ENV}; optional on loopback)")
+    serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                       help="longest request body accepted (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     serve.add_argument("--pace", type=float, default=0.0,
                        help="sleep instrument seconds / PACE per call (0: no pacing)")
     serve.add_argument("--twin-grid", type=int, default=None, help="twin grid side (twin only)")
     serve.add_argument("--twin-times", type=int, default=None, help="twin read-outs (twin only)")
     args = parser.parse_args(argv)
+    if args.max_body_bytes <= 0:
+        parser.error(f"--max-body-bytes must be > 0, got {args.max_body_bytes}")
+    try:  # before the data is loaded and anything is bound
+        token = read_token(token_file=args.token_file)
+        require_token_beyond_loopback(args.host, token)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     twin_options: dict[str, Any] = {}
     if args.twin_grid:
@@ -600,8 +743,11 @@ def main(argv: list[str] | None = None) -> int:
         from envs.experiment import PacedInstrument
 
         instrument = PacedInstrument(instrument, args.pace)
-    server = InstrumentServer(instrument, args.host, args.port)
-    print(f"serving {dataset.summary()} at {server.url} (Ctrl-C to stop)", flush=True)
+    server = InstrumentServer(
+        instrument, args.host, args.port, max_body_bytes=args.max_body_bytes, token=token
+    )
+    access = "token required" if token else "no token"
+    print(f"serving {dataset.summary()} at {server.url} ({access}; Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

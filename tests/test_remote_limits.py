@@ -1,5 +1,6 @@
-"""The instrument server under hostile or broken requests, over loopback: size and list limits,
-bad headers, other methods, and access tokens. Every answer is the protocol's JSON error."""
+"""The instrument server under hostile or broken requests, over loopback only: size and list
+limits, bad headers, other methods, and access tokens. Every refusal is the protocol's JSON error.
+The rule that a server beyond loopback needs a token is tested without binding anything."""
 
 from __future__ import annotations
 
@@ -12,9 +13,19 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
+from envs import remote as remote_module
 from envs.cost import CostModel
 from envs.instrument import ReplayInstrument
-from envs.remote import MAX_BODY_BYTES, InstrumentError, InstrumentServer, RemoteInstrument
+from envs.remote import (
+    MAX_BODY_BYTES,
+    TOKEN_ENV,
+    InstrumentError,
+    InstrumentServer,
+    RemoteInstrument,
+    is_loopback,
+    read_token,
+    serving,
+)
 from envs.twin import twin_dataset
 
 READ_TIMEOUT = 1.0  # the server's wait for a stalled body, short to keep the tests fast
@@ -243,3 +254,125 @@ def test_server_options_are_checked(dataset):
         assert status == 413 and "(100 bytes)" in message
     finally:
         small.stop()
+
+
+# ============================================================================ access tokens
+TOKEN = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def no_token_in_environment(monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+
+
+@pytest.fixture
+def guarded(dataset, no_token_in_environment):
+    """A loopback server that requires :data:`TOKEN`."""
+    instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
+    with serving(instrument, token=TOKEN) as url:
+        yield url
+
+
+def test_missing_or_wrong_token_is_a_json_401(guarded):
+    for headers, message in [
+        ({}, "needs its token: send the header 'Authorization: Bearer TOKEN'"),
+        ({"Authorization": "Bearer not-the-token"}, "wrong token"),
+        ({"Authorization": f"Basic {TOKEN}"}, "wrong token"),
+    ]:
+        status, answer_headers, body = _request(guarded, "GET", "/describe", headers)
+        assert status == 401 and answer_headers["WWW-Authenticate"].startswith("Bearer")
+        assert message in json.loads(body)["error"]
+    # refused before the body is read: the connection closes after the answer
+    data = json.dumps({"pixel": 0, "voltages": [0]}).encode()
+    status, answer_headers, _ = _request(
+        guarded, "POST", "/get_spectrum",
+        {"Content-Length": str(len(data)), "Authorization": "Bearer wrong"}, data,
+    )
+    assert status == 401 and answer_headers["Connection"] == "close"
+    status, _, _ = _request(guarded, "PUT", "/describe")  # no method is let past without it
+    assert status == 401
+
+
+def test_client_without_or_with_wrong_token_is_told_how_to_give_one(guarded):
+    for token in (None, "not-the-token"):
+        with pytest.raises(InstrumentError, match=rf"HTTP 401.*token=.*\${TOKEN_ENV}"):
+            RemoteInstrument(guarded, timeout=5, token=token)
+
+
+def test_right_token_from_argument_file_or_environment(guarded, tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")  # as `print(...) > token` writes it
+    by_argument = RemoteInstrument(guarded, timeout=5, token=TOKEN)
+    by_file = RemoteInstrument(guarded, timeout=5, token_file=token_file)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    by_environment = RemoteInstrument(guarded, timeout=5)
+    for remote in (by_argument, by_file, by_environment):
+        values, _ = remote.measure(7, np.array([0, 3]))
+        assert values.shape == (2, 8)
+
+
+def test_loopback_server_without_token_ignores_a_token(server, no_token_in_environment):
+    remote = RemoteInstrument(server.url, timeout=5, token=TOKEN)
+    assert remote.go_to(3) >= 0
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.8.0.1", True), ("localhost", True), ("::1", True),
+     ("0.0.0.0", False), ("", False), ("::", False), ("192.168.1.20", False),
+     ("lab-pc.example", False)],
+)
+def test_what_counts_as_loopback(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+class _WouldBind(Exception):
+    pass
+
+
+@pytest.fixture
+def bind_attempts(monkeypatch):
+    """The addresses the server tries to bind, none of them bound: the access check must
+    refuse before any attempt."""
+    attempts: list[tuple[str, int]] = []
+
+    def record(address, handler):
+        attempts.append(address)
+        raise _WouldBind
+
+    monkeypatch.setattr(remote_module, "ThreadingHTTPServer", record)
+    return attempts
+
+
+def test_serving_beyond_loopback_needs_a_token_before_binding(dataset, bind_attempts):
+    instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
+    for host in ("0.0.0.0", "192.168.1.20", ""):
+        with pytest.raises(ValueError, match="needs a shared token.*--token-file FILE"):
+            InstrumentServer(instrument, host)
+    assert bind_attempts == []
+    with pytest.raises(_WouldBind):  # with a token it goes on to bind
+        InstrumentServer(instrument, "0.0.0.0", token=TOKEN)
+    assert bind_attempts == [("0.0.0.0", 0)]
+
+
+def test_serve_command_beyond_loopback_without_token_is_one_line(
+    bind_attempts, no_token_in_environment, tmp_path, capsys
+):
+    assert remote_module.main(["serve", "--data", "twin:0", "--host", "0.0.0.0"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--token-file FILE" in error and TOKEN_ENV in error
+    (tmp_path / "empty").write_text("\n")
+    for token_file, message in [(tmp_path / "missing", "cannot read the token file"),
+                                (tmp_path / "empty", "is empty")]:
+        assert remote_module.main(["serve", "--data", "twin:0",
+                                   "--token-file", str(token_file)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and message in error
+    assert bind_attempts == []
+
+
+def test_tokens_a_header_cannot_carry_are_refused(no_token_in_environment):
+    for bad in ("", "  ", "two words", "caf\u00e9"):
+        with pytest.raises(ValueError, match="token"):
+            read_token(bad)
+    assert read_token() is None
