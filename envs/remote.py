@@ -19,12 +19,37 @@ HTTP/1.1 with JSON bodies (UTF-8). Pixels are flat indices ``p = row * Y + col``
     Move the tip. Answer ``{"seconds": float, "tip_pixel": int}`` (travel seconds).
 ``POST /get_spectrum`` with ``{"pixel": int, "voltages": [int, ...]}``
     Move to ``pixel`` if needed, apply the listed pulses in the order given and read the response.
-    Answer ``{"values": nested list of shape [len(voltages), ...rest], "seconds": float,
-    "tip_pixel": int}``; ``null`` marks a reading that is not usable (NaN). ``seconds`` is the
-    instrument time the measurement took (travel, settling, pulses, reads).
+    ``voltages`` lists 1 to ``V`` distinct voltages (each at most once). Answer ``{"values":
+    nested list of shape [len(voltages), ...rest], "seconds": float, "tip_pixel": int}``;
+    ``null`` marks a reading that is not usable (NaN). ``seconds`` is the instrument time the
+    measurement took (travel, settling, pulses, reads).
+Requests
+    A POST carries ``Content-Length`` (no chunked bodies) of at most the server's body limit,
+    :data:`MAX_BODY_BYTES` (256 KiB) unless set otherwise; a longer body is refused unread.
+    A request that stalls for ``read_timeout`` seconds (default 30) is given up.
 Errors
-    Any status other than 200 with ``{"error": "message"}``: 400 for a bad request (unknown
-    pixel or voltage, malformed body), 404 for an unknown call, 500 when the instrument failed.
+    Any status other than 200 with ``{"error": "message"}`` (the same for http.server's own
+    refusals, e.g. a malformed request line): 400 for a bad request (unknown pixel or voltage,
+    repeated or too many voltages, malformed body or ``Content-Length``), 404 for an unknown
+    call, 405 (with ``Allow: GET, POST``) for any other method, 408 for a stalled request, 411
+    for a POST without ``Content-Length``, 413 for a body over the limit, 500 when the
+    instrument failed. After refusing a body it did not read, the server closes the connection.
+Access
+    A server may require a shared token: every request then carries the header
+    ``Authorization: Bearer TOKEN`` (printable ASCII, no spaces), and one with a missing or wrong
+    token is answered 401 (with ``WWW-Authenticate: Bearer``) before its body is read. The token
+    is compared in constant time. Serving on any address other than loopback requires a token
+    (the server refuses to start without one); on loopback it is optional, and used when given.
+    The header is an optional addition, so the protocol version is unchanged: a client that
+    sends it works with a server that needs no token, which ignores it. Over plain ``http://``
+    the token and the data travel unencrypted: beyond a trusted network, reach the server through
+    an SSH tunnel or a TLS proxy.
+
+    The token comes from a file (``serve --token-file FILE``; ``RemoteInstrument(url,
+    token_file=FILE)``), an argument (``token=``), or the environment variable
+    ``PFM_INSTRUMENT_TOKEN``, which the ``serve`` command and :class:`RemoteInstrument` read
+    when given neither (so the experiment's ``http://`` instruments pick it up). To make one:
+    ``python -c "import secrets; print(secrets.token_urlsafe(32))" > token``.
 
 Numbers are JSON floats; float32 readings survive the trip exactly (a float32 widened to float64
 prints and parses back to the same value).
@@ -36,14 +61,21 @@ Connection failures are retried ``retries`` times with a short pause first (a re
 timeouts are not retried, since the instrument may still be busy with the request.
 
 Command line: ``python -m envs.remote serve --data twin:0 --port 8765 [--pace 10]`` serves a replay
-of any data source :func:`envs.loaders.open_data` reads.
+of any data source :func:`envs.loaders.open_data` reads; add ``--host ADDRESS --token-file FILE``
+to serve beyond this machine, ``--max-body-bytes N`` to change the body limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import http.client
+import ipaddress
 import json
+import os
+import reprlib
+import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -51,6 +83,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,16 +132,98 @@ def describe(instrument: Instrument) -> dict[str, Any]:
     }
 
 
+# ============================================================================ access
+TOKEN_ENV = "PFM_INSTRUMENT_TOKEN"
+"""Environment variable holding the shared token, read by the client and the ``serve`` command."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the server on this machine. Only ``localhost`` and
+    loopback addresses count: any other name, and ``""`` (every interface), are taken as reaching
+    beyond it (a name is not resolved to find out)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _checked_token(text: str, source: str) -> str:
+    token = text.strip()
+    if not token:
+        raise ValueError(f"the token from {source} is empty")
+    if not all(33 <= ord(c) <= 126 for c in token):  # what a header value carries unchanged
+        raise ValueError(f"the token from {source} must be printable ASCII without spaces")
+    return token
+
+
+def read_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None
+               ) -> str | None:
+    """The shared token: ``token`` if given, else the contents of ``token_file``, else the
+    environment variable :data:`TOKEN_ENV`, else ``None`` (surrounding whitespace dropped).
+
+    Raises
+    ------
+    ValueError
+        When the file cannot be read, or the token is empty or not printable ASCII.
+    """
+    if token is not None:
+        return _checked_token(token, "the token argument")
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read the token file {token_file}: {err}") from None
+        return _checked_token(text, f"the token file {token_file}")
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return _checked_token(os.environ[TOKEN_ENV], f"${TOKEN_ENV}")
+    return None
+
+
+def require_token_beyond_loopback(host: str, token: str | None) -> None:
+    """Refuse to serve beyond this machine without a token (checked before anything is bound)."""
+    if token is None and not is_loopback(host):
+        raise ValueError(
+            f"serving on {host!r} reaches beyond this machine and needs a shared token: give a "
+            f"file holding one with --token-file FILE (token= in Python) or set ${TOKEN_ENV}"
+        )
+
+
 # ============================================================================ server
-class _BadRequest(ValueError):
-    """A request the server cannot act on (answered with status 400)."""
+MAX_BODY_BYTES = 256 * 1024
+"""Default limit on a request body. The largest request the protocol needs, ``get_spectrum`` with
+every voltage once, takes about 8 bytes per voltage: this leaves room for 30,000 voltages."""
+
+READ_TIMEOUT_SECONDS = 30.0
+"""Default wait for the next bytes of a request before the server gives up on that connection."""
+
+ALLOWED_METHODS = "GET, POST"
+
+# After refusing a request whose body it did not read, the server reads away (and drops) what the
+# client still sends, at most this much for at most this long, before closing: closing a socket
+# with unread data resets the connection, and a client still sending would lose the answer.
+LINGER_BYTES = 16 * 1024 * 1024
+LINGER_SECONDS = 2.0
+
+CALLS = "GET /describe, POST /go_to, POST /get_spectrum"
+
+
+class _Refusal(Exception):
+    """A request the server will not act on: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
 
 
 class InstrumentServer:
     """Serves an :class:`~envs.instrument.Instrument` over HTTP (protocol in the module docstring).
 
-    Requests are handled one at a time under a lock (an instrument does one thing at a time), each
-    in its own thread so a slow measurement does not block the listening socket.
+    Each connection is handled in its own thread; the instrument is used under a lock (it does one
+    thing at a time), held only while it works: requests are read, checked and answered outside it,
+    so a slow or oversized request never stops ``describe`` or a measurement from answering.
 
     Parameters
     ----------
@@ -117,10 +232,39 @@ class InstrumentServer:
     host, port
         Where to listen; port 0 asks the system for a free one (see :attr:`url`). The default host
         is loopback: serving beyond the machine is an explicit choice.
+    max_body_bytes
+        Longest request body accepted; longer ones are answered 413 without being read.
+    read_timeout
+        Seconds to wait for the next bytes of a request (a stalled client is answered 408).
+    token
+        Shared token every request must carry (``Authorization: Bearer TOKEN``; others are
+        answered 401). Required when ``host`` is not loopback, optional on loopback.
+
+    Raises
+    ------
+    ValueError
+        Before binding, when ``host`` is not loopback and no ``token`` is given.
     """
 
-    def __init__(self, instrument: Instrument, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        instrument: Instrument,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        read_timeout: float = READ_TIMEOUT_SECONDS,
+        token: str | None = None,
+    ) -> None:
+        self._token = None if token is None else _checked_token(token, "the token argument")
+        require_token_beyond_loopback(host, self._token)
+        if not max_body_bytes > 0:
+            raise ValueError(f"max_body_bytes must be > 0, got {max_body_bytes}")
+        if not read_timeout > 0:
+            raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         self.instrument = instrument
+        self.max_body_bytes = int(max_body_bytes)
+        self.read_timeout = float(read_timeout)
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
@@ -137,6 +281,11 @@ class InstrumentServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # what a request that is not HTTP/1.x is answered in: the protocol is HTTP/1.1, and
+            # http.server's default (HTTP/0.9) answers a malformed request line with a bare body
+            default_request_version = "HTTP/1.1"
+            timeout = server.read_timeout  # applied to the connection's socket by socketserver
+            _body_consumed = False  # the current request's body has been read, or given up on
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass  # quiet: the experiment shows its own progress
@@ -145,69 +294,196 @@ class InstrumentServer:
                 self._answer(lambda: server._dispatch_get(self.path))
 
             def do_POST(self) -> None:  # noqa: N802
-                def call() -> tuple[int, dict[str, Any]]:
-                    length = int(self.headers.get("Content-Length") or 0)
-                    try:
-                        body = json.loads(self.rfile.read(length) or b"{}")
-                    except json.JSONDecodeError as err:
-                        raise _BadRequest(f"body is not JSON: {err}") from None
-                    if not isinstance(body, dict):
-                        raise _BadRequest("body must be a JSON object")
-                    return server._dispatch_post(self.path, body)
+                self._answer(lambda: server._dispatch_post(self.path, self._read_body()))
 
-                self._answer(call)
+            def _refuse_method(self) -> None:
+                def refuse() -> tuple[int, dict[str, Any]]:
+                    raise _Refusal(
+                        f"method {self.command} is not part of the protocol; calls are {CALLS}",
+                        405, {"Allow": ALLOWED_METHODS},
+                    )
+
+                self._answer(refuse)
+
+            def __getattr__(self, name: str) -> Any:
+                # http.server answers a method without a do_<METHOD> with an HTML 501 page; every
+                # method other than GET and POST gets the protocol's JSON 405 instead.
+                if name.startswith("do_"):
+                    return self._refuse_method
+                raise AttributeError(name)
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None
+                           ) -> None:
+                # http.server's own refusals (a malformed request line, too many headers, ...)
+                # in the protocol's JSON instead of an HTML page.
+                self.close_connection = True
+                reason = message or self.responses.get(code, ("refused",))[0]
+                self._send_json(code, {"error": reason}, {})
+
+            def _read_body(self) -> dict[str, Any]:
+                """The request's JSON object, read only when its declared length is acceptable."""
+                if self.headers.get("Transfer-Encoding"):
+                    raise _Refusal("chunked bodies are not accepted: send Content-Length", 411)
+                declared = self.headers.get_all("Content-Length") or []
+                if not declared:
+                    raise _Refusal("Content-Length is required", 411)
+                text = declared[0].strip()
+                if len(declared) > 1 or not (text.isascii() and text.isdigit()):
+                    raise _Refusal(
+                        f"Content-Length must be one whole number of bytes, got "
+                        f"{reprlib.repr(', '.join(declared))}"
+                    )
+                length = int(text)
+                if length > server.max_body_bytes:
+                    raise _Refusal(
+                        f"body of {length} bytes is longer than this server accepts "
+                        f"({server.max_body_bytes} bytes)", 413,
+                    )
+                self._body_consumed = True
+                try:
+                    raw = self.rfile.read(length)
+                except TimeoutError:
+                    self.close_connection = True  # the rest of the body may still arrive
+                    raise _Refusal(
+                        f"body not received within {server.read_timeout:g} s", 408
+                    ) from None
+                if len(raw) < length:
+                    self.close_connection = True  # the client closed its side
+                    raise _Refusal(f"body ended after {len(raw)} of {length} bytes")
+                try:
+                    body = json.loads(raw or b"{}")
+                except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, or nested too deep
+                    raise _Refusal(f"body is not JSON: {err}") from None
+                if not isinstance(body, dict):
+                    raise _Refusal("body must be a JSON object")
+                return body
+
+            def _declares_body(self) -> bool:
+                length = (self.headers.get("Content-Length") or "0").strip()
+                return bool(self.headers.get("Transfer-Encoding")) or length != "0"
 
             def _answer(self, call: Any) -> None:
+                self._body_consumed = False
                 try:
+                    server._check_authorization(self.headers.get("Authorization"))
                     status, payload = call()
-                except _BadRequest as err:
-                    status, payload = 400, {"error": str(err)}
+                    headers: dict[str, str] = {}
+                except _Refusal as err:
+                    status, payload, headers = err.status, {"error": str(err)}, err.headers
                 except Exception as err:  # the instrument failed: tell the client why
-                    status, payload = 500, {"error": f"{type(err).__name__}: {err}"}
+                    status, payload, headers = 500, {"error": f"{type(err).__name__}: {err}"}, {}
+                # An unread body would be taken for the next request on this connection: close it.
+                body_left_unread = self._declares_body() and not self._body_consumed
+                if body_left_unread:
+                    self.close_connection = True
+                self._send_json(status, payload, headers)
+                if body_left_unread:
+                    self._discard_until_closed()
+
+            def _send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str]
+                           ) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":  # an answer to HEAD is its headers only
+                    self.wfile.write(data)
+
+            def _discard_until_closed(self) -> None:
+                """Read away what the client still sends (see :data:`LINGER_BYTES`)."""
+                try:
+                    self.connection.shutdown(socket.SHUT_WR)  # the answer is complete
+                    deadline = time.monotonic() + LINGER_SECONDS
+                    discarded = 0
+                    while discarded < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+                        self.connection.settimeout(left)
+                        chunk = self.connection.recv(64 * 1024)
+                        if not chunk:
+                            break
+                        discarded += len(chunk)
+                except OSError:
+                    pass  # the client went away or stalled: closing is all that is left
 
         return Handler
+
+    def _check_authorization(self, authorization: str | None) -> None:
+        """Refuse (401) a request without this server's token; anything goes without one."""
+        if self._token is None:
+            return
+        challenge = {"WWW-Authenticate": 'Bearer realm="pfm-instrument"'}
+        if not authorization:
+            raise _Refusal(
+                "this server needs its token: send the header 'Authorization: Bearer TOKEN'",
+                401, challenge,
+            )
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self._token.encode()
+        ):
+            raise _Refusal("wrong token", 401, challenge)
 
     def _dispatch_get(self, path: str) -> tuple[int, dict[str, Any]]:
         if path.rstrip("/") == "/describe":
             with self._lock:
                 return 200, describe(self.instrument)
-        return 404, {"error": f"unknown call GET {path}; calls are GET /describe, POST /go_to, "
-                              f"POST /get_spectrum"}
+        return 404, {"error": f"unknown call GET {path}; calls are {CALLS}"}
 
     def _dispatch_post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         call = path.rstrip("/")
         if call not in ("/go_to", "/get_spectrum"):
-            return 404, {"error": f"unknown call POST {path}; calls are POST /go_to, "
-                                  f"POST /get_spectrum, GET /describe"}
+            return 404, {"error": f"unknown call POST {path}; calls are {CALLS}"}
         pixel = body.get("pixel")
         if isinstance(pixel, bool) or not isinstance(pixel, int):
-            raise _BadRequest(f"'pixel' must be an integer, got {pixel!r}")
+            raise _Refusal(f"'pixel' must be an integer, got {reprlib.repr(pixel)}")
+        if call == "/go_to":
+            with self._using_instrument() as instrument:
+                seconds = instrument.go_to(pixel)
+                tip = int(instrument.tip_pixel)
+            return 200, {"seconds": float(seconds), "tip_pixel": tip}
+        voltages = self._voltages(body.get("voltages"))
+        with self._using_instrument() as instrument:
+            values, seconds = instrument.measure(pixel, voltages)
+            tip = int(instrument.tip_pixel)
+        # encoded once the instrument is free for the next request
+        return 200, {"values": encode_values(values), "seconds": float(seconds), "tip_pixel": tip}
+
+    @contextmanager
+    def _using_instrument(self) -> Iterator[Instrument]:
+        """The instrument, held for one call; what it refuses (a pixel or voltage out of range)
+        is the client's mistake, answered 400."""
         with self._lock:
             try:
-                if call == "/go_to":
-                    seconds = self.instrument.go_to(pixel)
-                    tip = int(self.instrument.tip_pixel)
-                    return 200, {"seconds": float(seconds), "tip_pixel": tip}
-                voltages = body.get("voltages")
-                if not isinstance(voltages, list) or not all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in voltages
-                ):
-                    raise _BadRequest(f"'voltages' must be a list of integers, got {voltages!r}")
-                indices = np.asarray(voltages, dtype=np.int64)
-                values, seconds = self.instrument.measure(pixel, indices)
+                yield self.instrument
             except (IndexError, ValueError, TypeError) as err:
-                raise _BadRequest(str(err)) from None
-            return 200, {
-                "values": encode_values(values),
-                "seconds": float(seconds),
-                "tip_pixel": int(self.instrument.tip_pixel),
-            }
+                raise _Refusal(str(err)) from None
+
+    def _voltages(self, voltages: Any) -> np.ndarray:
+        """``get_spectrum``'s voltages as indices, each of the instrument's voltages at most once
+        (so an answer is never larger than one full spectrum)."""
+        n_voltages = int(self.instrument.spectral_shape[0])
+        if not isinstance(voltages, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in voltages
+        ):
+            raise _Refusal(f"'voltages' must be a list of integers, got {reprlib.repr(voltages)}")
+        if not 1 <= len(voltages) <= n_voltages:
+            raise _Refusal(
+                f"'voltages' lists {len(voltages)} voltages; this instrument has {n_voltages}, "
+                f"so list 1 to {n_voltages}, each once"
+            )
+        outside = [v for v in voltages if not 0 <= v < n_voltages]
+        if outside:
+            raise _Refusal(f"voltage {reprlib.repr(outside[0])} out of range [0, {n_voltages})")
+        seen: set[int] = set()
+        for voltage in voltages:
+            if voltage in seen:
+                raise _Refusal(f"voltage {voltage} is listed more than once; list each once")
+            seen.add(voltage)
+        return np.asarray(voltages, dtype=np.int64)
 
     def start(self) -> InstrumentServer:
         """Serve in a background thread; returns self."""
@@ -228,9 +504,12 @@ class InstrumentServer:
 
 
 @contextmanager
-def serving(instrument: Instrument, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Context manager: serve ``instrument`` in a background thread, yield its URL, then stop."""
-    server = InstrumentServer(instrument, host, port).start()
+def serving(
+    instrument: Instrument, host: str = "127.0.0.1", port: int = 0, **options: Any
+) -> Iterator[str]:
+    """Context manager: serve ``instrument`` in a background thread, yield its URL, then stop.
+    ``options`` go to :class:`InstrumentServer` (``token``, ``max_body_bytes``, ...)."""
+    server = InstrumentServer(instrument, host, port, **options).start()
     try:
         yield server.url
     finally:
@@ -250,16 +529,28 @@ class RemoteInstrument:
         Seconds to wait for any one answer (a measurement included) before giving up.
     retries
         Extra attempts after a refused or dropped connection, ``retry_pause`` seconds apart.
+    token, token_file
+        The server's shared token, or a file holding it; by default the environment variable
+        :data:`TOKEN_ENV`, else none (see :func:`read_token`).
 
     Raises
     ------
     InstrumentError
-        At construction when the server cannot be reached or does not speak the protocol; on any
-        call that fails (see the module docstring).
+        At construction when the server cannot be reached, refuses the token or does not speak
+        the protocol; on any call that fails (see the module docstring).
+    ValueError
+        When the token file cannot be read or the token is not printable ASCII.
     """
 
     def __init__(
-        self, url: str, timeout: float = 30.0, retries: int = 2, retry_pause: float = 0.5
+        self,
+        url: str,
+        timeout: float = 30.0,
+        retries: int = 2,
+        retry_pause: float = 0.5,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"instrument URL must start with http:// or https://, got {url!r}")
@@ -269,6 +560,7 @@ class RemoteInstrument:
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.retry_pause = float(retry_pause)
+        self._token = read_token(token, token_file)
         info = self._call("GET", "describe")
         if info.get("protocol") != PROTOCOL:
             raise InstrumentError(
@@ -298,9 +590,11 @@ class RemoteInstrument:
     def _call(self, method: str, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """One request with retries on connection failures; the decoded JSON answer."""
         data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
         request = urllib.request.Request(
-            f"{self.url}/{name}", data=data, method=method,
-            headers={"Content-Type": "application/json"},
+            f"{self.url}/{name}", data=data, method=method, headers=headers
         )
         for attempt in range(self.retries + 1):
             try:
@@ -308,6 +602,9 @@ class RemoteInstrument:
                     return self._decode(name, answer.read())
             except urllib.error.HTTPError as err:
                 message = self._decode_error(err)
+                if err.code == 401:
+                    message += (f" (give the server's token with token= or token_file=, or set "
+                                f"${TOKEN_ENV})")
                 raise InstrumentError(
                     f"instrument server {self.url} refused {name}: HTTP {err.code}: {message}"
                 ) from None
@@ -413,13 +710,27 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a replay of a dataset over HTTP")
     serve.add_argument("--data", required=True, help="'twin', 'twin:SEED' or an h5/npy path")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; beyond loopback a token is required")
+    serve.add_argument("--token-file", default=None,
+                       help=f"file holding the shared token clients must send (default: "
+                            f"${TOKEN_ENV}; optional on loopback)")
+    serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                       help="longest request body accepted (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     serve.add_argument("--pace", type=float, default=0.0,
                        help="sleep instrument seconds / PACE per call (0: no pacing)")
     serve.add_argument("--twin-grid", type=int, default=None, help="twin grid side (twin only)")
     serve.add_argument("--twin-times", type=int, default=None, help="twin read-outs (twin only)")
     args = parser.parse_args(argv)
+    if args.max_body_bytes <= 0:
+        parser.error(f"--max-body-bytes must be > 0, got {args.max_body_bytes}")
+    try:  # before the data is loaded and anything is bound
+        token = read_token(token_file=args.token_file)
+        require_token_beyond_loopback(args.host, token)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     twin_options: dict[str, Any] = {}
     if args.twin_grid:
@@ -430,8 +741,11 @@ def main(argv: list[str] | None = None) -> int:
     instrument: Instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
     if args.pace > 0:
         instrument = PacedInstrument(instrument, args.pace)
-    server = InstrumentServer(instrument, args.host, args.port)
-    print(f"serving {dataset.summary()} at {server.url} (Ctrl-C to stop)", flush=True)
+    server = InstrumentServer(
+        instrument, args.host, args.port, max_body_bytes=args.max_body_bytes, token=token
+    )
+    access = "token required" if token else "no token"
+    print(f"serving {dataset.summary()} at {server.url} ({access}; Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
