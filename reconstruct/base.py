@@ -50,7 +50,7 @@ class BlockLayout:
         n_blocks, ...``; with alternating signs and an even ``n_blocks`` each block then sees one
         polarity only, which leaves the other half of a spectrum unconstrained at a pixel
         measured with one block. ``"contiguous"``: runs of neighbouring voltages.
-        Measured on the default twin (``python -m benchmarks.reconstruction``): see the README.
+        The layouts are compared in ``docs/reconstruction.md``.
     """
 
     n_voltages: int
