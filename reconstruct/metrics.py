@@ -254,3 +254,44 @@ def seconds_to_reach(
     t, a = _check_curve(seconds, accuracy)
     hits = np.flatnonzero(a >= target)
     return float(t[hits[0]]) if hits.size else None
+
+
+def relaxation_part(tensor: ArrayLike, time_axis: int = -1) -> torch.Tensor:
+    """Each curve minus its mean over time: the relaxation that follows a pulse, without the
+    level it relaxes around. NaN entries stay NaN and are left out of the curve's mean."""
+    values = _as_tensor(tensor).to(torch.float64)
+    if values.ndim < 2:
+        raise ValueError(
+            f"a tensor with a time axis has >= 2 axes, got shape {tuple(values.shape)}"
+        )
+    finite = torch.isfinite(values)
+    count = finite.sum(dim=time_axis, keepdim=True).clamp_min(1)
+    mean = torch.where(finite, values, 0.0).sum(dim=time_axis, keepdim=True) / count
+    return values - mean
+
+
+def dynamics_r2(
+    reference: ArrayLike, estimate: ArrayLike, spatial_axes: int = 2, time_axis: int = -1
+) -> float:
+    """R^2 of the relaxation alone: :func:`r2_score` of :func:`relaxation_part` of both.
+
+    The tensor R^2 is dominated by the level after each pulse and stays high while every
+    relaxation curve is flat; this score is 0 for an estimate that knows only the grid's mean
+    relaxation (for each voltage and read-out), below 0 for flat curves at the right levels, and
+    1 for the exact relaxation at every pixel. Image layout ``(X, Y, V, T)`` by default.
+
+    Raises
+    ------
+    ValueError
+        When the tensors have no time axis (fewer than ``spatial_axes + 2`` axes, or a time axis
+        of length 1).
+    """
+    ref = _as_tensor(reference)
+    if ref.ndim < spatial_axes + 2 or ref.shape[time_axis] < 2:
+        raise ValueError(
+            f"the dynamics accuracy needs a time axis of >= 2 read-outs after the voltage axis; "
+            f"the data has shape {tuple(ref.shape)}"
+        )
+    return r2_score(
+        relaxation_part(ref, time_axis), relaxation_part(estimate, time_axis), spatial_axes
+    )

@@ -155,3 +155,36 @@ def test_inputs_are_not_modified(image: np.ndarray) -> None:
     r2_per_axis(ref, est, axis=2, spatial_axes=2)
     np.testing.assert_array_equal(ref, ref_before)
     np.testing.assert_array_equal(est, est_before)
+
+
+def test_dynamics_r2_sees_the_relaxation_the_tensor_r2_misses():
+    """Flat curves at the right levels keep a high tensor R^2 but score below 0 on the
+    dynamics; the exact relaxation scores 1; the grid's mean relaxation at every pixel 0."""
+    from reconstruct.metrics import dynamics_r2, relaxation_part
+
+    rng = np.random.default_rng(0)
+    levels = rng.normal(size=(6, 5, 4, 1)) * 10.0
+    decay = np.exp(-np.arange(8) / 3.0)
+    amplitude = rng.uniform(0.5, 1.5, size=(6, 5, 4, 1))
+    truth = levels + amplitude * decay
+    flat = np.broadcast_to(truth.mean(axis=-1, keepdims=True), truth.shape)
+    assert r2_score(truth, flat, spatial_axes=2) > 0.95
+    assert dynamics_r2(truth, flat) < 0.0
+    assert dynamics_r2(truth, truth) == pytest.approx(1.0)
+    mean_curve = levels + amplitude.mean(axis=(0, 1), keepdims=True) * decay
+    assert dynamics_r2(truth, mean_curve) == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(relaxation_part(truth).numpy().mean(axis=-1), 0.0, atol=1e-12)
+
+
+def test_dynamics_r2_needs_a_time_axis_and_ignores_nan():
+    from reconstruct.metrics import dynamics_r2
+
+    with pytest.raises(ValueError, match="needs a time axis"):
+        dynamics_r2(np.zeros((4, 4, 3)), np.zeros((4, 4, 3)))
+    with pytest.raises(ValueError, match="needs a time axis"):
+        dynamics_r2(np.zeros((4, 4, 3, 1)), np.zeros((4, 4, 3, 1)))
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(4, 4, 2, 5))
+    holed = truth.copy()
+    holed[0, 0] = np.nan  # a lost pixel
+    assert dynamics_r2(holed, truth) == pytest.approx(1.0)
