@@ -18,6 +18,7 @@ from envs.observation import ObservationSpec
 from envs.sources import DatasetSource
 from envs.surprise import SurpriseTracker
 from reconstruct.base import BlockLayout, Reconstructor
+from reconstruct.metrics import dynamics_r2
 
 #: Rewards the environment can pay (see the class docstring).
 REWARDS = ("auc", "rate")
@@ -100,7 +101,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     ``terminated`` when the seconds used reach the budget, when ``stop_r2`` (if set) is reached,
     or when every block is measured. ``truncated`` is never set by the environment itself, only
     by a ``TimeLimit`` wrapper. The final step's info holds ``"r2_truth"`` (R^2 against the
-    noise-free truth) when the dataset has one.
+    noise-free truth) when the dataset has one, and for data with a time axis ``"r2_dynamics"``
+    and ``"r2_dynamics_truth"``, the dynamics R^2 (:func:`reconstruct.metrics.dynamics_r2`: the
+    relaxation part of each curve alone) against the data and the truth.
 
     Info
     ----
@@ -676,9 +679,29 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             "block": int(block),
             "action_mask": self.action_masks().astype(np.int8),
         }
-        if terminated and self.dataset is not None and self.dataset.truth is not None:
-            info["r2_truth"] = self.r2_truth()
+        if terminated and self.dataset is not None:
+            info.update(self.final_scores())
         return info
+
+    def final_scores(self) -> dict[str, float]:
+        """Privileged scores of the current reconstruction against the replayed data: the R^2
+        against the noise-free truth (``r2_truth``, synthetic data only) and, for data with a
+        time axis, the dynamics R^2 (:func:`reconstruct.metrics.dynamics_r2`) against the data
+        (``r2_dynamics``) and the truth (``r2_dynamics_truth``)."""
+        scores: dict[str, float] = {}
+        dataset = self.dataset
+        if dataset is None:
+            return scores
+        if dataset.truth is not None:
+            scores["r2_truth"] = self.r2_truth()
+        if len(self.spectral_shape) >= 2 and self.spectral_shape[-1] >= 2:
+            estimate = self.reconstructor.estimate().detach().cpu().numpy()
+            scores["r2_dynamics"] = dynamics_r2(dataset.data, estimate)
+            if dataset.truth is not None:
+                # Lost pixels are scored nowhere, against the truth as against the data.
+                truth = np.where(np.isfinite(dataset.data), dataset.truth, np.nan)
+                scores["r2_dynamics_truth"] = dynamics_r2(truth, estimate)
+        return scores
 
     # ================================================================= rendering
     def render(self) -> np.ndarray | None:

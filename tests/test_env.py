@@ -474,3 +474,20 @@ def test_a_non_finite_reconstruction_is_never_passed_on(monkeypatch):
     )
     with pytest.raises(FloatingPointError, match="reconstruction is not finite"):
         env.step(int(np.flatnonzero(env.action_masks())[0]))
+
+
+def test_final_step_reports_the_dynamics_accuracy_where_there_is_a_time_axis():
+    env = make_env(budget_fraction=0.2)
+    env.reset(seed=0)
+    terminated = False
+    while not terminated:
+        _, _, terminated, _, info = env.step(int(np.flatnonzero(env.action_masks())[0]))
+    assert -10 < info["r2_dynamics"] <= 1 and -10 < info["r2_dynamics_truth"] <= 1
+    from reconstruct.metrics import dynamics_r2
+
+    estimate = env.reconstructor.estimate().numpy()
+    assert info["r2_dynamics"] == pytest.approx(dynamics_r2(env.dataset.data, estimate))
+    flat = Dataset(env.dataset.data[..., 0], env.dataset.axes[:3], source="no time axis")
+    env = make_env(data=flat, budget_fraction=0.2)
+    env.reset(seed=0)
+    assert "r2_dynamics" not in env.final_scores()
