@@ -26,6 +26,8 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+#: The smallest twin grid (pixels a side) the generator makes.
+MIN_TWIN_GRID = 4
 #: Twin samples with seeds from here on are never used for training (train.py draws below it).
 HELD_OUT_SEED_START = 100_000
 DEFAULT_AGENTS = ",".join(
@@ -169,6 +171,10 @@ def check_args(args: EvaluateArgs) -> list[float]:
     ]:
         if value < least:
             raise ValueError(f"{option} must be at least {least}, got {value}")
+    if 0 < args.grid < MIN_TWIN_GRID:
+        raise ValueError(
+            f"--grid must be 0 (the twin's own size) or at least {MIN_TWIN_GRID}, got {args.grid}"
+        )
     if args.reconstructor not in reconstructor_names():
         known = ", ".join(reconstructor_names())
         raise ValueError(f"--reconstructor: unknown {args.reconstructor!r} (known: {known})")

@@ -134,8 +134,9 @@ def format_compact_table(summaries: list[AgentSummary], failures: list[Failure] 
     legend = [
         "AUC: area under R^2 against charged time over the budget (1 at best).",
         f"time saved: 1 - (time to R^2 >= {key}) / (full raster time), algorithm time included.",
-        "[low, high]: 95 % interval of the mean over seeds (seeded percentile bootstrap; none",
-        "with one seed). Every statistic at every target: table.txt, results.csv.",
+        "[low, high]: 95 % interval of the mean over seeds (seeded percentile bootstrap: it never",
+        "reaches past the seeds' own values, so few seeds make it narrow; none with one seed).",
+        "Every statistic at every target: table.txt, results.csv.",
     ]
     return "\n\n".join(blocks) + "\n\n" + "\n".join(legend)
 
