@@ -1,10 +1,15 @@
 """Evaluate acquisition policies: how much instrument time does each save at a target accuracy?
 
-Runs every chosen agent on every chosen dataset over several seeds, prints a table (mean and
-95 % interval over seeds), writes ``results.json``, ``results.csv``, ``episodes.csv`` (one row
-per episode, for paired comparisons with ``python -m studies.paired``) and PNG figures to
-``--out``, and ends with one line per agent saying whether the challenge criterion (>= 25 % of
-the full raster's time saved at R^2 >= 0.90, algorithm time included) holds.
+Runs every chosen agent on every chosen dataset over several seeds and prints a compact table
+(AUC, time saved and hours to R^2 >= 0.90, each as the mean and 95 % interval over seeds) and
+one line per agent saying whether the challenge criterion holds: >= 25 % of the full raster's
+time saved at R^2 >= 0.90, algorithm time included, judged on the interval's lower end. To
+``--out`` it writes ``table.txt`` (every statistic at every target), ``results.json``,
+``results.csv``, ``episodes.csv`` (one row per episode as it finishes, for paired comparisons
+with ``python -m studies.paired``) and PNG figures.
+
+An agent that raises is reported with its error and the others go on; the exit status is then 1.
+A bad option is a one-line error naming it, exit status 2.
 
 Examples
 --------
@@ -17,16 +22,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from envs.sources import HELD_OUT_SEED_START
+
+#: The smallest twin grid (pixels a side) the generator makes.
+MIN_TWIN_GRID = 4
 
 DEFAULT_AGENTS = ",".join(
     [
         "random",
         "raster",
         "static-subsample",
+        "static-basis",
         "gp-uncertainty",
         "gp-uncertainty-per-second",
         "gp-surprise-per-second",
@@ -49,22 +59,24 @@ class EvaluateArgs:
     reconstructor: str = "gp"
     budget_fraction: float = 1.0
     targets: str = "0.90,0.95"
-    stop_at: float = 0.95
+    stop_r2: float = 0.95
     charge_decisions: str = "measured"
     threads: int = 1
     out: str = "runs/evaluate"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in ``--help``, and the description's own line breaks kept."""
+
+
 def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
     d = EvaluateArgs()
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument(
         "--agents",
         default=d.agents,
         help="comma-separated policy names (name or name:argument, "
-        "e.g. ppo:models/other.zip); default: every baseline and the shipped PPO model",
+        "e.g. ppo:models/other.zip); the default is every baseline and the shipped PPO model",
     )
     p.add_argument(
         "--data",
@@ -72,7 +84,12 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         help="comma-separated data sources: 'twin' (held-out twin "
         "samples, one per seed) or file paths the loader reads",
     )
-    p.add_argument("--seeds", type=int, default=d.seeds, help="seeds per agent and dataset")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=d.seeds,
+        help="seeds per agent and dataset (2 or more give intervals, which the verdicts need)",
+    )
     p.add_argument(
         "--seed-start",
         type=int,
@@ -98,14 +115,20 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         "--budget-fraction",
         type=float,
         default=d.budget_fraction,
-        help="episode budget as a fraction of the full raster time",
+        help="episode budget as a fraction of the full raster time, in (0, 1] (the AUC is "
+        "normalised over it)",
     )
-    p.add_argument("--targets", default=d.targets, help="comma-separated R^2 targets to report")
     p.add_argument(
-        "--stop-at",
+        "--targets",
+        default=d.targets,
+        help="comma-separated R^2 targets to report, each in (0, 1]; the challenge's 0.90 is "
+        "always reported too",
+    )
+    p.add_argument(
+        "--stop-r2",
         type=float,
-        default=d.stop_at,
-        help="end an episode once R^2 reaches this "
+        default=d.stop_r2,
+        help="end an episode once R^2 reaches this, at least the highest target "
         "(the curve holds its last value afterwards); 0 disables",
     )
     p.add_argument(
@@ -125,22 +148,101 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
     return EvaluateArgs(**vars(p.parse_args(argv)))
 
 
+def check_args(args: EvaluateArgs) -> list[float]:
+    """Every option checked before anything runs; returns the R^2 targets to summarise (those
+    of ``--targets`` and the challenge's).
+
+    Raises
+    ------
+    ValueError
+        A one-line message naming the first bad option.
+    """
+    from agents.report import CHALLENGE_TARGET, summary_targets
+    from reconstruct import reconstructor_names
+
+    if not _names(args.agents):
+        raise ValueError("--agents: no agent given")
+    if not _names(args.data):
+        raise ValueError("--data: no data source given")
+    for option, value, least in [
+        ("--seeds", args.seeds, 1),
+        ("--seed-start", args.seed_start, 0),
+        ("--grid", args.grid, 0),
+        ("--blocks", args.blocks, 1),
+        ("--threads", args.threads, 0),
+    ]:
+        if value < least:
+            raise ValueError(f"{option} must be at least {least}, got {value}")
+    if 0 < args.grid < MIN_TWIN_GRID:
+        raise ValueError(
+            f"--grid must be 0 (the twin's own size) or at least {MIN_TWIN_GRID}, got {args.grid}"
+        )
+    if args.reconstructor not in reconstructor_names():
+        known = ", ".join(reconstructor_names())
+        raise ValueError(f"--reconstructor: unknown {args.reconstructor!r} (known: {known})")
+    if not 0.0 < args.budget_fraction <= 1.0:
+        raise ValueError(
+            f"--budget-fraction must be in (0, 1] (a fraction of the full raster time), got "
+            f"{args.budget_fraction:g}"
+        )
+    try:
+        asked = [float(t) for t in _names(args.targets)]
+    except ValueError:
+        raise ValueError(
+            f"--targets: not a comma-separated list of numbers: {args.targets!r}"
+        ) from None
+    if not asked:
+        raise ValueError("--targets: no target given")
+    for target in asked:
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"--targets: each R^2 target must be in (0, 1], got {target:g}")
+    if len(set(asked)) < len(asked):
+        raise ValueError(f"--targets: a target is given twice in {args.targets!r}")
+    targets = summary_targets(asked)
+    if args.stop_r2 < 0:
+        raise ValueError(f"--stop-r2 must be 0 (off) or in (0, 1], got {args.stop_r2:g}")
+    if args.stop_r2 and not max(targets) <= args.stop_r2 <= 1.0:
+        raise ValueError(
+            f"--stop-r2 must be 0 (off) or in [{max(targets):g}, 1] so that episodes run until "
+            f"the highest target (--targets and the challenge's {CHALLENGE_TARGET:g}) can be "
+            f"reached, got {args.stop_r2:g}"
+        )
+    return targets
+
+
+def _names(text: str) -> list[str]:
+    """The non-empty entries of a comma-separated option."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        targets = check_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     import torch
+    from tqdm import tqdm
 
+    from agents.evaluation import target_key
     from agents.registry import make_policy
-    from agents.report import challenge_lines, format_table, write_episodes, write_results
+    from agents.report import (
+        EpisodeWriter,
+        challenge_lines,
+        format_compact_table,
+        format_table,
+        write_results,
+    )
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    targets = [float(t) for t in args.targets.split(",")]
-    target_keys = [f"{t:.2f}" for t in targets]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        policies = [make_policy(spec.strip()) for spec in args.agents.split(",") if spec.strip()]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "errors.log").unlink(missing_ok=True)  # an earlier run's, not this one's
+        policies = [make_policy(spec) for spec in _names(args.agents)]
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -149,70 +251,111 @@ def main(argv: list[str] | None = None) -> int:
     if repeated:  # their rows and curves would be merged under one name
         print(f"error: agents given twice: {', '.join(repeated)}", file=sys.stderr)
         return 2
+    data_sources = _names(args.data)
+    for data in data_sources:  # a bad file, grid or block count fails here, before any episode
+        try:
+            _make_env(args, data, args.seed_start).close()
+        except (ValueError, OSError) as err:  # DataError is a ValueError
+            print(f"error: --data {data}: {err}", file=sys.stderr)
+            return 2
 
-    summaries, episodes = [], []
-    try:
-        for data in [d.strip() for d in args.data.split(",") if d.strip()]:
-            data_summaries, data_episodes = evaluate_data(args, data, policies, targets, out)
+    summaries, failures = [], []
+    progress = tqdm(total=len(data_sources) * len(policies) * args.seeds, unit="episode")
+    with EpisodeWriter(out / "episodes.csv", targets) as episodes:
+        for data in data_sources:
+            data_summaries, data_failures = evaluate_data(
+                args, data, policies, targets, out, episodes, progress
+            )
             summaries += data_summaries
-            episodes += data_episodes
-    except (ValueError, OSError) as err:  # DataError is a ValueError: bad file, blocks, budget
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+            failures += data_failures
+    progress.close()
 
-    write_results(out, summaries, asdict(args))
-    write_episodes(out, episodes, targets)
-    print(format_table(summaries, target_keys))
+    (out / "table.txt").write_text(
+        format_table(summaries, [target_key(t) for t in targets], failures) + "\n"
+    )
+    write_results(out, summaries, asdict(args), failures)
+    print(format_compact_table(summaries, failures))
     print()
-    for line in challenge_lines(summaries):
+    for line in challenge_lines(summaries, failures):
         print(line)
     print(
-        f"\nwrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'episodes.csv'} "
-        f"and figures to {out}/"
+        f"\nwrote {out / 'table.txt'}, {out / 'results.json'}, {out / 'results.csv'}, "
+        f"{out / 'episodes.csv'} and figures to {out}/"
     )
+    if failures:
+        names = ", ".join(f"{f.agent} on {f.data}" for f in failures)
+        print(f"error: failed: {names} (tracebacks in {out / 'errors.log'})", file=sys.stderr)
+        return 1
     return 0
 
 
-def evaluate_data(args: EvaluateArgs, data: str, policies: list, targets: list[float], out: Path):
-    """Run every policy over the seeds on one data source; plot; return the summaries and the
-    ``(data name, trace)`` of every episode."""
-    from tqdm import tqdm
-
-    from agents.evaluation import run_episode, summarise
+def evaluate_data(
+    args: EvaluateArgs,
+    data: str,
+    policies: list,
+    targets: list[float],
+    out: Path,
+    episodes,
+    progress,
+):
+    """Run every policy over the seeds on one data source, writing each episode to
+    ``episodes`` (an :class:`agents.report.EpisodeWriter`) as it ends; plot; return the
+    summaries and the failures (an agent that raises is one failure, the others go on)."""
+    from agents.evaluation import Failure, map_slice, run_episode, summarise
     from agents.report import plot_curves, plot_reconstructions
-    from envs.factory import make_env
 
     data_name = "twin (held-out)" if data == "twin" else Path(data).name
-    traces_by_agent, summaries = {}, []
-    truth_map = None
-    for policy in policies:
+    traces_by_agent, summaries, failures = {}, [], []
+    view = None  # the slice the reconstruction figure shows, from the first finished episode
+    for k, policy in enumerate(policies, start=1):
+        progress.set_description(f"{data_name}: agent {k}/{len(policies)} {policy.label}")
         traces = []
-        bar = tqdm(total=args.seeds, desc=f"{data_name}: {policy.label}", unit="episode")
-        for i in range(args.seeds):
-            seed = args.seed_start + i
-            env = make_env(**_env_kwargs(args, data, seed), **policy.env_settings())
-            trace = run_episode(
-                env,
-                policy,
-                seed,
-                stop_r2=args.stop_at or None,
-                charge_decisions=args.charge_decisions,
-            )
-            traces.append(trace)
-            if truth_map is None:
-                truth_map = _reference_map(env.unwrapped)
-            env.close()
-            bar.set_postfix(steps=len(trace.r2) - 1, final_r2=f"{trace.r2[-1]:.3f}", refresh=False)
-            bar.update(1)
-        bar.close()
+        try:
+            for seed in range(args.seed_start, args.seed_start + args.seeds):
+                env = _make_env(args, data, seed, policy)
+                try:
+                    trace = run_episode(
+                        env,
+                        policy,
+                        seed,
+                        stop_r2=args.stop_r2 or None,
+                        charge_decisions=args.charge_decisions,
+                    )
+                    if view is None:
+                        view = map_slice(env.unwrapped)
+                finally:
+                    env.close()
+                traces.append(trace)
+                episodes.write(data_name, trace)
+                progress.set_postfix(final_r2=f"{trace.r2[-1]:.3f}", refresh=False)
+                progress.update(1)
+        except Exception as err:  # noqa: BLE001 (one agent's error must not lose the others)
+            error = f"{type(err).__name__}: {err}"
+            failures.append(Failure(policy.label, data_name, seed, len(traces), error))
+            with open(out / "errors.log", "a") as log:
+                log.write(
+                    f"{policy.label} on {data_name}, seed {seed}:\n{traceback.format_exc()}\n"
+                )
+            progress.write(f"{policy.label} failed on {data_name}, seed {seed}: {error}")
+            progress.total -= args.seeds - len(traces)  # its remaining episodes will not run
+            progress.refresh()
+            continue
         traces_by_agent[policy.label] = traces
         summaries.append(summarise(traces, data_name, tuple(targets)))
-    stem = "twin" if data == "twin" else Path(data).stem
-    title = f"{data_name}, {args.seeds} seeds"
-    plot_curves(out / f"curves_{stem}.png", traces_by_agent, title, targets)
-    plot_reconstructions(out / f"reconstructions_{stem}.png", traces_by_agent, truth_map)
-    episodes = [(data_name, t) for traces in traces_by_agent.values() for t in traces]
-    return summaries, episodes
+    if traces_by_agent:
+        stem = "twin" if data == "twin" else Path(data).stem
+        title = f"{data_name}, {args.seeds} seed{'s' if args.seeds > 1 else ''}"
+        plot_curves(out / f"curves_{stem}.png", traces_by_agent, title, targets)
+        plot_reconstructions(out / f"reconstructions_{stem}.png", traces_by_agent, view)
+    return summaries, failures
+
+
+def _make_env(args: EvaluateArgs, data: str, seed: int, policy=None):
+    """The episode's env, with the observation planes ``policy`` reads (a trained model's)."""
+    from envs.factory import make_env
+
+    settings = policy.env_settings() if policy is not None else {}
+    return make_env(**_env_kwargs(args, data, seed), **settings)
 
 
 def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:
@@ -232,12 +375,6 @@ def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:
 def _twin_overrides(grid: int) -> dict:
     """Twin settings for a square grid of ``grid`` pixels a side."""
     return {"grid": [grid, grid]}
-
-
-def _reference_map(env):
-    """The reference (truth when known, else measured) at the middle spectral entry."""
-    source = env.dataset.truth if env.dataset.truth is not None else env.dataset.data
-    return source[(slice(None), slice(None), *[s // 2 for s in source.shape[2:]])]
 
 
 if __name__ == "__main__":

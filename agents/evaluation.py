@@ -2,7 +2,7 @@
 
 This is the library behind ``evaluate.py``: one episode gives a :class:`Trace` (accuracy against
 charged seconds), a set of traces over seeds gives an :class:`AgentSummary` with means and 95 %
-intervals, and the plotting helpers draw the curves and the final reconstructions.
+intervals (from :mod:`agents.statistics`), and :mod:`agents.report` prints, writes and draws them.
 
 Time axis. Every point of a trace is charged the environment's seconds (instrument time from the
 cost model plus its modelled reconstruction time) plus the policy's own decision time. Decision
@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from agents.base import Policy
+from agents.statistics import mean_and_interval
 from reconstruct.metrics import auc_normalised, seconds_to_reach
 
 
@@ -115,31 +116,66 @@ def run_episode(
 
 
 def _final_maps(env) -> tuple[np.ndarray, np.ndarray]:
-    """The reconstruction at the middle (voltage, time) entry, and blocks measured per pixel."""
+    """The reconstruction at the middle spectral entry (the one :func:`map_slice` names), and
+    blocks measured per pixel."""
     estimate = env.reconstructor.estimate().detach().cpu().numpy()
-    middle = estimate[(slice(None), slice(None), *[s // 2 for s in estimate.shape[2:]])]
+    middle = estimate[(slice(None), slice(None), *_middle_index(estimate.shape[2:]))]
     measured = env.measured.sum(1).reshape(env.grid_shape)
     return middle, measured
 
 
-def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval of ``values`` (NaN entries count as failures: if any value is
-    NaN the mean is NaN). One value gives a zero-width interval."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0 or np.isnan(values).any():
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if values.size == 1:
-        return mean, mean, mean
-    from scipy import stats
+def _middle_index(spectral_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(size // 2 for size in spectral_shape)
 
-    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size))
-    return mean, mean - half, mean + half
+
+@dataclass
+class MapSlice:
+    """The spectral entry that the reconstruction maps show, named, with the reference there."""
+
+    label: str  # e.g. "voltage 8 of 16 (2.5 V), time 64 of 128 (0.0012 s)", indices from 0
+    reference: np.ndarray  # (X, Y): the noise-free truth when known, else the measured data
+    reference_name: str  # "truth" or "measured"
+    value_label: str  # what the map values are, e.g. "piezoresponse (a.u.)"
+    n_blocks: int  # the most blocks a pixel can have measured
+
+
+def map_slice(env) -> MapSlice:
+    """The middle spectral entry of ``env``'s dataset (the one the final maps of its episodes
+    show), named by axis, index and coordinate."""
+    dataset = env.dataset
+    index = _middle_index(dataset.data.shape[2:])
+    parts = []
+    for axis, i in zip(dataset.axes[2:], index, strict=True):
+        value = f"{float(axis.values[i]):.3g}{' ' + axis.unit if axis.unit else ''}"
+        parts.append(f"{axis.name} {i} of {len(axis)} ({value})")
+    truth_known = dataset.truth is not None
+    source = dataset.truth if truth_known else dataset.data
+    return MapSlice(
+        label=", ".join(parts),
+        reference=source[(slice(None), slice(None), *index)],
+        reference_name="truth" if truth_known else "measured",
+        value_label=f"{dataset.quantity} ({dataset.unit})" if dataset.unit else dataset.quantity,
+        n_blocks=int(env.n_blocks),
+    )
+
+
+def target_key(target: float) -> str:
+    """The name of an R^2 target in tables and files: two decimals (``"0.90"``), more where the
+    target needs them (``"0.875"``), so that two targets never share a name."""
+    two_decimals = f"{target:.2f}"
+    return two_decimals if float(two_decimals) == target else f"{target:g}"
+
+
+# The ranges the per-seed statistics can take, to which their intervals are clipped: R^2 and
+# what is built on it (AUC, gain) are at most 1, times and counts are at least 0.
+AT_MOST_ONE = (-math.inf, 1.0)
+NON_NEGATIVE = (0.0, math.inf)
 
 
 @dataclass
 class AgentSummary:
-    """Per-agent statistics over seeds (mean, 95 % low, 95 % high) for one dataset."""
+    """Per-agent statistics over seeds (mean, 95 % low, 95 % high) for one dataset; with one
+    seed, low and high are NaN (no interval)."""
 
     agent: str
     data: str
@@ -162,24 +198,40 @@ def summarise(traces: list[Trace], data: str, targets: tuple[float, ...]) -> Age
     """Aggregate the traces of one agent on one dataset over seeds."""
     if not traces:
         raise ValueError("no traces to summarise")
-    key = {t: f"{t:.2f}" for t in targets}
+    key = {t: target_key(t) for t in targets}
     return AgentSummary(
         agent=traces[0].agent,
         data=data,
         n_seeds=len(traces),
         seconds_to={
-            key[t]: mean_interval(np.array([tr.seconds_to(t) for tr in traces])) for t in targets
+            key[t]: mean_and_interval([tr.seconds_to(t) for tr in traces], NON_NEGATIVE)
+            for t in targets
         },
         gain_at={
-            key[t]: mean_interval(np.array([tr.gain_at(t) for tr in traces])) for t in targets
+            key[t]: mean_and_interval([tr.gain_at(t) for tr in traces], AT_MOST_ONE)
+            for t in targets
         },
         reached={key[t]: int(sum(np.isfinite(tr.seconds_to(t)) for tr in traces)) for t in targets},
-        auc=mean_interval(np.array([tr.auc() for tr in traces])),
-        n_measurements=mean_interval(np.array([tr.n_measurements for tr in traces], dtype=float)),
+        auc=mean_and_interval([tr.auc() for tr in traces], AT_MOST_ONE),
+        n_measurements=mean_and_interval([tr.n_measurements for tr in traces], NON_NEGATIVE),
         decision_seconds_median=float(
             np.median(np.concatenate([tr.decision_seconds for tr in traces]))
         ),
-        final_r2=mean_interval(np.array([tr.r2[-1] for tr in traces])),
-        final_r2_truth=mean_interval(np.array([tr.r2_truth for tr in traces])),
+        final_r2=mean_and_interval([tr.r2[-1] for tr in traces], AT_MOST_ONE),
+        final_r2_truth=mean_and_interval([tr.r2_truth for tr in traces], AT_MOST_ONE),
         raster_seconds=float(traces[0].raster_seconds),
     )
+
+
+@dataclass
+class Failure:
+    """An agent that raised on one dataset: where, and the error, for the report."""
+
+    agent: str
+    data: str
+    seed: int
+    episodes_done: int  # seeds that finished before the failing one (in episodes.csv)
+    error: str  # "ExceptionType: message"
+
+    def as_dict(self) -> dict:
+        return asdict(self)

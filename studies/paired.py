@@ -5,8 +5,9 @@ far more from each other than the policies do, so two policies can be clearly or
 seed while their intervals overlap. This reads the ``episodes.csv`` that ``evaluate.py`` writes
 (several files are joined, e.g. two runs that split the agents between them) and prints, for
 each dataset and agent, the mean paired AUC difference to the reference with its 95 %
-t-interval and the seeds on which the agent is better, and the same for the charged seconds to
-the target R^2 (decision time included, as evaluated).
+t-interval (:func:`agents.statistics.paired_differences`) and the seeds on which the agent is
+better, and the same for the charged seconds to the target R^2 (decision time included, as
+evaluated).
 
 Example
 -------
@@ -22,6 +23,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from agents.evaluation import target_key
 from studies.ppo_compare import print_table
 
 
@@ -55,7 +57,7 @@ def paired_tables(
     episodes: dict[str, dict[str, dict[int, dict[str, str]]]], reference: str, target: float
 ) -> dict[str, dict]:
     """Print one paired table per dataset; return its paired differences per dataset."""
-    column = f"seconds_to_{target:.2f}"
+    column = f"seconds_to_{target_key(target)}"
     report = {}
     for data, agents in episodes.items():
         if reference not in agents:

@@ -21,25 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-
-def paired(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Mean paired difference, its 95 % t-interval and the count of seeds above the reference."""
-    from scipy import stats
-
-    diff = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
-    mean = float(diff.mean())
-    half = (
-        float(stats.t.ppf(0.975, diff.size - 1) * diff.std(ddof=1) / math.sqrt(diff.size))
-        if diff.size > 1
-        else 0.0
-    )
-    return {"mean": mean, "low": mean - half, "high": mean + half, "better": int((diff > 0).sum())}
+# Paired differences on the same seeds: mean, 95 % t-interval and the seeds above the reference.
+from agents.statistics import paired_differences as paired
 
 
 def run_policy(

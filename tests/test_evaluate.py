@@ -123,3 +123,259 @@ def test_default_agents_include_the_shipped_ppo_model():
     policy = make_policy("ppo")  # loads models/ppo_default.zip
     assert isinstance(policy, PPOPolicy)
     assert policy.model_path == DEFAULT_MODEL_PATH
+
+
+# --- a run a scientist can trust: failures, targets, intervals, options, output, figures ---
+
+FAST = ["--grid", "8", "--budget-fraction", "0.3", "--charge-decisions", "none"]
+
+
+@pytest.fixture
+def small_twin(monkeypatch):
+    """Twin samples with 16 read-outs: episodes take a fraction of a second."""
+    monkeypatch.setattr(
+        evaluate, "_twin_overrides", lambda grid: {"grid": [grid, grid], "n_times": 16}
+    )
+
+
+def _failing_on_second_seed(monkeypatch):
+    """Register ``fails-later``: a random policy that raises on the run's second seed."""
+    from agents import registry
+    from agents.baselines import RandomPolicy
+
+    class FailsLater(RandomPolicy):
+        name = "fails-later"
+
+        def reset(self, env, seed=None):
+            if seed == evaluate.HELD_OUT_SEED_START + 1:
+                raise RuntimeError("broken on purpose")
+            super().reset(env, seed)
+
+    monkeypatch.setattr(registry, "_BASELINES", (*registry._BASELINES, FailsLater))
+
+
+def test_a_failing_agent_is_reported_and_the_others_are_kept(
+    tmp_path, capsys, monkeypatch, small_twin
+):
+    _failing_on_second_seed(monkeypatch)
+    out = tmp_path / "eval"
+    argv = ["--agents", "raster,fails-later,random", "--seeds", "2", *FAST, "--out", str(out)]
+    assert evaluate.main(argv) == 1  # non-zero at the end, after every other agent ran
+    captured = capsys.readouterr()
+    assert "fails-later" in captured.err and "errors.log" in captured.err
+    assert "RuntimeError: broken on purpose" in captured.out  # its row in the table
+    assert "fails-later: no verdict, FAILED on seed 100001" in captured.out
+    with open(out / "episodes.csv") as f:  # every finished episode, the failed agent's first
+        episodes = [(e["agent"], int(e["seed"])) for e in csv.DictReader(f)]
+    start = evaluate.HELD_OUT_SEED_START
+    assert sorted(episodes) == sorted(
+        [("raster", start), ("raster", start + 1), ("fails-later", start)]
+        + [("random", start), ("random", start + 1)]
+    )
+    with open(out / "results.csv") as f:
+        rows = {r["agent"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"raster", "random", "fails-later"}
+    assert "RuntimeError: broken on purpose" in rows["fails-later"]["error"]
+    failures = json.loads((out / "results.json").read_text())["failures"]
+    assert [(f["agent"], f["seed"], f["episodes_done"]) for f in failures] == [
+        ("fails-later", start + 1, 1)
+    ]
+    assert "Traceback" in (out / "errors.log").read_text()
+
+
+def test_episodes_are_on_disk_as_each_one_ends(tmp_path, monkeypatch, small_twin):
+    """A run killed during its second episode keeps the first one."""
+    from agents import evaluation
+
+    out = tmp_path / "eval"
+    episodes_seen = []
+    real_run_episode = evaluation.run_episode
+
+    def run_episode(*args, **kwargs):
+        with open(out / "episodes.csv") as f:
+            episodes_seen.append(len(list(csv.DictReader(f))))
+        return real_run_episode(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "run_episode", run_episode)
+    assert evaluate.main(["--agents", "random", "--seeds", "3", *FAST, "--out", str(out)]) == 0
+    assert episodes_seen == [0, 1, 2]
+
+
+def test_targets_without_the_challenges_still_give_its_verdict(tmp_path, capsys, small_twin):
+    out = tmp_path / "eval"
+    argv = ["--agents", "raster", "--seeds", "1", "--targets", "0.8,0.85,0.875", *FAST]
+    assert evaluate.main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "challenge (>= 25 % time saved at R^2 >= 0.90)" in printed
+    assert "twin (held-out), raster: " in printed
+    with open(out / "episodes.csv") as f:  # 0.875 keeps its third decimal, 0.90 is added
+        fields = csv.DictReader(f).fieldnames
+    for key in ("0.80", "0.85", "0.875", "0.90"):
+        assert f"seconds_to_{key}" in fields
+    assert "gain@0.875" in (out / "table.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--targets", "1.5", "--targets: each R^2 target must be in (0, 1], got 1.5"),
+        ("--targets", "0", "--targets: each R^2 target must be in (0, 1]"),
+        ("--targets", "0.9,high", "--targets: not a comma-separated list of numbers"),
+        ("--targets", "0.8,0.8", "--targets: a target is given twice"),
+        ("--budget-fraction", "5", "--budget-fraction must be in (0, 1]"),
+        ("--budget-fraction", "0", "--budget-fraction must be in (0, 1]"),
+        ("--seeds", "0", "--seeds must be at least 1, got 0"),
+        ("--seed-start", "-1", "--seed-start must be at least 0"),
+        ("--grid", "-3", "--grid must be at least 0"),
+        ("--grid", "2", "--grid must be 0 (the twin's own size) or at least 4, got 2"),
+        ("--blocks", "0", "--blocks must be at least 1"),
+        ("--threads", "-1", "--threads must be at least 0"),
+        ("--reconstructor", "magic", "--reconstructor: unknown 'magic'"),
+        ("--stop-r2", "0.8", "--stop-r2 must be 0 (off) or in [0.95, 1]"),
+        ("--stop-r2", "-1", "--stop-r2 must be 0 (off) or in (0, 1]"),
+        ("--agents", ",", "--agents: no agent given"),
+        ("--data", " ", "--data: no data source given"),
+    ],
+)
+def test_a_bad_option_is_a_one_line_error_naming_it(tmp_path, capsys, option, value, message):
+    assert evaluate.main([option, value, "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+    assert not (tmp_path / "never").exists()  # refused before anything ran or was written
+
+
+def test_a_data_problem_is_refused_before_any_episode(tmp_path, capsys):
+    argv = ["--agents", "random", "--data", str(tmp_path / "missing.npy"), "--out", str(tmp_path)]
+    assert evaluate.main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: --data {tmp_path / 'missing.npy'}: ")
+    assert not (tmp_path / "episodes.csv").exists()
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    defaults = evaluate.EvaluateArgs()
+    for option, value in [
+        ("--seeds", defaults.seeds),
+        ("--grid", defaults.grid),
+        ("--budget-fraction", defaults.budget_fraction),
+        ("--targets", defaults.targets),
+        ("--out", defaults.out),
+    ]:
+        assert f"(default: {value})" in text, option
+
+
+def test_progress_is_one_bar_over_every_agent(tmp_path, capsys, small_twin):
+    argv = ["--agents", "raster,random", "--seeds", "2", *FAST, "--out", str(tmp_path)]
+    assert evaluate.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "agent 1/2 raster" in err and "agent 2/2 random" in err
+    assert "4/4" in err  # episodes done of all episodes
+
+
+def _summary(agent, gain, n_seeds=2, reached=None, auc=(0.6, 0.55, 0.65)):
+    from agents.evaluation import AgentSummary
+
+    seconds = (3600.0, 3000.0, 4200.0)
+    return AgentSummary(
+        agent=agent,
+        data="twin (held-out)",
+        n_seeds=n_seeds,
+        seconds_to={"0.90": seconds},
+        gain_at={"0.90": gain},
+        reached={"0.90": n_seeds if reached is None else reached},
+        auc=auc,
+        n_measurements=(100.0, 90.0, 110.0),
+        decision_seconds_median=0.01,
+        final_r2=(0.95, 0.94, 0.96),
+        final_r2_truth=(0.9, 0.89, 0.91),
+        raster_seconds=7200.0,
+    )
+
+
+def test_the_verdict_is_judged_on_the_intervals_lower_end():
+    from agents.report import challenge_lines
+
+    nan = float("nan")
+    lines = challenge_lines(
+        [
+            _summary("sure", (0.56, 0.41, 0.70)),
+            _summary("unsure", (0.563, -0.051, 0.9)),  # the issue's MET on the mean
+            _summary("once", (0.56, nan, nan), n_seeds=1),
+            _summary("short", (nan, nan, nan), reached=1),
+            _summary("raster", (0.124, 0.10, 0.15)),
+        ]
+    )
+    assert "lower end of the 95 % interval" in lines[0]
+    by_agent = {line.split(": ")[0].split(", ")[-1]: line for line in lines[1:]}
+    assert "MET, saves 56.0% [41.0%, 70.0%]" in by_agent["sure"]
+    unsure = "NOT MET, saves 56.3% [-5.1%, 90.0%] of the raster time: lower end below 25 %"
+    assert unsure in by_agent["unsure"]
+    assert "UNDECIDED" in by_agent["once"] and "no interval" in by_agent["once"]
+    assert "NOT MET, R^2 >= 0.90 reached on 1/2 seeds" in by_agent["short"]
+    why = lines[lines.index(by_agent["raster"]) + 1]
+    assert "the raster order, stopped once its reconstruction reaches the target" in why
+
+
+def test_intervals_in_the_results_stay_in_range(tmp_path, small_twin):
+    argv = ["--agents", "random", "--seeds", "2", *FAST, "--out", str(tmp_path)]
+    assert evaluate.main(argv) == 0
+    with open(tmp_path / "results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    with open(tmp_path / "episodes.csv") as f:
+        aucs = [float(e["auc"]) for e in csv.DictReader(f)]
+    assert min(aucs) <= float(row["auc_lo"]) <= float(row["auc_hi"]) <= max(aucs) <= 1.0
+    assert float(row["final_r2_hi"]) <= 1.0 and float(row["n_measurements_lo"]) >= 0.0
+
+
+def test_the_printed_table_fits_100_columns():
+    from agents.report import format_compact_table
+
+    names = evaluate.DEFAULT_AGENTS.split(",") + ["greedy-oracle (privileged)"]
+    summaries = [_summary(name, (0.563, 0.412, 0.702)) for name in names]
+    summaries[0] = _summary(names[0], (0.5, 0.4, 0.6), reached=1)  # "reached 1/2"
+    table = format_compact_table(summaries)
+    assert max(len(line) for line in table.splitlines()) <= 100
+    assert "56.3% [41.2%, 70.2%]" in table and "reached 1/2" in table
+
+
+def test_figures_stay_readable_for_ten_agents(tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    from agents.evaluation import MapSlice, Trace
+    from agents.report import _line_styles, plot_curves, plot_reconstructions
+
+    names = [f"agent-{i}" for i in range(10)] + ["greedy-oracle (privileged)"]
+    styles = _line_styles(names)
+    assert len({(s["color"], s["ls"]) for s in styles}) == len(names)
+    assert len({s["color"] for s in styles[:10]}) == 10  # ten distinct colours first
+    seconds = np.linspace(1.0, 100.0, 20)
+    traces = {
+        name: [
+            Trace(name, seed, seconds, np.linspace(0, 0.95, 20), np.zeros(19), 20, 100.0, 100.0)
+            for seed in (0, 1)
+        ]
+        for name in names
+    }
+    for first, *_ in traces.values():
+        first.final_map, first.measured_map = np.zeros((8, 8)), np.ones((8, 8))
+    view = MapSlice("voltage 8 of 16 (4.5 V), time 8 of 16 (0.018 s)", np.eye(8), "truth", "r", 4)
+    plot_reconstructions(tmp_path / "maps.png", traces, view)
+    height, width = imread(tmp_path / "maps.png").shape[:2]
+    assert width < 1300 and height > width  # 12 panels wrapped into rows of 4, not 12 columns
+    plot_curves(tmp_path / "curves.png", traces, "ten agents", [0.9, 0.95])
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_the_reconstruction_slice_is_named(small_twin):
+    from agents.evaluation import map_slice
+    from envs.factory import make_env
+
+    args = evaluate.EvaluateArgs(grid=8)
+    env = make_env(**evaluate._env_kwargs(args, "twin", evaluate.HELD_OUT_SEED_START))
+    view = map_slice(env.unwrapped)
+    assert view.label.startswith("voltage ") and ", time 8 of 16 (" in view.label
+    assert view.reference.shape == (8, 8) and view.n_blocks == args.blocks

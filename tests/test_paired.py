@@ -67,3 +67,19 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "results.csv").write_text("data,agent,n_seeds,auc\ntwin,ref,2,0.7\n")
     assert paired.main([str(tmp_path / "results.csv")]) == 2
     assert "not an episodes.csv of evaluate.py (no final_r2, seed)" in capsys.readouterr().err
+
+
+def test_a_target_with_three_decimals_finds_its_column(tmp_path):
+    """evaluate.py names a 0.875 target ``seconds_to_0.875`` (two decimals would merge it with
+    0.88); the paired table reads that column."""
+    path = tmp_path / "e.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["data", "agent", "seed", "auc", "final_r2",
+                                               "seconds_to_0.875"])  # fmt: skip
+        writer.writeheader()
+        for agent, seconds in (("ref", 100.0), ("new", 80.0)):
+            for seed in (0, 1):
+                writer.writerow({"data": "twin", "agent": agent, "seed": seed, "auc": 0.7,
+                                 "final_r2": 0.9, "seconds_to_0.875": seconds})  # fmt: skip
+    report = paired.paired_tables(paired.read_episodes([path]), "ref", 0.875)
+    assert report["twin"]["new"]["paired_seconds_saved"]["mean"] == pytest.approx(20.0)
