@@ -202,3 +202,19 @@ def test_short_training_beats_random_on_held_out_seeds(tmp_path):
         mean_auc[policy.name] = float(np.mean(aucs))
     assert mean_auc["ppo"] > mean_auc["random"], mean_auc
     assert mean_auc["ppo"] > mean_auc["gp-uncertainty-per-second"] - 0.02, mean_auc
+
+
+def test_in_process_envs_leave_the_learners_thread_count_alone():
+    """A DummyVecEnv builds its envs in the learner's process: they must not override
+    --torch-threads (subprocess workers do limit themselves to one thread)."""
+    import torch
+
+    args = train.parse_args(TINY)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        env = train.make_vec_env(args.env_id, [train.env_kwargs(args, 0)], "dummy")
+        assert torch.get_num_threads() == 2
+        env.close()
+    finally:
+        torch.set_num_threads(threads)
