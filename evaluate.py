@@ -359,17 +359,18 @@ def _make_env(args: EvaluateArgs, data: str, seed: int, policy=None):
 
 
 def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:
-    kwargs = dict(
-        data=data,
+    """JSON-safe env settings of one episode: the twin with ``seed`` (a data spec that names
+    its own seed, or a file, keeps it)."""
+    from envs.factory import EnvConfig
+
+    return EnvConfig.for_data(
+        data,
+        seed,
         reconstructor=args.reconstructor,
         n_blocks=args.blocks,
         budget_fraction=args.budget_fraction,
-    )
-    if data == "twin":
-        kwargs["twin_seeds"] = seed
-        if args.grid:
-            kwargs["twin_overrides"] = _twin_overrides(args.grid)
-    return kwargs
+        twin_overrides=_twin_overrides(args.grid) if args.grid else {},
+    ).to_kwargs()
 
 
 def _twin_overrides(grid: int) -> dict:
