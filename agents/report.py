@@ -30,25 +30,19 @@ def summary_targets(targets: list[float]) -> list[float]:
     return sorted(set(targets) | {CHALLENGE_TARGET})
 
 
-def _fmt(triple: tuple[float, float, float], scale: float = 1.0, digits: int = 3) -> str:
+def _fmt(
+    triple: tuple[float, float, float], scale: float = 1.0, digits: int = 3, fixed: bool = False
+) -> str:
     """``mean [low, high]``; the mean alone where there is no interval (one seed) or it has no
-    width; ``-`` where the mean is undefined (a seed never reached the target)."""
+    width; ``-`` where the mean is undefined (a seed never reached the target). ``digits`` are
+    significant digits, or decimals with ``fixed`` (AUCs: columns line up)."""
     mean, low, high = triple
     if math.isnan(mean):
         return "-"
+    spec = f".{digits}{'f' if fixed else 'g'}"
     if math.isnan(low) or low == high:
-        return f"{mean * scale:.{digits}g}"
-    return f"{mean * scale:.{digits}g} [{low * scale:.{digits}g}, {high * scale:.{digits}g}]"
-
-
-def _fixed(triple: tuple[float, float, float], decimals: int = 3) -> str:
-    """As :func:`_fmt`, with a fixed number of decimals (AUCs: columns line up)."""
-    mean, low, high = triple
-    if math.isnan(mean):
-        return "-"
-    if math.isnan(low) or low == high:
-        return f"{mean:.{decimals}f}"
-    return f"{mean:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
+        return f"{mean * scale:{spec}}"
+    return f"{mean * scale:{spec}} [{low * scale:{spec}}, {high * scale:{spec}}]"
 
 
 def _percent(triple: tuple[float, float, float]) -> str:
@@ -128,7 +122,7 @@ def format_compact_table(summaries: list[AgentSummary], failures: list[Failure] 
                 saved = hours = f"reached {s.reached[key]}/{s.n_seeds}"
             else:
                 saved, hours = _percent(s.gain_at[key]), _fmt(s.seconds_to[key], 1 / 3600)
-            rows.append([s.agent, _fixed(s.auc), saved, hours])
+            rows.append([s.agent, _fmt(s.auc, fixed=True), saved, hours])
         failed = [f for f in failures if f.data == data]
         blocks.append(heading + "\n" + _columns(rows, failed, lead=1))
     legend = [
