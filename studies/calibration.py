@@ -428,6 +428,7 @@ def plot_calibration(summary: Sequence[dict[str, Any]], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
     fig, (ratio_ax, rank_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
     ratio_ax.axhspan(*RATIO_BAND, color="tab:green", alpha=0.15, label="target band")
@@ -454,6 +455,9 @@ def plot_calibration(summary: Sequence[dict[str, Any]], path: Path) -> Path:
             ratio_ax.errorbar(x, ratio, yerr=np.nan_to_num(spread), capsize=3, label=label, **style)
         rank_ax.plot(x, [p["rank_data"] for p in points], label=label, **style)
     ratio_ax.set_yscale("log")
+    ratio_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ratio_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ratio_ax.yaxis.set_minor_formatter(NullFormatter())
     ratio_ax.axhline(1.0, color="grey", lw=0.8)
     ratio_ax.set_ylabel("mean predicted variance / mean squared error")
     ratio_ax.set_title("calibration over unmeasured blocks (against the data)")
@@ -465,6 +469,9 @@ def plot_calibration(summary: Sequence[dict[str, Any]], path: Path) -> Path:
     for ax in (ratio_ax, rank_ax):
         ax.set_xscale("log")
         ax.set_xlim(min(measured) / 1.3, max(measured) * 1.3)
+        ax.set_xticks(sorted(set(measured)))
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("fraction of blocks measured")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
