@@ -446,13 +446,22 @@ def plot_calibration(summary: Sequence[dict[str, Any]], path: Path) -> Path:
         label = f"{data}, {kind}" + (f", {design}" if len(markers) > 1 else "")
         if kind != RANK_KIND:
             ratio = np.array([p["ratio_data"] for p in points])
+            # Whiskers from the pooled ratio to the datasets' extremes (clipped: with one
+            # dataset both are the same number up to round-off).
             spread = np.array(
                 [
                     [p["ratio_data"] - p["ratio_data_min"], p["ratio_data_max"] - p["ratio_data"]]
                     for p in points
                 ]
             ).T
-            ratio_ax.errorbar(x, ratio, yerr=np.nan_to_num(spread), capsize=3, label=label, **style)
+            ratio_ax.errorbar(
+                x,
+                ratio,
+                yerr=np.clip(np.nan_to_num(spread), 0, None),
+                capsize=3,
+                label=label,
+                **style,
+            )
         rank_ax.plot(x, [p["rank_data"] for p in points], label=label, **style)
     ratio_ax.set_yscale("log")
     ratio_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
