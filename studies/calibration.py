@@ -388,7 +388,8 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
     lines = [
         "mse, ratio = mean squared error, and mean predicted variance / mse, against the "
         "measured data (.tr: against the noise-free truth; on measured blocks mse.tr is the "
-        f"noise floor); [min max]: range over datasets; target: ratio in [{RATIO_BAND[0]}, "
+        f"noise floor); [min max]: range over datasets; rank: median over datasets; "
+        f"target: ratio in [{RATIO_BAND[0]}, "
         f"{RATIO_BAND[1]}] for {', '.join(RATIO_KINDS)}, rank >= {MIN_RANK} over {RANK_KIND}",
         header,
         "-" * len(header),
