@@ -221,7 +221,7 @@ def test_wrong_type_action_raises_type_error(action):
         ({"budget_seconds": -5.0}, "budget_seconds must be a positive"),
         ({"budget_fraction": 0.0}, "budget_fraction must be a positive"),
         ({"budget_seconds": 1.0}, "does not cover the initial design"),
-        ({"n_blocks": 3}, "3 blocks do not divide the voltage axis of length 8"),
+        ({"n_blocks": 9}, "9 blocks for 8 voltages"),
         ({"n_blocks": 0}, "n_blocks must be a positive integer"),
         ({"reward": "gain"}, "reward must be one of"),
         ({"repeat_penalty": -1.0}, "repeat_penalty"),
