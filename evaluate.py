@@ -104,7 +104,10 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         "full-size experiment; 0: the twin's own default)",
     )
     p.add_argument(
-        "--blocks", type=int, default=d.blocks, help="voltage blocks (must divide the voltage axis)"
+        "--blocks",
+        type=int,
+        default=d.blocks,
+        help="voltage blocks per pixel (sizes differ by one when they do not divide the voltages)",
     )
     p.add_argument(
         "--reconstructor",

@@ -75,7 +75,7 @@ class TrainArgs:
     env_id: str = _arg(ENV_ID, "registered Gymnasium id of the acquisition env")
     grid: int = _arg(16, "twin grid size (pixels a side) used for training")
     n_times: int = _arg(32, "read-out times per pulse in the training twin (0: the twin's default)")
-    blocks: int = _arg(4, "voltage blocks per pixel (must divide the voltage axis)")
+    blocks: int = _arg(4, "voltage blocks per pixel (sizes differ by one when uneven)")
     reconstructor: str = _arg("gp", "reconstructor name (gp, lowrank, linear, ...)")
     budget_fraction: float = _arg(0.3, "episode budget as a fraction of the full-raster seconds")
     stop_r2: float = _arg(

@@ -333,7 +333,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 f"({initial:.1f} s for {self.initial_pixels.size} pixels): raise the budget or the "
                 f"initial_stride"
             )
-        if self.cost_model.measurement_seconds(self.layout.block_size, 0, 0, self.grid_shape) <= 0:
+        smallest_block = int(self.layout.applied_counts.min())
+        if self.cost_model.measurement_seconds(smallest_block, 0, 0, self.grid_shape) <= 0:
             raise ValueError("the cost model charges 0 s for a measurement; set a positive time")
 
     def _check_dataset(self, dataset: Any) -> None:
@@ -359,9 +360,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         """Instrument plus algorithm seconds of the initial design (as charged at reset)."""
         seconds, tip = 0.0, 0
         for pixel in self.initial_pixels:
-            for _ in range(self.n_blocks):
+            for block in range(self.n_blocks):
                 seconds += self.cost_model.measurement_seconds(
-                    self.layout.block_size, tip, int(pixel), self.grid_shape
+                    self.layout.n_applied(block), tip, int(pixel), self.grid_shape
                 )
                 tip = int(pixel)
         n_initial = self.initial_pixels.size * self.n_blocks
@@ -409,12 +410,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
 
     def block_seconds(self, pixels: np.ndarray, block: int) -> np.ndarray:
         """Seconds a measurement of ``block`` at each of ``pixels`` would be charged now: travel
-        from the current tip, settling, pulses and reads, plus the model's algorithm time (every
-        block has the same size, so ``block`` changes nothing but is checked)."""
+        from the current tip, settling, pulses and reads of the voltages the block applies
+        (blocks of uneven layouts differ by one voltage), plus the model's algorithm time."""
         if not 0 <= int(block) < self.n_blocks:
             raise ValueError(f"block {block} out of range [0, {self.n_blocks})")
         instrument = self.cost_model.measurement_seconds_many(
-            self.layout.block_size, self.tip_pixel, np.asarray(pixels), self.grid_shape
+            self.layout.n_applied(int(block)), self.tip_pixel, np.asarray(pixels), self.grid_shape
         )
         return instrument + self.cost_model.algorithm_s(self.n_measurements + 1)
 
@@ -484,7 +485,10 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         return self._observation(changed=True)
 
     def _to_blocks(self, tensor: np.ndarray) -> torch.Tensor:
-        return self.layout.to_blocks(torch.from_numpy(tensor)).contiguous().to(self.device)
+        """A reference (data or truth) in block layout. Spare slots are NaN, which scores
+        ignore, so every voltage counts once in the R^2 however uneven the blocks."""
+        blocks = self.layout.to_blocks(torch.from_numpy(tensor), spare=float("nan"))
+        return blocks.contiguous().to(self.device)
 
     def _measure_initial_design(self) -> None:
         """Measure every block of the initial pixels and add them in one batch update."""
@@ -503,7 +507,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                     blocks.append(block)
                     values.append(vals)
         if pixels:
-            self.reconstructor.add_many(pixels, blocks, np.stack(values))
+            self.reconstructor.add_many(pixels, blocks, values)  # blocks may differ in size
         if self.cost_model.algorithm_clock == "wall":
             self.algorithm_seconds += time.perf_counter() - start
         else:

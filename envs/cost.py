@@ -2,7 +2,7 @@
 
 One measurement is one pixel at one voltage block. Its instrument time is
 
-    block_size * (pulse_s + reads * read_interval_s)      pulses and read-outs
+    n_voltages * (pulse_s + reads * read_interval_s)      pulses and read-outs
     + settle_s                                            settling after the tip lands
     + distance(from_pixel, to_pixel) * travel_s_per_pixel  tip travel, distance in pixel pitches
 
@@ -142,31 +142,33 @@ class CostModel:
         return np.hypot(rows - r0, cols - c0) * self.travel_s_per_pixel
 
     def measurement_seconds(
-        self, block_size: int, from_pixel: int, to_pixel: int, grid_shape: tuple[int, int]
+        self, n_voltages: int, from_pixel: int, to_pixel: int, grid_shape: tuple[int, int]
     ) -> float:
-        """Instrument seconds to measure ``block_size`` voltages at ``to_pixel`` with the tip
-        coming from ``from_pixel``: pulses and reads, settling, and travel."""
+        """Instrument seconds to measure ``n_voltages`` voltages (a block's
+        ``layout.n_applied(block)``) at ``to_pixel`` with the tip coming from ``from_pixel``:
+        pulses and reads, settling, and travel."""
         n_pixels = int(grid_shape[0]) * int(grid_shape[1])
         for name, pixel in (("from_pixel", from_pixel), ("to_pixel", to_pixel)):
             if not 0 <= int(pixel) < n_pixels:
                 raise IndexError(f"{name} {pixel} out of range [0, {n_pixels}), grid {grid_shape}")
         to_pixels = np.asarray([to_pixel])
-        seconds = self.measurement_seconds_many(block_size, from_pixel, to_pixels, grid_shape)
+        seconds = self.measurement_seconds_many(n_voltages, from_pixel, to_pixels, grid_shape)
         return float(seconds[0])
 
     def measurement_seconds_many(
-        self, block_size: int, from_pixel: int, to_pixels: np.ndarray, grid_shape: tuple[int, int]
+        self, n_voltages: int, from_pixel: int, to_pixels: np.ndarray, grid_shape: tuple[int, int]
     ) -> np.ndarray:
         """:meth:`measurement_seconds` for each of ``to_pixels`` (no range check), vectorised."""
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
-        fixed = block_size * self.voltage_seconds() + self.settle_s
+        if n_voltages < 1:
+            raise ValueError(f"n_voltages must be >= 1, got {n_voltages}")
+        fixed = n_voltages * self.voltage_seconds() + self.settle_s
         return fixed + self.travel_seconds_many(from_pixel, to_pixels, grid_shape)
 
     def pixel_seconds(self, n_voltages: int, n_blocks: int = 1) -> float:
-        """Seconds to measure every voltage of one pixel in ``n_blocks`` blocks, tip in place."""
-        if n_blocks < 1 or n_voltages % n_blocks:
-            raise ValueError(f"{n_blocks} blocks do not divide {n_voltages} voltages")
+        """Seconds to measure every voltage of one pixel in ``n_blocks`` blocks, tip in place:
+        each voltage once, whatever the blocks' sizes, and one settling per block."""
+        if not 1 <= n_blocks <= n_voltages:
+            raise ValueError(f"{n_blocks} blocks for {n_voltages} voltages: need 1 to {n_voltages}")
         return n_voltages * self.voltage_seconds() + n_blocks * self.settle_s
 
     def full_raster_seconds(

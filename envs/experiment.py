@@ -268,7 +268,8 @@ class _Experiment:
 
     # ------------------------------------------------------------------ measuring
     def _measure(self, pixel: int, block: int, kind: int, algorithm_seconds: float) -> np.ndarray:
-        """Measure, validate, append to the session (flushed); return the values ``(F_b,)``."""
+        """Measure, validate, append to the session (flushed); return the values in slot
+        layout, ``(F_b,)``."""
         voltages = self.layout.voltages(block)
         values, seconds = self.instrument.measure(pixel, voltages)
         self._last_arrival = time.perf_counter()
@@ -285,6 +286,8 @@ class _Experiment:
                 f"({int((~np.isfinite(values)).sum())} of {values.size} values); rerun with "
                 f"--on-nan skip to record such blocks as rejected and go on"
             )
+        # Sessions store every block at one width: its slots (see reconstruct.BlockLayout).
+        values = self.layout.to_slots(block, values)
         self.session.append(pixel, block, kind, values, seconds, algorithm_seconds)
         self._account(pixel, block, values, seconds, algorithm_seconds)
         return values.reshape(-1)

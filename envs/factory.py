@@ -42,8 +42,8 @@ class EnvConfig:
         Name for :func:`reconstruct.registry.make_reconstructor`, its options, and its device
         (``"auto"`` picks CUDA when present).
     n_blocks, block_scheme
-        The voltage blocks (:class:`reconstruct.BlockLayout`); ``n_blocks`` must divide the
-        voltage axis.
+        The voltage blocks (:class:`reconstruct.BlockLayout`): ``n_blocks`` from 1 to the number
+        of voltages; when it does not divide the voltage axis, block sizes differ by one.
     cost
         Cost-model parameters (:class:`envs.cost.CostModel` fields); ``reads`` and
         ``read_interval_s`` default to the data's time axis when it has a time unit.

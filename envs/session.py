@@ -13,7 +13,8 @@ Root attributes
 ``axes/<i>`` datasets
     Coordinates of each axis of ``(X, Y, V, *rest)``, with attributes ``name`` and ``unit``.
 Record datasets (one row per measurement, growing along axis 0)
-    ``values`` ``(N, F_b)`` float32 (the block's voltages x remaining spectral entries, C order),
+    ``values`` ``(N, F_b)`` float32 (the block's voltage slots x remaining spectral entries, C
+    order; see ``reconstruct.BlockLayout``),
     ``block``, ``kind`` (:data:`KIND_INITIAL`, :data:`KIND_CHECK`, :data:`KIND_POLICY`),
     ``instrument_seconds``, ``algorithm_seconds`` (decision and update), ``r2_estimate``,
     ``r2_true`` (NaN when unknown), and last ``pixel``.

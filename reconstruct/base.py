@@ -8,7 +8,8 @@ Indexing conventions used throughout the project:
 
 - pixel ``p = i * ny + j`` for grid row ``i`` and column ``j`` (row-major over the first two axes);
 - a tensor in *block layout* has shape ``(P, n_blocks, F_b)``: pixel, block, and the block's
-  features (its voltages times the remaining spectral entries, C order).
+  features (its voltage slots times the remaining spectral entries, C order); blocks of
+  different sizes share one width through repeated slots (:class:`BlockLayout`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -34,22 +36,48 @@ BLOCK_SCHEMES = ("spread", "interleaved", "contiguous")
 
 @dataclass(frozen=True)
 class BlockLayout:
-    """How the voltage axis is split into equally sized measurement blocks.
+    """How the voltage axis is split into measurement blocks, and the block-layout tensor.
+
+    Every voltage belongs to exactly one block. When ``n_blocks`` divides ``n_voltages`` all
+    blocks have ``n_voltages / n_blocks`` voltages. Otherwise their sizes differ by one: the
+    first ``n_voltages % n_blocks`` blocks hold ``ceil(n_voltages / n_blocks)`` voltages, the
+    others one fewer (99 voltages in 4 blocks: 25, 25, 25 and 24).
+
+    So that a tensor in block layout stays rectangular, every block has ``block_size =
+    ceil(n_voltages / n_blocks)`` *slots*; a block with one voltage fewer repeats its last
+    voltage in its spare (last) slot. What each method gives:
+
+    - :meth:`voltages`: the distinct voltages a block measures, ascending: what an instrument
+      applies, and what the cost model charges (:meth:`n_applied`, :attr:`applied_counts`);
+    - :meth:`to_blocks`: ``(X, Y, V, *rest)`` -> ``(X * Y, n_blocks, block_size * prod(rest))``,
+      gathering every slot (a repeated voltage appears twice, or as ``spare``);
+    - :meth:`from_blocks`: back to ``(X, Y, V, *rest)``, each voltage from its first slot;
+    - :meth:`to_slots`: one block's measured values ``(len(voltages(block)), *rest)`` -> its
+      slots ``(block_size, *rest)``, by repeating. :meth:`Reconstructor.add` does this itself, so
+      values straight from an instrument can be added as they are.
+
+    A repeated voltage counts twice wherever a block's features are summed or averaged (a
+    reconstructor's fit, its per-block uncertainty); give ``to_blocks`` ``spare=nan`` for a
+    reference that should score each voltage once.
 
     Parameters
     ----------
     n_voltages
         Length of the first spectral axis.
     n_blocks
-        Number of blocks; must divide ``n_voltages``.
+        Number of blocks, from 1 to ``n_voltages``.
     scheme
         ``"spread"`` (default): consecutive pairs of voltages ``(0, 1), (2, 3), ...`` are dealt
         to the blocks in turn, so with a pulse sequence of alternating sign every block holds
-        both polarities over the whole amplitude range (falls back to ``"interleaved"`` when the
-        pairs cannot be dealt evenly). ``"interleaved"``: block ``b`` holds voltages ``b, b +
-        n_blocks, ...``; with alternating signs and an even ``n_blocks`` each block then sees one
-        polarity only, which leaves the other half of a spectrum unconstrained at a pixel
-        measured with one block. ``"contiguous"``: runs of neighbouring voltages.
+        both polarities over the whole amplitude range. When ``n_blocks`` divides the voltage
+        axis but the pairs cannot be dealt evenly, it falls back to ``"interleaved"``. When
+        ``n_blocks`` does not divide it, pairs are dealt for as many full rounds as there are
+        (``n_voltages // (2 * n_blocks)``) and the remaining voltages one at a time in turn
+        (block 0 first), which keeps the sizes within one; with no full round this is
+        ``"interleaved"``. ``"interleaved"``: block ``b`` holds voltages ``b, b + n_blocks,
+        ...``; with alternating signs and an even ``n_blocks`` each block then sees one polarity
+        only, which leaves the other half of a spectrum unconstrained at a pixel measured with
+        one block. ``"contiguous"``: runs of neighbouring voltages, the longer runs first.
         The layouts are compared in ``docs/reconstruction.md``.
     """
 
@@ -62,65 +90,134 @@ class BlockLayout:
             raise ValueError(
                 f"need n_blocks >= 1 and n_voltages >= 1, got {self.n_blocks}, {self.n_voltages}"
             )
-        if self.n_voltages % self.n_blocks:
-            divisors = [d for d in range(1, self.n_voltages + 1) if self.n_voltages % d == 0]
+        if self.n_blocks > self.n_voltages:
             raise ValueError(
-                f"{self.n_blocks} blocks do not divide the voltage axis of length "
-                f"{self.n_voltages}; choose one of {divisors}"
+                f"{self.n_blocks} blocks for {self.n_voltages} voltages: every block needs at "
+                f"least one voltage; choose at most {self.n_voltages} blocks"
             )
         if self.scheme not in BLOCK_SCHEMES:
             raise ValueError(f"unknown block scheme {self.scheme!r}; choose one of {BLOCK_SCHEMES}")
 
     @property
+    def is_even(self) -> bool:
+        """Whether every block holds the same number of voltages (no spare slots)."""
+        return self.n_voltages % self.n_blocks == 0
+
+    @property
     def effective_scheme(self) -> str:
-        """The scheme actually used (``"spread"`` needs an even number of pairs per block)."""
-        if self.scheme == "spread" and (
-            self.block_size % 2 or (self.n_voltages // 2) % self.n_blocks
-        ):
-            return "interleaved"
-        return self.scheme
+        """The scheme actually used: ``"spread"`` falls back to ``"interleaved"`` where it
+        deals no pair (see the class notes)."""
+        if self.scheme != "spread":
+            return self.scheme
+        pairs_deal_evenly = self.n_voltages % (2 * self.n_blocks) == 0
+        full_rounds = self.n_voltages // (2 * self.n_blocks)
+        if pairs_deal_evenly or (not self.is_even and full_rounds > 0):
+            return "spread"
+        return "interleaved"
 
     @property
     def block_size(self) -> int:
-        """Voltages per block."""
-        return self.n_voltages // self.n_blocks
+        """Slots per block, ``ceil(n_voltages / n_blocks)``: the voltages of the largest block,
+        and the width (in voltages) of a block in block layout."""
+        return -(-self.n_voltages // self.n_blocks)
 
-    def voltages(self, block: int) -> np.ndarray:
-        """Indices along the voltage axis that block ``block`` measures, ascending."""
-        if not 0 <= block < self.n_blocks:
-            raise IndexError(f"block {block} out of range [0, {self.n_blocks})")
+    @cached_property
+    def block_of_voltage(self) -> np.ndarray:
+        """``(n_voltages,)`` the block each voltage belongs to."""
+        v, nb = np.arange(self.n_voltages), self.n_blocks
         scheme = self.effective_scheme
         if scheme == "spread":
-            pairs = np.arange(block, self.n_voltages // 2, self.n_blocks)
-            return np.sort(np.concatenate([2 * pairs, 2 * pairs + 1]))
+            dealt_in_pairs = 2 * nb * (self.n_voltages // (2 * nb))
+            return np.where(v < dealt_in_pairs, (v // 2) % nb, (v - dealt_in_pairs) % nb)
         if scheme == "interleaved":
-            return np.arange(block, self.n_voltages, self.n_blocks)
-        return np.arange(block * self.block_size, (block + 1) * self.block_size)
+            return v % nb
+        return np.repeat(np.arange(nb), self.applied_counts)  # contiguous, longer runs first
+
+    @cached_property
+    def applied_counts(self) -> np.ndarray:
+        """``(n_blocks,)`` voltages each block measures (they sum to ``n_voltages``)."""
+        larger = self.n_voltages % self.n_blocks
+        return self.n_voltages // self.n_blocks + (np.arange(self.n_blocks) < larger)
+
+    def n_applied(self, block: int) -> int:
+        """Voltages block ``block`` measures: ``len(voltages(block))``."""
+        return len(self.voltages(block))
+
+    def voltages(self, block: int) -> np.ndarray:
+        """Indices along the voltage axis that block ``block`` measures, ascending, distinct."""
+        if not 0 <= block < self.n_blocks:
+            raise IndexError(f"block {block} out of range [0, {self.n_blocks})")
+        return np.flatnonzero(self.block_of_voltage == block)
+
+    def slot_positions(self, block: int) -> np.ndarray:
+        """``(block_size,)`` for each slot of block ``block``, its position in
+        ``voltages(block)``: ``0, 1, ..., n - 1``, then ``n - 1`` again in a spare slot."""
+        return np.minimum(np.arange(self.block_size), self.n_applied(block) - 1)
+
+    @cached_property
+    def spare_slots(self) -> np.ndarray:
+        """Bool ``(n_blocks, block_size)``: True for a slot that repeats its block's last
+        voltage (none when the blocks are even)."""
+        return np.arange(self.block_size)[None, :] >= self.applied_counts[:, None]
+
+    @cached_property
+    def _slot_voltages(self) -> np.ndarray:
+        return np.concatenate(
+            [self.voltages(b)[self.slot_positions(b)] for b in range(self.n_blocks)]
+        )
 
     def permutation(self) -> np.ndarray:
-        """Voltage order that groups the blocks: ``voltages(0)``, then ``voltages(1)``, ..."""
-        return np.concatenate([self.voltages(b) for b in range(self.n_blocks)])
+        """The voltage of every slot, block after block: ``(n_blocks * block_size,)``; a
+        permutation of the voltage axis when the blocks are even."""
+        return self._slot_voltages.copy()
 
-    def to_blocks(self, tensor: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """``(X, Y, V, *rest)`` -> ``(X * Y, n_blocks, block_size * prod(rest))``."""
+    @cached_property
+    def _first_slots(self) -> np.ndarray:
+        # np.unique returns the voltages sorted, 0 .. V - 1, each with its first slot.
+        return np.unique(self._slot_voltages, return_index=True)[1]
+
+    def to_blocks(
+        self, tensor: np.ndarray | torch.Tensor, spare: float | None = None
+    ) -> np.ndarray | torch.Tensor:
+        """``(X, Y, V, *rest)`` -> ``(X * Y, n_blocks, block_size * prod(rest))``, every slot
+        gathered; ``spare`` (e.g. NaN) replaces the repeated voltage in spare slots."""
         x, y, v = tensor.shape[:3]
         if v != self.n_voltages:
             raise ValueError(f"voltage axis has {v} entries, layout expects {self.n_voltages}")
-        perm = self.permutation()
+        slots, spare_slots = self._slot_voltages, self.spare_slots
         if isinstance(tensor, torch.Tensor):
-            perm = torch.as_tensor(perm, device=tensor.device)
-        return tensor[:, :, perm].reshape(x * y, self.n_blocks, -1)
+            slots = torch.as_tensor(slots, device=tensor.device)
+            spare_slots = torch.as_tensor(spare_slots, device=tensor.device)
+        blocks = tensor[:, :, slots].reshape(x * y, self.n_blocks, -1)
+        if spare is not None and not self.is_even:
+            by_slot = blocks.reshape(x * y, self.n_blocks, self.block_size, -1)
+            by_slot[:, spare_slots] = spare  # a view: this writes into ``blocks``
+        return blocks
 
     def from_blocks(
         self, blocks: np.ndarray | torch.Tensor, spatial_shape: tuple[int, int], rest: Sequence[int]
     ) -> np.ndarray | torch.Tensor:
-        """Inverse of :meth:`to_blocks`: back to ``(X, Y, V, *rest)``."""
+        """Inverse of :meth:`to_blocks`: back to ``(X, Y, V, *rest)``, each voltage taken from
+        its first slot."""
         x, y = spatial_shape
-        grouped = blocks.reshape(x, y, self.n_voltages, *rest)
-        inverse = np.argsort(self.permutation())
+        grouped = blocks.reshape(x, y, self.n_blocks * self.block_size, *rest)
+        first = self._first_slots
         if isinstance(grouped, torch.Tensor):
-            inverse = torch.as_tensor(inverse, device=grouped.device)
-        return grouped[:, :, inverse]
+            first = torch.as_tensor(first, device=grouped.device)
+        return grouped[:, :, first]
+
+    def to_slots(self, block: int, values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """One block's values ``(len(voltages(block)), *rest)`` in its slot layout
+        ``(block_size, *rest)``: the last voltage's values repeated in a spare slot."""
+        n = self.n_applied(block)
+        if values.shape[0] != n:
+            raise ValueError(
+                f"block {block} measures {n} voltages, got values of shape {tuple(values.shape)}"
+            )
+        positions = self.slot_positions(block)
+        if isinstance(values, torch.Tensor):
+            positions = torch.as_tensor(positions, device=values.device)
+        return values[positions]
 
 
 def principal_scores(centred: torch.Tensor, q: int) -> torch.Tensor:
@@ -196,25 +293,38 @@ class Reconstructor(ABC):
         )
         self.measured = torch.zeros(self.n_pixels, self.n_blocks, dtype=torch.bool)
 
-    # ----------------------------------------------------------------- validation helper
+    # ----------------------------------------------------------------- validation helpers
     def _check_measurement(
         self, pixel: int, block: int, values: np.ndarray | torch.Tensor
     ) -> torch.Tensor:
-        """Validate one measurement; return its values flattened to ``(F_b,)`` as float64 CPU."""
+        """Validate one measurement; return its values in slot layout, flattened to ``(F_b,)``,
+        as float64 CPU."""
         if not 0 <= int(pixel) < self.n_pixels:
             raise IndexError(f"pixel {pixel} out of range [0, {self.n_pixels})")
         if not 0 <= int(block) < self.n_blocks:
             raise IndexError(f"block {block} out of range [0, {self.n_blocks})")
         if self.measured[pixel, block]:
             raise ValueError(f"pixel {pixel} block {block} was already measured")
-        expected = (self.layout.block_size, *self.spectral_shape[1:])
-        vals = torch.as_tensor(values, dtype=torch.float64).cpu()
-        if tuple(vals.shape) != expected and tuple(vals.shape) != (self.block_features,):
-            raise ValueError(f"values have shape {tuple(vals.shape)}, expected {expected}")
-        vals = vals.reshape(-1)
+        vals = self._slot_values(int(block), values)
         if not torch.isfinite(vals).all():
             raise ValueError(f"values at pixel {pixel} block {block} contain NaN or inf")
         return vals
+
+    def _slot_values(self, block: int, values: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """One block's values as float64 CPU ``(F_b,)`` in its slot layout, from the shape of
+        its voltages ``(len(voltages(block)), *rest)`` (what an instrument returns), the shape of
+        its slots ``(block_size, *rest)``, or either flattened; ``ValueError`` otherwise."""
+        rest = self.spectral_shape[1:]
+        n_applied = self.layout.n_applied(block)
+        vals = torch.as_tensor(values, dtype=torch.float64).cpu()
+        shape = tuple(vals.shape)
+        if shape in ((self.layout.block_size, *rest), (self.block_features,)):
+            return vals.reshape(-1)
+        per_voltage = self.block_features // self.layout.block_size
+        if shape in ((n_applied, *rest), (n_applied * per_voltage,)):
+            return self.layout.to_slots(block, vals.reshape(n_applied, -1)).reshape(-1)
+        expected = (n_applied, *rest)
+        raise ValueError(f"values of block {block} have shape {shape}, expected {expected}")
 
     # ----------------------------------------------------------------- the contract
     @abstractmethod
@@ -223,7 +333,9 @@ class Reconstructor(ABC):
 
     @abstractmethod
     def add(self, pixel: int, block: int, values: np.ndarray | torch.Tensor) -> None:
-        """Add one measurement: ``values`` of shape ``(block_size, *rest)`` (or flattened)."""
+        """Add one measurement: ``values`` of shape ``(len(layout.voltages(block)), *rest)``, as
+        measured, or in the block's slot layout ``(block_size, *rest)`` (or either flattened);
+        see :class:`BlockLayout`."""
 
     def add_many(
         self,
@@ -231,7 +343,9 @@ class Reconstructor(ABC):
         blocks: Sequence[int],
         values: Sequence[np.ndarray] | np.ndarray,
     ) -> None:
-        """Add several measurements at once (subclasses may batch the update)."""
+        """Add several measurements at once (subclasses may batch the update); each entry of
+        ``values`` in either shape :meth:`add` takes, so blocks of different sizes can be
+        mixed in a list."""
         for p, b, v in zip(pixels, blocks, values, strict=True):
             self.add(int(p), int(b), v)
 

@@ -72,22 +72,21 @@ class _BlockwiseInterpolator(Reconstructor):
         added and the error names the first offending measurement."""
         pix = np.asarray(pixels, dtype=np.int64).reshape(-1)
         blk = np.asarray(blocks, dtype=np.int64).reshape(-1)
-        vals = np.asarray(values, dtype=np.float64)
-        if pix.size != blk.size or len(vals) != pix.size:
+        if pix.size != blk.size or len(values) != pix.size:
             raise ValueError(
-                f"got {pix.size} pixels, {blk.size} blocks and {len(vals)} value arrays; "
+                f"got {pix.size} pixels, {blk.size} blocks and {len(values)} value arrays; "
                 "they must match"
             )
         if pix.size == 0:
             return
-        vals = vals.reshape(pix.size, -1)
         for bad, what, limit in ((pix, "pixel", self.n_pixels), (blk, "block", self.n_blocks)):
             outside = np.flatnonzero((bad < 0) | (bad >= limit))
             if outside.size:
                 raise IndexError(f"{what} {bad[outside[0]]} out of range [0, {limit})")
-        if vals.shape[1] != self.block_features:
-            expected = (self.layout.block_size, *self.spectral_shape[1:])
-            raise ValueError(f"values have {vals.shape[1]} entries each, expected {expected}")
+        # Each entry as measured or in slot layout; blocks of uneven layouts differ in size.
+        vals = np.stack(
+            [self._slot_values(int(b), v).numpy() for b, v in zip(blk, values, strict=True)]
+        )
         not_finite = np.flatnonzero(~np.isfinite(vals).all(axis=1))
         if not_finite.size:
             i = not_finite[0]

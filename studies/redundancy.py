@@ -143,7 +143,8 @@ def _regular(length: int, count: int) -> np.ndarray:
 
 
 def _divisor_near(n: int, target: float) -> int:
-    """The divisor of ``n`` closest to ``target`` (block sizes must divide the voltage axis)."""
+    """The divisor of ``n`` closest to ``target`` (even blocks: every partly measured pixel
+    then costs the same)."""
     divisors = np.array([d for d in range(1, n + 1) if n % d == 0])
     return int(divisors[np.argmin(np.abs(divisors - target))])
 

@@ -11,6 +11,7 @@ from envs.acquisition import AcquisitionEnv
 from envs.cost import CostModel
 from envs.dataset import Axis, DataError, Dataset
 from reconstruct.metrics import auc_normalised
+from reconstruct.registry import reconstructor_names
 
 SMALL_TWIN = {"grid": [12, 12], "n_times": 8}
 
@@ -221,7 +222,7 @@ def test_wrong_type_action_raises_type_error(action):
         ({"budget_seconds": -5.0}, "budget_seconds must be a positive"),
         ({"budget_fraction": 0.0}, "budget_fraction must be a positive"),
         ({"budget_seconds": 1.0}, "does not cover the initial design"),
-        ({"n_blocks": 3}, "3 blocks do not divide the voltage axis of length 8"),
+        ({"n_blocks": 9}, "9 blocks for 8 voltages"),
         ({"n_blocks": 0}, "n_blocks must be a positive integer"),
         ({"reward": "gain"}, "reward must be one of"),
         ({"repeat_penalty": -1.0}, "repeat_penalty"),
@@ -491,3 +492,64 @@ def test_final_step_reports_the_dynamics_accuracy_where_there_is_a_time_axis():
     env = make_env(data=flat, budget_fraction=0.2)
     env.reset(seed=0)
     assert "r2_dynamics" not in env.final_scores()
+
+
+@pytest.mark.parametrize("reconstructor", reconstructor_names())  # all cheap on a 6 x 6 grid
+def test_uneven_blocks_run_an_episode_to_full_coverage(reconstructor):
+    data = synthetic_dataset(shape=(6, 6, 10, 4))
+    env = make_env(data=data, n_blocks=4, reconstructor=reconstructor, budget_fraction=5.0)
+    assert env.layout.applied_counts.tolist() == [3, 3, 2, 2]
+    _, _, infos, _ = random_episode(env, seed=0)
+    assert not env.action_masks().any(), "every block measured"
+    assert infos[-1]["r2"] == pytest.approx(1.0)
+    estimate = env.reconstructor.estimate().numpy()
+    np.testing.assert_allclose(estimate, data.data, rtol=1e-5, atol=1e-6)
+    # A pixel's blocks, tip in place, cost each of its voltages once: a full pixel.
+    here = np.array([env.tip_pixel])
+    algorithm = env.cost_model.algorithm_s(env.n_measurements + 1)
+    blocks = [float(env.block_seconds(here, b)[0]) - algorithm for b in range(4)]
+    assert sum(blocks) == pytest.approx(env.pixel_seconds)
+
+
+def test_a_short_block_costs_one_voltage_less():
+    env = make_env(data=synthetic_dataset(shape=(6, 6, 10, 4)), n_blocks=4)
+    env.reset(seed=0)
+    seconds = [float(env.block_seconds(np.array([7]), b)[0]) for b in range(4)]
+    assert seconds[0] == seconds[1] and seconds[2] == seconds[3]
+    assert seconds[0] - seconds[3] == pytest.approx(env.cost_model.voltage_seconds())
+    _, _, _, _, info = env.step(env.encode_action(7, 3))
+    assert info["seconds"] - env._initial_design_seconds() == pytest.approx(seconds[3])
+
+
+# Recorded with 16 voltages in 4 blocks before blocks could be uneven: the cost-aware GP policy's
+# actions and the last three R^2 values of its episode must not change.
+RECORDED_EVEN_EPISODE = {
+    "actions": [
+        91, 67, 63, 61, 39, 15, 13, 14, 11, 7, 3, 27, 51, 55, 59, 35, 83, 79, 75, 99, 123, 127,
+        131, 107, 111, 87, 95, 71, 47, 23, 19, 119, 143, 139, 135, 133, 109, 85, 86, 81, 57, 33,
+        9, 5, 1, 25, 49, 53, 77, 73, 97, 121,
+    ],
+    "r2": [0.4169461161384258, 0.4179469846259011, 0.4289300047932576],
+    "seconds": 14.398703598751094,
+}
+
+
+def test_even_blocks_give_the_recorded_episode():
+    from agents.baselines import UncertaintyPerSecondPolicy
+
+    data = synthetic_dataset(shape=(6, 6, 16, 2))
+    env = make_env(
+        data=data, n_blocks=4, reconstructor="gp", initial_stride=3, budget_fraction=0.5
+    )
+    policy = UncertaintyPerSecondPolicy()
+    obs, _ = env.reset(seed=2)
+    policy.reset(env, seed=2)
+    actions, r2, terminated = [], [], False
+    while not terminated:
+        action = policy.act(obs, env.action_masks())
+        obs, _, terminated, _, info = env.step(action)
+        actions.append(int(action))
+        r2.append(info["r2"])
+    assert actions == RECORDED_EVEN_EPISODE["actions"]
+    assert r2[-3:] == pytest.approx(RECORDED_EVEN_EPISODE["r2"], rel=1e-9)
+    assert env.seconds_used == pytest.approx(RECORDED_EVEN_EPISODE["seconds"], rel=1e-12)

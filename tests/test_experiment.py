@@ -201,3 +201,26 @@ def test_existing_session_is_not_overwritten(tmp_path, reference):
     result, _, _ = reference
     with pytest.raises(Exception, match="already exists"):
         run_experiment(_config(tmp_path, "x", session=str(result.session)))
+
+
+def test_uneven_blocks_are_stored_in_their_slot_layout_and_resume_bit_exact(tmp_path):
+    uneven = {"n_blocks": 3, "max_measurements": 60}  # 16 voltages in blocks of 6, 5 and 5
+    result = run_experiment(_config(tmp_path, "uneven", **uneven))
+    with Session.open(result.session) as session:
+        records = session.records()
+    assert len(records) == 60 and records.values.shape == (60, 6 * 8)
+    short = records.values[records.block > 0].reshape(-1, 6, 8)
+    np.testing.assert_array_equal(short[:, 5], short[:, 4])  # the spare slot repeats the last
+    assert _estimate(result).shape == (10, 10, 16, 8)
+    # Resuming replays the stored slots into the reconstructor: the same session to the bit.
+    server = InstrumentServer(HangingInstrument(_replay(), answers=45, hang_seconds=2))
+    server.start()
+    try:
+        config = _config(tmp_path, "stopped", instrument=server.url, timeout=0.5, **uneven)
+        with pytest.raises(ExperimentStopped):
+            run_experiment(config)
+    finally:
+        server.stop()
+    with serving(_replay()) as url:
+        resumed = run_experiment(dataclasses.replace(config, instrument=url), resume=True)
+    _assert_same_session(resumed, (result, records, _estimate(result)))
