@@ -27,6 +27,7 @@ project's own packages (``envs``, ``agents``, ``reconstruct``) to the workers wi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -329,8 +330,6 @@ def ppo_config(
 
 def module_from_checkpoint(checkpoint: str) -> MaskedScoreMapModule:
     """The trained module of an algorithm checkpoint written by ``Algorithm.save_to_path``."""
-    from pathlib import Path
-
     from ray.rllib.core import (
         COMPONENT_LEARNER,
         COMPONENT_LEARNER_GROUP,
