@@ -42,3 +42,12 @@ def test_shared_256_image_resets_and_steps(shared_data):
     assert dataset.shape[:2] == (256, 256)
     env = make_env(data=dataset, n_blocks=2, device="cpu")
     _reset_and_step(env, steps=5)
+
+
+def test_the_large_grid_benchmark_reports_its_numbers(capsys):
+    from benchmarks import large_grids
+
+    result = large_grids.main(["--grid", "8", "--steps", "2"])
+    assert result["shape"][:2] == [8, 8] and result["steps"] == 2
+    assert result["step_ms_median"] > 0 and result["peak_rss_gib"] > 0
+    assert '"build_and_reset_s"' in capsys.readouterr().out
