@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from dataclasses import asdict, dataclass
@@ -62,6 +63,7 @@ class EvaluateArgs:
     stop_r2: float = 0.95
     charge_decisions: str = "measured"
     threads: int = 1
+    workers: int = 1
     out: str = "runs/evaluate"
 
 
@@ -147,6 +149,13 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         help="torch threads (0: torch's default); the reconstruction runs many small matrix "
         "operations, which extra threads slow down on a busy machine",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="processes that run episodes side by side (0: one per core); with "
+        "--charge-decisions none every number equals a serial run's",
+    )
     p.add_argument("--out", default=d.out, help="output folder (tables, episodes.csv and figures)")
     return EvaluateArgs(**vars(p.parse_args(argv)))
 
@@ -173,6 +182,7 @@ def check_args(args: EvaluateArgs) -> list[float]:
         ("--grid", args.grid, 0),
         ("--blocks", args.blocks, 1),
         ("--threads", args.threads, 0),
+        ("--workers", args.workers, 0),
     ]:
         if value < least:
             raise ValueError(f"{option} must be at least {least}, got {value}")
@@ -245,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "errors.log").unlink(missing_ok=True)  # an earlier run's, not this one's
-        policies = [make_policy(spec) for spec in _names(args.agents)]
+        specs = _names(args.agents)
+        policies = [make_policy(spec) for spec in specs]
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -264,13 +275,20 @@ def main(argv: list[str] | None = None) -> int:
 
     summaries, failures = [], []
     progress = tqdm(total=len(data_sources) * len(policies) * args.seeds, unit="episode")
-    with EpisodeWriter(out / "episodes.csv", targets) as episodes:
-        for data in data_sources:
-            data_summaries, data_failures = evaluate_data(
-                args, data, policies, targets, out, episodes, progress
-            )
-            summaries += data_summaries
-            failures += data_failures
+    workers = args.workers or os.cpu_count() or 1
+    pool = _worker_pool(workers, args.threads) if workers > 1 else None
+    try:
+        with EpisodeWriter(out / "episodes.csv", targets) as episodes:
+            for data in data_sources:
+                data_summaries, data_failures = evaluate_data(
+                    args, data, list(zip(policies, specs, strict=True)), targets, out, episodes,
+                    progress, pool,
+                )  # fmt: skip
+                summaries += data_summaries
+                failures += data_failures
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     progress.close()
 
     (out / "table.txt").write_text(
@@ -300,48 +318,54 @@ def evaluate_data(
     out: Path,
     episodes,
     progress,
+    pool=None,
 ):
-    """Run every policy over the seeds on one data source, writing each episode to
-    ``episodes`` (an :class:`agents.report.EpisodeWriter`) as it ends; plot; return the
-    summaries and the failures (an agent that raises is one failure, the others go on)."""
-    from agents.evaluation import Failure, map_slice, run_episode, summarise
+    """Run every policy (with its spec: ``(policy, spec)`` pairs) over the seeds on one data
+    source, writing each episode to ``episodes`` (an :class:`agents.report.EpisodeWriter`) in
+    the order a serial run ends them; plot; return the summaries and the failures (an agent that
+    raises is one failure, the others go on). With a ``pool`` every episode is submitted at
+    once and runs in a worker process, which builds its policy afresh from the spec."""
+    from agents.evaluation import Failure, summarise
     from agents.report import plot_curves, plot_reconstructions
 
     data_name = "twin (held-out)" if data == "twin" else Path(data).name
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    submitted = None
+    if pool is not None:
+        submitted = [
+            [pool.submit(_attempt_spec, args, data, spec, seed) for seed in seeds]
+            for _, spec in policies
+        ]
     traces_by_agent, summaries, failures = {}, [], []
     view = None  # the slice the reconstruction figure shows, from the first finished episode
-    for k, policy in enumerate(policies, start=1):
+    for k, (policy, _) in enumerate(policies, start=1):
         progress.set_description(f"{data_name}: agent {k}/{len(policies)} {policy.label}")
-        traces = []
-        try:
-            for seed in range(args.seed_start, args.seed_start + args.seeds):
-                env = _make_env(args, data, seed, policy)
-                try:
-                    trace = run_episode(
-                        env,
-                        policy,
-                        seed,
-                        stop_r2=args.stop_r2 or None,
-                        charge_decisions=args.charge_decisions,
-                    )
-                    if view is None:
-                        view = map_slice(env.unwrapped)
-                finally:
-                    env.close()
-                traces.append(trace)
-                episodes.write(data_name, trace)
-                progress.set_postfix(final_r2=f"{trace.r2[-1]:.3f}", refresh=False)
-                progress.update(1)
-        except Exception as err:  # noqa: BLE001 (one agent's error must not lose the others)
-            error = f"{type(err).__name__}: {err}"
-            failures.append(Failure(policy.label, data_name, seed, len(traces), error))
+        traces, failure = [], None
+        for i, seed in enumerate(seeds):
+            if submitted is None:
+                outcome = _attempt(args, data, policy, seed)
+            else:
+                outcome = submitted[k - 1][i].result()
+            if isinstance(outcome, _EpisodeError):
+                failure = (seed, outcome)
+                break
+            trace, episode_view = outcome
+            view = view if view is not None else episode_view
+            traces.append(trace)
+            episodes.write(data_name, trace)
+            progress.set_postfix(final_r2=f"{trace.r2[-1]:.3f}", refresh=False)
+            progress.update(1)
+        if failure is not None:  # one agent's error must not lose the others
+            seed, error = failure
+            failures.append(Failure(policy.label, data_name, seed, len(traces), error.message))
             with open(out / "errors.log", "a") as log:
-                log.write(
-                    f"{policy.label} on {data_name}, seed {seed}:\n{traceback.format_exc()}\n"
-                )
-            progress.write(f"{policy.label} failed on {data_name}, seed {seed}: {error}")
+                log.write(f"{policy.label} on {data_name}, seed {seed}:\n{error.traceback}\n")
+            progress.write(f"{policy.label} failed on {data_name}, seed {seed}: {error.message}")
             progress.total -= args.seeds - len(traces)  # its remaining episodes will not run
             progress.refresh()
+            if submitted is not None:
+                for future in submitted[k - 1]:
+                    future.cancel()
             continue
         traces_by_agent[policy.label] = traces
         summaries.append(summarise(traces, data_name, tuple(targets)))
@@ -351,6 +375,64 @@ def evaluate_data(
         plot_curves(out / f"curves_{stem}.png", traces_by_agent, title, targets)
         plot_reconstructions(out / f"reconstructions_{stem}.png", traces_by_agent, view)
     return summaries, failures
+
+
+@dataclass
+class _EpisodeError:
+    """An episode that raised: its one-line message and its traceback."""
+
+    message: str
+    traceback: str
+
+
+def _attempt(args: EvaluateArgs, data: str, policy, seed: int):
+    """``(trace, map slice)`` of one episode, or the :class:`_EpisodeError` it raised."""
+    from agents.evaluation import map_slice, run_episode
+
+    try:
+        env = _make_env(args, data, seed, policy)
+        try:
+            trace = run_episode(
+                env, policy, seed, stop_r2=args.stop_r2 or None,
+                charge_decisions=args.charge_decisions,
+            )  # fmt: skip
+            return trace, map_slice(env.unwrapped)
+        finally:
+            env.close()
+    except Exception as err:  # noqa: BLE001 (reported as the agent's failure)
+        return _EpisodeError(f"{type(err).__name__}: {err}", traceback.format_exc())
+
+
+def _attempt_spec(args: EvaluateArgs, data: str, spec: str, seed: int):
+    """:func:`_attempt` in a worker process, with the policy built there from its spec."""
+    from agents.registry import make_policy
+
+    try:
+        policy = make_policy(spec)
+    except Exception as err:  # noqa: BLE001
+        return _EpisodeError(f"{type(err).__name__}: {err}", traceback.format_exc())
+    return _attempt(args, data, policy, seed)
+
+
+def _worker_pool(workers: int, threads: int):
+    """Worker processes (started afresh, not forked from a process that holds torch threads),
+    each limited to ``threads`` torch threads (1 when 0)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_limit_threads,
+        initargs=(threads or 1,),
+    )
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 def _make_env(args: EvaluateArgs, data: str, seed: int, policy=None):

@@ -379,3 +379,22 @@ def test_the_reconstruction_slice_is_named(small_twin):
     view = map_slice(env.unwrapped)
     assert view.label.startswith("voltage ") and ", time 8 of 16 (" in view.label
     assert view.reference.shape == (8, 8) and view.n_blocks == args.blocks
+
+
+def test_parallel_episodes_give_the_serial_numbers(tmp_path):
+    """With decisions not charged, --workers 2 writes the same episodes, in the same order, as
+    a serial run (the workers build each policy afresh from its spec)."""
+    common = ["--agents", "raster,gp-uncertainty-per-second", "--seeds", "2", "--grid", "8",
+              "--budget-fraction", "0.3", "--charge-decisions", "none", "--reconstructor", "idw"]
+    assert evaluate.main([*common, "--out", str(tmp_path / "serial")]) == 0
+    assert evaluate.main([*common, "--workers", "2", "--out", str(tmp_path / "parallel")]) == 0
+
+    def episodes(run):  # every column but the measured (uncharged) decision time
+        with open(tmp_path / run / "episodes.csv") as f:
+            return [{k: v for k, v in row.items() if k != "decision_seconds"}
+                    for row in csv.DictReader(f)]  # fmt: skip
+
+    assert episodes("parallel") == episodes("serial") and len(episodes("serial")) == 4
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--workers", "x"])
+    assert evaluate.main([*common, "--workers", "-1", "--out", str(tmp_path / "bad")]) == 2
