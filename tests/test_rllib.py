@@ -15,6 +15,7 @@ pytest.importorskip("ray.rllib")
 
 import ray  # noqa: E402
 from ray.rllib.core.columns import Columns  # noqa: E402
+from tiny_settings import TINY_ENV  # noqa: E402
 
 from agents.rllib import (  # noqa: E402
     CHECKED_ACTIONS_METRIC,
@@ -28,16 +29,7 @@ from agents.rllib import (  # noqa: E402
     ppo_config,
 )
 
-# A tiny twin and a fast reconstructor: an episode is about 60 decisions over 256 actions.
-TINY = {
-    "data": "twin",
-    "twin_seeds": [0, 50],
-    "twin_overrides": {"grid": [8, 8], "n_times": 8},
-    "reconstructor": "idw",
-    "initial_stride": 4,
-    "budget_fraction": 0.3,
-    "device": "cpu",
-}
+TINY = TINY_ENV
 
 
 def observation_batch(env, n_steps: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from torch import nn
 pytest.importorskip("torchrl")
 
 from tensordict.nn import set_interaction_type  # noqa: E402
+from tiny_settings import TINY_ENV  # noqa: E402
 from torchrl.envs.utils import ExplorationType, check_env_specs  # noqa: E402
 from torchrl.modules import ValueOperator  # noqa: E402
 from torchrl.objectives import ClipPPOLoss  # noqa: E402
@@ -25,16 +26,7 @@ from agents.torchrl_masking import (  # noqa: E402
     masked_categorical_actor,
 )
 
-# A tiny twin and a fast reconstructor: 256 actions, about 60 decisions an episode.
-TINY = {
-    "data": "twin",
-    "twin_seeds": [0, 50],
-    "twin_overrides": {"grid": [8, 8], "n_times": 8},
-    "reconstructor": "idw",
-    "initial_stride": 4,
-    "budget_fraction": 0.3,
-    "device": "cpu",
-}
+TINY = TINY_ENV
 STEPS_PER_ROLLOUT = 16
 ITERATIONS = 3
 EPOCHS = 2
