@@ -440,7 +440,7 @@ def _make_env(args: EvaluateArgs, data: str, seed: int, policy=None):
     from envs.factory import make_env
 
     settings = policy.env_settings() if policy is not None else {}
-    return make_env(**_env_kwargs(args, data, seed), **settings)
+    return make_env(**{**_env_kwargs(args, data, seed), **settings})
 
 
 def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:

@@ -398,3 +398,17 @@ def test_parallel_episodes_give_the_serial_numbers(tmp_path):
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--workers", "x"])
     assert evaluate.main([*common, "--workers", "-1", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_the_shipped_model_runs_with_its_own_planes(tmp_path, small_twin):
+    """ppo's env gets the planes its model reads (Policy.env_settings) on top of the run's
+    settings, and its episodes finish."""
+    from agents.ppo import DEFAULT_MODEL_PATH
+
+    if not DEFAULT_MODEL_PATH.is_file():
+        pytest.skip("no shipped model")
+    out = tmp_path / "eval"
+    argv = ["--agents", "ppo,random", "--seeds", "1", *FAST, "--out", str(out)]
+    assert evaluate.main(argv) == 0
+    with open(out / "episodes.csv") as f:
+        assert sorted(row["agent"] for row in csv.DictReader(f)) == ["ppo", "random"]
