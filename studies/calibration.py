@@ -67,7 +67,7 @@ import torch
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from reconstruct import Reconstructor
+from reconstruct import BlockLayout, Reconstructor
 from reconstruct.metrics import rmse
 
 #: Fractions of all (pixel, block) pairs measured at which the reconstructor is scored.
@@ -625,12 +625,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     except (DataError, OSError) as err:
         parser.error(f"argument --data: {err}")
     for named in datasets:
-        n_voltages = named.value.spectral_shape[0]
-        if n_voltages % args.blocks:
-            parser.error(
-                f"argument --blocks: {args.blocks} blocks do not divide the {n_voltages} "
-                f"voltages of {named.dataset}"
-            )
+        try:  # the layout itself says which block counts a voltage axis allows
+            BlockLayout(named.value.spectral_shape[0], args.blocks)
+        except ValueError as err:
+            parser.error(f"argument --blocks: {named.dataset}: {err}")
     settings = {k: v for k, v in vars(args).items() if k != "quiet"}
     rows = run_study(
         datasets,

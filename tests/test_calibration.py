@@ -206,7 +206,7 @@ def test_command_line_writes_table_json_csv_and_figure(tmp_path, capsys):
         (["--fractions", "0"], "--fractions"),
         (["--reconstructor", "nonsense"], "--reconstructor"),
         (["--designs", "nonsense"], "--designs"),
-        (["--blocks", "5"], "--blocks"),
+        (["--blocks", "17"], "--blocks"),  # more blocks than the twin's 16 voltages
     ],
 )
 def test_bad_input_is_a_one_line_error_naming_the_option(argv, option, tmp_path, capsys):
