@@ -28,6 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from envs.sources import HELD_OUT_SEED_START
+from envs.twin import RELAXATION_RICH
+
+#: The twin's relaxation settings (``--twin-setting``): today's default, and one in which the
+#: spatially varying relaxation carries ten times the share (docs/twin.md).
+TWIN_SETTINGS = {"default": {}, "relaxation-rich": dict(RELAXATION_RICH)}
 
 #: The smallest twin grid (pixels a side) the generator makes.
 MIN_TWIN_GRID = 4
@@ -57,6 +62,8 @@ class EvaluateArgs:
     seed_start: int = HELD_OUT_SEED_START
     grid: int = 30
     blocks: int = 4
+    read_windows: str = ""
+    twin_setting: str = "default"
     reconstructor: str = "gp"
     budget_fraction: float = 1.0
     targets: str = "0.90,0.95"
@@ -110,6 +117,19 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         type=int,
         default=d.blocks,
         help="voltage blocks per pixel (sizes differ by one when they do not divide the voltages)",
+    )
+    p.add_argument(
+        "--read-windows",
+        default=d.read_windows,
+        help="comma-separated reads per read window a measurement may choose, ascending, the "
+        "last the whole curve (e.g. 16,128); empty: every measurement reads whole curves",
+    )
+    p.add_argument(
+        "--twin-setting",
+        choices=sorted(TWIN_SETTINGS),
+        default=d.twin_setting,
+        help="the twin's relaxation: 'default', or 'relaxation-rich' (walls creep, the "
+        "relaxation varies in space; docs/twin.md)",
     )
     p.add_argument(
         "--reconstructor",
@@ -190,6 +210,14 @@ def check_args(args: EvaluateArgs) -> list[float]:
         raise ValueError(
             f"--grid must be 0 (the twin's own size) or at least {MIN_TWIN_GRID}, got {args.grid}"
         )
+    try:
+        _read_windows(args)
+    except ValueError:
+        raise ValueError(
+            f"--read-windows: not a comma-separated list of whole numbers: {args.read_windows!r}"
+        ) from None
+    if args.twin_setting not in TWIN_SETTINGS:
+        raise ValueError(f"--twin-setting: one of {sorted(TWIN_SETTINGS)}, got {args.twin_setting!r}")
     if args.reconstructor not in reconstructor_names():
         known = ", ".join(reconstructor_names())
         raise ValueError(f"--reconstructor: unknown {args.reconstructor!r} (known: {known})")
@@ -388,13 +416,14 @@ class _EpisodeError:
 def _attempt(args: EvaluateArgs, data: str, policy, seed: int):
     """``(trace, map slice)`` of one episode, or the :class:`_EpisodeError` it raised."""
     from agents.evaluation import map_slice, run_episode
+    from agents.report import CHALLENGE_TARGET
 
     try:
         env = _make_env(args, data, seed, policy)
         try:
             trace = run_episode(
                 env, policy, seed, stop_r2=args.stop_r2 or None,
-                charge_decisions=args.charge_decisions,
+                charge_decisions=args.charge_decisions, dynamics_target=CHALLENGE_TARGET,
             )  # fmt: skip
             return trace, map_slice(env.unwrapped)
         finally:
@@ -453,14 +482,25 @@ def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:
         seed,
         reconstructor=args.reconstructor,
         n_blocks=args.blocks,
+        read_windows=_read_windows(args),
         budget_fraction=args.budget_fraction,
-        twin_overrides=_twin_overrides(args.grid) if args.grid else {},
+        twin_overrides=_twin_overrides(args.grid, args.twin_setting),
     ).to_kwargs()
 
 
-def _twin_overrides(grid: int) -> dict:
-    """Twin settings for a square grid of ``grid`` pixels a side."""
-    return {"grid": [grid, grid]}
+def _read_windows(args: EvaluateArgs) -> list[int] | None:
+    """``--read-windows`` as a list of reads (None: whole curves only)."""
+    reads = _names(args.read_windows)
+    return [int(r) for r in reads] if reads else None
+
+
+def _twin_overrides(grid: int, setting: str = "default") -> dict:
+    """Twin settings for a square grid of ``grid`` pixels a side (0: the twin's own) and a
+    relaxation setting."""
+    overrides = dict(TWIN_SETTINGS[setting])
+    if grid:
+        overrides["grid"] = [grid, grid]
+    return overrides
 
 
 if __name__ == "__main__":

@@ -33,6 +33,12 @@ def staggered_blocks(pixels: np.ndarray, n_cols: int, n_blocks: int) -> np.ndarr
     return (rows[:, None] + 2 * cols[:, None] + np.arange(n_blocks)[None, :]) % n_blocks
 
 
+def whole_curve_actions(env, cells: np.ndarray) -> np.ndarray:
+    """Actions that read (pixel, block) cells ``pixel * n_blocks + block`` in full (the last read
+    window; the cells themselves without windows)."""
+    return np.asarray(cells) * env.n_windows + env.n_windows - 1
+
+
 def _masked_argmax(scores: np.ndarray, action_mask: np.ndarray) -> int:
     """Index of the largest score among valid actions (ties: lowest index, so runs repeat)."""
     scores = np.where(action_mask, np.nan_to_num(scores, nan=-np.inf, posinf=np.inf), -np.inf)
@@ -42,24 +48,22 @@ def _masked_argmax(scores: np.ndarray, action_mask: np.ndarray) -> int:
     return best
 
 
-def block_seconds_table(env) -> np.ndarray:
-    """Seconds of every (pixel, block) measurement from the current tip position, flat ``(P*nb,)``
-    in action order (travel included)."""
-    pixels = np.arange(env.grid_shape[0] * env.grid_shape[1])
-    per_block = [
-        np.asarray(env.block_seconds(pixels, b), dtype=np.float64) for b in range(env.n_blocks)
-    ]
-    return np.stack(per_block, axis=1).reshape(-1)
-
-
 def block_errors(env) -> np.ndarray:
-    """Privileged: the current squared reconstruction error of every (pixel, block) against the
-    env's reference data, summed over the block's entries (lost ones ignored), flat ``(P*nb,)``
-    in action order."""
+    """Privileged: the squared reconstruction error against the env's reference data that each
+    action would remove, summed over the entries it reads that its block does not have yet
+    (lost entries ignored), flat in action order."""
     reference = env.reference_blocks
     reference = reference.detach().cpu().numpy() if hasattr(reference, "detach") else reference
     estimate = env.reconstructor.estimate_blocks().detach().cpu().numpy()
-    return np.nansum((reference - estimate) ** 2, axis=2).reshape(-1)
+    per_unit = np.nansum((reference - estimate) ** 2, axis=2)
+    return env.window_gain(per_unit) * env.n_segments
+
+
+def first_new_unit(env, action: int) -> tuple[int, int]:
+    """``(pixel, unit)``: the pixel of ``action`` and the first reconstructor unit it adds (its
+    block, without read windows)."""
+    pixel, block, window = env.decode_action(action)
+    return pixel, int(env.new_units(pixel, block, window)[0])
 
 
 class RandomPolicy(Policy):
@@ -99,7 +103,8 @@ class RasterPolicy(OrderedPolicy):
     def action_order(self) -> np.ndarray:
         nb = self.env.n_blocks
         pixels = serpentine_pixels(self.env.grid_shape)
-        return (pixels[:, None] * nb + np.arange(nb)[None, :]).reshape(-1)
+        cells = (pixels[:, None] * nb + np.arange(nb)[None, :]).reshape(-1)
+        return whole_curve_actions(self.env, cells)
 
 
 class StaticSubsamplePolicy(OrderedPolicy):
@@ -118,8 +123,9 @@ class StaticSubsamplePolicy(OrderedPolicy):
     def action_order(self) -> np.ndarray:
         nb = self.env.n_blocks
         pixels = serpentine_pixels(self.env.grid_shape)
-        actions = pixels[:, None] * nb + staggered_blocks(pixels, self.env.grid_shape[1], nb)
-        return actions.T.reshape(-1)  # pass q: column q of every pixel, in serpentine order
+        cells = pixels[:, None] * nb + staggered_blocks(pixels, self.env.grid_shape[1], nb)
+        # pass q: column q of every pixel, in serpentine order
+        return whole_curve_actions(self.env, cells.T.reshape(-1))
 
 
 class UncertaintyPolicy(Policy):
@@ -128,7 +134,8 @@ class UncertaintyPolicy(Policy):
     name = "gp-uncertainty"
 
     def scores(self) -> np.ndarray:
-        return self.env.reconstructor.uncertainty().detach().cpu().numpy().reshape(-1)
+        """Posterior variance each action would remove (per feature of a whole block)."""
+        return self.env.window_gain(self.env.reconstructor.uncertainty())
 
     def act(self, observation, action_mask):
         return _masked_argmax(self.scores(), action_mask)
@@ -140,7 +147,7 @@ class UncertaintyPerSecondPolicy(UncertaintyPolicy):
     name = "gp-uncertainty-per-second"
 
     def scores(self) -> np.ndarray:
-        return super().scores() / block_seconds_table(self.env)
+        return super().scores() / self.env.action_seconds()
 
 
 class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
@@ -189,12 +196,12 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
         reconstructor = self.env.reconstructor
         self.tracker.record(reconstructor)  # the block chosen last time is measured by now
         uncertainty = reconstructor.uncertainty().detach().cpu().numpy()
-        scores = uncertainty.reshape(-1) / block_seconds_table(self.env)
-        scores = scores * np.repeat(self.pixel_factor(), self.env.n_blocks)
+        scores = self.env.window_gain(uncertainty) / self.env.action_seconds()
+        scores = scores * np.repeat(self.pixel_factor(), self.env.n_blocks * self.env.n_windows)
         action = _masked_argmax(scores, action_mask)
-        pixel, block = divmod(action, self.env.n_blocks)
-        variance = float(uncertainty[pixel, block])
-        self.tracker.expect(reconstructor, pixel, block, variance, self.surprise_covariate(pixel))
+        pixel, unit = first_new_unit(self.env, action)
+        variance = float(uncertainty[pixel, unit])
+        self.tracker.expect(reconstructor, pixel, unit, variance, self.surprise_covariate(pixel))
         return action
 
     def surprise_covariate(self, pixel: int) -> float | None:
@@ -288,7 +295,7 @@ class StructureOraclePolicy(Policy):
             )
         config = {**attrs["config"], "pinning_disorder": 0.0}
         structure = make_twin(int(attrs["seed"]), TwinConfig(**config)).dataset.truth
-        blocks = acquisition.layout.to_blocks(torch.from_numpy(structure))
+        blocks = acquisition.to_unit_blocks(torch.from_numpy(structure))
         self.structure_blocks = blocks.double().cpu().numpy()
 
     def act(self, observation, action_mask):
@@ -296,8 +303,8 @@ class StructureOraclePolicy(Policy):
         estimate = reconstructor.estimate_blocks().detach().double().cpu().numpy()
         error = np.square(self.structure_blocks - estimate).sum(axis=2)
         variance = reconstructor.uncertainty().detach().double().cpu().numpy()
-        expected = error + variance * estimate.shape[2]
-        return _masked_argmax(expected.reshape(-1) / block_seconds_table(self.env), action_mask)
+        expected = self.env.window_gain(error + variance * estimate.shape[2])
+        return _masked_argmax(expected / self.env.action_seconds(), action_mask)
 
 
 class VarianceReductionPolicy(UncertaintyPolicy):
@@ -323,16 +330,20 @@ class VarianceReductionPolicy(UncertaintyPolicy):
         self.candidates = candidates
 
     def scores(self) -> np.ndarray:
+        """With read windows, a window's reduction is the sum of its units' single-unit
+        reductions: an upper bound, since the units share the pixel's coefficients."""
         pointwise = super().scores()
         recon = self.env.reconstructor
         if not hasattr(recon, "variance_reduction"):
             return pointwise
-        per_pixel = pointwise.reshape(-1, self.env.n_blocks).max(1)
+        n_pixels = self.env.n_pixels
+        per_pixel = pointwise.reshape(n_pixels, -1).max(1)
         m = min(self.candidates, per_pixel.size)
         pixels = np.sort(np.argpartition(-per_pixel, m - 1)[:m])
-        reduction = recon.variance_reduction(pixels).detach().cpu().numpy()
-        scores = np.full((per_pixel.size, self.env.n_blocks), -np.inf)
-        scores[pixels] = reduction
+        reduction = np.zeros((n_pixels, self.env.n_units))
+        reduction[pixels] = recon.variance_reduction(pixels).detach().cpu().numpy()
+        scores = np.full((n_pixels, self.env.n_blocks * self.env.n_windows), -np.inf)
+        scores[pixels] = self.env.window_gain(reduction).reshape(n_pixels, -1)[pixels]
         return scores.reshape(-1)
 
 
@@ -347,7 +358,7 @@ class GreedyOraclePolicy(Policy):
     privileged = True
 
     def act(self, observation, action_mask):
-        return _masked_argmax(block_errors(self.env) / block_seconds_table(self.env), action_mask)
+        return _masked_argmax(block_errors(self.env) / self.env.action_seconds(), action_mask)
 
 
 def evenly_spread_pixels(grid_shape: tuple[int, int], count: int) -> np.ndarray:
@@ -382,41 +393,64 @@ class StaticBasisPolicy(OrderedPolicy):
     there (no travel back). Pixels the environment's initial design already completed count as
     measured and are skipped.
 
+    With read windows, the full pixels read whole curves and the other pixels' design blocks
+    are read with ``reads`` reads per curve (default: the shortest window): the basis carries
+    the relaxation, a short window pins a pixel's coefficients.
+
     Should the budget outlast the design, further serpentine passes add the next staggered
     block at every partly measured pixel (``static-subsample``'s later passes), so the policy
-    keeps filling in blocks in the same even pattern.
+    keeps filling in blocks in the same even pattern, with the same window; after them, passes
+    read the partly read blocks to the end.
 
-    Spec: ``static-basis`` (10 % full, 1 block elsewhere), ``static-basis:FRACTION`` or
-    ``static-basis:FRACTION,BLOCKS`` (e.g. ``static-basis:0.05,2``).
+    Spec: ``static-basis`` (10 % full, 1 block elsewhere), ``static-basis:FRACTION``,
+    ``static-basis:FRACTION,BLOCKS`` (e.g. ``static-basis:0.05,2``) or
+    ``static-basis:FRACTION,BLOCKS,READS`` (e.g. ``static-basis:0.1,2,16``).
     """
 
     name = "static-basis"
 
     @classmethod
     def from_argument(cls, argument: str | None) -> Policy:
-        """``static-basis``, ``static-basis:FRACTION`` or ``static-basis:FRACTION,BLOCKS``."""
+        """``static-basis[:FRACTION[,BLOCKS[,READS]]]``."""
         if argument is None:
             return cls()
         parts = argument.split(",")
-        if len(parts) > 2:
-            raise ValueError(f"static-basis takes FRACTION[,BLOCKS], got {argument!r}")
+        if len(parts) > 3:
+            raise ValueError(f"static-basis takes FRACTION[,BLOCKS[,READS]], got {argument!r}")
         try:
             fraction = float(parts[0])
-            blocks = int(parts[1]) if len(parts) == 2 else 1
+            blocks = int(parts[1]) if len(parts) >= 2 else 1
+            reads = int(parts[2]) if len(parts) == 3 else None
         except ValueError:
             raise ValueError(
-                f"static-basis takes FRACTION[,BLOCKS] (e.g. 0.1,1), got {argument!r}"
+                f"static-basis takes FRACTION[,BLOCKS[,READS]] (e.g. 0.1,1,16), got {argument!r}"
             ) from None
-        return cls(fraction, blocks)
+        return cls(fraction, blocks, reads)
 
-    def __init__(self, full_fraction: float = 0.1, blocks_per_pixel: int = 1) -> None:
+    def __init__(
+        self, full_fraction: float = 0.1, blocks_per_pixel: int = 1, reads: int | None = None
+    ) -> None:
         super().__init__()
         if not 0.0 <= full_fraction <= 1.0:
             raise ValueError(f"full_fraction must be in [0, 1], got {full_fraction}")
         if blocks_per_pixel < 1:
             raise ValueError(f"blocks_per_pixel must be >= 1, got {blocks_per_pixel}")
+        if reads is not None and reads < 1:
+            raise ValueError(f"static-basis reads must be >= 1, got {reads}")
         self.full_fraction = float(full_fraction)
         self.blocks_per_pixel = int(blocks_per_pixel)
+        self.reads = reads
+
+    def partial_window(self) -> int:
+        """The read window of the partly measured pixels' blocks."""
+        windows = self.env.read_windows
+        if self.reads is None:
+            return 0
+        if self.reads not in windows.reads:
+            raise ValueError(
+                f"static-basis reads {self.reads}: the env's read windows are {list(windows.reads)}"
+            )
+        return windows.reads.index(self.reads)
 
     def full_pixels(self) -> np.ndarray:
         """The design's fully measured pixels (flat indices, ascending)."""
@@ -430,9 +464,15 @@ class StaticBasisPolicy(OrderedPolicy):
                 f"blocks_per_pixel {self.blocks_per_pixel} exceeds the env's {nb} blocks"
             )
         pixels = serpentine_pixels(self.env.grid_shape)
-        actions = pixels[:, None] * nb + staggered_blocks(pixels, self.env.grid_shape[1], nb)
+        cells = pixels[:, None] * nb + staggered_blocks(pixels, self.env.grid_shape[1], nb)
         is_full = np.isin(pixels, self.full_pixels())
+        n_windows = self.env.n_windows
+        window = np.where(is_full, n_windows - 1, self.partial_window())[:, None]
+        actions = cells * n_windows + window
         n_design = np.where(is_full, nb, self.blocks_per_pixel)
         design = actions[np.arange(nb)[None, :] < n_design[:, None]]  # pixel by pixel
         later_passes = actions[~is_full, self.blocks_per_pixel :].T.reshape(-1)
-        return np.concatenate([design, later_passes])
+        order = [design, later_passes]
+        if window.min() < n_windows - 1:  # then read the partly read blocks to the end
+            order.append(whole_curve_actions(self.env, cells[~is_full].T.reshape(-1)))
+        return np.concatenate(order)

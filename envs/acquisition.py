@@ -1,4 +1,5 @@
-"""The acquisition environment: choose (pixel, voltage block) measurements against a time budget."""
+"""The acquisition environment: choose (pixel, voltage block, read window) measurements against a
+time budget."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from envs.instrument import Instrument, ReplayInstrument
 from envs.observation import ObservationSpec
 from envs.sources import DatasetSource
 from envs.surprise import SurpriseTracker
-from reconstruct.base import BlockLayout, Reconstructor
+from envs.windows import ReadWindows
+from reconstruct.base import BlockLayout, Reconstructor, SegmentedLayout
 from reconstruct.metrics import dynamics_r2
 
 #: Rewards the environment can pay (see the class docstring).
@@ -44,15 +46,20 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
 
     Action Space
     ------------
-    ``Discrete(P * n_blocks)`` with ``P = X * Y``: action ``a = pixel * n_blocks + block`` and
-    ``pixel = row * Y + col`` (:meth:`encode_action`, :meth:`decode_action`). Plain Python or
-    NumPy integers (also 0-d or one-element integer arrays) are accepted; anything else raises
-    ``TypeError`` and an out-of-range index raises ``ValueError``. Measuring a block that was
-    already measured is a no-op: nothing is measured, the reward is ``-repeat_penalty``,
-    ``info["repeated"]`` is True, and only the algorithm's per-decision time
+    ``Discrete(P * n_blocks * n_windows)`` with ``P = X * Y``: action
+    ``a = (pixel * n_blocks + block) * n_windows + window`` and ``pixel = row * Y + col``
+    (:meth:`encode_action`, :meth:`decode_action`). With one read window (the default) this is
+    ``pixel * n_blocks + block``. A window reads each curve of the block for its first
+    ``read_windows.reads[window]`` time points (:mod:`envs.windows`); the last window reads the
+    whole curve. A longer window at a block read with a shorter one re-applies the pulses, is
+    charged in full and adds the reads the block did not have. Plain Python or NumPy integers
+    (also 0-d or one-element integer arrays) are accepted; anything else raises ``TypeError``
+    and an out-of-range index raises ``ValueError``. An action that adds nothing (the block
+    already read for at least that window) is a no-op: nothing is measured, the reward is
+    ``-repeat_penalty``, ``info["repeated"]`` is True, and only the algorithm's per-decision time
     (``CostModel.algorithm_base_s``) is charged, so even a policy that ignores the mask runs out
-    of budget. :meth:`action_masks` (bool, True = not yet measured) serves MaskablePPO, also
-    through vector envs; ``info["action_mask"]`` carries the same as int8.
+    of budget. :meth:`action_masks` (bool, True = the action adds reads) serves MaskablePPO,
+    also through vector envs; ``info["action_mask"]`` carries the same as int8.
 
     Observation Space
     -----------------
@@ -61,10 +68,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     - ``"planes"``: ``Box(-1, 1, (C, X, Y), float32)``, channel-first, named and ordered by
       the env's :class:`envs.observation.ObservationSpec` (``env.observation_spec``): the
       measured mask of each block, the reconstruction's leading spectral component maps, the
-      predictive uncertainty of each block, the optional planes it names (local surprise, log
+      predictive uncertainty of each block (with read windows: of each *unit*, a block's curve
+      segment, ``unit = block * n_segments + segment``), the optional planes it names (local surprise, log
       pixel energy, calibrated energy) and the tip position (one-hot), always last.
     - ``"scalars"``: ``Box(0, 1, (3,), float32)``: fraction of the budget used (clipped at 1),
-      fraction of blocks measured, and the recent change of the reconstruction (relative change
+      fraction of units measured, and the recent change of the reconstruction (relative change
       of the component maps over the last step, sign-aligned, clipped at 1).
 
     Nothing in the observation comes from the ground truth or the unmeasured data.
@@ -110,8 +118,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     ``"r2"``, ``"seconds"`` (total), ``"instrument_seconds"``, ``"algorithm_seconds"``,
     ``"n_measurements"`` (blocks measured, initial design included), ``"repeated"``,
     ``"nan_block"`` (the measured values held NaN: time charged, block marked measured, values
-    not given to the reconstructor), ``"action_mask"`` (int8), ``"pixel"`` and ``"block"`` of the
-    step (-1 at reset). No wall-clock values unless ``cost={"algorithm_clock": "wall"}``.
+    not given to the reconstructor), ``"action_mask"`` (int8), ``"pixel"``, ``"block"`` and
+    ``"window"`` of the step (-1 at reset). No wall-clock values unless ``cost={"algorithm_clock": "wall"}``.
 
     Arguments
     ---------
@@ -124,7 +132,10 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         reference, ``info["r2"]`` is NaN and every reward is 0.
     reconstructor
         Any :class:`reconstruct.Reconstructor` built for the data's grid and spectral shape; its
-        ``layout`` sets the voltage blocks.
+        ``layout`` sets the voltage blocks. With read windows of more than one segment it is
+        built on the units instead: ``read_windows.unit_layout(blocks)`` and
+        ``read_windows.unit_spectral_shape(spectral_shape)`` (:func:`envs.factory.make_env`
+        does this).
     cost_model
         The :class:`envs.cost.CostModel` that prices measurements and the algorithm's time.
     budget_fraction, budget_seconds
@@ -137,6 +148,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         Stride of the initial grid of fully measured pixels; 0 for no initial design.
     reward, repeat_penalty
         ``"auc"`` or ``"rate"``; penalty (>= 0) for a repeated block.
+    read_windows
+        The :class:`envs.windows.ReadWindows` (or a list of reads per window); default one
+        window, the whole curve.
     observation
         The :class:`envs.observation.ObservationSpec` (component maps, optional planes); by
         default 3 component maps and no optional plane. With a ``surprise`` plane each step also
@@ -150,6 +164,10 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         The live reconstruction (policies may query it: uncertainty, estimates).
     layout : reconstruct.BlockLayout
         The voltage blocks.
+    read_windows : envs.windows.ReadWindows
+        The read windows; ``n_windows`` of them.
+    unit_layout : reconstruct.BlockLayout
+        The reconstructor's layout: ``layout``, or its blocks split into curve segments.
     cost_model : envs.cost.CostModel
         Prices of this episode's measurements.
     instrument : envs.instrument.Instrument
@@ -163,7 +181,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     n_blocks : int
         Blocks per pixel.
     measured : numpy.ndarray
-        ``(P, n_blocks)`` bool, blocks measured (NaN blocks included).
+        ``(P, n_blocks)`` bool, blocks read in full (NaN blocks included).
+    segments_read : numpy.ndarray
+        ``(P, n_blocks)`` int, curve segments read of each block (``n_segments`` = in full).
     dataset : envs.Dataset or None
         Privileged: the replayed data (and truth); None on a live instrument. Only an oracle
         policy may read it.
@@ -175,7 +195,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     Version History
     ---------------
     v0: initial version; the parts injected as objects, the observation named by a spec
-    (the observation itself unchanged).
+    (the observation itself unchanged); read windows as an optional third action axis (with
+    one window, the default, actions and observations are unchanged).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -192,6 +213,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         initial_stride: int = 6,
         reward: str = "auc",
         repeat_penalty: float = 0.01,
+        read_windows: ReadWindows | list[int] | None = None,
         observation: ObservationSpec | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -215,7 +237,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.repeat_penalty = float(repeat_penalty)
         self.render_mode = render_mode
         self.reconstructor = reconstructor
-        self.layout: BlockLayout = reconstructor.layout
+        self.unit_layout: BlockLayout = reconstructor.layout
+        self.layout: BlockLayout = (
+            reconstructor.layout.base
+            if isinstance(reconstructor.layout, SegmentedLayout)
+            else reconstructor.layout
+        )
         self.n_blocks = self.layout.n_blocks
         self.device = reconstructor.device
         self.cost_model = cost_model
@@ -233,25 +260,30 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.grid_shape: tuple[int, int] = grid  # type: ignore[assignment]
         self.spectral_shape: tuple[int, ...] = tuple(spectral)
         self.n_pixels = self.grid_shape[0] * self.grid_shape[1]
+        self._set_windows(read_windows)
+        unit_spectral = self.read_windows.unit_spectral_shape(self.spectral_shape)
         if (
             tuple(reconstructor.spatial_shape) != self.grid_shape
-            or tuple(reconstructor.spectral_shape) != self.spectral_shape
+            or tuple(reconstructor.spectral_shape) != unit_spectral
         ):
             raise ValueError(
                 f"the reconstructor is built for {tuple(reconstructor.spatial_shape)} x "
                 f"{tuple(reconstructor.spectral_shape)}, the data is {self.grid_shape} x "
                 f"{self.spectral_shape}"
+                + ("" if unit_spectral == self.spectral_shape else
+                   f", which its read windows cut into units of {unit_spectral}")
             )
         self.initial_pixels = self._initial_design_pixels()
         if self.initial_pixels.size == self.n_pixels:
             raise ValueError(
                 f"initial_stride={initial_stride} measures every pixel; nothing is left to choose"
             )
-        self.observation_spec = observation or ObservationSpec(self.n_blocks)
-        if self.observation_spec.n_blocks != self.n_blocks:
+        self.n_units = self.unit_layout.n_blocks
+        self.observation_spec = observation or ObservationSpec(self.n_units)
+        if self.observation_spec.n_blocks != self.n_units:
             raise ValueError(
                 f"the observation spec has {self.observation_spec.n_blocks} blocks, the layout "
-                f"{self.n_blocks}"
+                f"{self.n_units}" + ("" if self.n_units == self.n_blocks else " units")
             )
         self.n_components = self.observation_spec.n_components
         self.calibrate_energy = self.observation_spec.has("calibrated-energy")
@@ -260,7 +292,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             SurpriseTracker(self.grid_shape) if self.observation_spec.has("surprise") else None
         )
         self.observation_space = self.observation_spec.space(self.grid_shape)
-        self.action_space = spaces.Discrete(self.n_pixels * self.n_blocks)
+        self.action_space = spaces.Discrete(self.n_pixels * self.n_blocks * self.n_windows)
         # Price and budget the first dataset now, so a bad configuration fails here.
         self._set_dataset(first)
 
@@ -296,6 +328,32 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 f"render_mode must be None or one of {AcquisitionEnv.metadata['render_modes']}, "
                 f"got {render_mode!r}"
             )
+
+    def _set_windows(self, read_windows: ReadWindows | list[int] | None) -> None:
+        """Take the read windows and check that the reconstructor is built on their units."""
+        windows = (
+            read_windows
+            if isinstance(read_windows, ReadWindows)
+            else ReadWindows.parse(read_windows, self.spectral_shape)
+        )
+        n_times = self.spectral_shape[1] if len(self.spectral_shape) >= 2 else 1
+        if windows.n_times != n_times:
+            raise ValueError(
+                f"read windows for curves of {windows.n_times} reads, the data has {n_times}"
+            )
+        if self.unit_layout != windows.unit_layout(self.layout):
+            raise ValueError(
+                f"the reconstructor's layout {self.unit_layout} does not fit read windows "
+                f"{list(windows.reads)}: build it on read_windows.unit_layout(blocks) "
+                f"({windows.unit_layout(self.layout)})"
+            )
+        self.read_windows = windows
+        self.n_windows = windows.n_windows
+        self.n_segments = windows.n_segments
+        self._segment_reads = windows.segment_reads
+        # What the instrument is asked to read: None for a whole curve, so instruments and data
+        # without a time axis are asked exactly what they were asked before windows existed.
+        self._instrument_reads = [None if r == n_times else r for r in windows.reads]
 
     def _initial_design_pixels(self) -> np.ndarray:
         """Flat indices of the initial grid, in raster order (empty for stride 0)."""
@@ -369,19 +427,24 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         return seconds + (self.cost_model.algorithm_s(n_initial) if n_initial else 0.0)
 
     # ================================================================= action helpers
-    def encode_action(self, pixel: int, block: int) -> int:
-        """Flat action of (pixel, block): ``pixel * n_blocks + block``."""
-        if not (0 <= pixel < self.n_pixels and 0 <= block < self.n_blocks):
+    def encode_action(self, pixel: int, block: int, window: int | None = None) -> int:
+        """Flat action of (pixel, block, window): ``(pixel * n_blocks + block) * n_windows +
+        window``; ``window`` defaults to the last, the whole curve."""
+        window = self.n_windows - 1 if window is None else int(window)
+        if not (
+            0 <= pixel < self.n_pixels and 0 <= block < self.n_blocks and 0 <= window < self.n_windows
+        ):
             raise ValueError(
-                f"(pixel {pixel}, block {block}) outside "
-                f"[0, {self.n_pixels}) x [0, {self.n_blocks})"
+                f"(pixel {pixel}, block {block}, window {window}) outside "
+                f"[0, {self.n_pixels}) x [0, {self.n_blocks}) x [0, {self.n_windows})"
             )
-        return int(pixel) * self.n_blocks + int(block)
+        return (int(pixel) * self.n_blocks + int(block)) * self.n_windows + window
 
-    def decode_action(self, action: int) -> tuple[int, int]:
-        """``(pixel, block)`` of a flat action."""
-        pixel, block = divmod(self._check_action(action), self.n_blocks)
-        return pixel, block
+    def decode_action(self, action: int) -> tuple[int, int, int]:
+        """``(pixel, block, window)`` of a flat action."""
+        cell, window = divmod(self._check_action(action), self.n_windows)
+        pixel, block = divmod(cell, self.n_blocks)
+        return pixel, block, window
 
     def _check_action(self, action: Any) -> int:
         """The action as a Python int, or a clear ``TypeError``/``ValueError``."""
@@ -405,19 +468,78 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         return int(action)
 
     def action_masks(self) -> np.ndarray:
-        """Bool ``(P * n_blocks,)``: True for blocks not yet measured (valid actions)."""
-        return ~self.measured.reshape(-1)
+        """Bool ``(P * n_blocks * n_windows,)``: True for actions that add reads (valid)."""
+        segments = self.read_windows.segments
+        return (segments[None, None, :] > self.segments_read[:, :, None]).reshape(-1)
 
-    def block_seconds(self, pixels: np.ndarray, block: int) -> np.ndarray:
-        """Seconds a measurement of ``block`` at each of ``pixels`` would be charged now: travel
-        from the current tip, settling, pulses and reads of the voltages the block applies
-        (blocks of uneven layouts differ by one voltage), plus the model's algorithm time."""
+    @property
+    def measured(self) -> np.ndarray:
+        """``(P, n_blocks)`` bool: blocks read in full (NaN blocks included)."""
+        return self.segments_read >= self.n_segments
+
+    @property
+    def unit_measured(self) -> np.ndarray:
+        """``(P, n_units)`` bool: units (block curve segments) read, in the reconstructor's
+        block order ``block * n_segments + segment``."""
+        segment = np.arange(self.n_segments)
+        return (segment[None, None, :] < self.segments_read[:, :, None]).reshape(self.n_pixels, -1)
+
+    def window_gain(self, per_unit: np.ndarray | torch.Tensor) -> np.ndarray:
+        """What each action adds of a per-unit quantity: ``(P * n_blocks * n_windows,)`` in
+        action order, the sum of ``per_unit`` ``(P, n_units)`` over the segments the window
+        would read that its block does not have yet, over ``n_segments``; 0 for actions that
+        add nothing. With one segment this is ``per_unit`` itself at unmeasured blocks.
+
+        Policies score actions with it: a mean variance per feature becomes the variance an
+        action removes, per feature of a whole block; a squared error per unit, the error it
+        removes (over ``n_segments``)."""
+        if hasattr(per_unit, "detach"):
+            per_unit = per_unit.detach().cpu().numpy()
+        values = np.asarray(per_unit, dtype=np.float64).reshape(
+            self.n_pixels, self.n_blocks, self.n_segments
+        )
+        cumulative = np.concatenate(
+            [np.zeros((self.n_pixels, self.n_blocks, 1)), np.cumsum(values, axis=2)], axis=2
+        )
+        have = np.take_along_axis(cumulative, self.segments_read[:, :, None], axis=2)
+        after = cumulative[:, :, self.read_windows.segments]  # (P, nb, n_windows)
+        gain = np.where(self.action_masks().reshape(after.shape), after - have, 0.0)
+        return (gain / self.n_segments).reshape(-1)
+
+    def new_units(self, pixel: int, block: int, window: int) -> np.ndarray:
+        """The reconstructor's units an action would add (empty for a repeat)."""
+        have = int(self.segments_read[pixel, block])
+        want = int(self.read_windows.segments[window])
+        return block * self.n_segments + np.arange(have, max(want, have))
+
+    def block_seconds(
+        self, pixels: np.ndarray, block: int, window: int | None = None
+    ) -> np.ndarray:
+        """Seconds a measurement of ``block`` with read window ``window`` (default: the whole
+        curve) at each of ``pixels`` would be charged now: travel from the current tip,
+        settling, pulses and reads of the voltages the block applies (blocks of uneven layouts
+        differ by one voltage), plus the model's algorithm time."""
         if not 0 <= int(block) < self.n_blocks:
             raise ValueError(f"block {block} out of range [0, {self.n_blocks})")
+        window = self.n_windows - 1 if window is None else int(window)
         instrument = self.cost_model.measurement_seconds_many(
-            self.layout.n_applied(int(block)), self.tip_pixel, np.asarray(pixels), self.grid_shape
+            self.layout.n_applied(int(block)),
+            self.tip_pixel,
+            np.asarray(pixels),
+            self.grid_shape,
+            self._instrument_reads[window],
         )
         return instrument + self.cost_model.algorithm_s(self.n_measurements + 1)
+
+    def action_seconds(self) -> np.ndarray:
+        """Seconds of every action from the current tip position, ``(P * n_blocks *
+        n_windows,)`` in action order (travel and the model's algorithm time included)."""
+        pixels = np.arange(self.n_pixels)
+        table = np.empty((self.n_pixels, self.n_blocks, self.n_windows))
+        for block in range(self.n_blocks):
+            for window in range(self.n_windows):
+                table[:, block, window] = self.block_seconds(pixels, block, window)
+        return table.reshape(-1)
 
     @property
     def tip_pixel(self) -> int:
@@ -452,7 +574,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 raise ValueError("a live instrument is its own data source: no 'dataset' option")
             self.instrument, self.reference_blocks = self.live_instrument, None
         self.reconstructor.reset()
-        self.measured = np.zeros((self.n_pixels, self.n_blocks), dtype=bool)
+        self.segments_read = np.zeros((self.n_pixels, self.n_blocks), dtype=np.int64)
         self._n_measured = 0
         self.instrument_seconds = 0.0
         self.algorithm_seconds = 0.0
@@ -466,7 +588,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             self._surprise.reset()
         observation = self._observation()
         self._last_return = time.perf_counter()
-        return observation, self._info(-1, -1, repeated=False, nan_block=False, terminated=False)
+        return observation, self._info(
+            -1, -1, -1, repeated=False, nan_block=False, terminated=False
+        )
 
     def _reference_r2(self) -> float:
         """R^2 against the replayed data; NaN on a live instrument (no reference)."""
@@ -475,9 +599,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         return float(self.reconstructor.r2(self.reference_blocks))
 
     def mark(self, pixel: int, block: int) -> None:
-        """Count a block as taken without measuring it here (the live loop measures and
+        """Count a block as read in full without measuring it here (the live loop measures and
         records it itself, e.g. a held-back check block)."""
-        self.measured[pixel, block] = True
+        self.segments_read[pixel, block] = self.n_segments
         self._n_measured += 1
 
     def observe(self) -> dict[str, np.ndarray]:
@@ -485,10 +609,40 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         return self._observation(changed=True)
 
     def _to_blocks(self, tensor: np.ndarray) -> torch.Tensor:
-        """A reference (data or truth) in block layout. Spare slots are NaN, which scores
-        ignore, so every voltage counts once in the R^2 however uneven the blocks."""
-        blocks = self.layout.to_blocks(torch.from_numpy(tensor), spare=float("nan"))
-        return blocks.contiguous().to(self.device)
+        """A reference (data or truth) in the reconstructor's block layout (of units, with read
+        windows). Spare slots are NaN, which scores ignore, so every voltage counts once in the
+        R^2 however uneven the blocks."""
+        return self.to_unit_blocks(tensor, spare=float("nan")).contiguous().to(self.device)
+
+    def to_unit_blocks(
+        self, tensor: np.ndarray | torch.Tensor, spare: float | None = None
+    ) -> np.ndarray | torch.Tensor:
+        """A tensor of the data's shape in the reconstructor's block layout ``(P, n_units,
+        F_u)`` (:meth:`reconstruct.BlockLayout.to_blocks`; units are blocks without windows)."""
+        if isinstance(tensor, np.ndarray):
+            tensor = torch.from_numpy(tensor)
+        if self.n_segments > 1:
+            tensor = self.unit_layout.fold(tensor)
+        return self.unit_layout.to_blocks(tensor, spare=spare)
+
+    def estimate(self) -> torch.Tensor:
+        """The reconstruction in the data's shape ``(X, Y, V, *rest)`` (read windows unfolded)."""
+        estimate = self.reconstructor.estimate()
+        return self.unit_layout.unfold(estimate) if self.n_segments > 1 else estimate
+
+    def _unit_values(
+        self, block: int, units: np.ndarray, values: np.ndarray
+    ) -> tuple[list[int], list[np.ndarray]]:
+        """A measurement's values ``(n_applied, reads, *more)`` cut into the given units of
+        ``block`` (each ``(n_applied, segment_reads, *more)``)."""
+        if self.n_segments == 1:
+            return [int(block)], [values]
+        length = self._segment_reads
+        pieces = []
+        for unit in units:
+            segment = int(unit) - block * self.n_segments
+            pieces.append(values[:, segment * length : (segment + 1) * length])
+        return [int(u) for u in units], pieces
 
     def _measure_initial_design(self) -> None:
         """Measure every block of the initial pixels and add them in one batch update."""
@@ -496,16 +650,20 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             return
         start = time.perf_counter()
         pixels, blocks, values = [], [], []
+        every_segment = np.arange(self.n_segments)
         for pixel in self.initial_pixels:
             for block in range(self.n_blocks):
                 vals, seconds = self.instrument.measure(int(pixel), self.layout.voltages(block))
                 self.instrument_seconds += seconds
-                self.measured[pixel, block] = True
+                self.segments_read[pixel, block] = self.n_segments
                 self._n_measured += 1
                 if np.isfinite(vals).all():
-                    pixels.append(int(pixel))
-                    blocks.append(block)
-                    values.append(vals)
+                    units, pieces = self._unit_values(
+                        block, block * self.n_segments + every_segment, vals
+                    )
+                    pixels.extend([int(pixel)] * len(units))
+                    blocks.extend(units)
+                    values.extend(pieces)
         if pixels:
             self.reconstructor.add_many(pixels, blocks, values)  # blocks may differ in size
         if self.cost_model.algorithm_clock == "wall":
@@ -521,10 +679,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     def step(
         self, action: Any
     ) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
-        pixel, block = self.decode_action(action)
+        pixel, block, window = self.decode_action(action)
         wall = self.cost_model.algorithm_clock == "wall"
         seconds_before = self.seconds_used
-        repeated = bool(self.measured[pixel, block])
+        units = self.new_units(pixel, block, window)
+        repeated = units.size == 0
         nan_block = False
         if repeated:
             self.algorithm_seconds += (
@@ -532,14 +691,23 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             )
             reward = -self.repeat_penalty
         else:
-            self.before_measuring(pixel, block)
-            values, seconds = self.instrument.measure(pixel, self.layout.voltages(block))
+            self.before_measuring(pixel, int(units[0]))
+            voltages, reads = self.layout.voltages(block), self._instrument_reads[window]
+            values, seconds = (
+                self.instrument.measure(pixel, voltages)
+                if reads is None
+                else self.instrument.measure(pixel, voltages, reads)
+            )
             self.instrument_seconds += seconds
-            self.measured[pixel, block] = True
+            self.segments_read[pixel, block] = self.read_windows.segments[window]
             self._n_measured += 1
-            nan_block = not bool(np.isfinite(values).all())
+            unit_list, pieces = self._unit_values(block, units, values)
+            nan_block = not all(bool(np.isfinite(piece).all()) for piece in pieces)
             if not nan_block:
-                self.reconstructor.add(pixel, block, values)
+                if len(unit_list) == 1:
+                    self.reconstructor.add(pixel, unit_list[0], pieces[0])
+                else:
+                    self.reconstructor.add_many([pixel] * len(unit_list), unit_list, pieces)
             self.after_measuring()
             if wall:
                 self.algorithm_seconds += self._wall_since_last_step()
@@ -558,13 +726,13 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 reward = gain / (self.seconds_used - seconds_before) * self.pixel_seconds
         terminated = bool(
             self.seconds_used >= self.budget_seconds
-            or self._n_measured == self.measured.size
+            or bool(self.measured.all())
             or (self.stop_r2 is not None and self.r2_now >= self.stop_r2)
         )
         obs_start = time.perf_counter()
         observation = self._observation(changed=not repeated)
         info = self._info(
-            pixel, block, repeated=repeated, nan_block=nan_block, terminated=terminated
+            pixel, block, window, repeated=repeated, nan_block=nan_block, terminated=terminated
         )
         self._last_return = time.perf_counter()
         self._pending_wall = self._last_return - obs_start
@@ -573,7 +741,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     def before_measuring(self, pixel: int, block: int) -> None:
         """Note the prediction of the block about to be measured (the surprise plane scores it
         once the block has arrived, :meth:`after_measuring`); nothing without that plane. The
-        live loop calls both around its own measurements, as :meth:`step` does."""
+        live loop calls both around its own measurements, as :meth:`step` does. ``block`` is
+        the reconstructor's block: with read windows, the first unit the action adds."""
         if self._surprise is not None:
             # The model state is the one the last observation showed: its uncertainty is the
             # variance the prediction is judged against.
@@ -602,7 +771,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     # ================================================================= observation and info
     def _observation(self, changed: bool = True) -> dict[str, np.ndarray]:
         grid = self.grid_shape
-        mask = self.measured.T.reshape(self.n_blocks, *grid).astype(np.float32)
+        mask = self.unit_measured.T.reshape(self.n_units, *grid).astype(np.float32)
         if changed or self._previous_maps is None:
             maps = (
                 self.reconstructor.component_maps(self.n_components)
@@ -622,7 +791,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             uncertainty = self._uncertainty.to(torch.float32)
             uncertainty = uncertainty / uncertainty.max().clamp_min(1e-12)
             self._model_planes = (
-                torch.cat([maps, uncertainty.T.reshape(self.n_blocks, *grid)])
+                torch.cat([maps, uncertainty.T.reshape(self.n_units, *grid)])
                 .clamp(-1.0, 1.0)
                 .numpy()
             )
@@ -649,7 +818,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         scalars = np.array(
             [
                 min(self.seconds_used / self.budget_seconds, 1.0),
-                self._n_measured / self.measured.size,
+                float(self.segments_read.sum()) / (self.segments_read.size * self.n_segments),
                 self._change,
             ],
             dtype=np.float32,
@@ -669,7 +838,14 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         return float(min(change.item(), 1.0))
 
     def _info(
-        self, pixel: int, block: int, *, repeated: bool, nan_block: bool, terminated: bool
+        self,
+        pixel: int,
+        block: int,
+        window: int,
+        *,
+        repeated: bool,
+        nan_block: bool,
+        terminated: bool,
     ) -> dict[str, Any]:
         info: dict[str, Any] = {
             "r2": self.r2_now,
@@ -681,6 +857,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             "nan_block": nan_block,
             "pixel": int(pixel),
             "block": int(block),
+            "window": int(window),
             "action_mask": self.action_masks().astype(np.int8),
         }
         if terminated and self.dataset is not None:
@@ -699,7 +876,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         if dataset.truth is not None:
             scores["r2_truth"] = self.r2_truth()
         if len(self.spectral_shape) >= 2 and self.spectral_shape[-1] >= 2:
-            estimate = self.reconstructor.estimate().detach().cpu().numpy()
+            estimate = self.estimate().detach().cpu().numpy()
             scores["r2_dynamics"] = dynamics_r2(dataset.data, estimate)
             if dataset.truth is not None:
                 # Lost pixels are scored nowhere, against the truth as against the data.
@@ -714,12 +891,10 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         if self.render_mode != "rgb_array":
             return None
         middle = tuple(s // 2 for s in self.spectral_shape)
-        block, position = self._block_position(middle[0])
-        rest = int(np.prod(self.spectral_shape[1:], dtype=np.int64))
-        within = int(np.ravel_multi_index(middle[1:], self.spectral_shape[1:])) if rest > 1 else 0
-        feature = position * rest + within
-        estimate = self.reconstructor.estimate_blocks()[:, block, feature].detach().cpu().numpy()
-        uncertainty = self.reconstructor.uncertainty()[:, block].detach().cpu().numpy()
+        block = int(self.layout.block_of_voltage[middle[0]])
+        estimate = self.estimate()[(slice(None), slice(None), *middle)].detach().cpu().numpy()
+        units = slice(block * self.n_segments, (block + 1) * self.n_segments)
+        uncertainty = self.reconstructor.uncertainty()[:, units].mean(1).detach().cpu().numpy()
         if self.dataset is None:  # a live instrument: the estimate stands in for the truth
             truth = estimate.reshape(self.grid_shape)
         else:
@@ -734,14 +909,6 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 (truth, _finite_range(truth)),
             ]
         )
-
-    def _block_position(self, voltage: int) -> tuple[int, int]:
-        """Block holding ``voltage`` and its position within the block."""
-        for block in range(self.n_blocks):
-            where = np.flatnonzero(self.layout.voltages(block) == voltage)
-            if where.size:
-                return block, int(where[0])
-        raise IndexError(f"voltage {voltage} is in no block")
 
 
 def _finite_range(values: np.ndarray) -> tuple[float, float] | None:

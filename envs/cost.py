@@ -1,8 +1,9 @@
 """The time-cost model of a spectroscopic measurement: instrument seconds plus algorithm seconds.
 
-One measurement is one pixel at one voltage block. Its instrument time is
+One measurement is one pixel at one voltage block, read for a window of ``r`` reads (all
+``reads`` by default, :mod:`envs.windows`). Its instrument time is
 
-    n_voltages * (pulse_s + reads * read_interval_s)      pulses and read-outs
+    n_voltages * (pulse_s + r * read_interval_s)          pulses and read-outs
     + settle_s                                            settling after the tip lands
     + distance(from_pixel, to_pixel) * travel_s_per_pixel  tip travel, distance in pixel pitches
 
@@ -124,9 +125,17 @@ class CostModel:
         return replace(self, **updates)
 
     # ----------------------------------------------------------------- instrument time
-    def voltage_seconds(self) -> float:
-        """Seconds for one voltage: the pulse and its read-outs."""
-        return self.pulse_s + self.reads * self.read_interval_s
+    def voltage_seconds(self, reads: int | None = None) -> float:
+        """Seconds for one voltage: the pulse and its read-outs (all ``self.reads`` of them, or
+        the first ``reads`` for a shorter read window, :mod:`envs.windows`)."""
+        return self.pulse_s + self._reads(reads) * self.read_interval_s
+
+    def _reads(self, reads: int | None) -> int:
+        if reads is None:
+            return int(self.reads)
+        if int(reads) != reads or not 1 <= reads <= self.reads:
+            raise ValueError(f"reads must be a whole number in [1, {self.reads}], got {reads}")
+        return int(reads)
 
     def travel_seconds(self, from_pixel: int, to_pixel: int, grid_shape: tuple[int, int]) -> float:
         """Tip travel between two flat pixel indices (``p = row * ny + col``)."""
@@ -142,26 +151,38 @@ class CostModel:
         return np.hypot(rows - r0, cols - c0) * self.travel_s_per_pixel
 
     def measurement_seconds(
-        self, n_voltages: int, from_pixel: int, to_pixel: int, grid_shape: tuple[int, int]
+        self,
+        n_voltages: int,
+        from_pixel: int,
+        to_pixel: int,
+        grid_shape: tuple[int, int],
+        reads: int | None = None,
     ) -> float:
         """Instrument seconds to measure ``n_voltages`` voltages (a block's
         ``layout.n_applied(block)``) at ``to_pixel`` with the tip coming from ``from_pixel``:
-        pulses and reads, settling, and travel."""
+        pulses and reads (every read, or the first ``reads``), settling, and travel."""
         n_pixels = int(grid_shape[0]) * int(grid_shape[1])
         for name, pixel in (("from_pixel", from_pixel), ("to_pixel", to_pixel)):
             if not 0 <= int(pixel) < n_pixels:
                 raise IndexError(f"{name} {pixel} out of range [0, {n_pixels}), grid {grid_shape}")
         to_pixels = np.asarray([to_pixel])
-        seconds = self.measurement_seconds_many(n_voltages, from_pixel, to_pixels, grid_shape)
+        seconds = self.measurement_seconds_many(
+            n_voltages, from_pixel, to_pixels, grid_shape, reads
+        )
         return float(seconds[0])
 
     def measurement_seconds_many(
-        self, n_voltages: int, from_pixel: int, to_pixels: np.ndarray, grid_shape: tuple[int, int]
+        self,
+        n_voltages: int,
+        from_pixel: int,
+        to_pixels: np.ndarray,
+        grid_shape: tuple[int, int],
+        reads: int | None = None,
     ) -> np.ndarray:
         """:meth:`measurement_seconds` for each of ``to_pixels`` (no range check), vectorised."""
         if n_voltages < 1:
             raise ValueError(f"n_voltages must be >= 1, got {n_voltages}")
-        fixed = n_voltages * self.voltage_seconds() + self.settle_s
+        fixed = n_voltages * self.voltage_seconds(reads) + self.settle_s
         return fixed + self.travel_seconds_many(from_pixel, to_pixels, grid_shape)
 
     def pixel_seconds(self, n_voltages: int, n_blocks: int = 1) -> float:

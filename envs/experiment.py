@@ -397,7 +397,7 @@ class _Experiment:
         start = time.perf_counter()
         observation = env.observe()
         self.policy.rng = np.random.default_rng([self.config.seed, self.session.n_records])
-        pixel, block = env.decode_action(self.policy.act(observation, env.action_masks()))
+        pixel, block, _ = env.decode_action(self.policy.act(observation, env.action_masks()))
         self._decision_ms = 1e3 * (time.perf_counter() - start)
         algorithm_seconds = self._algorithm_seconds()
         env.before_measuring(pixel, block)

@@ -20,6 +20,7 @@ from envs.cost import CostModel
 from envs.dataset import Dataset
 from envs.observation import ObservationSpec
 from envs.sources import DatasetSource, parse_spec
+from envs.windows import ReadWindows
 from reconstruct.base import BlockLayout
 from reconstruct.registry import make_reconstructor
 
@@ -49,6 +50,10 @@ class EnvConfig:
         ``read_interval_s`` default to the data's time axis when it has a time unit.
     budget_fraction, budget_seconds, stop_r2, initial_stride, reward, repeat_penalty
         As for :class:`envs.acquisition.AcquisitionEnv`.
+    read_windows
+        Reads per window a measurement may choose from (:class:`envs.windows.ReadWindows`),
+        ascending, the last the whole curve, e.g. ``[16, 128]``; ``None`` (default): one window,
+        the whole curve, and the actions are (pixel, block) as without windows.
     n_components, planes
         Component maps and optional planes (names from :data:`envs.observation.OPTIONAL_PLANES`)
         of the observation.
@@ -71,6 +76,7 @@ class EnvConfig:
     initial_stride: int = 6
     reward: str = "auc"
     repeat_penalty: float = 0.01
+    read_windows: list[int] | None = None
     n_components: int = 3
     planes: list[str] = field(default_factory=list)
     render_mode: str | None = None
@@ -136,12 +142,15 @@ def make_env(config: EnvConfig | None = None, **kwargs: Any) -> AcquisitionEnv:
             f"fit the data {first.shape}: {err}"
         ) from None
     cost_model = CostModel.from_dict(config.cost).for_axes(first.axes, config.cost)
-    observation = ObservationSpec(layout.n_blocks, config.n_components, tuple(config.planes))
+    windows = ReadWindows.parse(config.read_windows, first.spectral_shape)
+    # The reconstructor sees each block's curve segments as blocks of their own (units).
+    unit_layout = windows.unit_layout(layout)
+    observation = ObservationSpec(unit_layout.n_blocks, config.n_components, tuple(config.planes))
     reconstructor = make_reconstructor(
         config.reconstructor,
         first.spatial_shape,
-        first.spectral_shape,
-        layout,
+        windows.unit_spectral_shape(first.spectral_shape),
+        unit_layout,
         device=config.device,
         **dict(config.reconstructor_kwargs),
     )
@@ -155,6 +164,7 @@ def make_env(config: EnvConfig | None = None, **kwargs: Any) -> AcquisitionEnv:
         initial_stride=config.initial_stride,
         reward=config.reward,
         repeat_penalty=config.repeat_penalty,
+        read_windows=windows,
         observation=observation,
         render_mode=config.render_mode,
     )

@@ -9,7 +9,9 @@ Replay assumption: :class:`ReplayInstrument` returns the recorded response of ea
 voltage, i.e. it assumes that the recorded response is what a block would give. On a real
 instrument, pulses that a block skips change the polarisation state the next pulse meets, so a
 block measured alone can respond differently from the same voltages inside a full sequence.
-Results obtained on replays carry that assumption.
+Results obtained on replays carry that assumption. The same holds for read windows: a replay
+cuts a curve short without side effects, while on a real instrument the next pulse then meets a
+sample that has relaxed for less time (:mod:`envs.windows`).
 """
 
 from __future__ import annotations
@@ -48,14 +50,38 @@ class Instrument(Protocol):
         """Move the tip to ``pixel``; return the travel seconds."""
         ...
 
-    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
-        """Measure ``voltages`` (indices into the voltage axis) at ``pixel``.
+    def measure(
+        self, pixel: int, voltages: np.ndarray, reads: int | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Measure ``voltages`` (indices into the voltage axis) at ``pixel``, reading each curve
+        in full or, with ``reads``, for its first ``reads`` time points only (a read window,
+        :mod:`envs.windows`; data with a time axis only).
 
-        Returns the values, shape ``(len(voltages), *rest)``, and the instrument seconds spent
-        (travel from the current tip position, settling, pulses and reads). The tip stays at
-        ``pixel``. NaN values mean the instrument returned no usable reading.
+        Returns the values, shape ``(len(voltages), *rest)`` (the time axis cut to ``reads``),
+        and the instrument seconds spent (travel from the current tip position, settling,
+        pulses and reads). The tip stays at ``pixel``. NaN values mean the instrument returned
+        no usable reading.
         """
         ...
+
+
+def check_reads(reads: int | None, spectral_shape: tuple[int, ...]) -> int | None:
+    """``reads`` as an int in ``[1, T]`` (or None for the whole curve) after checking it
+    against ``spectral_shape`` ``(V, T, ...)``; every instrument validates it the same way."""
+    if reads is None:
+        return None
+    if len(spectral_shape) < 2:
+        raise ValueError(
+            f"a read count was given, but this data has no time axis (spectral shape "
+            f"{tuple(spectral_shape)}): measure without one"
+        )
+    if isinstance(reads, (bool, np.bool_)) or not isinstance(reads, (int, np.integer)):
+        raise TypeError(f"reads must be an integer, got {reads!r}")
+    if not 1 <= int(reads) <= spectral_shape[1]:
+        raise ValueError(
+            f"reads must be in [1, {spectral_shape[1]}] (the reads each curve holds), got {reads}"
+        )
+    return int(reads)
 
 
 def check_pixel(pixel: int, n_pixels: int) -> int:
@@ -107,9 +133,13 @@ class ReplayInstrument:
         self.tip_pixel = pixel
         return seconds
 
-    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
-        """The recorded values of ``voltages`` at ``pixel``, and the seconds they cost."""
+    def measure(
+        self, pixel: int, voltages: np.ndarray, reads: int | None = None
+    ) -> tuple[np.ndarray, float]:
+        """The recorded values of ``voltages`` at ``pixel`` (the first ``reads`` of each curve,
+        or all), and the seconds they cost."""
         pixel = self._check_pixel(pixel)
+        reads = check_reads(reads, self.spectral_shape)
         voltages = np.asarray(voltages)
         n_voltages = self.spectral_shape[0]
         is_index = np.issubdtype(voltages.dtype, np.integer)
@@ -118,11 +148,12 @@ class ReplayInstrument:
         if voltages.min() < 0 or voltages.max() >= n_voltages:
             raise IndexError(f"voltage indices {voltages.tolist()} out of range [0, {n_voltages})")
         seconds = self.cost_model.measurement_seconds(
-            int(voltages.size), self.tip_pixel, pixel, self.grid_shape
+            int(voltages.size), self.tip_pixel, pixel, self.grid_shape, reads
         )
         self.tip_pixel = pixel
         row, col = divmod(pixel, self.grid_shape[1])
-        return self.dataset.data[row, col, voltages].copy(), seconds
+        values = self.dataset.data[row, col, voltages]
+        return (values if reads is None else values[:, :reads]).copy(), seconds
 
 
 class PacedInstrument:
@@ -154,7 +185,9 @@ class PacedInstrument:
         time.sleep(seconds / self.speed)
         return seconds
 
-    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
-        values, seconds = self.inner.measure(pixel, voltages)
+    def measure(
+        self, pixel: int, voltages: np.ndarray, reads: int | None = None
+    ) -> tuple[np.ndarray, float]:
+        values, seconds = self.inner.measure(pixel, voltages, reads)
         time.sleep(seconds / self.speed)
         return values, seconds

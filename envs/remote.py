@@ -6,21 +6,25 @@ protocol; the experiment loop then drives it through :class:`RemoteInstrument` e
 drives a local replay. The call names follow the digital-twin microscope servers of the field
 (``go_to``, ``get_spectrum``), plus ``describe``.
 
-Protocol ``pfm-instrument/1``
+Protocol ``pfm-instrument/2``
 -----------------------------
 HTTP/1.1 with JSON bodies (UTF-8). Pixels are flat indices ``p = row * Y + col`` on the
 ``(X, Y)`` grid; voltages are indices into the voltage axis (the first spectral axis).
 
 ``GET /describe``
-    ``{"protocol": "pfm-instrument/1", "grid_shape": [X, Y], "spectral_shape": [V, ...],
+    ``{"protocol": "pfm-instrument/2", "grid_shape": [X, Y], "spectral_shape": [V, ...],
     "axes": [{"name": str, "unit": str, "values": [float, ...]}, ...],   # one per axis of
     (X, Y, V, ...), "tip_pixel": int, "quantity": str, "unit": str}``.
 ``POST /go_to`` with ``{"pixel": int}``
     Move the tip. Answer ``{"seconds": float, "tip_pixel": int}`` (travel seconds).
-``POST /get_spectrum`` with ``{"pixel": int, "voltages": [int, ...]}``
+``POST /get_spectrum`` with ``{"pixel": int, "voltages": [int, ...]}`` and optionally
+``"reads": int``
     Move to ``pixel`` if needed, apply the listed pulses in the order given and read the response.
-    ``voltages`` lists 1 to ``V`` distinct voltages (each at most once). Answer ``{"values":
-    nested list of shape [len(voltages), ...rest], "seconds": float, "tip_pixel": int}``;
+    ``voltages`` lists 1 to ``V`` distinct voltages (each at most once). ``reads`` (new in
+    version 2; instruments whose data has a time axis) reads each curve for its first ``reads``
+    time points only, 1 to ``T``: a read window (:mod:`envs.windows`). Answer ``{"values":
+    nested list of shape [len(voltages), ...rest], "seconds": float, "tip_pixel": int}``, the
+    time axis of ``rest`` cut to ``reads`` when given;
     ``null`` marks a reading that is not usable (NaN). ``seconds`` is the instrument time the
     measurement took (travel, settling, pulses, reads).
 Requests
@@ -89,9 +93,11 @@ from typing import Any
 import numpy as np
 
 from envs.dataset import Axis
-from envs.instrument import Instrument, check_pixel
+from envs.instrument import Instrument, check_pixel, check_reads
 
-PROTOCOL = "pfm-instrument/1"
+PROTOCOL = "pfm-instrument/2"
+#: Versions a client can drive: version 1 lacks ``reads`` (whole curves only).
+CLIENT_PROTOCOLS = (PROTOCOL, "pfm-instrument/1")
 
 
 class InstrumentError(RuntimeError):
@@ -446,8 +452,11 @@ class InstrumentServer:
                 tip = int(instrument.tip_pixel)
             return 200, {"seconds": float(seconds), "tip_pixel": tip}
         voltages = self._voltages(body.get("voltages"))
+        reads = body.get("reads")
+        if reads is not None and (isinstance(reads, bool) or not isinstance(reads, int)):
+            raise _Refusal(f"'reads' must be an integer, got {reprlib.repr(reads)}")
         with self._using_instrument() as instrument:
-            values, seconds = instrument.measure(pixel, voltages)
+            values, seconds = instrument.measure(pixel, voltages, reads)
             tip = int(instrument.tip_pixel)
         # encoded once the instrument is free for the next request
         return 200, {"values": encode_values(values), "seconds": float(seconds), "tip_pixel": tip}
@@ -562,9 +571,11 @@ class RemoteInstrument:
         self.retry_pause = float(retry_pause)
         self._token = read_token(token, token_file)
         info = self._call("GET", "describe")
-        if info.get("protocol") != PROTOCOL:
+        self.protocol = info.get("protocol")
+        if self.protocol not in CLIENT_PROTOCOLS:
             raise InstrumentError(
-                f"{self.url} speaks protocol {info.get('protocol')!r}, expected {PROTOCOL!r}"
+                f"{self.url} speaks protocol {self.protocol!r}, expected one of "
+                f"{list(CLIENT_PROTOCOLS)}"
             )
         try:
             self.grid_shape: tuple[int, int] = tuple(int(s) for s in info["grid_shape"])  # type: ignore[assignment]
@@ -668,9 +679,12 @@ class RemoteInstrument:
         pixel = self._check_pixel(pixel)
         return self._seconds(self._call("POST", "go_to", {"pixel": pixel}), "go_to")
 
-    def measure(self, pixel: int, voltages: np.ndarray) -> tuple[np.ndarray, float]:
-        """``get_spectrum`` at ``pixel`` for ``voltages``: values ``(len(voltages), *rest)`` (NaN
-        where the server sent ``null``) and the instrument seconds.
+    def measure(
+        self, pixel: int, voltages: np.ndarray, reads: int | None = None
+    ) -> tuple[np.ndarray, float]:
+        """``get_spectrum`` at ``pixel`` for ``voltages`` (each curve's first ``reads`` time
+        points, or all): values ``(len(voltages), *rest)`` (NaN where the server sent ``null``)
+        and the instrument seconds.
 
         Raises
         ------
@@ -682,13 +696,23 @@ class RemoteInstrument:
         is_index = np.issubdtype(voltages.dtype, np.integer)
         if voltages.ndim != 1 or voltages.size == 0 or not is_index:
             raise ValueError(f"voltages must be a non-empty 1-D integer array, got {voltages!r}")
-        answer = self._call(
-            "POST", "get_spectrum", {"pixel": pixel, "voltages": [int(v) for v in voltages]}
-        )
+        reads = check_reads(reads, self.spectral_shape)
+        request: dict[str, Any] = {"pixel": pixel, "voltages": [int(v) for v in voltages]}
+        if reads is not None:
+            if self.protocol != PROTOCOL:
+                raise InstrumentError(
+                    f"{self.url} speaks {self.protocol!r}, which reads whole curves only: a "
+                    f"read window needs {PROTOCOL!r}"
+                )
+            request["reads"] = reads
+        answer = self._call("POST", "get_spectrum", request)
         if "values" not in answer:
             raise InstrumentError(f"{self.url}/get_spectrum answered without 'values'")
         values = decode_values(answer["values"])
-        expected = (int(voltages.size), *self.spectral_shape[1:])
+        rest = list(self.spectral_shape[1:])
+        if reads is not None:
+            rest[0] = reads
+        expected = (int(voltages.size), *rest)
         if values.shape != expected:
             raise InstrumentError(
                 f"{self.url}/get_spectrum at pixel {pixel} returned values of shape "

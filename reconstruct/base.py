@@ -220,6 +220,91 @@ class BlockLayout:
         return values[positions]
 
 
+@dataclass(frozen=True)
+class SegmentedLayout(BlockLayout):
+    """A :class:`BlockLayout` whose blocks are split into equal segments of the next axis.
+
+    Where a measurement may read only the first part of each curve (a *read window*), the
+    smallest piece of data is one block of voltages over one *segment* of the time axis: a
+    *unit*. Folding the segments into the voltage axis, ``(X, Y, V, T, *more)`` ->
+    ``(X, Y, V * S, T / S, *more)`` (a reshape: virtual voltage ``v * S + s`` holds reads
+    ``s * T / S`` to ``(s + 1) * T / S`` of voltage ``v``), makes every unit an ordinary block of
+    this layout, so every reconstructor takes partly read curves without knowing about time:
+    unit ``u = block * S + s`` holds segment ``s`` of every voltage of ``block``.
+
+    Build it with :meth:`split`; :meth:`fold` and :meth:`unfold` convert tensors.
+
+    Parameters
+    ----------
+    n_voltages, n_blocks
+        Of the folded axis: ``V * n_segments`` and ``base blocks * n_segments``.
+    scheme
+        The base layout's scheme.
+    n_segments
+        Segments per curve, ``S``.
+    """
+
+    n_segments: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s = self.n_segments
+        if s < 1 or self.n_voltages % s or self.n_blocks % s:
+            raise ValueError(
+                f"{s} segments must divide both {self.n_voltages} folded voltages and "
+                f"{self.n_blocks} units"
+            )
+
+    @classmethod
+    def split(cls, base: BlockLayout, n_segments: int) -> SegmentedLayout:
+        """``base``'s blocks, each split into ``n_segments`` units."""
+        if isinstance(base, SegmentedLayout):
+            raise ValueError("the layout is segmented already")
+        return cls(
+            base.n_voltages * n_segments, base.n_blocks * n_segments, base.scheme, n_segments
+        )
+
+    @cached_property
+    def base(self) -> BlockLayout:
+        """The unsplit voltage blocks."""
+        s = self.n_segments
+        return BlockLayout(self.n_voltages // s, self.n_blocks // s, self.scheme)
+
+    @property
+    def is_even(self) -> bool:
+        return self.base.is_even
+
+    @property
+    def effective_scheme(self) -> str:
+        return self.base.effective_scheme
+
+    @cached_property
+    def block_of_voltage(self) -> np.ndarray:
+        s = self.n_segments
+        folded = np.arange(self.n_voltages)
+        return self.base.block_of_voltage[folded // s] * s + folded % s
+
+    @cached_property
+    def applied_counts(self) -> np.ndarray:
+        return np.repeat(self.base.applied_counts, self.n_segments)
+
+    def fold(self, tensor: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """``(X, Y, V, T, *more)`` -> ``(X, Y, V * S, T / S, *more)`` (a reshape)."""
+        x, y, v, t, *more = tensor.shape
+        if v * self.n_segments != self.n_voltages or t % self.n_segments:
+            raise ValueError(
+                f"a tensor of shape {tuple(tensor.shape)} does not fold into "
+                f"{self.n_segments} segments of {self.n_voltages // self.n_segments} voltages"
+            )
+        return tensor.reshape(x, y, self.n_voltages, t // self.n_segments, *more)
+
+    def unfold(self, tensor: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Inverse of :meth:`fold`."""
+        x, y, _, length, *more = tensor.shape
+        s = self.n_segments
+        return tensor.reshape(x, y, self.n_voltages // s, length * s, *more)
+
+
 def principal_scores(centred: torch.Tensor, q: int) -> torch.Tensor:
     """``(P, q)`` scores ``U[:, :q] * S[:q]`` of the leading principal components of a centred
     ``(P, F)`` matrix, from a float64 eigendecomposition of its smaller Gram matrix.

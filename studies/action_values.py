@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from agents.baselines import UncertaintyPerSecondPolicy, block_errors, block_seconds_table
+from agents.baselines import UncertaintyPerSecondPolicy, block_errors
 
 
 def _replayed_block(env, pixel: int, block: int) -> np.ndarray:
@@ -51,7 +51,7 @@ def _replayed_block(env, pixel: int, block: int) -> np.ndarray:
 def candidate_values(env, actions: np.ndarray) -> np.ndarray:
     """True one-step R^2 gain per second of each flat action, each simulated on a copy of the
     env's reconstructor (the env itself is not changed); 0 for a block whose data is lost."""
-    seconds = block_seconds_table(env)[actions]
+    seconds = env.action_seconds()[actions]
     gains = np.zeros(len(actions))
     for i, action in enumerate(actions):
         pixel, block = divmod(int(action), env.n_blocks)
@@ -67,7 +67,7 @@ def candidate_values(env, actions: np.ndarray) -> np.ndarray:
 def local_error_per_second(env, actions: np.ndarray) -> np.ndarray:
     """The greedy oracle's criterion for each action: the block's current squared
     reconstruction error per second."""
-    return (block_errors(env) / block_seconds_table(env))[actions]
+    return (block_errors(env) / env.action_seconds())[actions]
 
 
 def collect(

@@ -21,8 +21,8 @@ class HangingInstrument:
     def go_to(self, pixel):
         return self.inner.go_to(pixel)
 
-    def measure(self, pixel, voltages):
+    def measure(self, pixel, voltages, reads=None):
         if self.answers <= 0:
             self.release.wait(self.hang_seconds)
         self.answers -= 1
-        return self.inner.measure(pixel, voltages)
+        return self.inner.measure(pixel, voltages, reads)

@@ -7,7 +7,6 @@ import json
 import numpy as np
 
 import train
-from agents.baselines import block_seconds_table
 from agents.ppo import PPOPolicy
 from envs.factory import make_env
 from studies.action_values import candidate_values, collect, main, summarise
@@ -28,7 +27,7 @@ def test_simulated_value_equals_the_gain_of_the_step_and_leaves_the_env_alone():
     before, measured = env.r2_now, env.reconstructor.n_measured
     values = candidate_values(env, actions)
     assert env.r2_now == before and env.reconstructor.n_measured == measured
-    seconds = block_seconds_table(env)[actions[2]]
+    seconds = env.action_seconds()[actions[2]]
     env.step(int(actions[2]))
     assert np.isclose(values[2] * seconds, env.r2_now - before, rtol=1e-6, atol=1e-9)
 

@@ -172,7 +172,7 @@ def test_surprise_tracker_records_each_expected_block_once():
     assert not tracker.record(env.reconstructor)
     np.testing.assert_array_equal(tracker.local_surprise(), 0.0)
     action = int(np.flatnonzero(env.action_masks())[0])
-    pixel, block = env.decode_action(action)
+    pixel, block, _ = env.decode_action(action)
     tracker.expect(env.reconstructor, pixel, block, 1.0)
     assert not tracker.record(env.reconstructor)  # not measured yet: dropped
     tracker.expect(env.reconstructor, pixel, block, 1.0)
@@ -188,7 +188,6 @@ def test_surprise_tracker_records_each_expected_block_once():
 def test_energy_policy_scores_the_surprise_heuristic_times_the_pixel_energy():
     """gp-energy-surprise-per-second picks the valid block whose surprise-heuristic score times
     its pixel's estimated energy is largest, at every step (the two heuristics then differ)."""
-    from agents.baselines import block_seconds_table
     from envs.energy import pixel_energy
 
     env = small_env(budget_fraction=0.5)
@@ -203,9 +202,9 @@ def test_energy_policy_scores_the_surprise_heuristic_times_the_pixel_energy():
         surprise = np.exp(0.25 * energy_policy.tracker.local_surprise())
         variance = env.reconstructor.uncertainty().numpy().reshape(-1)
         pixel_factor = np.repeat(surprise * pixel_energy(env.reconstructor), env.n_blocks)
-        scores = np.where(mask, variance / block_seconds_table(env) * pixel_factor, -np.inf)
+        scores = np.where(mask, variance / env.action_seconds() * pixel_factor, -np.inf)
         assert action == int(np.argmax(scores))
-        surprise_only = variance / block_seconds_table(env) * np.repeat(surprise, env.n_blocks)
+        surprise_only = variance / env.action_seconds() * np.repeat(surprise, env.n_blocks)
         without_energy = np.where(mask, surprise_only, -np.inf)
         differs += action != int(np.argmax(without_energy))
         obs, _, terminated, _, info = env.step(action)
@@ -254,7 +253,6 @@ def test_calibrated_energy_policy_weighs_the_energy_by_its_fitted_power():
     """gp-calibrated-energy-per-second starts as gp-surprise-per-second (no data, power 0) and
     then scores surprise heuristic x energy^power with the power fitted on the episode's
     blocks; on the twin that power becomes positive, and stays within [0, 1]."""
-    from agents.baselines import block_seconds_table
     from envs.energy import energy_exponent, pixel_energy, relative_log_energy
 
     env = small_env(budget_fraction=0.5)
@@ -277,7 +275,7 @@ def test_calibrated_energy_policy_weighs_the_energy_by_its_fitted_power():
         energy = np.exp(power * relative_log_energy(pixel_energy(env.reconstructor)))
         variance = env.reconstructor.uncertainty().numpy().reshape(-1)
         factor = np.repeat(surprise * energy, env.n_blocks)
-        scores = np.where(mask, variance / block_seconds_table(env) * factor, -np.inf)
+        scores = np.where(mask, variance / env.action_seconds() * factor, -np.inf)
         assert action == int(np.argmax(scores))
         powers.append(power)
     assert 0.0 <= min(powers) and max(powers) <= 1.0 and max(powers) > 0.2

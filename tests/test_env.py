@@ -191,7 +191,7 @@ def test_block_seconds_predicts_charged_seconds():
 def test_action_encoding_round_trip_and_types():
     env = make_env()
     env.reset(seed=0)
-    assert env.decode_action(env.encode_action(13, 3)) == (13, 3)
+    assert env.decode_action(env.encode_action(13, 3)) == (13, 3, 0)
     assert env.encode_action(13, 3) == 13 * 4 + 3
     # NumPy and 0-d integer arrays are accepted.
     env.step(np.int64(5))
@@ -371,7 +371,7 @@ def test_surprise_plane_is_the_trackers_local_surprise_of_the_steps_taken():
     rng = np.random.default_rng(0)
     for _ in range(15):
         action = int(rng.choice(np.flatnonzero(env.action_masks())))
-        pixel, block = env.decode_action(action)
+        pixel, block, _ = env.decode_action(action)
         variance = float(env.reconstructor.uncertainty()[pixel, block])
         tracker.expect(env.reconstructor, pixel, block, variance)
         obs, _, terminated, _, _ = env.step(action)

@@ -71,8 +71,8 @@ def test_server_that_stops_answering_times_out_clearly(dataset):
 
 
 class _WrongShapeInstrument(HangingInstrument):
-    def measure(self, pixel, voltages):
-        values, seconds = self.inner.measure(pixel, voltages)
+    def measure(self, pixel, voltages, reads=None):
+        values, seconds = self.inner.measure(pixel, voltages, reads)
         return values[:, :-1], seconds
 
 

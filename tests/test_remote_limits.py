@@ -92,7 +92,7 @@ def _error(status_headers_body: tuple[int, http.client.HTTPMessage, bytes]) -> t
 
 def _describe_answers(url: str, within: float = 2.0) -> bool:
     status, _, body = _request(url, "GET", "/describe", timeout=within)
-    return status == 200 and json.loads(body)["protocol"] == "pfm-instrument/1"
+    return status == 200 and json.loads(body)["protocol"] == "pfm-instrument/2"
 
 
 # ============================================================================ sizes and lists

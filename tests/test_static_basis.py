@@ -45,7 +45,9 @@ def test_spec_syntax_and_defaults():
     custom = make_policy("static-basis:0.25,2")
     assert (custom.full_fraction, custom.blocks_per_pixel) == (0.25, 2)
     assert make_policy("static-basis:0.05").blocks_per_pixel == 1
-    for bad in ("static-basis:1.5", "static-basis:0.1,0", "static-basis:x", "static-basis:0.1,2,3"):
+    bad_specs = ("static-basis:1.5", "static-basis:0.1,0", "static-basis:x",
+                 "static-basis:0.1,2,3,4", "static-basis:0.1,1,0")
+    for bad in bad_specs:
         with pytest.raises(ValueError, match="static-basis|full_fraction|blocks_per_pixel"):
             make_policy(bad)
     env = _env()
