@@ -547,9 +547,24 @@ class LowRankGP(Reconstructor):
         table over the ``2^nb`` measured patterns made at the refit (the step's hot path)."""
         if self._pattern_error is not None:
             return self._pattern_error[measured.to(torch.long) @ self._pattern_bits]
-        return torch.where(
-            measured[:, :, None], self._single_block_error[None], torch.inf
+        # Pixels share few measured patterns (read windows read prefixes of a block's curve
+        # segments), so each distinct pattern is computed once: the (P, nb, nb) minimum was half
+        # of a step's time with 64 units.
+        nb = measured.shape[1]
+        if nb <= 64:  # one int64 key per row (bit 63 wraps to the sign: still one key per row)
+            bits = torch.ones(nb, dtype=torch.long, device=measured.device) << torch.arange(
+                nb, device=measured.device
+            )
+            keys, first = torch.unique(measured.to(torch.long) @ bits, return_inverse=True)
+            rows = torch.zeros(keys.numel(), dtype=torch.long, device=measured.device)
+            rows[first] = torch.arange(measured.shape[0], device=measured.device)
+            patterns, inverse = measured[rows], first
+        else:
+            patterns, inverse = torch.unique(measured, dim=0, return_inverse=True)
+        errors = torch.where(
+            patterns[:, :, None], self._single_block_error[None], torch.inf
         ).amin(1)
+        return errors[inverse]
 
     def _cache_block_errors(self) -> None:
         """Per-refit constants of :meth:`uncertainty`: each block's share of the coefficient
