@@ -264,3 +264,16 @@ def test_units_reconstruct_like_blocks_when_curves_are_read_in_full():
             for block in range(env.n_blocks):
                 env.step(env.encode_action(pixel, block))
     torch.testing.assert_close(plain.estimate(), windowed.estimate())
+
+
+def test_evaluate_takes_windows_and_the_twin_setting():
+    import evaluate
+
+    args = evaluate.parse_args(["--read-windows", "16,128", "--twin-setting", "relaxation-rich"])
+    evaluate.check_args(args)
+    kwargs = evaluate._env_kwargs(args, "twin", 100000)
+    assert kwargs["read_windows"] == [16, 128]
+    assert kwargs["twin_overrides"]["wall_creep"] == 5.0
+    with pytest.raises(ValueError, match="--read-windows"):
+        evaluate.check_args(evaluate.parse_args(["--read-windows", "16,x"]))
+    assert evaluate.main(["--read-windows", "0,128", "--agents", "random", "--seeds", "1"]) == 2
