@@ -192,7 +192,7 @@ def check_args(args: EvaluateArgs) -> list[float]:
     from agents.report import CHALLENGE_TARGET, summary_targets
     from reconstruct import reconstructor_names
 
-    if not _names(args.agents):
+    if not agent_specs(args.agents):
         raise ValueError("--agents: no agent given")
     if not _names(args.data):
         raise ValueError("--data: no data source given")
@@ -256,6 +256,19 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def agent_specs(text: str) -> list[str]:
+    """``--agents`` as policy specs: comma-separated, where an entry that starts with a digit
+    or a point continues the argument before it, so ``static-basis:0.05,1,8,random`` is
+    ``static-basis:0.05,1,8`` and ``random``."""
+    specs: list[str] = []
+    for entry in _names(text):
+        if specs and (entry[0].isdigit() or entry[0] == "."):
+            specs[-1] += "," + entry
+        else:
+            specs.append(entry)
+    return specs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -283,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "errors.log").unlink(missing_ok=True)  # an earlier run's, not this one's
-        specs = _names(args.agents)
+        specs = agent_specs(args.agents)
         policies = [make_policy(spec) for spec in specs]
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -128,14 +128,49 @@ class StaticSubsamplePolicy(OrderedPolicy):
         return whole_curve_actions(self.env, cells.T.reshape(-1))
 
 
+def window_values(env, uncertainty: np.ndarray) -> np.ndarray:
+    """Posterior variance each action removes, per feature of a whole block, flat in action
+    order: the variance of the reads it takes (:meth:`AcquisitionEnv.window_gain`) and, for a
+    window that stops short of the end of the curve, the variance it removes from the rest of
+    those curves, where the reconstructor can say how well it predicts them
+    (``error_given_measured``, the low-rank models). Without the second part a short window is
+    credited with its own few reads only, although it pins the pixel's coefficients, and through
+    them the rest of its curves; with one read window the two parts are the first alone."""
+    uncertainty = np.asarray(uncertainty, dtype=np.float64)
+    values = env.window_gain(uncertainty)
+    reconstructor = env.reconstructor
+    if env.n_windows == 1 or not hasattr(reconstructor, "error_given_measured"):
+        return values
+    n_pixels, n_segments = env.n_pixels, env.n_segments
+    values = values.reshape(n_pixels, env.n_blocks, env.n_windows)
+    valid = env.action_masks().reshape(values.shape)
+    have = env.unit_measured
+    for window, reads_to in enumerate(env.read_windows.segments[:-1]):
+        for block in range(env.n_blocks):
+            first = block * n_segments
+            after = have.copy()
+            after[:, first : first + reads_to] = True
+            error = reconstructor.error_given_measured(torch.from_numpy(after))
+            error = error.detach().cpu().numpy()
+            rest = slice(first + reads_to, first + n_segments)
+            removed = (uncertainty[:, rest] - np.minimum(error[:, rest], uncertainty[:, rest]))
+            removed = np.where(have[:, rest], 0.0, removed).sum(1) / n_segments
+            values[:, block, window] += np.where(valid[:, block, window], removed, 0.0)
+    return values.reshape(-1)
+
+
 class UncertaintyPolicy(Policy):
-    """Measures the block with the largest posterior variance ("uncertainty exploration")."""
+    """Measures the block with the largest posterior variance ("uncertainty exploration").
+
+    With read windows, an action's score is the variance it removes from the reads it takes and
+    from the rest of those curves (:func:`window_values`)."""
 
     name = "gp-uncertainty"
 
     def scores(self) -> np.ndarray:
         """Posterior variance each action would remove (per feature of a whole block)."""
-        return self.env.window_gain(self.env.reconstructor.uncertainty())
+        uncertainty = self.env.reconstructor.uncertainty().detach().cpu().numpy()
+        return window_values(self.env, uncertainty)
 
     def act(self, observation, action_mask):
         return _masked_argmax(self.scores(), action_mask)
@@ -196,7 +231,7 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
         reconstructor = self.env.reconstructor
         self.tracker.record(reconstructor)  # the block chosen last time is measured by now
         uncertainty = reconstructor.uncertainty().detach().cpu().numpy()
-        scores = self.env.window_gain(uncertainty) / self.env.action_seconds()
+        scores = window_values(self.env, uncertainty) / self.env.action_seconds()
         scores = scores * np.repeat(self.pixel_factor(), self.env.n_blocks * self.env.n_windows)
         action = _masked_argmax(scores, action_mask)
         pixel, unit = first_new_unit(self.env, action)
@@ -440,6 +475,15 @@ class StaticBasisPolicy(OrderedPolicy):
         self.full_fraction = float(full_fraction)
         self.blocks_per_pixel = int(blocks_per_pixel)
         self.reads = reads
+
+    @property
+    def label(self) -> str:
+        """``static-basis`` with its arguments when they are not the defaults (so two designs
+        can be compared in one run)."""
+        if (self.full_fraction, self.blocks_per_pixel, self.reads) == (0.1, 1, None):
+            return self.name
+        argument = f"{self.full_fraction:g},{self.blocks_per_pixel}"
+        return f"{self.name}:{argument}" + ("" if self.reads is None else f",{self.reads}")
 
     def partial_window(self) -> int:
         """The read window of the partly measured pixels' blocks."""

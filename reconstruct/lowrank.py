@@ -541,6 +541,17 @@ class LowRankGP(Reconstructor):
         var = torch.where(measured.any(1, keepdim=True), self._error_given_measured(measured), var)
         return (var * unmeasured).to(self.dtype)
 
+    def error_given_measured(self, measured: torch.Tensor) -> torch.Tensor:
+        """``(m, nb)`` the per-feature error of each block of a pixel whose measured blocks are
+        the rows of ``measured`` ``(m, nb)`` bool: the cross-validated error of predicting it
+        from the best measured block (0 where measured, ``inf`` for a row with none). A policy
+        asks it what a measurement would teach about the rest of its pixel; before the first
+        basis there is no such error, and every entry is ``inf``."""
+        measured = torch.as_tensor(measured, dtype=torch.bool, device=self.device)
+        if self.basis is None:
+            return torch.where(measured, 0.0, torch.inf).to(torch.float64)
+        return torch.where(measured, 0.0, self._error_given_measured(measured))
+
     def _error_given_measured(self, measured: torch.Tensor) -> torch.Tensor:
         """``(P, nb)`` cross-validated error of each block predicted from the best measured
         block of its pixel (``inf`` where none is measured). With few blocks, read from a

@@ -121,3 +121,9 @@ def test_acts_only_on_valid_actions_through_an_episode():
         assert info["action_mask"][action]
         observation, _, terminated, _, info = env.step(action)
         assert not info["repeated"]
+
+
+def test_label_names_a_design_other_than_the_default():
+    assert make_policy("static-basis").label == "static-basis"
+    assert make_policy("static-basis:0.05,1,8").label == "static-basis:0.05,1,8"
+    assert make_policy("static-basis:0.25,2").label == "static-basis:0.25,2"

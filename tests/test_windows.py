@@ -277,3 +277,13 @@ def test_evaluate_takes_windows_and_the_twin_setting():
     with pytest.raises(ValueError, match="--read-windows"):
         evaluate.check_args(evaluate.parse_args(["--read-windows", "16,x"]))
     assert evaluate.main(["--read-windows", "0,128", "--agents", "random", "--seeds", "1"]) == 2
+
+
+def test_agent_specs_keep_the_commas_of_a_policy_argument():
+    import evaluate
+
+    assert evaluate.agent_specs("static-basis:0.05,1,8,random, gp-uncertainty") == [
+        "static-basis:0.05,1,8",
+        "random",
+        "gp-uncertainty",
+    ]
