@@ -13,6 +13,7 @@ Instruments: ``http://HOST:PORT`` (a server speaking the protocol of :mod:`envs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import numpy as np
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.n_records} measurements, {result.seconds / 3600:.3f} h, estimated R^2 "
         f"{result.r2_estimate:.4f}{true}"
     )
+    dynamics = json.loads(result.summary.read_text()).get("r2_dynamics_true")
+    if dynamics is not None:
+        print(f"dynamics R^2 (relaxation part alone) against the reference {dynamics:.4f}")
     print(f"session {result.session}\nreconstruction {result.reconstruction}\n"
           f"summary {result.summary}\nfigure {result.figure}")
     return 0

@@ -57,6 +57,7 @@ from envs.observation import ObservationSpec
 from envs.remote import InstrumentError, RemoteInstrument
 from envs.session import KIND_CHECK, KIND_INITIAL, KIND_POLICY, Records, Session, SessionError
 from reconstruct.base import BlockLayout
+from reconstruct.metrics import dynamics_r2
 from reconstruct.registry import make_reconstructor
 
 
@@ -251,6 +252,7 @@ class _Experiment:
         # file before the reconstruction sees it.
         self.env.reset(seed=config.seed, options={"initial_design": False})
         self.reference_blocks = None
+        self.reference = reference
         if reference is not None:
             self.reference_blocks = self.env._to_blocks(reference.data)
 
@@ -490,6 +492,7 @@ class _Experiment:
             "r2_estimate": self.r2_estimate,
             "estimate": self.config.estimate,
             "r2_true": None if not np.isfinite(self.r2_true) else self.r2_true,
+            **self._dynamics_scores(estimate),
             "config": self.config.stored(),
         }
         paths["summary"].write_text(json.dumps(summary, indent=2))
@@ -499,6 +502,19 @@ class _Experiment:
             reason, self.session.n_records, self.env.seconds_used, self.r2_estimate,
             self.r2_true, self.session.path, **paths,
         )
+
+    def _dynamics_scores(self, estimate: np.ndarray) -> dict[str, float]:
+        """With a reference and a time axis: the dynamics R^2 (the relaxation part alone,
+        :func:`reconstruct.metrics.dynamics_r2`) against the reference's data and, for a twin,
+        its noise-free truth, beside the tensor R^2."""
+        reference = self.reference
+        if reference is None or estimate.ndim < 4 or estimate.shape[3] < 2:
+            return {}
+        scores = {"r2_dynamics_true": dynamics_r2(reference.data, estimate)}
+        if reference.truth is not None:
+            truth = np.where(np.isfinite(reference.data), reference.truth, np.nan)
+            scores["r2_dynamics_truth"] = dynamics_r2(truth, estimate)
+        return scores
 
     def _figure(self, path: Path, estimate: np.ndarray, uncertainty: np.ndarray) -> None:
         import matplotlib

@@ -4,6 +4,7 @@ uninterrupted run, the accuracy estimate tracks the true R^2, bad readings stop 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -93,6 +94,10 @@ def test_reference_session_writes_outputs(reference):
     assert result.figure.exists() and result.summary.exists()
     with Session.open(result.session) as session:
         assert session.status.startswith("finished")
+    # the relaxation is scored beside the tensor R^2 when a reference is known
+    summary = json.loads(result.summary.read_text())
+    assert -1.0 < summary["r2_dynamics_true"] <= 1.0
+    assert "r2_dynamics_truth" in summary
 
 
 @pytest.mark.slow  # a fresh interpreter and a paced run: about 20 s each on 2 shared cores
