@@ -217,7 +217,9 @@ def check_args(args: EvaluateArgs) -> list[float]:
             f"--read-windows: not a comma-separated list of whole numbers: {args.read_windows!r}"
         ) from None
     if args.twin_setting not in TWIN_SETTINGS:
-        raise ValueError(f"--twin-setting: one of {sorted(TWIN_SETTINGS)}, got {args.twin_setting!r}")
+        raise ValueError(
+            f"--twin-setting: one of {sorted(TWIN_SETTINGS)}, got {args.twin_setting!r}"
+        )
     if args.reconstructor not in reconstructor_names():
         known = ", ".join(reconstructor_names())
         raise ValueError(f"--reconstructor: unknown {args.reconstructor!r} (known: {known})")

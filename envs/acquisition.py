@@ -69,8 +69,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
       the env's :class:`envs.observation.ObservationSpec` (``env.observation_spec``): the
       measured mask of each block, the reconstruction's leading spectral component maps, the
       predictive uncertainty of each block (with read windows: of each *unit*, a block's curve
-      segment, ``unit = block * n_segments + segment``), the optional planes it names (local surprise, log
-      pixel energy, calibrated energy) and the tip position (one-hot), always last.
+      segment, ``unit = block * n_segments + segment``), the optional planes it names (local
+      surprise, log pixel energy, calibrated energy) and the tip position (one-hot), always last.
     - ``"scalars"``: ``Box(0, 1, (3,), float32)``: fraction of the budget used (clipped at 1),
       fraction of units measured, and the recent change of the reconstruction (relative change
       of the component maps over the last step, sign-aligned, clipped at 1).
@@ -119,7 +119,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     ``"n_measurements"`` (blocks measured, initial design included), ``"repeated"``,
     ``"nan_block"`` (the measured values held NaN: time charged, block marked measured, values
     not given to the reconstructor), ``"action_mask"`` (int8), ``"pixel"``, ``"block"`` and
-    ``"window"`` of the step (-1 at reset). No wall-clock values unless ``cost={"algorithm_clock": "wall"}``.
+    ``"window"`` of the step (-1 at reset). No wall-clock values unless
+    ``cost={"algorithm_clock": "wall"}``.
 
     Arguments
     ---------
@@ -431,9 +432,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         """Flat action of (pixel, block, window): ``(pixel * n_blocks + block) * n_windows +
         window``; ``window`` defaults to the last, the whole curve."""
         window = self.n_windows - 1 if window is None else int(window)
-        if not (
-            0 <= pixel < self.n_pixels and 0 <= block < self.n_blocks and 0 <= window < self.n_windows
-        ):
+        inside = 0 <= pixel < self.n_pixels and 0 <= block < self.n_blocks
+        if not (inside and 0 <= window < self.n_windows):
             raise ValueError(
                 f"(pixel {pixel}, block {block}, window {window}) outside "
                 f"[0, {self.n_pixels}) x [0, {self.n_blocks}) x [0, {self.n_windows})"

@@ -8,6 +8,11 @@ import pytest
 import evaluate
 
 
+def _short_twin_overrides(grid, setting="default"):
+    """Twin samples with 16 read-outs: episodes take a fraction of a second."""
+    return {"grid": [grid, grid], "n_times": 16}
+
+
 def test_evaluate_writes_results_and_figures(tmp_path, capsys, monkeypatch):
     out = tmp_path / "eval"
     argv = [
@@ -25,7 +30,7 @@ def test_evaluate_writes_results_and_figures(tmp_path, capsys, monkeypatch):
         str(out),
     ]
     monkeypatch.setattr(
-        evaluate, "_twin_overrides", lambda grid, setting="default": {"grid": [grid, grid], "n_times": 16},
+        evaluate, "_twin_overrides", _short_twin_overrides
     )
     assert evaluate.main(argv) == 0
     printed = capsys.readouterr().out
@@ -64,7 +69,7 @@ def test_evaluate_writes_results_and_figures(tmp_path, capsys, monkeypatch):
 
 def test_evaluate_is_deterministic_for_a_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        evaluate, "_twin_overrides", lambda grid, setting="default": {"grid": [grid, grid], "n_times": 16},
+        evaluate, "_twin_overrides", _short_twin_overrides
     )
     results = []
     for run in ("a", "b"):
@@ -139,7 +144,7 @@ FAST = ["--grid", "8", "--budget-fraction", "0.3", "--charge-decisions", "none"]
 def small_twin(monkeypatch):
     """Twin samples with 16 read-outs: episodes take a fraction of a second."""
     monkeypatch.setattr(
-        evaluate, "_twin_overrides", lambda grid, setting="default": {"grid": [grid, grid], "n_times": 16},
+        evaluate, "_twin_overrides", _short_twin_overrides
     )
 
 

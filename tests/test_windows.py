@@ -93,8 +93,8 @@ def test_replay_reads_the_first_points_of_each_curve():
     for bad, error in ((0, ValueError), (17, ValueError), (2.5, TypeError)):
         with pytest.raises(error, match="reads"):
             replay.measure(7, np.array([0]), reads=bad)
-    flat = Dataset(np.ones((3, 3, 4), np.float32), [Axis("x", np.arange(3)), Axis("y", np.arange(3)),
-                                                     Axis("voltage", np.arange(4))])
+    axes = [Axis("x", np.arange(3)), Axis("y", np.arange(3)), Axis("voltage", np.arange(4))]
+    flat = Dataset(np.ones((3, 3, 4), np.float32), axes)
     with pytest.raises(ValueError, match="no time axis"):
         ReplayInstrument(flat, CostModel()).measure(0, np.array([0]), reads=1)
 
