@@ -289,7 +289,6 @@ class _Experiment:
         # last closed round's audited / calibrated error, a passed round, where the last ended.
         self._audit_open: tuple[AuditPlan, int] | None = None
         self._audit_correction: float | None = None
-        self._audit_margin = 0.0  # the last failed round's estimate minus its lower bound
         self._audit_passed: AuditResult | None = None
         self._last_audit_end = 0
         self._last_arrival = time.perf_counter()
@@ -485,19 +484,16 @@ class _Experiment:
             recon.measured.cpu().numpy() | rejected,
         )
         self._audit_correction = result.error / calibrated if calibrated > 0 else 1.0
-        self._audit_margin = result.r2 - result.lower
         for (pixel, block), block_values in zip(plan.pairs, values, strict=True):
             self._add(int(pixel), int(block), block_values)
 
     def _audited_stop(self) -> str | None:
-        """With the estimate "sampled", a target reached is checked by an audit round: when the
-        estimate, less the last failed round's margin to its lower bound (so that the next
-        round is likely to pass), reaches the target; at most one per ``audit_draws // 2``
-        records, and none once another stop rule holds."""
+        """With the estimate "sampled", a target reached is checked by an audit round (at most
+        one per ``audit_draws // 2`` records, and none once another stop rule holds)."""
         env, config = self.env, self.config
         limit = config.max_measurements
         if self._audit_passed is None and not (
-            self.r2_estimate - self._audit_margin < config.stop_r2
+            self.r2_estimate < config.stop_r2
             or self.session.n_records - self._last_audit_end < config.audit_draws // 2
             or env.seconds_used >= env.budget_seconds
             or env.measured.all()
