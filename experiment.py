@@ -47,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--initial-stride", type=int, default=defaults.initial_stride)
     run.add_argument("--check-blocks", type=int, default=defaults.check_blocks,
                      help="held-back blocks that calibrate the accuracy estimate")
-    run.add_argument("--estimate", choices=ESTIMATES, default=defaults.estimate)
+    run.add_argument("--estimate", choices=ESTIMATES, default=defaults.estimate,
+                     help="accuracy estimate; 'sampled' verifies a stop with an audit round")
+    run.add_argument("--audit-draws", type=int, default=defaults.audit_draws,
+                     help="blocks drawn per audit round (estimate 'sampled')")
     run.add_argument("--estimate-every", type=int, default=defaults.estimate_every)
     run.add_argument("--max-measurements", type=int, default=None)
     run.add_argument(

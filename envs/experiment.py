@@ -48,14 +48,33 @@ from typing import Any
 
 import numpy as np
 
-from envs.accuracy_estimate import ESTIMATES, choose_check_blocks, estimate_r2
+from envs.accuracy_estimate import (
+    ESTIMATES,
+    AuditPlan,
+    AuditResult,
+    audit_r2,
+    calibrated_error,
+    choose_check_blocks,
+    error_weights,
+    estimate_r2,
+    plan_audit,
+    projected_r2,
+)
 from envs.acquisition import AcquisitionEnv
 from envs.cost import CostModel
 from envs.dataset import Axis, Dataset
 from envs.instrument import Instrument, PacedInstrument, ReplayInstrument
 from envs.observation import ObservationSpec
 from envs.remote import InstrumentError, RemoteInstrument
-from envs.session import KIND_CHECK, KIND_INITIAL, KIND_POLICY, Records, Session, SessionError
+from envs.session import (
+    KIND_AUDIT,
+    KIND_CHECK,
+    KIND_INITIAL,
+    KIND_POLICY,
+    Records,
+    Session,
+    SessionError,
+)
 from reconstruct.base import BlockLayout
 from reconstruct.metrics import dynamics_r2
 from reconstruct.registry import make_reconstructor
@@ -110,7 +129,8 @@ class ExperimentConfig:
     block_scheme: str = "spread"
     initial_stride: int = 6
     check_blocks: int = 48
-    estimate: str = "calibrated"
+    estimate: str = "sampled"
+    audit_draws: int = 96
     estimate_every: int = 10
     max_measurements: int | None = None
     algorithm_clock: str = "wall"
@@ -141,6 +161,8 @@ class ExperimentConfig:
             raise ValueError(f"on_nan must be 'skip' or 'stop', got {self.on_nan!r}")
         if self.estimate_every < 1 or self.check_blocks < 0:
             raise ValueError("estimate_every must be >= 1 and check_blocks >= 0")
+        if self.audit_draws < 2:
+            raise ValueError(f"audit_draws must be >= 2, got {self.audit_draws}")
 
     def stored(self) -> dict[str, Any]:
         """JSON-safe settings for the session file."""
@@ -265,6 +287,12 @@ class _Experiment:
         self.r2_estimate = float("nan")
         self.r2_true = float("nan")
         self.trace: list[tuple[float, float, float]] = []  # (seconds, estimate, true)
+        # Audit rounds (estimate "sampled"): the open round and the record it started at, the
+        # last closed round's audited / calibrated error, a passed round, where the last ended.
+        self._audit_open: tuple[AuditPlan, int] | None = None
+        self._audit_correction: float | None = None
+        self._audit_passed: AuditResult | None = None
+        self._last_audit_end = 0
         self._last_arrival = time.perf_counter()
         self._decision_ms = float("nan")
 
@@ -332,8 +360,11 @@ class _Experiment:
                 self.r2_estimate, self.r2_true = estimate, true
         if initial.sum() == self.env.initial_pixels.size * self.env.n_blocks:
             self._add_initial(records)
-        for i in np.flatnonzero(records.kind == KIND_POLICY):
-            self._add(int(records.pixel[i]), int(records.block[i]), records.values[i])
+        for i in np.flatnonzero(np.isin(records.kind, (KIND_POLICY, KIND_AUDIT))):
+            if records.kind[i] == KIND_POLICY:
+                self._add(int(records.pixel[i]), int(records.block[i]), records.values[i])
+            else:
+                self._replay_audit(records, int(i))
         if len(records):
             last = int(records.pixel[-1])
             if self.instrument.tip_pixel != last:
@@ -372,18 +403,118 @@ class _Experiment:
         store it on the last record."""
         self._estimate_stored_on_last_record = True
         recon = self.env.reconstructor
-        self.r2_estimate = estimate_r2(
-            self.config.estimate, recon.estimate_blocks(), recon.uncertainty(),
-            recon.measured.cpu().numpy() | self.rejected, self.check_pairs, self.check_values,
+        seen = recon.measured.cpu().numpy() | self.rejected
+        arguments = (
+            recon.estimate_blocks(), recon.uncertainty(), seen, self.check_pairs, self.check_values
         )
+        if self.config.estimate == "sampled" and self._audit_correction is not None:
+            # Between audit rounds: the calibrated estimate, corrected as the last round found.
+            self.r2_estimate = projected_r2(*arguments, self._audit_correction)
+        else:
+            self.r2_estimate = estimate_r2(self.config.estimate, *arguments)
         if self.reference_blocks is not None:
             self.r2_true = float(recon.r2(self.reference_blocks))
         self.session.set_estimate(self.r2_estimate, self.r2_true)
         self.trace.append((self.env.instrument_seconds, self.r2_estimate, self.r2_true))
 
+    # ------------------------------------------------------------------ audit rounds
+    def _plan_audit(self, records: Records, start: int) -> AuditPlan:
+        """The audit round starting at record ``start``: drawn from the blocks not measured by
+        then, with the reconstructor as it stands (the same on a replay), seeded by the seed and
+        ``start``."""
+        recon = self.env.reconstructor
+        taken = np.zeros_like(self.env.measured)
+        taken[records.pixel[:start], records.block[:start]] = True
+        weights = error_weights(recon.estimate_blocks(), recon.uncertainty(), recon.measured)
+        return plan_audit(weights, ~taken, self.config.audit_draws, [self.config.seed, start, 1])
+
+    def _replay_audit(self, records: Records, i: int) -> None:
+        """Record ``i`` is an audit block: open its round on the first, close it on the last."""
+        if self._audit_open is None:
+            self._audit_open = (self._plan_audit(records, i), i)
+        plan, start = self._audit_open
+        expected = tuple(plan.pairs[i - start])
+        if (int(records.pixel[i]), int(records.block[i])) != expected:
+            raise SessionError(
+                f"record {i} measured pixel {records.pixel[i]} block {records.block[i]} but the "
+                f"audit round from record {start} draws {expected}; was the file edited?"
+            )
+        if i - start + 1 == len(plan.pairs):
+            # A crash between the last block and its estimate: store it now, as the run would.
+            missing = i == len(records) - 1 and not np.isfinite(records.r2_estimate[i])
+            self._close_audit(records, i + 1, store=missing)
+
+    def _audit(self) -> None:
+        """Measure what is missing of the open round (a new one if none is open), then close it."""
+        if self._audit_open is None:
+            start = self.session.n_records
+            self._audit_open = (self._plan_audit(self.session.records(), start), start)
+        plan, start = self._audit_open
+        for pixel, block in plan.pairs[self.session.n_records - start :]:
+            self._measure(int(pixel), int(block), KIND_AUDIT, self._algorithm_seconds())
+        records = self.session.records()
+        self._close_audit(records, len(records), store=True)
+
+    def _close_audit(self, records: Records, end: int, store: bool) -> None:
+        """Score the open round; if its lower bound misses the target, its blocks go to the
+        reconstruction (in raster order, as on a replay) and the round's audited / calibrated
+        error corrects the estimate until the next one. ``store``: write the estimate on the
+        last record (a replay reads it back instead). ``end``: the round's last record + 1."""
+        plan, start = self._audit_open
+        self._audit_open = None
+        self._last_audit_end = end
+        values = records.values[start:end]
+        recon = self.env.reconstructor
+        estimate = recon.estimate_blocks()
+        result = audit_r2(estimate, plan, values, self.check_pairs, self.check_values)
+        if store:
+            self.r2_estimate = result.r2
+            if self.reference_blocks is not None:
+                self.r2_true = float(recon.r2(self.reference_blocks))
+            self.session.set_estimate(self.r2_estimate, self.r2_true)
+            self.trace.append((self.env.instrument_seconds, self.r2_estimate, self.r2_true))
+            self._estimate_stored_on_last_record = True
+        if self.config.stop_r2 is not None and result.lower >= self.config.stop_r2:
+            self._audit_passed = result
+            return
+        # Rejected blocks as the run knew them then (a replay knows the later ones too).
+        rejected = np.zeros_like(self.rejected)
+        bad = ~np.isfinite(records.values[:end]).all(1)
+        rejected[records.pixel[:end][bad], records.block[:end][bad]] = True
+        calibrated = calibrated_error(
+            estimate, recon.uncertainty(), self.check_pairs, self.check_values,
+            recon.measured.cpu().numpy() | rejected,
+        )
+        self._audit_correction = result.error / calibrated if calibrated > 0 else 1.0
+        for (pixel, block), block_values in zip(plan.pairs, values, strict=True):
+            self._add(int(pixel), int(block), block_values)
+
+    def _audited_stop(self) -> str | None:
+        """With the estimate "sampled", a target reached is checked by an audit round (at most
+        one per ``audit_draws // 2`` records, and none once another stop rule holds)."""
+        env, config = self.env, self.config
+        limit = config.max_measurements
+        if self._audit_passed is None and not (
+            self.r2_estimate < config.stop_r2
+            or self.session.n_records - self._last_audit_end < config.audit_draws // 2
+            or env.seconds_used >= env.budget_seconds
+            or env.measured.all()
+            or (limit is not None and self.session.n_records >= limit)
+        ):
+            self._audit()
+        if (passed := self._audit_passed) is None:
+            return None
+        return (
+            f"audited R^2 {passed.r2:.3f} (lower bound {passed.lower:.3f}) reached the target "
+            f"{config.stop_r2}"
+        )
+
     def stop_reason(self) -> str | None:
         env, config = self.env, self.config
-        if config.stop_r2 is not None and self.r2_estimate >= config.stop_r2:
+        if config.stop_r2 is not None and config.estimate == "sampled":
+            if (audited := self._audited_stop()) is not None:
+                return audited
+        elif config.stop_r2 is not None and self.r2_estimate >= config.stop_r2:
             return f"estimated R^2 {self.r2_estimate:.3f} reached the target {config.stop_r2}"
         if env.seconds_used >= env.budget_seconds:
             return f"budget of {config.budget_hours:g} h spent"
@@ -414,8 +545,10 @@ class _Experiment:
 
         self.replay_records()
         self.measure_initial_and_checks()
+        if self._audit_open is not None:  # interrupted during an audit round: finish it
+            self._audit()
         records = self.session.records()
-        self._n_before_policy = int((records.kind != KIND_POLICY).sum())
+        self._n_before_policy = int(np.isin(records.kind, (KIND_INITIAL, KIND_CHECK)).sum())
         self._estimate_stored_on_last_record = bool(
             len(records) and np.isfinite(records.r2_estimate[-1])
         )
@@ -446,7 +579,8 @@ class _Experiment:
 
     @property
     def n_policy_records(self) -> int:
-        """Blocks the policy chose so far in this session (a resume counts the earlier ones)."""
+        """Blocks the policy (and audit rounds) chose so far in this session (a resume counts
+        the earlier ones)."""
         return self.session.n_records - self._n_before_policy
 
     def _progress_text(self) -> str:
@@ -491,6 +625,8 @@ class _Experiment:
             ) / 3600,
             "r2_estimate": self.r2_estimate,
             "estimate": self.config.estimate,
+            "r2_lower_bound": None if self._audit_passed is None else self._audit_passed.lower,
+            "audit_measurements": int((self.session.records().kind == KIND_AUDIT).sum()),
             "r2_true": None if not np.isfinite(self.r2_true) else self.r2_true,
             **self._dynamics_scores(estimate),
             "config": self.config.stored(),

@@ -15,7 +15,8 @@ Root attributes
 Record datasets (one row per measurement, growing along axis 0)
     ``values`` ``(N, F_b)`` float32 (the block's voltage slots x remaining spectral entries, C
     order; see ``reconstruct.BlockLayout``),
-    ``block``, ``kind`` (:data:`KIND_INITIAL`, :data:`KIND_CHECK`, :data:`KIND_POLICY`),
+    ``block``, ``kind`` (:data:`KIND_INITIAL`, :data:`KIND_CHECK`, :data:`KIND_POLICY`,
+    :data:`KIND_AUDIT`),
     ``instrument_seconds``, ``algorithm_seconds`` (decision and update), ``r2_estimate``,
     ``r2_true`` (NaN when unknown), and last ``pixel``.
 
@@ -42,9 +43,12 @@ from envs.dataset import Axis
 
 FORMAT = "pfm-session/1"
 
-#: Record kinds: the initial design, held-back check blocks, and the policy's choices.
-KIND_INITIAL, KIND_CHECK, KIND_POLICY = 0, 1, 2
-KIND_NAMES = {KIND_INITIAL: "initial", KIND_CHECK: "check", KIND_POLICY: "policy"}
+#: Record kinds: the initial design, held-back check blocks, the policy's choices, and the
+#: blocks of audit rounds (drawn to verify the accuracy estimate before a stop).
+KIND_INITIAL, KIND_CHECK, KIND_POLICY, KIND_AUDIT = 0, 1, 2, 3
+KIND_NAMES = {
+    KIND_INITIAL: "initial", KIND_CHECK: "check", KIND_POLICY: "policy", KIND_AUDIT: "audit"
+}
 
 _SCALAR_COLUMNS = {
     "block": ("i2", -1),
