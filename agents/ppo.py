@@ -144,24 +144,37 @@ class PriorPlanes(nn.Module):
             self.energy is not None
         )
 
-    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+    def log_uncertainty(self, planes: torch.Tensor) -> torch.Tensor:
+        """``(B, nb, X, Y)``: the log of each block's uncertainty plane, floored."""
+        return torch.log(planes[:, self.uncertainty].clamp_min(UNCERTAINTY_FLOOR))
+
+    def tip_distance(self, planes: torch.Tensor) -> torch.Tensor:
+        """``(B, X, Y)``: Euclidean distance in pixel pitches from the tip (the cost model's
+        travel metric)."""
         batch, _, nx, ny = planes.shape
-        log_uncertainty = torch.log(planes[:, self.uncertainty].clamp_min(UNCERTAINTY_FLOOR))
         tip = planes[:, self.tip].reshape(batch, -1).argmax(dim=1)
         rows = torch.arange(nx, device=planes.device, dtype=planes.dtype)
         cols = torch.arange(ny, device=planes.device, dtype=planes.dtype)
         tip_row = torch.div(tip, ny, rounding_mode="floor").to(planes.dtype)
         tip_col = (tip % ny).to(planes.dtype)
-        distance = torch.hypot(
+        return torch.hypot(
             rows[None, :, None] - tip_row[:, None, None],
             cols[None, None, :] - tip_col[:, None, None],
         )
-        travel = torch.log1p(distance / self.travel_pixels)[:, None]
-        parts = [log_uncertainty, travel]
+
+    def pixel_terms(self, planes: torch.Tensor) -> list[torch.Tensor]:
+        """The terms of the log score shared by every block of a pixel, each ``(B, 1, X, Y)``:
+        the local surprise and the log energy, where the observation has them."""
+        parts = []
         if self.surprise is not None:
             parts.append(planes[:, self.surprise] * SURPRISE_PLANE_SCALE)
         if self.energy is not None:
             parts.append(planes[:, self.energy] * ENERGY_PLANE_SCALE)
+        return parts
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        travel = torch.log1p(self.tip_distance(planes) / self.travel_pixels)[:, None]
+        parts = [self.log_uncertainty(planes), travel, *self.pixel_terms(planes)]
         return torch.cat(parts, dim=1)
 
 
@@ -506,11 +519,17 @@ class PPOPolicy(Policy):
         self.device = resolve_device(device)
         self.model_path = path
         model = MaskablePPO.load(path, device=self.device)
-        if not isinstance(model.policy, ScoreMapPolicy):
+        # Imported here: agents.channel_policy builds on this module's layers.
+        from agents.channel_policy import ChannelScoreMapPolicy
+
+        if not isinstance(model.policy, (ScoreMapPolicy, ChannelScoreMapPolicy)):
             raise ValueError(
-                f"{path} holds a {type(model.policy).__name__}, expected a ScoreMapPolicy"
+                f"{path} holds a {type(model.policy).__name__}, expected a ScoreMapPolicy or "
+                "a ChannelScoreMapPolicy"
             )
-        self.network: ScoreMapPolicy = model.policy
+        self.network: ScoreMapPolicy | ChannelScoreMapPolicy = model.policy
+        #: Whether the weights fit any number of voltage blocks (ChannelScoreMapPolicy).
+        self.block_count_free = getattr(self.network, "block_count_free", False)
         self.network.set_training_mode(False)
         if self.network.observation_spec is None:
             raise ValueError(f"{path} was trained on observations no acquisition env gives")
@@ -527,7 +546,8 @@ class PPOPolicy(Policy):
     def env_settings(self) -> dict[str, Any]:
         """The env settings (:class:`envs.factory.EnvConfig` fields) that give this model's
         observation: its component maps and optional planes (the voltage blocks are the data's
-        choice: :meth:`reset` refuses a different number)."""
+        choice: :meth:`reset` refuses a different number unless the model's weights fit any,
+        :attr:`block_count_free`)."""
         spec = self.observation_spec
         return {"n_components": spec.n_components, "planes": list(spec.optional)}
 
@@ -536,20 +556,24 @@ class PPOPolicy(Policy):
         shown = getattr(self.env, "observation_spec", None)
         if shown is None:
             raise ValueError(f"{self.model_path} runs on an acquisition env (observation_spec)")
-        difference = self.observation_spec.mismatch(shown)
+        difference = self.observation_spec.mismatch(shown, compare_blocks=not self.block_count_free)
         if difference:
             raise ValueError(
                 f"{self.model_path.name} was trained on {self.observation_spec.describe()}, the "
                 f"env observes {shown.describe()} ({difference}); build the env with the "
                 f"model's settings {self.env_settings()}"
             )
+        if self.block_count_free:
+            self.network.adapt_to(self.env)  # the env's blocks, their descriptors and prices
+            return
         prior = self.network.features_extractor.prior
         if prior is not None and hasattr(self.env, "cost_model"):
             prior.travel_pixels = travel_pixels_of(self.env)
 
     @property
     def n_blocks(self) -> int:
-        """Voltage blocks the model was trained with."""
+        """Voltage blocks the model serves: those it was trained with, or (block-count free)
+        those of the env it was last reset on."""
         return self.network.n_blocks
 
     def action_logits(self, observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -557,6 +581,8 @@ class PPOPolicy(Policy):
         tensors = observation_to_tensors(observation, self.device)
         expected = self.network.observation_space
         n_planes, n_scalars = expected["planes"].shape[0], expected["scalars"].shape[0]
+        if self.block_count_free:
+            n_planes = tensors["planes"].shape[1]  # the network names a mismatch itself
         if tensors["planes"].shape[1] != n_planes or tensors["scalars"].shape[1] != n_scalars:
             raise ValueError(
                 f"the observation has {tensors['planes'].shape[1]} planes and "
