@@ -5,7 +5,9 @@ block), with the flat index ``a = (row * ny + col) * n_blocks + block``. A flatt
 tens of thousands of actions would tie the weights to one grid size and learn slowly, so the actor
 here is a *score map*: convolutions over the observation planes give one logit per pixel and block,
 flattened in the env's action order. No layer depends on the grid size, so the same weights run on
-any ``(X, Y)``. The critic pools the same feature map over space.
+any ``(X, Y)``. The critic pools the same feature map over space. Its input and head layers do
+depend on the number of voltage blocks; :mod:`agents.channel_policy` shares its weights over
+blocks instead, so that one model serves any block count.
 
 Network (``ScoreMapExtractor`` + ``ScoreMapHeads``):
 
@@ -485,12 +487,15 @@ class PPOPolicy(Policy):
     Parameters
     ----------
     model_path
-        A ``.zip`` written by ``train.py`` (MaskablePPO with :class:`ScoreMapPolicy`).
+        A ``.zip`` written by ``train.py``: MaskablePPO with :class:`ScoreMapPolicy` (tied to
+        its training block count) or with :class:`agents.channel_policy.ChannelScoreMapPolicy`
+        (any block count: :meth:`reset` gives it the env's blocks, their descriptors and prices).
     device
         ``"auto"`` (CUDA when present), ``"cpu"``, ...
 
     The grid of the observations may differ from the training grid; the observation contract
-    (:attr:`observation_spec`: blocks, component maps, optional planes) must be the model's:
+    (:attr:`observation_spec`: blocks, component maps, optional planes; the blocks only for a
+    :class:`ScoreMapPolicy`) must be the model's:
     :meth:`env_settings` says which env settings give it, and :meth:`reset` refuses an env
     whose spec differs, naming the difference. With the heuristic prior, :meth:`reset` takes the
     travel prior's ``d0`` from the env's cost model (the instrument's public prices, as
