@@ -304,3 +304,29 @@ def test_evaluate_reports_a_model_that_cannot_serve_and_goes_on(tmp_path, capsys
     assert len(failure) == 1 and "4 voltage blocks against 3" in failure[0]
     with open(out / "episodes.csv") as f:
         assert [row["agent"] for row in csv.DictReader(f)] == ["random", "random"]
+
+
+def test_the_shipped_channel_model_matches_its_command_and_runs_on_any_block_count():
+    import json
+
+    import train
+
+    path = DEFAULT_MODEL_PATH.with_name("ppo_channels.zip")
+    if not path.is_file():
+        pytest.skip("no shipped ppo_channels")
+    policy = PPOPolicy(path, device="cpu")
+    assert policy.block_count_free
+    assert policy.env_settings()["planes"] == ["surprise", "calibrated-energy"]
+    # The documented command (models/README.md) is the configuration that made the model.
+    recorded = json.loads(path.with_suffix(".json").read_text())["args"]
+    documented = vars(train.parse_args([
+        "--policy", "channels", "--total-timesteps", "100000", "--out", "runs/ppo_channels",
+        "--model", "runs/ppo_channels/model.zip", "--torch-threads", "1", "--no-progress",
+    ]))  # fmt: skip
+    assert recorded == documented
+    for n_blocks in (3, 9):
+        env = tiny_env(n_blocks, grid=9, **policy.env_settings())
+        observation, _ = env.reset(seed=0)
+        policy.reset(env, seed=0)
+        action = policy.act(observation, env.action_masks())
+        assert 0 <= action < 81 * n_blocks
