@@ -524,17 +524,16 @@ class PPOPolicy(Policy):
         self.device = resolve_device(device)
         self.model_path = path
         model = MaskablePPO.load(path, device=self.device)
-        # Imported here: agents.channel_policy builds on this module's layers.
-        from agents.channel_policy import ChannelScoreMapPolicy
-
-        if not isinstance(model.policy, (ScoreMapPolicy, ChannelScoreMapPolicy)):
+        #: Whether the weights fit any number of voltage blocks: a network that says so
+        #: (agents.channel_policy.ChannelScoreMapPolicy, which builds on this module and so is
+        #: recognised by this flag rather than imported here) takes the env's blocks at reset.
+        self.block_count_free = bool(getattr(model.policy, "block_count_free", False))
+        if not (isinstance(model.policy, ScoreMapPolicy) or self.block_count_free):
             raise ValueError(
                 f"{path} holds a {type(model.policy).__name__}, expected a ScoreMapPolicy or "
                 "a ChannelScoreMapPolicy"
             )
-        self.network: ScoreMapPolicy | ChannelScoreMapPolicy = model.policy
-        #: Whether the weights fit any number of voltage blocks (ChannelScoreMapPolicy).
-        self.block_count_free = getattr(self.network, "block_count_free", False)
+        self.network = model.policy
         self.network.set_training_mode(False)
         if self.network.observation_spec is None:
             raise ValueError(f"{path} was trained on observations no acquisition env gives")
