@@ -44,6 +44,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from tqdm import tqdm
 
+from agents.channel_policy import ChannelScoreMapPolicy, action_channels
 from agents.ppo import ScoreMapPolicy, travel_pixels_of
 from envs import ENV_ID  # importing envs registers the acquisition envs (also in workers)
 from envs.factory import EnvConfig
@@ -130,7 +131,15 @@ class TrainArgs:
         "surprise, energy, calibrated-energy; empty for none); with the heuristic prior the "
         "actor starts as the heuristic that reads the same planes",
     )
+    policy: str = _arg(
+        "score-map",
+        "network: 'score-map' (one logit per pixel and block from one layer: the weights fit "
+        "one block count) or 'channels' (weights shared over blocks and action channels: one "
+        "model for any block count, agents.channel_policy)",
+    )
     channels: int = _arg(16, "feature channels of the convolutional score map")
+    block_features: int = _arg(8, "features of the shared block encoder (--policy channels)")
+    head_hidden: int = _arg(16, "hidden units of the shared per-channel head (--policy channels)")
     dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
     # evaluation, checkpoints, progress
     eval_seeds: int = _arg(
@@ -313,16 +322,18 @@ def make_env(
     return thunk
 
 
-def probe_env(args: TrainArgs) -> tuple[float, dict[str, Any]]:
+def probe_env(args: TrainArgs) -> tuple[float, dict[str, Any], dict[str, Any]]:
     """What the score map needs from the training env, right after the initial design: the
     pixel pitches of tip travel that cost as much as one block measured at the tip (the ``d0``
-    of the travel prior, from the env's cost model), and the observation spec."""
+    of the travel prior, from the env's cost model), the observation spec, and the action
+    channels (:func:`agents.channel_policy.action_channels`, for ``--policy channels``)."""
     env = gym.make(args.env_id, **env_kwargs(args, args.train_seed_start))
     env.reset(seed=args.seed)
     pixels = travel_pixels_of(env)
     spec = env.unwrapped.observation_spec.to_dict()
+    channels = action_channels(env).to_dict()
     env.close()
-    return pixels, spec
+    return pixels, spec, channels
 
 
 
@@ -448,9 +459,29 @@ def new_model(
 ) -> MaskablePPO:
     """An untrained MaskablePPO with the score-map policy as ``args`` configure it, on ``env``
     (the one place the model is built: training and supervised studies share it)."""
-    travel, spec = probe_env(args)
+    travel, spec, channels = probe_env(args)
+    shared = {
+        "channels": args.channels,
+        "dilations": args.dilation_tuple(),
+        "heuristic_prior": args.heuristic_prior,
+        "temperature": args.temperature,
+        "scaled_head": args.scaled_head,
+        "observation_spec": spec,
+    }
+    if args.policy == "score-map":
+        policy, policy_kwargs = ScoreMapPolicy, {**shared, "travel_pixels": travel}
+    elif args.policy == "channels":
+        policy = ChannelScoreMapPolicy
+        policy_kwargs = {
+            **shared,
+            "action_channels": channels,
+            "block_features": args.block_features,
+            "head_hidden": args.head_hidden,
+        }
+    else:
+        raise ValueError(f"--policy must be 'score-map' or 'channels', got {args.policy!r}")
     return MaskablePPO(
-        ScoreMapPolicy,
+        policy,
         env,
         learning_rate=args.learning_rate,
         n_steps=args.n_steps,
@@ -462,15 +493,7 @@ def new_model(
         ent_coef=args.ent_coef,
         vf_coef=args.vf_coef,
         max_grad_norm=args.max_grad_norm,
-        policy_kwargs={
-            "channels": args.channels,
-            "dilations": args.dilation_tuple(),
-            "heuristic_prior": args.heuristic_prior,
-            "temperature": args.temperature,
-            "scaled_head": args.scaled_head,
-            "observation_spec": spec,
-            "travel_pixels": travel,
-        },
+        policy_kwargs=policy_kwargs,
         tensorboard_log=tensorboard_log,
         seed=args.seed,
         device=device,

@@ -5,7 +5,9 @@ block), with the flat index ``a = (row * ny + col) * n_blocks + block``. A flatt
 tens of thousands of actions would tie the weights to one grid size and learn slowly, so the actor
 here is a *score map*: convolutions over the observation planes give one logit per pixel and block,
 flattened in the env's action order. No layer depends on the grid size, so the same weights run on
-any ``(X, Y)``. The critic pools the same feature map over space.
+any ``(X, Y)``. The critic pools the same feature map over space. Its input and head layers do
+depend on the number of voltage blocks; :mod:`agents.channel_policy` shares its weights over
+blocks instead, so that one model serves any block count.
 
 Network (``ScoreMapExtractor`` + ``ScoreMapHeads``):
 
@@ -144,24 +146,37 @@ class PriorPlanes(nn.Module):
             self.energy is not None
         )
 
-    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+    def log_uncertainty(self, planes: torch.Tensor) -> torch.Tensor:
+        """``(B, nb, X, Y)``: the log of each block's uncertainty plane, floored."""
+        return torch.log(planes[:, self.uncertainty].clamp_min(UNCERTAINTY_FLOOR))
+
+    def tip_distance(self, planes: torch.Tensor) -> torch.Tensor:
+        """``(B, X, Y)``: Euclidean distance in pixel pitches from the tip (the cost model's
+        travel metric)."""
         batch, _, nx, ny = planes.shape
-        log_uncertainty = torch.log(planes[:, self.uncertainty].clamp_min(UNCERTAINTY_FLOOR))
         tip = planes[:, self.tip].reshape(batch, -1).argmax(dim=1)
         rows = torch.arange(nx, device=planes.device, dtype=planes.dtype)
         cols = torch.arange(ny, device=planes.device, dtype=planes.dtype)
         tip_row = torch.div(tip, ny, rounding_mode="floor").to(planes.dtype)
         tip_col = (tip % ny).to(planes.dtype)
-        distance = torch.hypot(
+        return torch.hypot(
             rows[None, :, None] - tip_row[:, None, None],
             cols[None, None, :] - tip_col[:, None, None],
         )
-        travel = torch.log1p(distance / self.travel_pixels)[:, None]
-        parts = [log_uncertainty, travel]
+
+    def pixel_terms(self, planes: torch.Tensor) -> list[torch.Tensor]:
+        """The terms of the log score shared by every block of a pixel, each ``(B, 1, X, Y)``:
+        the local surprise and the log energy, where the observation has them."""
+        parts = []
         if self.surprise is not None:
             parts.append(planes[:, self.surprise] * SURPRISE_PLANE_SCALE)
         if self.energy is not None:
             parts.append(planes[:, self.energy] * ENERGY_PLANE_SCALE)
+        return parts
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        travel = torch.log1p(self.tip_distance(planes) / self.travel_pixels)[:, None]
+        parts = [self.log_uncertainty(planes), travel, *self.pixel_terms(planes)]
         return torch.cat(parts, dim=1)
 
 
@@ -472,12 +487,15 @@ class PPOPolicy(Policy):
     Parameters
     ----------
     model_path
-        A ``.zip`` written by ``train.py`` (MaskablePPO with :class:`ScoreMapPolicy`).
+        A ``.zip`` written by ``train.py``: MaskablePPO with :class:`ScoreMapPolicy` (tied to
+        its training block count) or with :class:`agents.channel_policy.ChannelScoreMapPolicy`
+        (any block count: :meth:`reset` gives it the env's blocks, their descriptors and prices).
     device
         ``"auto"`` (CUDA when present), ``"cpu"``, ...
 
     The grid of the observations may differ from the training grid; the observation contract
-    (:attr:`observation_spec`: blocks, component maps, optional planes) must be the model's:
+    (:attr:`observation_spec`: blocks, component maps, optional planes; the blocks only for a
+    :class:`ScoreMapPolicy`) must be the model's:
     :meth:`env_settings` says which env settings give it, and :meth:`reset` refuses an env
     whose spec differs, naming the difference. With the heuristic prior, :meth:`reset` takes the
     travel prior's ``d0`` from the env's cost model (the instrument's public prices, as
@@ -506,11 +524,16 @@ class PPOPolicy(Policy):
         self.device = resolve_device(device)
         self.model_path = path
         model = MaskablePPO.load(path, device=self.device)
-        if not isinstance(model.policy, ScoreMapPolicy):
+        #: Whether the weights fit any number of voltage blocks: a network that says so
+        #: (agents.channel_policy.ChannelScoreMapPolicy, which builds on this module and so is
+        #: recognised by this flag rather than imported here) takes the env's blocks at reset.
+        self.block_count_free = bool(getattr(model.policy, "block_count_free", False))
+        if not (isinstance(model.policy, ScoreMapPolicy) or self.block_count_free):
             raise ValueError(
-                f"{path} holds a {type(model.policy).__name__}, expected a ScoreMapPolicy"
+                f"{path} holds a {type(model.policy).__name__}, expected a ScoreMapPolicy or "
+                "a ChannelScoreMapPolicy"
             )
-        self.network: ScoreMapPolicy = model.policy
+        self.network = model.policy
         self.network.set_training_mode(False)
         if self.network.observation_spec is None:
             raise ValueError(f"{path} was trained on observations no acquisition env gives")
@@ -527,7 +550,8 @@ class PPOPolicy(Policy):
     def env_settings(self) -> dict[str, Any]:
         """The env settings (:class:`envs.factory.EnvConfig` fields) that give this model's
         observation: its component maps and optional planes (the voltage blocks are the data's
-        choice: :meth:`reset` refuses a different number)."""
+        choice: :meth:`reset` refuses a different number unless the model's weights fit any,
+        :attr:`block_count_free`)."""
         spec = self.observation_spec
         return {"n_components": spec.n_components, "planes": list(spec.optional)}
 
@@ -536,20 +560,24 @@ class PPOPolicy(Policy):
         shown = getattr(self.env, "observation_spec", None)
         if shown is None:
             raise ValueError(f"{self.model_path} runs on an acquisition env (observation_spec)")
-        difference = self.observation_spec.mismatch(shown)
+        difference = self.observation_spec.mismatch(shown, compare_blocks=not self.block_count_free)
         if difference:
             raise ValueError(
                 f"{self.model_path.name} was trained on {self.observation_spec.describe()}, the "
                 f"env observes {shown.describe()} ({difference}); build the env with the "
                 f"model's settings {self.env_settings()}"
             )
+        if self.block_count_free:
+            self.network.adapt_to(self.env)  # the env's blocks, their descriptors and prices
+            return
         prior = self.network.features_extractor.prior
         if prior is not None and hasattr(self.env, "cost_model"):
             prior.travel_pixels = travel_pixels_of(self.env)
 
     @property
     def n_blocks(self) -> int:
-        """Voltage blocks the model was trained with."""
+        """Voltage blocks the model serves: those it was trained with, or (block-count free)
+        those of the env it was last reset on."""
         return self.network.n_blocks
 
     def action_logits(self, observation: dict[str, np.ndarray]) -> np.ndarray:
@@ -557,6 +585,8 @@ class PPOPolicy(Policy):
         tensors = observation_to_tensors(observation, self.device)
         expected = self.network.observation_space
         n_planes, n_scalars = expected["planes"].shape[0], expected["scalars"].shape[0]
+        if self.block_count_free:
+            n_planes = tensors["planes"].shape[1]  # the network names a mismatch itself
         if tensors["planes"].shape[1] != n_planes or tensors["scalars"].shape[1] != n_scalars:
             raise ValueError(
                 f"the observation has {tensors['planes'].shape[1]} planes and "

@@ -25,11 +25,18 @@ Planes, in order (each in [-1, 1], float32):
 
 Scalars (:data:`SCALARS`, each in [0, 1]): fraction of the budget used, fraction of blocks
 measured, and the recent relative change of the component maps.
+
+Per-block planes. The groups in :data:`PER_BLOCK_PLANES` hold one plane per voltage block, in
+block order; every other plane describes the pixel as a whole. A network that treats the blocks
+alike (one shared encoder per block, as ``agents.channel_policy`` does) reads them through
+:meth:`ObservationSpec.block_planes` and :meth:`ObservationSpec.shared_planes`, and finds the
+number of blocks of an observation it was not trained on with
+:meth:`ObservationSpec.for_plane_count`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +46,8 @@ from gymnasium import spaces
 OPTIONAL_PLANES = ("surprise", "energy", "calibrated-energy")
 #: The scalars, in order.
 SCALARS = ("budget_used", "fraction_measured", "recent_change")
+#: Plane groups with one plane per voltage block (block order); all other planes are per pixel.
+PER_BLOCK_PLANES = ("measured", "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,37 @@ class ObservationSpec:
             raise KeyError(f"the observation has no {plane!r} plane; it has {self.describe()}")
         return slice(positions[0], positions[-1] + 1)
 
+    def block_planes(self) -> np.ndarray:
+        """``(len(PER_BLOCK_PLANES), n_blocks)`` plane positions: row ``g`` holds group ``g``'s
+        plane of every block, e.g. ``[[measured/0, ...], [uncertainty/0, ...]]``."""
+        names = self.plane_names
+        return np.asarray(
+            [[names.index(f"{group}/{b}") for b in range(self.n_blocks)] for group in
+             PER_BLOCK_PLANES]
+        )  # fmt: skip
+
+    def shared_planes(self) -> np.ndarray:
+        """Positions of the planes that are not per block (component maps, optional planes,
+        tip), in plane order."""
+        return np.asarray(
+            [i for i, name in enumerate(self.plane_names)
+             if name.split("/")[0] not in PER_BLOCK_PLANES]
+        )  # fmt: skip
+
+    def for_plane_count(self, n_planes: int) -> ObservationSpec:
+        """This contract with as many blocks as an observation of ``n_planes`` planes holds
+        (its per-pixel planes unchanged); a ``ValueError`` when no block count fits."""
+        n_shared = len(self.shared_planes())
+        n_blocks, rest = divmod(int(n_planes) - n_shared, len(PER_BLOCK_PLANES))
+        if rest or n_blocks < 1:
+            raise ValueError(
+                f"an observation of {n_planes} planes fits no block count of "
+                f"{self.n_components} component maps and optional planes "
+                f"[{', '.join(self.optional) or 'none'}] ({n_shared} per-pixel planes and "
+                f"{len(PER_BLOCK_PLANES)} per block)"
+            )
+        return replace(self, n_blocks=n_blocks)
+
     def describe(self) -> str:
         """Short text: ``4 blocks, 3 component maps, optional planes [surprise]``."""
         optional = ", ".join(self.optional) if self.optional else "none"
@@ -159,11 +199,12 @@ class ObservationSpec:
             )
         return cls(int(stored["n_blocks"]), int(stored["n_components"]), tuple(stored["optional"]))
 
-    def mismatch(self, other: ObservationSpec) -> str | None:
+    def mismatch(self, other: ObservationSpec, compare_blocks: bool = True) -> str | None:
         """What differs between ``self`` (e.g. a model's spec) and ``other`` (an env's), in
-        words; None when they are the same contract."""
+        words; None when they are the same contract. ``compare_blocks=False`` ignores the
+        number of blocks (for a model whose weights do not depend on it)."""
         differences = []
-        if self.n_blocks != other.n_blocks:
+        if compare_blocks and self.n_blocks != other.n_blocks:
             differences.append(f"{self.n_blocks} voltage blocks against {other.n_blocks}")
         if self.n_components != other.n_components:
             differences.append(

@@ -26,6 +26,27 @@ def test_plane_names_and_positions():
         spec.planes_of("calibrated-energy")
 
 
+def test_per_block_planes_are_named_and_other_block_counts_found():
+    spec = ObservationSpec(2, 3, ("surprise",))
+    names = spec.plane_names
+    assert [[names[i] for i in row] for row in spec.block_planes()] == [
+        ["measured/0", "measured/1"], ["uncertainty/0", "uncertainty/1"],
+    ]  # fmt: skip
+    assert [names[i] for i in spec.shared_planes()] == [
+        "component/0", "component/1", "component/2", "surprise", "tip",
+    ]  # fmt: skip
+    nine = spec.for_plane_count(ObservationSpec(9, 3, ("surprise",)).n_planes)
+    assert nine == ObservationSpec(9, 3, ("surprise",))
+    for n_planes in (6, 12):  # no blocks left, or an odd number of per-block planes
+        with pytest.raises(ValueError, match="fits no block count"):
+            spec.for_plane_count(n_planes)
+    assert spec.mismatch(nine, compare_blocks=False) is None
+    assert "2 voltage blocks against 9" in spec.mismatch(nine)
+    assert spec.mismatch(ObservationSpec(9, 2, ()), compare_blocks=False) == (
+        "3 component maps against 2; optional planes [surprise] against [none]"
+    )
+
+
 @pytest.mark.parametrize(
     ("optional", "message"),
     [
