@@ -24,11 +24,14 @@ depends on a count is either shared or pooled:
 
 Everything is fully convolutional in space. An action channel is one of the actions a pixel
 offers, in the env's action order within the pixel; :class:`ActionChannels` lists them, each
-with the block it measures and its descriptor. Today there is one channel per block. An env that
-also chooses a read window per block (actions ``(pixel * n_blocks + block) * n_windows +
-window``) would list ``n_blocks * n_windows`` channels, block ``c // n_windows`` for channel
-``c``, and add descriptor features (e.g. the window's read fraction): the head's weights serve
-any number of channels, the block encoder any number of blocks.
+with the block it measures and its descriptor. Without read windows there is one channel per
+voltage block. With read windows (actions ``(pixel * n_blocks + block) * n_windows + window``)
+the observation's blocks are *units*, a voltage block's curve segments
+(``unit = block * n_segments + segment``), and there is one channel per (block, window): it
+reads the unit where its window ends, and its descriptor's share and cost are those of its
+window (a short window reads a smaller share of the pixel for fewer seconds). Each unit gets the
+descriptor of the shortest window that reaches it. So the same descriptor features, and the same
+weights, serve any number of blocks, windows and segments.
 
 Heuristic start. The head has a linear skip path beside its hidden layer. With
 ``heuristic_prior=True`` the skip starts as ``(log u_b - log r_c - log(1 + d / (d0 r_c)) +
@@ -60,8 +63,9 @@ from envs.surprise import SURPRISE_WEIGHT
 
 #: What each action channel's descriptor holds, in order. Voltage positions are indices along
 #: the pulse sequence as fractions of its length (0 first, 1 last); the share is the fraction of
-#: the sequence's voltages the channel applies; the cost is the log of the channel's seconds at
-#: the tip over the mean channel's.
+#: the pixel's entries (voltages x reads) the channel reads, which without read windows is the
+#: fraction of the sequence's voltages it applies; the cost is the log of the channel's seconds
+#: at the tip over the mean channel's.
 DESCRIPTOR_FEATURES = (
     "voltage_mean",
     "voltage_min",
@@ -85,12 +89,17 @@ class ActionChannels:
         Pixel pitches of tip travel that cost as much as the mean channel (``d0``).
     features
         The descriptor's feature names; they must include ``log_relative_cost``.
+    block_descriptors
+        ``(n_blocks, len(features))`` the descriptor the block encoder reads for each
+        observation block; default the mean over each block's channels (which must then cover
+        every block). Read windows give units that no channel ends at their own descriptors.
     """
 
     blocks: np.ndarray
     descriptors: np.ndarray
     travel_pixels: float
     features: tuple[str, ...] = field(default=DESCRIPTOR_FEATURES)
+    block_descriptors: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         blocks = np.asarray(self.blocks, dtype=np.int64).reshape(-1)
@@ -103,8 +112,19 @@ class ActionChannels:
             )
         if "log_relative_cost" not in features:
             raise ValueError("the descriptor needs a 'log_relative_cost' feature")
-        if sorted(set(blocks.tolist())) != list(range(blocks.max() + 1)):
-            raise ValueError(f"channels must cover blocks 0 .. n - 1, got {blocks.tolist()}")
+        if self.block_descriptors is None:
+            if sorted(set(blocks.tolist())) != list(range(blocks.max() + 1)):
+                raise ValueError(f"channels must cover blocks 0 .. n - 1, got {blocks.tolist()}")
+        else:
+            per_block = np.asarray(self.block_descriptors, dtype=np.float32)
+            if per_block.ndim != 2 or per_block.shape[1] != len(features):
+                raise ValueError(
+                    f"need one block descriptor of {len(features)} features per block, got "
+                    f"{per_block.shape}"
+                )
+            if blocks.min() < 0 or blocks.max() >= per_block.shape[0]:
+                raise ValueError(f"channel blocks {blocks.tolist()} outside the block descriptors")
+            object.__setattr__(self, "block_descriptors", per_block)
         if not self.travel_pixels > 0:
             raise ValueError(f"travel_pixels must be > 0, got {self.travel_pixels}")
         object.__setattr__(self, "blocks", blocks)
@@ -118,24 +138,39 @@ class ActionChannels:
 
     @property
     def n_blocks(self) -> int:
+        if self.block_descriptors is not None:
+            return int(self.block_descriptors.shape[0])
         return int(self.blocks.max()) + 1
+
+    def per_block(self, like: torch.Tensor) -> torch.Tensor:
+        """``(n_blocks, D)`` the block encoder's descriptors, as ``like``'s dtype and device."""
+        if self.block_descriptors is not None:
+            return torch.as_tensor(self.block_descriptors, dtype=like.dtype, device=like.device)
+        descriptors = torch.as_tensor(self.descriptors, dtype=like.dtype, device=like.device)
+        blocks = torch.as_tensor(self.blocks, device=like.device)
+        return _block_means(descriptors, blocks, self.n_blocks)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (saved in the model's constructor arguments)."""
-        return {
+        stored = {
             "blocks": self.blocks.tolist(),
             "descriptors": self.descriptors.tolist(),
             "travel_pixels": self.travel_pixels,
             "features": list(self.features),
         }
+        if self.block_descriptors is not None:
+            stored["block_descriptors"] = self.block_descriptors.tolist()
+        return stored
 
     @classmethod
     def from_dict(cls, stored: dict[str, Any]) -> ActionChannels:
+        per_block = stored.get("block_descriptors")
         return cls(
             np.asarray(stored["blocks"]),
             np.asarray(stored["descriptors"]),
             float(stored["travel_pixels"]),
             tuple(stored["features"]),
+            None if per_block is None else np.asarray(per_block),
         )
 
 
@@ -176,19 +211,46 @@ def block_channels(
 
 
 def action_channels(env: Any) -> ActionChannels:
-    """The action channels of an acquisition env now (after ``reset``): one per voltage block,
-    described by its layout and priced by its cost model (the instrument's public prices, as
-    the cost-aware heuristics read them)."""
+    """The action channels of an acquisition env now (after ``reset``): one per voltage block
+    (and read window), described by its layout and priced by its cost model (the instrument's
+    public prices, as the cost-aware heuristics read them)."""
     acquisition = env.unwrapped
     here = np.asarray([acquisition.tip_pixel])
     layout = acquisition.layout
-    seconds = [float(acquisition.block_seconds(here, b)[0]) for b in range(layout.n_blocks)]
-    return block_channels(
-        [layout.voltages(b) for b in range(layout.n_blocks)],
-        layout.n_voltages,
-        np.asarray(seconds),
-        acquisition.cost_model.travel_s_per_pixel,
+    n_windows = getattr(acquisition, "n_windows", 1)
+    if n_windows == 1:
+        seconds = [float(acquisition.block_seconds(here, b)[0]) for b in range(layout.n_blocks)]
+        return block_channels(
+            [layout.voltages(b) for b in range(layout.n_blocks)],
+            layout.n_voltages,
+            np.asarray(seconds),
+            acquisition.cost_model.travel_s_per_pixel,
+        )
+    return _window_channels(acquisition, here)
+
+
+def _window_channels(acquisition: Any, here: np.ndarray) -> ActionChannels:
+    """One channel per (block, read window), in action order; see the module docstring."""
+    layout, windows = acquisition.layout, acquisition.read_windows
+    n_segments, segments = windows.n_segments, windows.segments
+    cells = [(b, w) for b in range(layout.n_blocks) for w in range(windows.n_windows)]
+    voltages = [layout.voltages(b) for b, _ in cells]
+    seconds = np.asarray([float(acquisition.block_seconds(here, b, w)[0]) for b, w in cells])
+    plain = block_channels(
+        voltages, layout.n_voltages, seconds, acquisition.cost_model.travel_s_per_pixel
     )
+    share = DESCRIPTOR_FEATURES.index("voltage_share")
+    descriptors = plain.descriptors.copy()
+    read_share = np.asarray([segments[w] / n_segments for _, w in cells])
+    descriptors[:, share] *= read_share
+    # Each unit: the descriptor of the shortest window of its block that reaches it.
+    shortest = np.searchsorted(segments, np.arange(n_segments), side="right")
+    per_unit = np.stack(
+        [descriptors[b * windows.n_windows + shortest[s]]
+         for b in range(layout.n_blocks) for s in range(n_segments)]
+    )  # fmt: skip
+    ends = np.asarray([b * n_segments + segments[w] - 1 for b, w in cells])
+    return ActionChannels(ends, descriptors, plain.travel_pixels, DESCRIPTOR_FEATURES, per_unit)
 
 
 class ChannelFeatures(NamedTuple):
@@ -301,12 +363,12 @@ class ChannelScoreMapExtractor(BaseFeaturesExtractor):
             channels.descriptors, dtype=planes.dtype, device=planes.device
         )
         channel_blocks = torch.as_tensor(channels.blocks, device=planes.device)
+        block_descriptors = channels.per_block(planes)
 
         # Each block's planes and its descriptor, blocks folded into the batch: one encoder.
         log_uncertainty = prior.log_uncertainty(planes)  # (B, nb, X, Y)
         per_block = planes[:, torch.as_tensor(spec.block_planes(), device=planes.device)]
         per_block = torch.cat([per_block, log_uncertainty[:, None]], dim=1).transpose(1, 2)
-        block_descriptors = _block_means(descriptors, channel_blocks, spec.n_blocks)
         described = block_descriptors[None, :, :, None, None].expand(batch, -1, -1, nx, ny)
         encoded = self.block_encoder(
             torch.cat([per_block, described], dim=2).flatten(0, 1)

@@ -13,7 +13,6 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from agents.baselines import block_seconds_table
 from agents.channel_policy import (
     DESCRIPTOR_FEATURES,
     ActionChannels,
@@ -108,7 +107,7 @@ def test_untrained_logits_are_the_heuristics_log_score(n_blocks, planes, heurist
     network.adapt_to(env)
     # At the start (no surprise recorded yet, energies equal for every block of a pixel):
     # uncertainty / seconds is the score of every one of these heuristics but a pixel factor.
-    score = env.reconstructor.uncertainty().numpy().reshape(-1) / block_seconds_table(env)
+    score = env.reconstructor.uncertainty().numpy().reshape(-1) / env.action_seconds()
     usable = env.action_masks().reshape(-1, n_blocks).all(axis=1)  # no floored uncertainty
     logits = (logits_of(network, observation) * TEMPERATURE).reshape(-1, n_blocks)[usable]
     pixel_factor = logits - np.log(score.reshape(-1, n_blocks)[usable])
@@ -292,7 +291,9 @@ def test_evaluate_reports_a_model_that_cannot_serve_and_goes_on(tmp_path, capsys
     if not DEFAULT_MODEL_PATH.is_file():
         pytest.skip("no shipped model")
     monkeypatch.setattr(
-        evaluate, "_twin_overrides", lambda grid: {"grid": [grid, grid], "n_times": 16}
+        evaluate,
+        "_twin_overrides",
+        lambda grid, setting="default": {"grid": [grid, grid], "n_times": 16},
     )
     out = tmp_path / "eval"
     argv = ["--agents", "ppo,random", "--blocks", "3", "--seeds", "2", "--grid", "8",
@@ -330,3 +331,26 @@ def test_the_shipped_channel_model_matches_its_command_and_runs_on_any_block_cou
         policy.reset(env, seed=0)
         action = policy.act(observation, env.action_masks())
         assert 0 <= action < 81 * n_blocks
+
+
+def test_read_windows_are_channels_of_the_same_weights():
+    """On an env with read windows the channels are (block, window) pairs that end at a unit;
+    a short window reads a smaller share for fewer seconds; the weights built on a plain env
+    score the windowed env's actions, and only valid ones are chosen."""
+    plain = tiny_env(2)
+    plain.reset(seed=0)
+    network = network_for(plain)
+    env = tiny_env(2, read_windows=[4, 16])
+    observation, _ = env.reset(seed=0)
+    channels = action_channels(env)
+    assert channels.n_channels == 4 and channels.n_blocks == env.n_units == 8
+    assert channels.blocks.tolist() == [0, 3, 4, 7]  # units where each window ends
+    share = channels.features.index("voltage_share")
+    cost = channels.features.index("log_relative_cost")
+    short, full = channels.descriptors[0], channels.descriptors[1]
+    assert short[share] == pytest.approx(full[share] / 4) and short[cost] < full[cost]
+    network.adapt_to(env)
+    logits = logits_of(network, observation)
+    assert logits.shape == (env.action_space.n,) and np.isfinite(logits).all()
+    mask = env.action_masks()
+    assert mask[int(np.argmax(np.where(mask, logits, -np.inf)))]
