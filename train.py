@@ -77,6 +77,12 @@ class TrainArgs:
     grid: int = _arg(16, "twin grid size (pixels a side) used for training")
     n_times: int = _arg(32, "read-out times per pulse in the training twin (0: the twin's default)")
     blocks: int = _arg(4, "voltage blocks per pixel (sizes differ by one when uneven)")
+    read_windows: str = _arg(
+        "",
+        "comma-separated reads per read window, ascending, the last the whole curve (e.g. "
+        "8,32); empty: whole curves only. Train --policy channels with windows: the other "
+        "policy's weights fit one action per block",
+    )
     reconstructor: str = _arg("gp", "reconstructor name (gp, lowrank, linear, ...)")
     budget_fraction: float = _arg(0.3, "episode budget as a fraction of the full-raster seconds")
     stop_r2: float = _arg(
@@ -179,6 +185,15 @@ class TrainArgs:
             ObservationSpec(self.blocks, optional=self.plane_names())
         except ValueError as err:
             problems.append(f"planes: {err}")
+        try:
+            windows = self.window_reads()
+        except ValueError:
+            problems.append(
+                f"read_windows must be comma-separated integers, got {self.read_windows!r}"
+            )
+        else:
+            if windows and self.policy != "channels":
+                problems.append("read windows need --policy channels")
         if not 0.0 <= self.stop_r2 < 1.0:
             problems.append(f"stop_r2 must be in [0, 1), got {self.stop_r2}")
         if not 0.0 < self.budget_fraction <= 1.0:
@@ -191,6 +206,10 @@ class TrainArgs:
             )
         if problems:
             raise ValueError("invalid training arguments: " + "; ".join(problems))
+
+    def window_reads(self) -> list[int] | None:
+        reads = [int(r) for r in self.read_windows.split(",") if r.strip()]
+        return reads or None
 
     def plane_names(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.planes.split(",") if p.strip())
@@ -288,6 +307,7 @@ def env_kwargs(args: TrainArgs, twin_seeds: int | list[int]) -> dict[str, Any]:
         reward=args.reward,
         stop_r2=args.stop_r2 or None,
         planes=list(args.plane_names()),
+        read_windows=args.window_reads(),
     )
     return config.to_kwargs()
 
@@ -592,7 +612,11 @@ def train(args: TrainArgs) -> MaskablePPO:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as err:  # a bad option or config: one line, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     model = train(args)
     print(
         f"trained {model.num_timesteps} steps; model at {args.model_path}, config at "

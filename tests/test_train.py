@@ -49,11 +49,19 @@ def test_help_explains_every_option(capsys):
         (["--dilations", "1,0"], "dilations"),
         (["--budget-fraction", "0"], "budget_fraction"),
         (["--stop-r2", "1.5"], "stop_r2"),
+        (["--read-windows", "8,x"], "read_windows"),
+        (["--read-windows", "8,32"], "read windows need --policy channels"),
     ],
 )
 def test_bad_arguments_are_named(argv, message):
     with pytest.raises(ValueError, match=message):
         train.parse_args(argv)
+    assert train.main(argv) == 2  # one line on stderr, no traceback
+
+
+def test_read_windows_reach_the_training_env():
+    args = train.parse_args([*TINY, "--policy", "channels", "--read-windows", "4,16"])
+    assert train.env_kwargs(args, [0, 10])["read_windows"] == [4, 16]
 
 
 def test_env_kwargs_are_json_safe_and_keep_evaluation_held_out():
