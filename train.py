@@ -99,9 +99,9 @@ class TrainArgs:
     )
     # the algorithm
     total_timesteps: int = _arg(150_000, "env steps to train for (all envs together)")
-    n_envs: int = _arg(1, "parallel training envs")
+    n_envs: int = _arg(0, "parallel training envs (0: one per CPU core)")
     vec_env: str = _arg(
-        "dummy", "'subproc' (one process per env, OMP_NUM_THREADS=1 each) or 'dummy'"
+        "subproc", "'subproc' (one process per env, OMP_NUM_THREADS=1 each) or 'dummy'"
     )
     seed: int = _arg(0, "seed of the network initialisation, sampling and training env draws")
     device: str = _arg("auto", "torch device for the network: auto (CUDA when present), cpu, cuda")
@@ -169,6 +169,8 @@ class TrainArgs:
             )
         if self.vec_env not in ("subproc", "dummy"):
             problems.append(f"vec_env must be 'subproc' or 'dummy', got {self.vec_env!r}")
+        if self.n_envs == 0:  # recorded as the number it became, so a run's record is exact
+            self.n_envs = os.cpu_count() or 1
         for name in (
             "grid",
             "blocks",

@@ -405,6 +405,7 @@ def test_models_without_the_planes_refuse_an_envs_optional_planes(trained_model_
         ("ppo_default", [], True, True),
         ("ppo_energy", ["--planes", "surprise,energy"], True, False),
         ("ppo_surprise", ["--planes", "surprise"], False, False),
+        # (each documented command also names --n-envs 1 --vec-env dummy: they ran on one env)
     ],
 )
 def test_shipped_models_match_their_documented_training_commands(name, options, energy, calibrated):
@@ -425,7 +426,10 @@ def test_shipped_models_match_their_documented_training_commands(name, options, 
     if "planes" not in recorded:  # saved when the optional planes were flags
         flags = [recorded.pop(k, False) for k in ("surprise_plane", "energy_plane")]
         recorded["planes"] = ",".join(planes_of(*flags, recorded.pop("calibrate_energy", False)))
-    documented = vars(train.parse_args([*options, "--model", str(path), "--torch-threads", "1"]))
+    one_env = ["--n-envs", "1", "--vec-env", "dummy"]
+    documented = vars(
+        train.parse_args([*options, "--model", str(path), "--torch-threads", "1", *one_env])
+    )
     # An option added after the model was saved ran at its default then.
     recorded = {**vars(train.parse_args([])), **recorded}
     differing = {
