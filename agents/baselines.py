@@ -372,7 +372,9 @@ class VarianceReductionPolicy(UncertaintyPolicy):
         if not hasattr(recon, "variance_reduction"):
             return pointwise
         n_pixels = self.env.n_pixels
-        per_pixel = pointwise.reshape(n_pixels, -1).max(1)
+        # Candidates by the reconstruction's own variance (a lost block, which the env counts as
+        # taken, still shows its variance here and keeps its pixel a candidate).
+        per_pixel = recon.uncertainty().detach().cpu().numpy().reshape(n_pixels, -1).max(1)
         m = min(self.candidates, per_pixel.size)
         pixels = np.sort(np.argpartition(-per_pixel, m - 1)[:m])
         reduction = np.zeros((n_pixels, self.env.n_units))
