@@ -331,7 +331,8 @@ class SpatialGP:
         if n == 0:
             return
         k_xp = self.kernel_rows(idx)  # (n, P)
-        k_xx = k_xp[:, idx] + torch.diag(s2)
+        k_xx = k_xp[:, idx]  # a copy: the noise is added in place, without an n x n diagonal
+        k_xx.diagonal().add_(s2)
         chol = torch.linalg.cholesky(k_xx)
         # The solve runs in the factor's storage type, straight into its storage (a float32
         # solve took 0.54 s instead of 0.90 s at 2600 x 3600, moving the posterior by < 1e-6).
