@@ -34,6 +34,7 @@ replacing the old observation.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -223,9 +224,11 @@ class LowRankGP(Reconstructor):
         factor since the last refit.
     refit_mode, refit_lag
         ``"blocking"``: a due refit runs in the step that makes it due. ``"deferred"``: it runs
-        in a background thread on a snapshot of the measurements so far while the current
-        model keeps taking measurements, and is installed ``refit_lag`` measurements later
-        (earlier if the next refit is due first), waiting there only if it is not done; the
+        in a background thread on a snapshot of the ``n`` measurements so far while the
+        current model keeps taking measurements, and is installed ``ceil(refit_lag * n)``
+        measurements later (earlier if the next refit is due first; a refit costs more the
+        more there is measured, so the lag grows with it), waiting there only if it is not
+        done; the
         measurements since the snapshot are brought into it first (:class:`_DeferredRefit`).
         Results depend only on the data and the seed, never on timing. The first basis is
         always fitted at once (there is no model to keep until then), and :meth:`refit`
@@ -255,7 +258,7 @@ class LowRankGP(Reconstructor):
         min_full_pixels: int = 8,
         refit_growth: float = 1.5,
         refit_mode: str = "blocking",
-        refit_lag: int = 128,
+        refit_lag: float = 0.2,
         max_basis_pixels: int = 256,
         max_fit_points: int = 200,
         max_exact_pixels: int = 4096,
@@ -270,15 +273,15 @@ class LowRankGP(Reconstructor):
             raise ValueError("need min_full_pixels >= 2 and refit_growth > 1")
         if refit_mode not in REFIT_MODES:
             raise ValueError(f"refit_mode must be one of {REFIT_MODES}, got {refit_mode!r}")
-        if refit_lag < 1:
-            raise ValueError(f"refit_lag must be >= 1 measurement, got {refit_lag}")
+        if not refit_lag > 0:
+            raise ValueError(f"refit_lag must be > 0 (a fraction), got {refit_lag}")
         self.kernel = kernel
         self.explained = explained
         self.max_components = max_components
         self.min_full_pixels = min_full_pixels
         self.refit_growth = refit_growth
         self.refit_mode = refit_mode
-        self.refit_lag = int(refit_lag)
+        self.refit_lag = float(refit_lag)
         self.max_basis_pixels = max_basis_pixels
         self.max_fit_points = max_fit_points
         self.max_exact_pixels = max_exact_pixels
@@ -510,7 +513,8 @@ class LowRankGP(Reconstructor):
         reference = None
         if self._r2_cache is not None:  # the refit's thread makes the basis terms of R^2 too
             reference = {key: self._r2_cache[key] for key in _R2_REFERENCE_TERMS}
-        self._pending = _DeferredRefit(snapshot, self.n_measured + self.refit_lag, reference)
+        lag = max(1, math.ceil(self.refit_lag * self.n_measured))
+        self._pending = _DeferredRefit(snapshot, self.n_measured + lag, reference)
         self._n_at_refit = self.n_measured
 
     def _install_refit(self) -> None:
@@ -979,7 +983,9 @@ class _DeferredRefit:
     def _wake(self) -> None:
         """Start a thread if there is work and none runs (the condition's lock held)."""
         if self._thread is None and not self._cancelled and self._work_ready():
-            self._thread = threading.Thread(target=self._run, name="LowRankGP refit", daemon=True)
+            # Not a daemon: at exit the interpreter waits for the piece of work in progress
+            # (a daemon thread inside a torch kernel aborted the process at shutdown).
+            self._thread = threading.Thread(target=self._run, name="LowRankGP refit")
             self._thread.start()
 
     def _run(self) -> None:

@@ -274,7 +274,7 @@ def _sequence(rec, field, seed=7):
 def test_refit_modes_give_valid_estimates(mode):
     field = _low_rank_field(rank=3, noise=0.05)
     rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1.3,
-                    refit_mode=mode, refit_lag=20)
+                    refit_mode=mode, refit_lag=0.2)
     estimates = _sequence(rec, field)
     assert rec._basis_version >= 5  # several refits, installed on the way
     reference = torch.as_tensor(field)
@@ -290,7 +290,7 @@ def test_deferred_refits_do_not_depend_on_timing():
     runs = []
     for delay in (None, 0.01):
         rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6,
-                        refit_growth=1.3, refit_mode="deferred", refit_lag=20, seed=2)
+                        refit_growth=1.3, refit_mode="deferred", refit_lag=0.2, seed=2)
         if delay is not None:
             rec._refit_delay = functools.partial(time.sleep, delay)
         runs.append(_sequence(rec, field))
@@ -302,7 +302,7 @@ def test_deferred_refits_do_not_depend_on_timing():
 def test_deferred_refit_installs_at_its_count_and_reset_cancels_it():
     field = _low_rank_field(rank=3, noise=0.05)
     rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1.2,
-                    refit_mode="deferred", refit_lag=5)
+                    refit_mode="deferred", refit_lag=0.15)
     rec._refit_delay = functools.partial(time.sleep, 0.05)
     _fill(rec, field, [0, 17, 40, 77, 101, 143], {})  # the first basis: at once
     version = rec._basis_version
@@ -332,7 +332,7 @@ def test_deferred_refit_installs_at_its_count_and_reset_cancels_it():
 def test_deepcopy_and_pickle_during_a_deferred_refit(cls):
     field = _low_rank_field(rank=3, noise=0.05)
     rec = cls(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1.2,
-              refit_mode="deferred", refit_lag=30)
+              refit_mode="deferred", refit_lag=0.8)
     _fill(rec, field, [0, 17, 40, 77, 101, 143], {p: [1] for p in range(2, 12)})
     assert rec._pending is not None
     copies = [copy.deepcopy(rec), pickle.loads(pickle.dumps(rec))]
