@@ -150,8 +150,10 @@ def bench_refits(
     yardstick = _yardstick_ms()
     rows = []
     for fraction in fractions:
-        rec = LowRankGP(shape, spectral, layout, device="cpu", refit_lag=lag, seed=seed)
+        rec = LowRankGP(shape, spectral, layout, device="cpu", refit_mode="blocking",
+                        refit_lag=lag, seed=seed)
         pairs = iter(_episode_state(rec, data, fraction, stride, order))
+        measured, observed = rec.n_measured, int(rec.measured.any(1).sum())
         rec.refit()
         rec.r2(reference)  # the reference's terms, made once per episode
 
@@ -176,8 +178,7 @@ def bench_refits(
         while rec._pending is not None:
             times.append(_median_ms(step, 1))
         row = {
-            "fraction": fraction, "measured": rec.n_measured,
-            "observed_pixels": int(rec.measured.any(1).sum()),
+            "fraction": fraction, "measured": measured, "observed_pixels": observed,
             "refit_ms": refit_ms, "update_ms": update_ms,
             "deferred_max_step_ms": max(times), "deferred_install_step_ms": times[-1],
             "deferred_median_step_ms": float(np.median(times)),

@@ -25,7 +25,10 @@ spectrum, R^2 about 0), and its uncertainty the spread of those measurements.
 
 The basis, the hyperparameters and the GP factor are refitted together when the number of
 measurements has grown by ``refit_growth`` since the last refit (never at every step: the basis
-costs more than the incremental update). Between refits each measurement is one incremental GP
+costs more than the incremental update). By default a refit runs in a background thread and is
+installed a fixed number of measurements later (``refit_mode``): a blocking one took 0.5 s at
+20 % of the blocks measured on 60 x 60, most of it the GP's Cholesky and triangular solve
+(``docs/performance.md``, "Refits"). Between refits each measurement is one incremental GP
 update: when a pixel already has an observation, the improved estimate enters as a
 pseudo-observation whose precision is the gain in precision, which for a scalar-noise GP equals
 replacing the old observation.
@@ -223,16 +226,15 @@ class LowRankGP(Reconstructor):
         Refit basis, hyperparameters and GP when the number of measurements has grown by this
         factor since the last refit.
     refit_mode, refit_lag
-        ``"blocking"``: a due refit runs in the step that makes it due. ``"deferred"``: it runs
-        in a background thread on a snapshot of the ``n`` measurements so far while the
-        current model keeps taking measurements, and is installed ``ceil(refit_lag * n)``
-        measurements later (earlier if the next refit is due first; a refit costs more the
-        more there is measured, so the lag grows with it), waiting there only if it is not
-        done; the
-        measurements since the snapshot are brought into it first (:class:`_DeferredRefit`).
-        Results depend only on the data and the seed, never on timing. The first basis is
-        always fitted at once (there is no model to keep until then), and :meth:`refit`
-        always blocks.
+        ``"blocking"``: a due refit runs in the step that makes it due. ``"deferred"``
+        (default): it runs in a background thread on a snapshot of the ``n`` measurements so
+        far while the current model keeps taking measurements, and is installed
+        ``ceil(refit_lag * n)`` measurements later (earlier if the next refit is due first; a
+        refit costs more the more is measured, so the lag grows with ``n``), waiting there only
+        if it is not done; the measurements since the snapshot are brought into it first
+        (:class:`_DeferredRefit`). Results depend only on the data and the seed, never on
+        timing. The first basis is always fitted at once (there is no model to keep until
+        then), and :meth:`refit` always blocks.
     max_basis_pixels, max_fit_points
         Sizes of the seeded subsamples for the basis and the hyperparameter fit.
     max_exact_pixels
@@ -257,7 +259,7 @@ class LowRankGP(Reconstructor):
         max_components: int = 12,
         min_full_pixels: int = 8,
         refit_growth: float = 1.5,
-        refit_mode: str = "blocking",
+        refit_mode: str = "deferred",
         refit_lag: float = 0.2,
         max_basis_pixels: int = 256,
         max_fit_points: int = 200,
@@ -941,7 +943,9 @@ class _DeferredRefit:
     The thread refits ``model``, a snapshot of the reconstructor (its own mask; the measured
     values are shared, and a block in the snapshot is never written again), then brings in
     the arrivals in arrival order, in chunks of ``CHUNK`` as each chunk is complete and the
-    last, partial one when the reconstructor asks for the model (:meth:`finish`). What it
+    last ``CHUNK`` before the install count one by one as they come (so that the install
+    waits for one update, not a chunk), and whatever is left when the reconstructor asks for
+    the model (:meth:`finish`; an install made early by the next refit). What it
     computes depends only on the snapshot and the arrivals, never on when the thread runs, so
     a slow machine gives the same results as a fast one, only later (:meth:`finish` waits).
     A chunk enters the GP as one block update (:meth:`SpatialGP.add_many`), several times
@@ -960,6 +964,7 @@ class _DeferredRefit:
     ) -> None:
         self.model = model
         self.install_at = install_at
+        self._expected = install_at - model.n_measured  # arrivals until the install count
         self.r2_reference = r2_reference
         self.r2_terms: dict | None = None
         self.arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]] = []
@@ -976,9 +981,14 @@ class _DeferredRefit:
         self._cancelled = False
         self._error: BaseException | None = None
 
+    def _chunk_size(self) -> int:
+        return self.CHUNK if self.applied + 2 * self.CHUNK <= self._expected else 1
+
     def _work_ready(self) -> bool:
         waiting = len(self.arrivals) - self.applied
-        return not self.refitted or waiting >= self.CHUNK or (self._final and waiting > 0)
+        return (
+            not self.refitted or waiting >= self._chunk_size() or (self._final and waiting > 0)
+        )
 
     def _wake(self) -> None:
         """Start a thread if there is work and none runs (the condition's lock held)."""
@@ -998,7 +1008,7 @@ class _DeferredRefit:
                             self._cond.notify_all()
                             return
                         refitted = self.refitted
-                        chunk = self.arrivals[self.applied : self.applied + self.CHUNK]
+                        chunk = self.arrivals[self.applied : self.applied + self._chunk_size()]
                     delay = self.model._refit_delay
                     if delay is not None:
                         delay()
