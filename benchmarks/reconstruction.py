@@ -10,6 +10,11 @@ search), with the R^2 reached against the measured tensor and the noise-free tru
 measures how the spatial GP's update time and memory grow with the grid (60^2, 120^2, 240^2),
 what the tiled approximation costs in accuracy against the exact GP at 120^2, and compares two
 models of partial spectra.
+
+``--refits`` runs only the refit benchmark (:func:`bench_refits`): in the state an acquisition
+episode is in at 10, 20 and 40 % of all blocks measured, the blocking refit, the longest step of
+a deferred refit (and its wait at the install), and the per-measurement update, in milliseconds
+and as ratios to a yardstick timed in the same run.
 Everything runs on one thread (``torch.set_num_threads(1)``): the one-core numbers.
 """
 
@@ -92,6 +97,102 @@ def bench_reconstructor(
         "r2_data": r2_score(reference, estimate),
         "r2_truth": r2_score(torch.as_tensor(truth), estimate),
     }
+
+
+def _yardstick_ms(repeats: int = 7) -> float:
+    """Median time of one 1024 x 1024 float64 matrix product: the machine's speed in the same
+    run, so that ratios to it compare across machines and loads."""
+    a = torch.randn(1024, 1024, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    return _median_ms(lambda: a @ a, repeats)
+
+
+def _episode_state(
+    rec: LowRankGP, data: np.ndarray, fraction: float, stride: int, order: np.ndarray
+) -> list[tuple[int, int]]:
+    """Fill ``rec`` as an acquisition episode does: every block of the pixels on a grid of
+    ``stride`` (the environment's initial design), then single (pixel, block) measurements in
+    the seeded ``order`` until ``fraction`` of all blocks are measured. Returns the remaining
+    (pixel, block) pairs in order."""
+    shape = rec.spatial_shape
+    nb = rec.n_blocks
+    usable = np.isfinite(data).all(axis=2)  # (P, nb): lost blocks cannot be measured
+    grid = [i * shape[1] + j for i in range(stride // 2, shape[0], stride)
+            for j in range(stride // 2, shape[1], stride) if usable[i * shape[1] + j].all()]
+    rec.add_many([p for p in grid for _ in range(nb)], [b for _ in grid for b in range(nb)],
+                 [data[p, b] for p in grid for b in range(nb)])
+    target = int(fraction * rec.n_pixels * nb)
+    pairs = [divmod(int(a), nb) for a in order if usable.reshape(-1)[a]]
+    pairs = [(p, b) for p, b in pairs if not rec.measured[p, b]]
+    for i, (p, b) in enumerate(pairs):
+        if rec.n_measured >= target:
+            return pairs[i:]
+        rec.add(p, b, data[p, b])
+    return []
+
+
+def bench_refits(
+    data: np.ndarray, layout: BlockLayout, shape: tuple[int, int], spectral: tuple[int, ...],
+    fractions: tuple[float, ...] = (0.1, 0.2, 0.4), lag: float = 0.2, repeats: int = 20,
+    seed: int = 0, stride: int = 6,
+) -> dict[str, Any]:
+    """Refit and update times of :class:`LowRankGP` in an episode's state, one thread.
+
+    At each fraction of blocks measured: ``refit_ms``, a blocking refit with the R^2 after it
+    (median of 3; hyperparameters warm-started as in use); ``update_ms``, the median step of
+    one block plus the R^2 (the per-measurement update); then a deferred refit is made due and
+    installed ``ceil(lag * n)`` steps later: ``deferred_max_step_ms`` is the longest of those
+    steps, ``deferred_install_step_ms`` the one that installs it (its wait included), with
+    ``deferred_median_step_ms`` beside them (the refit's thread shares the CPU meanwhile).
+    Ratios divide by
+    ``yardstick_ms`` (:func:`_yardstick_ms`), timed in the same run."""
+    order = np.random.default_rng(seed).permutation(shape[0] * shape[1] * layout.n_blocks)
+    reference = torch.as_tensor(data)
+    yardstick = _yardstick_ms()
+    rows = []
+    for fraction in fractions:
+        rec = LowRankGP(shape, spectral, layout, device="cpu", refit_mode="blocking",
+                        refit_lag=lag, seed=seed)
+        pairs = iter(_episode_state(rec, data, fraction, stride, order))
+        measured, observed = rec.n_measured, int(rec.measured.any(1).sum())
+        rec.refit()
+        rec.r2(reference)  # the reference's terms, made once per episode
+
+        def refit(rec: LowRankGP = rec) -> None:
+            rec.refit()
+            rec.r2(reference)
+
+        refit_ms = _median_ms(refit, 3)
+
+        def step(rec: LowRankGP = rec, pairs: Any = pairs) -> None:
+            p, b = next(pairs)
+            rec.add(p, b, data[p, b])
+            rec.r2(reference)
+
+        update_ms = _median_ms(step, repeats)
+        rec.refit_mode, rec.refit_growth = "deferred", 1.0  # the next measurement starts one
+        rec._n_at_refit = rec.n_measured
+        step()
+        assert rec._pending is not None
+        rec.refit_growth = 1.5
+        times = []
+        while rec._pending is not None:
+            times.append(_median_ms(step, 1))
+        row = {
+            "fraction": fraction, "measured": measured, "observed_pixels": observed,
+            "refit_ms": refit_ms, "update_ms": update_ms,
+            "deferred_max_step_ms": max(times), "deferred_install_step_ms": times[-1],
+            "deferred_median_step_ms": float(np.median(times)),
+        }
+        row.update({f"{key[:-3]}_ratio": row[key] / yardstick for key in list(row)
+                    if key.endswith("_ms")})
+        rows.append(row)
+        print(f"  {fraction:4.0%} ({row['measured']} blocks, {row['observed_pixels']} pixels): "
+              f"refit {refit_ms:.0f} ms, update {update_ms:.2f} ms, deferred: longest step "
+              f"{row['deferred_max_step_ms']:.1f} ms, install step "
+              f"{row['deferred_install_step_ms']:.1f} ms, median step "
+              f"{row['deferred_median_step_ms']:.2f} ms (yardstick {yardstick:.1f} ms)")
+    return {"yardstick": "1024 x 1024 float64 matmul", "yardstick_ms": yardstick, "lag": lag,
+            "rows": rows}
 
 
 def bench_grid_sizes(sizes: list[int], fraction: float, repeats: int, k: int = 8) -> list[dict]:
@@ -190,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=20, help="timed updates per median")
     parser.add_argument("--sizes", default="60,120,240", help="grid sides for the scaling run")
     parser.add_argument("--skip-scaling", action="store_true", help="only the 60^2 twin runs")
+    parser.add_argument("--refits", action="store_true",
+                        help="only the refit benchmark (blocking, deferred, update)")
+    parser.add_argument("--lag", type=float, default=0.2, help="refit_lag of deferred refits")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from envs.twin import make_twin  # reconstruct never imports envs at module level
@@ -203,6 +307,12 @@ def main(argv: list[str] | None = None) -> dict:
     order = np.random.default_rng(args.seed).permutation(usable)
     # NaN pixels of the measured tensor are ignored by R^2; the model never sees them.
     results: dict[str, Any] = {"shape": [*shape, *spectral], "blocks": args.blocks, "runs": []}
+    if args.refits:
+        results["refits"] = bench_refits(data, layout, shape, spectral, lag=args.lag,
+                                         repeats=args.repeats, seed=args.seed)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+        return results
     for cls in (LowRankGP, LowRankCompletion):
         for fraction in (0.1, 0.2, 0.4):
             row = {"reconstructor": cls.name, **bench_reconstructor(

@@ -285,10 +285,7 @@ class SpatialGP:
         if s2 < FLOAT32_MIN_NOISE:
             self._at = self._at.to(torch.float64)
         n = self.n_obs
-        if n == self._at.shape[0]:  # grow capacity geometrically: amortised O(P) per add
-            grown = torch.empty(2 * n, self.n_pixels, dtype=self._at.dtype, device=self.device)
-            grown[:n] = self._at
-            self._at = grown
+        self._reserve(n + 1)
         col = self.kernel_rows([j])[0]
         if n:
             at = self._at[:n]
@@ -304,6 +301,59 @@ class SpatialGP:
         self.last_update = (a_new, delta)
         self.n_obs = n + 1
         self.obs_pixels.append(j)
+
+    def _reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows of the factor, growing its storage geometrically
+        (amortised O(P) per added observation)."""
+        if rows <= self._at.shape[0]:
+            return
+        n = self.n_obs
+        cap = max(rows, 2 * self._at.shape[0])
+        grown = torch.empty(cap, self.n_pixels, dtype=self._at.dtype, device=self.device)
+        grown[:n] = self._at[:n]
+        self._at = grown
+
+    def add_many(
+        self,
+        pixels: Sequence[int] | torch.Tensor,
+        values: torch.Tensor | np.ndarray,
+        noise: float | Sequence[float] | torch.Tensor,
+    ) -> None:
+        """Condition on ``m`` observations ``values`` ``(m, k)`` at distinct ``pixels`` at once:
+        the same posterior as ``m`` calls of :meth:`add` up to round-off, for one pass over the
+        factor instead of ``m`` (the block form of the update: the ``m`` posterior covariance
+        rows ``C``, the Cholesky ``L_m`` of ``C[:, J] + D``, new rows ``L_m^-1 C``). Memory
+        bound like :meth:`add`, so a batch of 8 costs about as much as two single updates.
+        ``last_update`` becomes None (the change is not rank one)."""
+        idx = torch.as_tensor(pixels, dtype=torch.long, device=self.device).reshape(-1)
+        m = idx.numel()
+        if m and (idx.min() < 0 or idx.max() >= self.n_pixels):
+            raise IndexError(f"pixels out of range [0, {self.n_pixels})")
+        vals = _as_values(values, m, self.n_outputs, self.device)
+        if not torch.isfinite(vals).all():
+            raise ValueError("values contain NaN or inf")
+        s2 = _as_noise(noise, m, self.device)
+        if m == 0:
+            return
+        if float(s2.min()) < FLOAT32_MIN_NOISE:
+            self._at = self._at.to(torch.float64)
+        n = self.n_obs
+        self._reserve(n + m)
+        cov = self.kernel_rows(idx)  # (m, P)
+        if n:
+            at = self._at[:n]
+            cov = cov - (at[:, idx].T @ at).to(torch.float64)
+        block = cov[:, idx]
+        block.diagonal().add_(s2)
+        chol = torch.linalg.cholesky(block)
+        a_new = torch.linalg.solve_triangular(chol, cov, upper=False)  # (m, P)
+        delta = torch.linalg.solve_triangular(chol, vals - self.mean[idx], upper=False)
+        self._at[n : n + m] = a_new
+        self.mean.addmm_(a_new.T, delta)
+        self.variance.sub_((a_new * a_new).sum(0)).clamp_(min=0.0)
+        self.last_update = None
+        self.n_obs = n + m
+        self.obs_pixels.extend(int(p) for p in idx.tolist())
 
     def rebuild(
         self,
@@ -331,7 +381,8 @@ class SpatialGP:
         if n == 0:
             return
         k_xp = self.kernel_rows(idx)  # (n, P)
-        k_xx = k_xp[:, idx] + torch.diag(s2)
+        k_xx = k_xp[:, idx]  # a copy: the noise is added in place, without an n x n diagonal
+        k_xx.diagonal().add_(s2)
         chol = torch.linalg.cholesky(k_xx)
         # The solve runs in the factor's storage type, straight into its storage (a float32
         # solve took 0.54 s instead of 0.90 s at 2600 x 3600, moving the posterior by < 1e-6).
@@ -482,6 +533,19 @@ class TiledSpatialGP:
             self.tiles[t].add(self._local_of[t][int(pixel)], y, noise)
             self._sync(t)
         self.obs_pixels.append(int(pixel))
+
+    def add_many(
+        self,
+        pixels: Sequence[int] | torch.Tensor,
+        values: torch.Tensor | np.ndarray,
+        noise: float | Sequence[float] | torch.Tensor,
+    ) -> None:
+        """Condition on several observations, one :meth:`add` each (a tile sees few)."""
+        idx = torch.as_tensor(pixels, dtype=torch.long).reshape(-1).tolist()
+        vals = _as_values(values, len(idx), self.n_outputs, self.device)
+        s2 = _as_noise(noise, len(idx), self.device)
+        for p, y, s in zip(idx, vals, s2.tolist(), strict=True):
+            self.add(p, y, s)
 
     def rebuild(
         self,

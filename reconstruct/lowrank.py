@@ -25,7 +25,10 @@ spectrum, R^2 about 0), and its uncertainty the spread of those measurements.
 
 The basis, the hyperparameters and the GP factor are refitted together when the number of
 measurements has grown by ``refit_growth`` since the last refit (never at every step: the basis
-costs more than the incremental update). Between refits each measurement is one incremental GP
+costs more than the incremental update). By default a refit runs in a background thread and is
+installed a fixed number of measurements later (``refit_mode``): a blocking one took 0.5 s at
+20 % of the blocks measured on 60 x 60, most of it the GP's Cholesky and triangular solve
+(``docs/performance.md``, "Refits"). Between refits each measurement is one incremental GP
 update: when a pixel already has an observation, the improved estimate enters as a
 pseudo-observation whose precision is the gain in precision, which for a scalar-noise GP equals
 replacing the old observation.
@@ -33,7 +36,10 @@ replacing the old observation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import math
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +59,16 @@ from reconstruct.interpolate import inverse_distance_weights
 
 _MIN_RIDGE, _MAX_RIDGE = 1e-10, 1e3  # bounds on the ridge added to G_p (eigenvalues in [0, 1])
 _HUGE_NOISE = 1e12  # noise of an observation that carries (almost) no information
+#: How a due refit runs (see :class:`LowRankGP`).
+REFIT_MODES = ("blocking", "deferred")
+#: What a refit writes: the model state a deferred refit hands over when it is installed.
+_REFIT_STATE = (
+    "basis", "_basis_version", "_total_variance", "_single_block_error", "_unexplained",
+    "_block_gram", "_gram", "_mean_proj", "_proj", "_obs_coef", "_obs_noise", "hyper",
+    "_fitted_hyper", "spatial", "_block_weight", "_pattern_error", "_pattern_bits",
+)
+#: The reference's terms of the fast R^2 that :func:`r2_basis_terms` reads.
+_R2_REFERENCE_TERMS = ("ref", "ref_t", "valid_t", "sq", "nan_pix", "nan_blk")
 
 
 @dataclass
@@ -163,6 +179,35 @@ def cross_validated_errors(
     return sq_single / n, sq_unexplained / n
 
 
+def r2_basis_terms(cache: dict, basis: SpectralBasis, block_gram: torch.Tensor) -> dict:
+    """The basis terms of :meth:`LowRankGP.r2` for the reference terms in ``cache`` (its
+    ``ref_t``: the reference block-major, NaN entries zeroed): per (pixel, block), the squared
+    residual of the mean spectrum ``E = |R|^2`` and the projections ``G = B_b R`` of
+    ``R = ref - mu``, plus a correction of ``c^T H_b c`` for blocks with NaN entries.
+
+    One batched product of the reference with the components and the mean gives both, since
+    ``|R|^2 = |ref|^2 - 2 ref.mu_b + |mu_b|^2`` and ``B_b R = B_b ref - B_b mu_b`` where the
+    block is fully valid (float64: the expansion loses ~1e-16 of |ref|^2); the few blocks with
+    NaN entries are recomputed from their valid entries. Building ``R`` itself took 1.2 s on a
+    (3600, 4, 2048) reference, one thread; this takes a few tens of milliseconds."""
+    ref_t = cache["ref_t"]  # (nb, P, F_b)
+    k = basis.k
+    rows = torch.cat([basis.components, basis.mean[None]]).permute(1, 2, 0)  # (nb, F_b, k + 1)
+    prod = torch.bmm(ref_t, rows).transpose(0, 1)  # (P, nb, k + 1)
+    mean_proj = torch.einsum("bf,kbf->bk", basis.mean, basis.components)  # (nb, k)
+    g = (prod[..., :k] - mean_proj).contiguous()
+    e = cache["sq"] - 2.0 * prod[..., k] + basis.mean.square().sum(-1)
+    nan_pix, nan_blk = cache["nan_pix"], cache["nan_blk"]
+    valid = cache["valid_t"][nan_blk, nan_pix]  # (m, F_b)
+    resid = torch.where(valid, ref_t[nan_blk, nan_pix] - basis.mean[nan_blk], 0.0)
+    comps = basis.components[:, nan_blk]  # (k, m, F_b)
+    e[nan_pix, nan_blk] = resid.square().sum(-1)
+    g[nan_pix, nan_blk] = torch.einsum("mf,kmf->mk", resid, comps)
+    masked = comps * valid[None].to(torch.float64)
+    nan_h = torch.einsum("kmf,lmf->mkl", masked, masked) - block_gram[nan_blk]
+    return {"version": basis.version, "E": e, "G": g, "nan_H": nan_h, "sse_unmeasured": None}
+
+
 class LowRankGP(Reconstructor):
     """Low-rank spectral completion with a shared-kernel spatial GP over the coefficients.
 
@@ -180,6 +225,16 @@ class LowRankGP(Reconstructor):
     refit_growth
         Refit basis, hyperparameters and GP when the number of measurements has grown by this
         factor since the last refit.
+    refit_mode, refit_lag
+        ``"blocking"``: a due refit runs in the step that makes it due. ``"deferred"``
+        (default): it runs in a background thread on a snapshot of the ``n`` measurements so
+        far while the current model keeps taking measurements, and is installed
+        ``ceil(refit_lag * n)`` measurements later (earlier if the next refit is due first; a
+        refit costs more the more is measured, so the lag grows with ``n``), waiting there only
+        if it is not done; the measurements since the snapshot are brought into it first
+        (:class:`_DeferredRefit`). Results depend only on the data and the seed, never on
+        timing. The first basis is always fitted at once (there is no model to keep until
+        then), and :meth:`refit` always blocks.
     max_basis_pixels, max_fit_points
         Sizes of the seeded subsamples for the basis and the hyperparameter fit.
     max_exact_pixels
@@ -189,6 +244,9 @@ class LowRankGP(Reconstructor):
     """
 
     name = "gp"
+    #: Called by a deferred refit's thread before each piece of its work: a hook for tests
+    #: that play a slow machine (results must not change).
+    _refit_delay: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -201,6 +259,8 @@ class LowRankGP(Reconstructor):
         max_components: int = 12,
         min_full_pixels: int = 8,
         refit_growth: float = 1.5,
+        refit_mode: str = "deferred",
+        refit_lag: float = 0.2,
         max_basis_pixels: int = 256,
         max_fit_points: int = 200,
         max_exact_pixels: int = 4096,
@@ -213,11 +273,17 @@ class LowRankGP(Reconstructor):
             raise ValueError(f"explained must be in (0, 1], got {explained}")
         if min_full_pixels < 2 or refit_growth <= 1:
             raise ValueError("need min_full_pixels >= 2 and refit_growth > 1")
+        if refit_mode not in REFIT_MODES:
+            raise ValueError(f"refit_mode must be one of {REFIT_MODES}, got {refit_mode!r}")
+        if not refit_lag > 0:
+            raise ValueError(f"refit_lag must be > 0 (a fraction), got {refit_lag}")
         self.kernel = kernel
         self.explained = explained
         self.max_components = max_components
         self.min_full_pixels = min_full_pixels
         self.refit_growth = refit_growth
+        self.refit_mode = refit_mode
+        self.refit_lag = float(refit_lag)
         self.max_basis_pixels = max_basis_pixels
         self.max_fit_points = max_fit_points
         self.max_exact_pixels = max_exact_pixels
@@ -227,6 +293,10 @@ class LowRankGP(Reconstructor):
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
+        pending = getattr(self, "_pending", None)
+        if pending is not None:
+            pending.cancel()
+        self._pending: _DeferredRefit | None = None
         self.measured.zero_()
         self.values = torch.zeros(
             self.n_pixels, self.n_blocks, self.block_features, dtype=self.dtype, device=self.device
@@ -260,10 +330,7 @@ class LowRankGP(Reconstructor):
             if int(self.measured.all(1).sum()) >= self.min_full_pixels:
                 self.refit()
             return
-        if self.n_measured >= self.refit_growth * self._n_at_refit:
-            self.refit()
-            return
-        self._add_to_spatial(p, [(b, vals.to(self.device))])
+        self._update_model(p, [(b, vals.to(self.device))])
 
     def add_many(
         self,
@@ -283,9 +350,13 @@ class LowRankGP(Reconstructor):
                 raise ValueError(f"pixel {key[0]} block {key[1]} appears twice in one batch")
             seen.add(key)
             checked.append((key, self._check_measurement(key[0], key[1], v)))
-        if self.basis is None or self.n_measured + len(checked) >= (
-            self.refit_growth * self._n_at_refit
-        ):
+        n_after = self.n_measured + len(checked)
+        pending = self._pending
+        if (
+            self.basis is None
+            or n_after >= self.refit_growth * self._n_at_refit
+            or (pending is not None and n_after >= pending.install_at)
+        ):  # a refit starts or ends inside the batch: one at a time, so it does so on time
             for (p, b), vals in checked:
                 self.add(p, b, vals)
             return
@@ -294,7 +365,7 @@ class LowRankGP(Reconstructor):
             self._store(p, b, vals)
             by_pixel.setdefault(p, []).append((b, vals.to(self.device)))
         for p, items in by_pixel.items():
-            self._add_to_spatial(p, items)
+            self._update_model(p, items)
 
     def _store(self, p: int, b: int, vals: torch.Tensor) -> None:
         """Keep one validated measurement: its values, mask, energy and the R^2 cache."""
@@ -305,8 +376,64 @@ class LowRankGP(Reconstructor):
         if self._r2_cache is not None:
             self._update_r2_cache(p, b)
 
+    def _refit_due(self) -> bool:
+        return self.n_measured >= self.refit_growth * self._n_at_refit
+
+    def _update_model(self, p: int, items: list[tuple[int, torch.Tensor]]) -> None:
+        """After pixel ``p``'s blocks ``items`` were stored: hand them to a pending refit too,
+        install that refit when its measurement count is reached, start a refit when one is
+        due, or else update the current model incrementally."""
+        pending = self._pending
+        if pending is not None:
+            pending.push(p, items)
+            if self.n_measured < pending.install_at and not self._refit_due():
+                self._add_to_spatial(p, items)
+                return
+            self._install_refit()  # the new model holds these blocks already
+        if self._refit_due():
+            self._start_refit()
+        elif pending is None:
+            self._add_to_spatial(p, items)
+
     def _add_to_spatial(self, p: int, items: list[tuple[int, torch.Tensor]]) -> None:
         """Incremental update of pixel ``p`` after blocks ``(block, values)`` arrived."""
+        observation = self._pixel_observation(p, items)
+        if observation is None:
+            return
+        assert self.spatial is not None
+        self.spatial.add(p, *observation)
+        # SpatialGP reports its rank-one change; tiles and other models do not (recompute).
+        self._r2_after_update(*(getattr(self.spatial, "last_update", None) or (None, None)))
+
+    def _add_batch_to_spatial(
+        self, arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]]
+    ) -> None:
+        """Arrivals ``(pixel, [(block, values), ...])``, in order, in one spatial update: each
+        pixel's blocks are combined into one observation (exact for the GP, as in
+        :meth:`add_many`) and every pixel enters at once (:meth:`SpatialGP.add_many`: one pass
+        over the factor). How a deferred refit catches up (:class:`_DeferredRefit`)."""
+        by_pixel: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for p, items in arrivals:
+            for b, _ in items:
+                self.measured[p, b] = True
+            by_pixel.setdefault(p, []).extend(items)
+        pixels, coefs, noises = [], [], []
+        for p, items in by_pixel.items():
+            observation = self._pixel_observation(p, items)
+            if observation is not None:
+                pixels.append(p)
+                coefs.append(observation[0])
+                noises.append(observation[1])
+        if pixels:
+            assert self.spatial is not None
+            self.spatial.add_many(pixels, torch.stack(coefs), torch.tensor(noises))
+            self._r2_after_update(None, None)
+
+    def _pixel_observation(
+        self, p: int, items: list[tuple[int, torch.Tensor]]
+    ) -> tuple[torch.Tensor, float] | None:
+        """Fold blocks ``(block, values)`` of pixel ``p`` into its coefficient estimate; return
+        what the spatial model is to be given for it (None: nothing new)."""
         basis = self.basis
         assert basis is not None
         for b, vals in items:
@@ -316,28 +443,22 @@ class LowRankGP(Reconstructor):
         new_c, new_noise = self._coefficients(self._gram[p : p + 1], self._proj[p : p + 1])
         new_noise = torch.maximum(new_noise, self._partial_noise(self.measured[p : p + 1]))
         self._obs_coef[p], self._obs_noise[p] = new_c[0], new_noise[0]
-        if self._observe(p, new_c[0], float(new_noise[0]), old_c, old_noise):
-            # SpatialGP reports its rank-one change; tiles and other models do not (recompute).
-            self._r2_after_update(*(getattr(self.spatial, "last_update", None) or (None, None)))
+        return self._observation(new_c[0], float(new_noise[0]), old_c, old_noise)
 
-    def _observe(
-        self, p: int, coef: torch.Tensor, noise: float, old_coef: torch.Tensor, old_noise: float
-    ) -> bool:
-        """Give the spatial model pixel ``p``'s improved estimate ``(coef, noise)`` that
-        replaces ``(old_coef, old_noise)`` (``old_noise`` infinite: none yet); returns whether
-        the spatial model changed. For the GP this is one pseudo-observation with the gained
-        precision: exact for a scalar-noise GP."""
-        assert self.spatial is not None
+    def _observation(
+        self, coef: torch.Tensor, noise: float, old_coef: torch.Tensor, old_noise: float
+    ) -> tuple[torch.Tensor, float] | None:
+        """What the spatial model is given for a pixel whose estimate ``(coef, noise)``
+        replaces ``(old_coef, old_noise)`` (``old_noise`` infinite: none yet); None when it
+        carries no new information. For the GP this is one pseudo-observation with the
+        gained precision: exact for a scalar-noise GP."""
         if not np.isfinite(old_noise):
-            self.spatial.add(p, coef, noise)
-            return True
+            return coef, noise
         gain = 1.0 / noise - 1.0 / old_noise
         if gain <= 1.0 / _HUGE_NOISE:
-            return False  # the new block adds no information about the coefficients
+            return None  # the new block adds no information about the coefficients
         pseudo_noise = 1.0 / gain
-        pseudo = pseudo_noise * (coef / noise - old_coef / old_noise)
-        self.spatial.add(p, pseudo, pseudo_noise)
-        return True
+        return pseudo_noise * (coef / noise - old_coef / old_noise), pseudo_noise
 
     def _coefficients(
         self, gram: torch.Tensor, proj: torch.Tensor
@@ -374,10 +495,49 @@ class LowRankGP(Reconstructor):
 
     # ------------------------------------------------------------------ refit
     def refit(self) -> None:
-        """See :meth:`_refit`; runs single-threaded (small factorisations, see
+        """Refit now on every measurement so far, in either ``refit_mode`` (a pending deferred
+        refit is dropped). See :meth:`_refit`; runs single-threaded (small factorisations, see
         :func:`~reconstruct.gp.single_thread`)."""
+        self._drop_pending()
         with single_thread():
             self._refit()
+
+    def _start_refit(self) -> None:
+        """A refit is due: run it (blocking) or start it from a snapshot (deferred)."""
+        if self.refit_mode == "blocking":
+            self.refit()
+            return
+        snapshot = copy.copy(self)  # shares the measured values: a stored block never changes
+        snapshot.measured = self.measured.clone()
+        snapshot.spatial = None  # the refit builds its own; this one stays in use meanwhile
+        snapshot._r2_cache = None
+        snapshot._pending = None
+        reference = None
+        if self._r2_cache is not None:  # the refit's thread makes the basis terms of R^2 too
+            reference = {key: self._r2_cache[key] for key in _R2_REFERENCE_TERMS}
+        lag = max(1, math.ceil(self.refit_lag * self.n_measured))
+        self._pending = _DeferredRefit(snapshot, self.n_measured + lag, reference)
+        self._n_at_refit = self.n_measured
+
+    def _install_refit(self) -> None:
+        """Replace the model by the pending refit's, waiting for it if it is not done."""
+        pending = self._pending
+        assert pending is not None
+        self._pending = None
+        model = pending.finish()
+        for name in _REFIT_STATE:
+            if name in vars(model):  # _pattern_bits exists only with a pattern table
+                setattr(self, name, getattr(model, name))
+        cache = self._r2_cache
+        if cache is not None:
+            cache["sse_unmeasured"] = None
+            if pending.r2_terms is not None and pending.r2_reference["ref"] is cache["ref"]:
+                cache.update(pending.r2_terms)
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
 
     def _refit(self) -> None:
         """Refit basis, per-pixel coefficients, GP hyperparameters, and rebuild the GP.
@@ -416,17 +576,18 @@ class LowRankGP(Reconstructor):
         self._block_gram = flat_b @ flat_b.transpose(1, 2)  # (nb, k, k)
         mask = self.measured.to(self.device, torch.float64)
         self._gram = (mask @ self._block_gram.reshape(self.n_blocks, -1)).reshape(-1, k, k)
-        # Projections of the centred measured blocks, at observed pixels only. Unmeasured
-        # blocks hold zeros in ``values``, so sum_b (y_b - mu_b) B_b over measured b is one
-        # product of the raw values minus the mask times each block's mean projection; this
-        # never forms a centred copy of the whole tensor.
+        # Projections of the centred measured blocks, sum_b B_b (y_b - mu_b) over measured b,
+        # block by block over the pixels that measured it: only measured blocks are read (a
+        # deferred refit runs while other blocks are being written), and no centred copy of
+        # the tensor is formed.
         observed = torch.nonzero(self.measured.any(1)).reshape(-1).to(self.device)
-        flat_components = basis.components.reshape(k, -1)
         mean_proj = torch.einsum("bf,kbf->bk", basis.mean, basis.components)  # (nb, k)
         self._mean_proj = mean_proj
-        raw = self.values[observed].reshape(observed.numel(), -1).to(torch.float64)
         self._proj = torch.zeros(self.n_pixels, k, dtype=torch.float64, device=self.device)
-        self._proj[observed] = raw @ flat_components.T - mask[observed] @ mean_proj
+        for b in range(self.n_blocks):
+            rows = torch.nonzero(self.measured[:, b]).reshape(-1).to(self.device)
+            raw = self.values[rows, b].to(torch.float64)
+            self._proj.index_add_(0, rows, raw @ basis.components[:, b].T - mean_proj[b])
         coef, noise = self._coefficients(self._gram[observed], self._proj[observed])
         noise = torch.maximum(noise, self._partial_noise(self.measured[observed.cpu()]))
         self._obs_coef = torch.zeros(self.n_pixels, k, dtype=torch.float64, device=self.device)
@@ -446,7 +607,8 @@ class LowRankGP(Reconstructor):
         self.spatial.rebuild(observed, coef, noise, hyper=self.hyper)
         self._cache_block_errors()
         self._n_at_refit = self.n_measured
-        self._r2_cache = None
+        if self._r2_cache is not None:  # the reference terms stay; the basis terms are stale
+            self._r2_cache["sse_unmeasured"] = None
 
     def _fit_hyper(
         self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
@@ -658,12 +820,17 @@ class LowRankGP(Reconstructor):
         estimate: with ``R = ref - mu`` cached per basis version, the squared error of an
         unmeasured block is ``|R|^2 - 2 c.(B_b R) + c^T H_b c`` (NaN reference entries are
         dropped from every term); measured blocks add their cached squared error. Equals the
-        generic :func:`~reconstruct.metrics.r2_score` up to round-off."""
+        generic :func:`~reconstruct.metrics.r2_score` up to round-off.
+
+        The cache has two parts: the reference's own terms, made once per reference, and the
+        basis terms (:func:`r2_basis_terms`), remade after each refit."""
         if self.basis is None:
             return super().r2(reference_blocks)
         cache = self._r2_cache
         if cache is None or cache["ref"] is not reference_blocks:
             cache = self._build_r2_cache(reference_blocks)
+        if cache["version"] != self.basis.version:
+            cache.update(r2_basis_terms(cache, self.basis, self._block_gram))
         if cache["sse_unmeasured"] is None:
             self._r2_unmeasured_terms(cache)
         sse = cache["sse_unmeasured"]
@@ -713,38 +880,44 @@ class LowRankGP(Reconstructor):
         cache["m"].addcmul_(a[:, None], u @ h_delta)
 
     def _build_r2_cache(self, reference_blocks: torch.Tensor) -> dict:
-        basis = self.basis
-        assert basis is not None
-        ref = torch.as_tensor(reference_blocks).to(self.device, torch.float64)
+        """The reference's own terms of the fast R^2: the reference block-major with NaN
+        entries zeroed (``ref_t``, ``(nb, P, F_b)``, the layout :func:`r2_basis_terms` reads
+        without a copy), its validity, the sum of squares around the channel means, where it
+        has NaN entries, and the squared error of every measured block."""
+        ref = torch.as_tensor(reference_blocks)
         expected = (self.n_pixels, self.n_blocks, self.block_features)
         if tuple(ref.shape) != expected:
             raise ValueError(f"reference has shape {tuple(ref.shape)}, expected {expected}")
-        valid = torch.isfinite(ref)
-        resid = torch.where(valid, ref - basis.mean, 0.0)
-        counts = valid.sum(0).to(torch.float64)
-        ref0 = torch.where(valid, ref, 0.0)
-        chan_mean = ref0.sum(0) / counts.clamp_min(1.0)
-        ss_ref = float((torch.where(valid, ref - chan_mean, 0.0) ** 2).sum())
-        partial = ~valid.all(-1)
-        nan_pix, nan_blk = torch.nonzero(partial, as_tuple=True)
-        comps_masked = basis.components[:, nan_blk] * valid[nan_pix, nan_blk][None].to(
-            torch.float64
+        ref_t = torch.empty(
+            self.n_blocks, self.n_pixels, self.block_features,
+            dtype=torch.float64, device=self.device,
         )
-        nan_h = torch.einsum("kmf,lmf->mkl", comps_masked, comps_masked) - self._block_gram[nan_blk]
-        meas = torch.where(valid, ref - self.values.to(torch.float64), 0.0)
+        ref_t.copy_(ref.transpose(0, 1))
+        valid_t = torch.isfinite(ref_t)
+        ref_t.masked_fill_(~valid_t, 0.0)
+        counts = valid_t.sum(1).to(torch.float64)  # (nb, F_b)
+        chan_mean = ref_t.sum(1) / counts.clamp_min(1.0)
+        ss_ref = float(torch.where(valid_t, ref_t - chan_mean[:, None], 0.0).square_().sum())
+        nan_blk, nan_pix = torch.nonzero(~valid_t.all(-1), as_tuple=True)
         cache = {
             "ref": reference_blocks,
-            "valid": valid,
-            "ref64": ref,
-            "E": (resid**2).sum(-1),
-            "G": torch.einsum("pbf,kbf->pbk", resid, basis.components).contiguous(),
+            "ref_t": ref_t,
+            "valid_t": valid_t,
+            "sq": ref_t.square().sum(-1).T.contiguous(),  # (P, nb) |ref0_pb|^2
             "ss_ref": ss_ref,
             "nan_pix": nan_pix,
             "nan_blk": nan_blk,
-            "nan_H": nan_h,
-            "meas_err": (meas**2).sum(-1) * self.measured.to(self.device),
+            "meas_err": torch.zeros(
+                self.n_pixels, self.n_blocks, dtype=torch.float64, device=self.device
+            ),
+            "version": None,  # of the basis terms: see r2_basis_terms
             "sse_unmeasured": None,  # with "U" and "m": see _r2_unmeasured_terms
         }
+        meas_pix, meas_blk = torch.nonzero(self.measured.to(self.device), as_tuple=True)
+        diff = ref_t[meas_blk, meas_pix] - self.values[meas_pix, meas_blk].to(torch.float64)
+        cache["meas_err"][meas_pix, meas_blk] = torch.where(
+            valid_t[meas_blk, meas_pix], diff, 0.0
+        ).square().sum(-1)
         self._r2_cache = cache
         return cache
 
@@ -753,14 +926,152 @@ class LowRankGP(Reconstructor):
         error moves from the unmeasured sum to the measured one."""
         cache = self._r2_cache
         assert cache is not None
-        diff = cache["ref64"][p, b] - self.values[p, b].to(torch.float64)
-        cache["meas_err"][p, b] = torch.where(cache["valid"][p, b], diff, 0.0).square().sum()
+        diff = cache["ref_t"][b, p] - self.values[p, b].to(torch.float64)
+        cache["meas_err"][p, b] = torch.where(cache["valid_t"][b, p], diff, 0.0).square().sum()
         if cache["sse_unmeasured"] is not None and self.basis is not None and cache["U"][p, b]:
             c = self.coefficients()[p]
             h = self._block_gram[b] @ c - cache["G"][p, b]
             cache["sse_unmeasured"] -= float(cache["E"][p, b] + c @ (h - cache["G"][p, b]))
             cache["m"][p] -= h
             cache["U"][p, b] = 0.0
+
+
+class _DeferredRefit:
+    """A refit computed in a background thread, and the measurements that arrive until the
+    reconstructor installs it.
+
+    The thread refits ``model``, a snapshot of the reconstructor (its own mask; the measured
+    values are shared, and a block in the snapshot is never written again), then brings in
+    the arrivals in arrival order, in chunks of ``CHUNK`` as each chunk is complete and the
+    last ``CHUNK`` before the install count one by one as they come (so that the install
+    waits for one update, not a chunk), and whatever is left when the reconstructor asks for
+    the model (:meth:`finish`; an install made early by the next refit). What it
+    computes depends only on the snapshot and the arrivals, never on when the thread runs, so
+    a slow machine gives the same results as a fast one, only later (:meth:`finish` waits).
+    A chunk enters the GP as one block update (:meth:`SpatialGP.add_many`), several times
+    cheaper per measurement than the single updates the reconstructor makes meanwhile, so the
+    thread catches up.
+
+    A thread runs only while there is work (refit, or a complete chunk), so an abandoned
+    reconstructor is not kept alive by it. Copying (``copy.deepcopy``, pickling) waits until
+    that work is done and copies the result; the copy continues on its own.
+    """
+
+    CHUNK = 8
+
+    def __init__(
+        self, model: LowRankGP, install_at: int, r2_reference: dict | None = None
+    ) -> None:
+        self.model = model
+        self.install_at = install_at
+        self._expected = install_at - model.n_measured  # arrivals until the install count
+        self.r2_reference = r2_reference
+        self.r2_terms: dict | None = None
+        self.arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]] = []
+        self.applied = 0  # arrivals already in the model
+        self.refitted = False
+        self._init_sync()
+        with self._cond:
+            self._wake()
+
+    def _init_sync(self) -> None:
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._final = False  # the reconstructor asked for the model: no more arrivals
+        self._cancelled = False
+        self._error: BaseException | None = None
+
+    def _chunk_size(self) -> int:
+        return self.CHUNK if self.applied + 2 * self.CHUNK <= self._expected else 1
+
+    def _work_ready(self) -> bool:
+        waiting = len(self.arrivals) - self.applied
+        return (
+            not self.refitted or waiting >= self._chunk_size() or (self._final and waiting > 0)
+        )
+
+    def _wake(self) -> None:
+        """Start a thread if there is work and none runs (the condition's lock held)."""
+        if self._thread is None and not self._cancelled and self._work_ready():
+            # Not a daemon: at exit the interpreter waits for the piece of work in progress
+            # (a daemon thread inside a torch kernel aborted the process at shutdown).
+            self._thread = threading.Thread(target=self._run, name="LowRankGP refit")
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with single_thread():
+                while True:
+                    with self._cond:
+                        if self._cancelled or not self._work_ready():
+                            self._thread = None
+                            self._cond.notify_all()
+                            return
+                        refitted = self.refitted
+                        chunk = self.arrivals[self.applied : self.applied + self._chunk_size()]
+                    delay = self.model._refit_delay
+                    if delay is not None:
+                        delay()
+                    if not refitted:
+                        self._refit()
+                    else:
+                        self.model._add_batch_to_spatial(chunk)
+                    with self._cond:
+                        if refitted:
+                            self.applied += len(chunk)
+                        self.refitted = True
+                        self._cond.notify_all()
+        except BaseException as error:  # handed to the reconstructor's thread by finish()
+            with self._cond:
+                self._error = error
+                self._thread = None
+                self._cond.notify_all()
+
+    def _refit(self) -> None:
+        self.model._refit()
+        if self.r2_reference is not None:
+            self.r2_terms = r2_basis_terms(
+                self.r2_reference, self.model.basis, self.model._block_gram
+            )
+
+    def push(self, pixel: int, items: list[tuple[int, torch.Tensor]]) -> None:
+        """Blocks ``items`` of ``pixel`` were measured after the snapshot."""
+        with self._cond:
+            self.arrivals.append((pixel, items))
+            self._wake()
+
+    def _wait_idle(self) -> None:
+        with self._cond:
+            while self._error is None and not self._cancelled and (
+                self._thread is not None or self._work_ready()
+            ):
+                self._wake()
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+
+    def finish(self) -> LowRankGP:
+        """The refitted model with every arrival in it, waiting if needed."""
+        with self._cond:
+            self._final = True
+        self._wait_idle()
+        return self.model
+
+    def cancel(self) -> None:
+        """Drop the refit: a running thread stops after its current piece of work."""
+        with self._cond:
+            self._cancelled = True
+
+    def __getstate__(self) -> dict:
+        self._wait_idle()
+        state = dict(vars(self))
+        for name in ("_cond", "_thread", "_final", "_cancelled", "_error"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state)
+        self._init_sync()
 
 
 class InverseDistanceCoefficients:
@@ -811,6 +1122,10 @@ class InverseDistanceCoefficients:
         self._noise[pixel] = noise
         self._observed[pixel] = True
         self._stale = True
+
+    def add_many(self, pixels: Sequence[int], values: torch.Tensor, noise: torch.Tensor) -> None:
+        for p, y, s in zip(pixels, values, noise.tolist(), strict=True):
+            self.add(int(p), y, s)
 
     def rebuild(
         self,
@@ -864,12 +1179,10 @@ class LowRankCompletion(LowRankGP):
     def _make_spatial(self, k: int) -> InverseDistanceCoefficients:
         return InverseDistanceCoefficients(self.spatial_shape, k, device=self.device)
 
-    def _observe(
-        self, p: int, coef: torch.Tensor, noise: float, old_coef: torch.Tensor, old_noise: float
-    ) -> bool:
-        assert self.spatial is not None
-        self.spatial.add(p, coef, noise)  # a direct replacement: no pseudo-observation needed
-        return True
+    def _observation(
+        self, coef: torch.Tensor, noise: float, old_coef: torch.Tensor, old_noise: float
+    ) -> tuple[torch.Tensor, float]:
+        return coef, noise  # the model's add replaces: no pseudo-observation needed
 
     def _fit_hyper(
         self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor

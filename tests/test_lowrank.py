@@ -1,5 +1,10 @@
 """Tests of the low-rank reconstructors on small synthetic fields."""
 
+import copy
+import functools
+import pickle
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -246,3 +251,113 @@ def test_pixel_energy_equals_the_sum_of_squares_of_the_full_estimate(cls):
         generic = Reconstructor.pixel_energy(rec)
         assert generic.min() > 0
         torch.testing.assert_close(rec.pixel_energy(), generic, rtol=1e-5, atol=0)
+
+
+def _sequence(rec, field, seed=7):
+    """Six full pixels, then single blocks in a seeded order, with an R^2 after each (as an
+    environment step); returns the estimate after every measurement past the first basis."""
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {})
+    reference = torch.as_tensor(field)
+    estimates = []
+    rng = np.random.default_rng(seed)
+    for a in rng.permutation(144 * LAYOUT.n_blocks):
+        p, b = divmod(int(a), LAYOUT.n_blocks)
+        if rec.measured[p, b]:
+            continue
+        rec.add(p, b, field[p, b])
+        rec.r2(reference)
+        estimates.append(rec.estimate_blocks().clone())
+    return estimates
+
+
+@pytest.mark.parametrize("mode", ["blocking", "deferred"])
+def test_refit_modes_give_valid_estimates(mode):
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1.3,
+                    refit_mode=mode, refit_lag=0.2)
+    estimates = _sequence(rec, field)
+    assert rec._basis_version >= 5  # several refits, installed on the way
+    reference = torch.as_tensor(field)
+    assert r2_score(reference, estimates[len(estimates) // 4]) > 0.9
+    assert rec.r2(reference) == pytest.approx(r2_score(reference, estimates[-1]), rel=1e-6)
+    assert rec._pending is None or rec.n_measured < rec._pending.install_at
+
+
+def test_deferred_refits_do_not_depend_on_timing():
+    """The same seed gives bit-identical estimates at every step whether the refit thread is
+    fast or slow (here: a sleep before each piece of its work, so the installs wait)."""
+    field = _low_rank_field(rank=3, noise=0.05)
+    runs = []
+    for delay in (None, 0.01):
+        rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6,
+                        refit_growth=1.3, refit_mode="deferred", refit_lag=0.2, seed=2)
+        if delay is not None:
+            rec._refit_delay = functools.partial(time.sleep, delay)
+        runs.append(_sequence(rec, field))
+    assert len(runs[0]) == len(runs[1])
+    for step, (fast, slow) in enumerate(zip(*runs, strict=True)):
+        assert torch.equal(fast, slow), step
+
+
+def test_deferred_refit_installs_at_its_count_and_reset_cancels_it():
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1.2,
+                    refit_mode="deferred", refit_lag=0.15)
+    rec._refit_delay = functools.partial(time.sleep, 0.05)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {})  # the first basis: at once
+    version = rec._basis_version
+    pixels = [p for p in range(144) if not rec.measured[p].any()]
+    for p in pixels[:5]:  # 24 + 5 >= 1.2 * 24: a refit starts
+        rec.add(p, 0, field[p, 0])
+    pending = rec._pending
+    assert pending is not None and pending.install_at == rec.n_measured + 5
+    assert rec._basis_version == version  # the old model is still in use
+    for p in pixels[5:9]:
+        rec.add(p, 0, field[p, 0])
+    assert rec._pending is pending and rec._basis_version == version
+    rec.add(pixels[9], 0, field[pixels[9], 0])  # the install count: waits for the thread
+    assert rec._pending is None and rec._basis_version == version + 1
+    for p in pixels[10:20]:
+        rec.add(p, 0, field[p, 0])
+    pending = rec._pending
+    assert pending is not None and not pending.refitted  # the thread sleeps first
+    rec.reset()
+    assert pending._cancelled
+    assert rec._pending is None and rec.basis is None
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {})
+    assert rec._basis_version == 1 and rec.n_measured == 24
+
+
+@pytest.mark.parametrize("cls", [LowRankGP, LowRankCompletion])
+def test_deepcopy_and_pickle_during_a_deferred_refit(cls):
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = cls(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1.2,
+              refit_mode="deferred", refit_lag=0.8)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {p: [1] for p in range(2, 12)})
+    assert rec._pending is not None
+    copies = [copy.deepcopy(rec), pickle.loads(pickle.dumps(rec))]
+    rest = {p: [2] for p in range(20, 60) if p not in (40, 77)}
+    for r in [rec, *copies]:
+        _fill(r, field, [], rest)
+    for c in copies:
+        assert torch.equal(c.estimate_blocks(), rec.estimate_blocks())
+        assert c._basis_version == rec._basis_version
+
+
+def test_gp_block_update_equals_single_updates():
+    from reconstruct.gp import GPHyperparameters, SpatialGP, grid_coords
+
+    rng = np.random.default_rng(1)
+    pixels = rng.choice(144, 40, replace=False)
+    values, noise = rng.normal(size=(40, 3)), rng.uniform(0.01, 0.5, 40)
+    gps = [SpatialGP(grid_coords(SHAPE), 3, GPHyperparameters(2.5, 0.3), device="cpu",
+                     factor_dtype=torch.float64) for _ in range(2)]
+    for gp in gps:
+        gp.rebuild(pixels[:20], values[:20], noise[:20])
+    for i in range(20, 40):
+        gps[0].add(int(pixels[i]), values[i], float(noise[i]))
+    gps[1].add_many(pixels[20:30], values[20:30], noise[20:30])
+    gps[1].add_many(pixels[30:40], values[30:40], noise[30:40])
+    torch.testing.assert_close(gps[1].mean, gps[0].mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(gps[1].variance, gps[0].variance, rtol=0, atol=1e-10)
+    assert gps[1].n_obs == 40 and gps[1].obs_pixels == gps[0].obs_pixels
