@@ -226,8 +226,8 @@ class LowRankGP(Reconstructor):
         Refit basis, hyperparameters and GP when the number of measurements has grown by this
         factor since the last refit.
     refit_mode, refit_lag
-        ``"blocking"``: a due refit runs in the step that makes it due. ``"deferred"``
-        (default): it runs in a background thread on a snapshot of the ``n`` measurements so
+        ``"blocking"`` (default): a due refit runs in the step that makes it due.
+        ``"deferred"``: it runs in a background thread on a snapshot of the ``n`` measurements so
         far while the current model keeps taking measurements, and is installed
         ``ceil(refit_lag * n)`` measurements later (earlier if the next refit is due first; a
         refit costs more the more is measured, so the lag grows with ``n``), waiting there only
@@ -259,7 +259,7 @@ class LowRankGP(Reconstructor):
         max_components: int = 12,
         min_full_pixels: int = 8,
         refit_growth: float = 1.5,
-        refit_mode: str = "deferred",
+        refit_mode: str = "blocking",
         refit_lag: float = 0.2,
         max_basis_pixels: int = 256,
         max_fit_points: int = 200,
