@@ -28,7 +28,12 @@ import numpy as np
 
 from agents.base import Policy
 from agents.statistics import mean_and_interval
-from reconstruct.metrics import auc_normalised, dynamics_r2, seconds_to_reach
+from reconstruct.metrics import (
+    auc_normalised,
+    dynamics_r2,
+    dynamics_r2_per_voltage,
+    seconds_to_reach,
+)
 
 #: How far below the full raster's dynamics R^2 a reconstruction's may lie and still count as
 #: keeping the relaxation. Why 0.05: a raster's own dynamics R^2 moves by about that much
@@ -59,6 +64,10 @@ class DynamicsCriterion:
 
     def score(self, estimate: np.ndarray) -> float:
         return dynamics_r2(self.reference, estimate)
+
+    def per_voltage(self, estimate: np.ndarray) -> np.ndarray:
+        """The dynamics R^2 of each voltage's map."""
+        return dynamics_r2_per_voltage(self.reference, estimate)
 
 
 def dynamics_criterion(dataset, margin: float = DYNAMICS_MARGIN, seed: int = 0):
@@ -114,6 +123,7 @@ class Trace:
     seconds_to_dynamics: float = math.nan
     dynamics_floor: float = math.nan
     r2_dynamics: float = math.nan
+    r2_dynamics_per_voltage: list[float] = field(default_factory=list)  # at the end
     final_map: np.ndarray | None = field(default=None, repr=False)  # reconstructed map (X, Y)
     measured_map: np.ndarray | None = field(default=None, repr=False)  # blocks measured per pixel
 
@@ -198,6 +208,7 @@ def run_episode(
         if stop_r2 is not None and r2[-1] >= stop_r2 and not dynamics_pending:
             break
     final_map, measured_map = _final_maps(unwrapped)
+    final = unwrapped.estimate().detach().cpu().numpy() if criterion is not None else None
     return Trace(
         agent=policy.label,
         seed=seed,
@@ -212,10 +223,9 @@ def run_episode(
         measured_map=measured_map,
         seconds_to_dynamics=seconds_to_dynamics,
         dynamics_floor=criterion.floor if criterion is not None else math.nan,
-        r2_dynamics=(
-            criterion.score(unwrapped.estimate().detach().cpu().numpy())
-            if criterion is not None
-            else math.nan
+        r2_dynamics=criterion.score(final) if criterion is not None else math.nan,
+        r2_dynamics_per_voltage=(
+            criterion.per_voltage(final).tolist() if criterion is not None else []
         ),
     )
 
@@ -301,6 +311,8 @@ class AgentSummary:
     reached_dynamics: int = 0
     final_r2_dynamics: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     dynamics_floor: float = math.nan
+    # the final dynamics R^2 of each voltage's map, mean over seeds (empty without time axis)
+    final_r2_dynamics_per_voltage: list[float] = field(default_factory=list)
 
     @property
     def checks_dynamics(self) -> bool:
@@ -343,6 +355,11 @@ def summarise(traces: list[Trace], data: str, targets: tuple[float, ...]) -> Age
         reached_dynamics=int(sum(np.isfinite(tr.seconds_to_dynamics) for tr in traces)),
         final_r2_dynamics=mean_and_interval([tr.r2_dynamics for tr in traces], AT_MOST_ONE),
         dynamics_floor=float(np.mean([tr.dynamics_floor for tr in traces])),
+        final_r2_dynamics_per_voltage=(
+            np.mean([tr.r2_dynamics_per_voltage for tr in traces], axis=0).tolist()
+            if all(tr.r2_dynamics_per_voltage for tr in traces)
+            else []
+        ),
     )
 
 

@@ -295,3 +295,19 @@ def dynamics_r2(
     return r2_score(
         relaxation_part(ref, time_axis), relaxation_part(estimate, time_axis), spatial_axes
     )
+
+
+def dynamics_r2_per_voltage(
+    reference: ArrayLike, estimate: ArrayLike, voltage_axis: int = 2, time_axis: int = -1
+) -> np.ndarray:
+    """:func:`dynamics_r2` of each voltage's map alone (image layout ``(X, Y, V, T)`` by
+    default): where in the pulse sequence the relaxation is recovered, and where not."""
+    ref = _as_tensor(reference)
+    if ref.ndim < 4 or ref.shape[time_axis] < 2:
+        raise ValueError(
+            f"the dynamics accuracy needs a time axis of >= 2 read-outs after the voltage axis; "
+            f"the data has shape {tuple(ref.shape)}"
+        )
+    return r2_per_axis(
+        relaxation_part(ref, time_axis), relaxation_part(estimate, time_axis), voltage_axis, 2
+    )

@@ -39,6 +39,8 @@ def test_evaluate_writes_results_and_figures(tmp_path, capsys, monkeypatch):
     assert "+ dynamics kept" in printed
     payload = json.loads((out / "results.json").read_text())
     assert len(payload["results"]) == 3
+    for result in payload["results"]:  # the relaxation per voltage map, 16 voltages
+        assert len(result["final_r2_dynamics_per_voltage"]) == 16
     assert payload["config"]["seeds"] == 2
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))

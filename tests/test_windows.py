@@ -245,6 +245,8 @@ def test_dynamics_criterion_scores_the_full_raster():
     scored = np.where(np.isfinite(dataset.data), dataset.truth, np.nan)  # lost entries: nowhere
     assert criterion.raster == pytest.approx(dynamics_r2(scored, dataset.data))
     assert criterion.score(dataset.truth) == pytest.approx(1.0)
+    per_voltage = criterion.per_voltage(dataset.data)
+    assert per_voltage.shape == (16,) and np.isfinite(per_voltage).all()
     no_truth = Dataset(dataset.data, dataset.axes)
     data_criterion = dynamics_criterion(no_truth)
     assert data_criterion.reference_name == "data"
