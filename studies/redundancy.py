@@ -773,6 +773,23 @@ def twin_overrides(setting: str, grid: int | None = None) -> dict[str, Any]:
     return overrides
 
 
+def standardise_channels(
+    data: np.ndarray, truth: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``data`` (and ``truth``, on the same scale) divided by each spectral channel's spatial
+    standard deviation in ``data`` (channels that are constant in space are left as they are).
+
+    The R^2 pools every channel's sums of squares, so in a file of images in different units
+    (height in metres beside phase in degrees) the channel with the largest numbers is the whole
+    score; on a common scale every channel counts alike."""
+    with warnings.catch_warnings():  # an all-NaN channel's spread is NaN: left unscaled below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread = np.nanstd(data.astype(np.float64), axis=(0, 1), keepdims=True)
+    spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+    scaled = (data / spread).astype(np.float32)
+    return scaled, None if truth is None else (truth / spread).astype(np.float32)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; returns the summary it wrote."""
     parser = argparse.ArgumentParser(
@@ -816,6 +833,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=",".join(str(f) for f in FRACTIONS),
         help="comma-separated kept fractions for the single-axis experiments",
     )
+    parser.add_argument(
+        "--standardise-channels",
+        action="store_true",
+        help="divide every spectral channel by its spatial standard deviation first (files whose "
+        "channels carry different units, where one channel's variance would fill every score)",
+    )
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -830,9 +853,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     overrides = twin_overrides(args.twin_setting, args.grid) if is_twin else {}
     dataset = open_data(args.data, **overrides)
     print(dataset.summary())
+    data, truth = dataset.data, dataset.truth
+    if args.standardise_channels:
+        data, truth = standardise_channels(data, truth)
     study = RedundancyStudy(
-        dataset.data,
-        dataset.truth,
+        data,
+        truth,
         reconstructors=_names(args.reconstructors),
         combined_reconstructors=_names(args.combined_reconstructors),
         short_read_reconstructors=_names(args.short_read_reconstructors),
@@ -852,6 +878,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "dataset": dataset.summary(),
         "twin_setting": args.twin_setting if is_twin else None,
         "twin_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+        "standardised_channels": args.standardise_channels,
         **study.summary(),
     }
     paths = write_outputs(summary, args.out)

@@ -13,6 +13,7 @@ from studies.redundancy import (
     format_table,
     interpolate_along_axis,
     main,
+    standardise_channels,
     write_outputs,
 )
 
@@ -252,3 +253,14 @@ def test_twin_setting_reaches_the_twin(tmp_path, monkeypatch) -> None:
     with pytest.raises(SystemExit):
         main(["--data", str(tmp_path / "cube.npy"), "--out", str(tmp_path), "--twin-setting",
               "relaxation-rich"])
+
+
+def test_standardised_channels_count_alike() -> None:
+    data, truth = tiny_field()
+    data, truth = data[..., 0] * np.array([1e-9, 1.0, 50.0, 1.0]), truth[..., 0]
+    data[..., 3] = 2.0  # constant in space: left as it is
+    scaled, scaled_truth = standardise_channels(data, truth)
+    np.testing.assert_allclose(np.nanstd(scaled[..., :3], axis=(0, 1)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(scaled[..., 3], 2.0)
+    ratio = scaled_truth[..., 1] / truth[..., 1]
+    np.testing.assert_allclose(ratio, 1 / np.nanstd(data[..., 1]), rtol=1e-5)
