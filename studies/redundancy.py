@@ -1,9 +1,23 @@
 """Redundancy study: how much of each axis can be left unmeasured at a given accuracy.
 
 ``python -m studies.redundancy --data twin|FILE --out DIR`` keeps a fraction of the data
-along one axis (or a combination), reconstructs the rest, and scores the reconstruction with
-R^2 (see :func:`reconstruct.metrics.r2_score`) against the measured tensor and, when the
-dataset has a noise-free ``truth``, against the truth. Experiments:
+along one axis (or a combination), reconstructs the rest, and scores every reconstruction
+twice: with the tensor R^2 (:func:`reconstruct.metrics.r2_score`) and, for data with a time
+axis, with the dynamics R^2 (:func:`reconstruct.metrics.dynamics_r2`, the R^2 of each curve
+minus its time mean), each against the measured tensor and, when the dataset has a noise-free
+``truth``, against the truth. The tensor R^2 is dominated by the level after each pulse, so on
+data whose relaxation is a small share of the variance it says little about the time axis;
+the dynamics R^2 is what does.
+
+Every kept fraction is a fraction of *instrument time*: the pulses and reads that the kept
+measurements cost under :class:`envs.cost.CostModel` (per voltage: ``pulse_s + reads *
+read_interval_s``, 20 ms + 128 x 2 ms by default), relative to a full raster. Settling and tip
+travel are left out: they depend on the path, not on what is dropped. For whole curves this is
+the share of the tensor measured; a curve read for its first ``r`` of ``T`` reads costs
+``(pulse + r * interval) / (pulse + T * interval)`` of a whole one (0.17 for 13 of 128 reads):
+the pulse is paid however short the read.
+
+Experiments:
 
 ``pixels``
     Random pixels with their full spectra; every reconstructor fills in the other pixels.
@@ -11,24 +25,36 @@ dataset has a noise-free ``truth``, against the truth. Experiments:
     Every pixel at a subset of the first spectral axis (random, or evenly spread); the dropped
     entries are interpolated along that axis in acquisition order (``axis-linear``). No pixel
     holds the dropped voltages, so spatial reconstructors cannot help here.
-``time_truncation``, ``time_subsampling``
-    Every pixel and voltage, but only the first reads (truncation) or evenly spread reads
-    (subsampling) along the second spectral axis; the rest is interpolated along it
-    (``axis-linear``; past the last kept read it holds the last value). Needs two spectral
-    axes.
+``time_truncation``
+    Every pixel and voltage, but each curve read for its first reads only; the rest is held at
+    the last read value (``axis-linear``). Needs a time axis. Evenly spread reads (time
+    *subsampling*) are not studied: the tip waits out the whole curve either way, so they save
+    no instrument time.
 ``combined``
     A fraction of pixels measured in full, and every other pixel at one voltage block of a few
     voltages spread over the sequence (the default :class:`~reconstruct.base.BlockLayout`, one
-    block chosen at random per pixel); the reconstructors complete the rest (low-rank
-    completion is the natural fit). The kept fraction is the share of the full tensor measured.
+    block chosen at random per pixel), read in full; the reconstructors complete the rest
+    (low-rank completion is the natural fit).
+``combined_short_reads``
+    As ``combined``, but every other pixel reads each curve of its block for only the first
+    ``T / S`` reads (``S`` segments per curve); the blocks may also hold every voltage. The
+    segments are folded into the voltage axis (:class:`~reconstruct.base.SegmentedLayout`,
+    one unit per (block, segment)), as the acquisition environment's read windows do, so a
+    short read is a measurement of one unit. Needs a time axis.
 
-The study writes ``DIR/redundancy.json`` and one PNG of R^2 against the fraction kept per
-experiment, and prints, per experiment and reconstructor, the largest fraction of the axis that
-can be dropped while R^2 stays >= 0.90 and >= 0.95. Entries that are NaN in the data are never
-measured (a pixel is skipped by a draw when its values there are not finite) and are ignored by
-the scores. Every draw comes from one seeded generator, so a seed fixes the result.
+The dynamics criterion is the project's (:func:`agents.evaluation.dynamics_criterion`): a
+reconstruction keeps the relaxation when its dynamics R^2 is at least the full raster's minus
+:data:`agents.evaluation.DYNAMICS_MARGIN` (against the truth where there is one). The study
+writes ``DIR/redundancy.json`` and ``DIR/redundancy.png`` (one panel per axis: tensor and
+dynamics R^2 against the fraction of instrument time kept), and prints, per experiment and
+reconstructor, the largest fraction of instrument time that can be dropped while the tensor R^2
+stays >= 0.90 and >= 0.95, with and without the dynamics criterion. Entries that are NaN in the
+data are never measured (a pixel is skipped by a draw when its values there are not finite) and
+are ignored by the scores. Every draw comes from one seeded generator, so a seed fixes the
+result.
 
-This module never imports ``envs`` except inside :func:`main`, which loads the data.
+The experiments work on plain arrays: ``envs`` (the data, the cost model) and ``agents`` (the
+dynamics criterion) are imported only where they are needed, inside functions.
 """
 
 from __future__ import annotations
@@ -46,8 +72,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reconstruct.base import BlockLayout
-from reconstruct.metrics import r2_score
+from reconstruct.base import BlockLayout, SegmentedLayout
+from reconstruct.metrics import dynamics_r2, r2_score
 from reconstruct.registry import make_reconstructor
 
 FRACTIONS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
@@ -57,17 +83,40 @@ SPATIAL_RECONSTRUCTORS: tuple[str, ...] = ("mean", "nearest", "idw", "linear", "
 # block at most pixels it took 80-300 s per setting on the 60 x 60 twin (2 shared cores),
 # against about 5 s for low-rank completion. Pass it explicitly to include it.
 COMBINED_RECONSTRUCTORS: tuple[str, ...] = ("mean", "nearest", "idw", "linear", "lowrank")
+# Short reads leave most units of a pixel unmeasured, which only a spectral basis learned from
+# whole curves can fill in; the interpolators would fill each unit from the few full pixels.
+SHORT_READ_RECONSTRUCTORS: tuple[str, ...] = ("lowrank",)
 # Share of pixels measured in full, and share of the voltage axis each other pixel gets.
 COMBINED_FULL_SHARES: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
 # One-voltage blocks are left out: on the twin they scored below two- and four-voltage blocks
 # at every cost tried, and low-rank completion took 20-80 s per setting with them.
 COMBINED_VOLTAGE_SHARES: tuple[float, ...] = (1 / 8, 1 / 4, 1 / 2)
+# With short reads the pulses dominate a partial pixel's cost, so reading every voltage briefly
+# is a design worth trying too.
+SHORT_READ_VOLTAGE_SHARES: tuple[float, ...] = (1 / 4, 1 / 2, 1.0)
+# Segments per curve for short reads: a partial pixel reads T / S reads (8, 16, 32 of 128).
+# At most 16, as for the environment's read windows (each segment is a unit of the model).
+SHORT_READ_SEGMENTS: tuple[int, ...] = (16, 8, 4)
 AXIS_METHOD = "axis-linear"
+EXPERIMENTS: tuple[str, ...] = (
+    "pixels",
+    "voltages_random",
+    "voltages_regular",
+    "time_truncation",
+    "combined",
+    "combined_short_reads",
+)
+#: Experiments that need a time axis.
+TIME_EXPERIMENTS: frozenset[str] = frozenset({"time_truncation", "combined_short_reads"})
 
 
 @dataclass
 class Trial:
-    """One reconstruction: what was kept, by which method, and how well it scored."""
+    """One reconstruction: what was kept, by which method, and how well it scored.
+
+    ``fraction_kept`` is the fraction of the full raster's pulse-and-read time that the kept
+    measurements cost; the dynamics scores are None for data without a time axis, and
+    ``dynamics_truth`` is None without a truth."""
 
     experiment: str
     reconstructor: str
@@ -75,6 +124,8 @@ class Trial:
     r2_measured: float
     r2_truth: float | None
     seconds: float
+    dynamics_measured: float | None = None
+    dynamics_truth: float | None = None
     setting: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,15 +170,44 @@ def interpolate_along_axis(data: np.ndarray, axis: int, kept: np.ndarray) -> np.
 # ------------------------------------------------------------------ the study
 @dataclass
 class _Scorer:
-    """Scores estimates in image layout against the data and (optionally) the truth."""
+    """Scores estimates in image layout against the data and (optionally) the truth, with the
+    tensor R^2 always and the dynamics R^2 when the data has a time axis.
+
+    The dynamics score against the truth is the criterion's own (``criterion.score``: the truth
+    at the entries the data holds), so that it is comparable with the criterion's floor."""
+
+    data: np.ndarray
+    truth: np.ndarray | None
+    criterion: Any = None  # agents.evaluation.DynamicsCriterion, or None without a time axis
+
+    def __call__(self, estimate: np.ndarray | torch.Tensor) -> dict[str, float | None]:
+        scores: dict[str, float | None] = {
+            "r2_measured": r2_score(self.data, estimate, spatial_axes=2),
+            "r2_truth": None
+            if self.truth is None
+            else r2_score(self.truth, estimate, spatial_axes=2),
+            "dynamics_measured": None,
+            "dynamics_truth": None,
+        }
+        if self.criterion is not None:
+            scores["dynamics_measured"] = dynamics_r2(self.data, estimate)
+            if self.criterion.reference_name == "truth":
+                scores["dynamics_truth"] = self.criterion.score(estimate)
+        return scores
+
+
+@dataclass(frozen=True)
+class _Arrays:
+    """The two attributes of a dataset that :func:`agents.evaluation.dynamics_criterion`
+    reads, for a study that was handed plain arrays."""
 
     data: np.ndarray
     truth: np.ndarray | None
 
-    def __call__(self, estimate: np.ndarray | torch.Tensor) -> tuple[float, float | None]:
-        measured = r2_score(self.data, estimate, spatial_axes=2)
-        truth = None if self.truth is None else r2_score(self.truth, estimate, spatial_axes=2)
-        return measured, truth
+
+def has_time_axis(shape: Sequence[int]) -> bool:
+    """Whether a ``(X, Y, V, T, ...)`` tensor has a time axis of at least two reads."""
+    return len(shape) >= 4 and shape[3] >= 2
 
 
 def _counts(length: int, fractions: Sequence[float]) -> list[int]:
@@ -155,14 +235,15 @@ class RedundancyStudy:
     Parameters
     ----------
     data
-        ``(X, Y, V, *rest)`` measured tensor; NaN marks unmeasured entries.
+        ``(X, Y, V, *rest)`` measured tensor; NaN marks unmeasured entries. Axis 3, when
+        present, is the time axis.
     truth
         Optional noise-free tensor of the same shape.
     reconstructors
         Names from :mod:`reconstruct.registry` for the ``pixels`` experiment; names whose
         module is not available are skipped and listed in ``skipped``.
-    combined_reconstructors
-        The same for the ``combined`` experiment.
+    combined_reconstructors, short_read_reconstructors
+        The same for the ``combined`` and ``combined_short_reads`` experiments.
     fractions
         Kept fractions tried along each single axis.
     seed
@@ -171,6 +252,15 @@ class RedundancyStudy:
         Device of the reconstructors (``"auto"``: CUDA when present).
     reconstructor_options
         Extra keyword arguments per reconstructor name.
+    cost
+        The :class:`envs.cost.CostModel` that prices pulses and reads; its ``reads`` must equal
+        the time axis' length. Default: the default cost model with that many reads.
+    experiments
+        Which of :data:`EXPERIMENTS` to run; those that need a time axis are skipped (and
+        listed in ``not_run``) for data without one.
+    short_read_segments
+        Segments per curve ``S`` tried by ``combined_short_reads`` (a partial pixel reads the
+        first ``T / S`` reads); those that do not divide the time axis are left out.
     """
 
     def __init__(
@@ -180,10 +270,14 @@ class RedundancyStudy:
         *,
         reconstructors: Sequence[str] = SPATIAL_RECONSTRUCTORS,
         combined_reconstructors: Sequence[str] = COMBINED_RECONSTRUCTORS,
+        short_read_reconstructors: Sequence[str] = SHORT_READ_RECONSTRUCTORS,
         fractions: Sequence[float] = FRACTIONS,
         seed: int = 0,
         device: str | torch.device = "auto",
         reconstructor_options: dict[str, dict[str, Any]] | None = None,
+        cost: Any = None,
+        experiments: Sequence[str] = EXPERIMENTS,
+        short_read_segments: Sequence[int] = SHORT_READ_SEGMENTS,
     ) -> None:
         data = np.asarray(data, dtype=np.float32)
         if data.ndim < 3:
@@ -192,18 +286,59 @@ class RedundancyStudy:
             raise ValueError(f"truth shape {np.shape(truth)} differs from data shape {data.shape}")
         if not fractions or not all(0 < f < 1 for f in fractions):
             raise ValueError(f"fractions must be a non-empty list of values in (0, 1): {fractions}")
+        unknown = sorted(set(experiments) - set(EXPERIMENTS))
+        if unknown:
+            raise ValueError(f"unknown experiments {unknown}; known are {list(EXPERIMENTS)}")
         self.data = data
         self.truth = None if truth is None else np.asarray(truth, dtype=np.float32)
+        self.has_time = has_time_axis(data.shape)
+        self.n_times = int(data.shape[3]) if self.has_time else 1
+        self.cost = self._check_cost(cost)
         self.fractions = tuple(float(f) for f in fractions)
         self.seed = int(seed)
         self.device = device
         self.options = reconstructor_options or {}
         self.rng = np.random.default_rng(self.seed)
-        self.score = _Scorer(self.data, self.truth)
+        self.experiments = [e for e in EXPERIMENTS if e in experiments]
+        self.not_run = [e for e in self.experiments if e in TIME_EXPERIMENTS and not self.has_time]
+        self.experiments = [e for e in self.experiments if e not in self.not_run]
+        self.short_read_segments = sorted(
+            {
+                int(s)
+                for s in short_read_segments
+                if 1 < s <= self.n_times and self.n_times % s == 0
+            },
+            reverse=True,
+        )
+        self.criterion = self._dynamics_criterion()
+        self.score = _Scorer(self.data, self.truth, self.criterion)
         self.skipped: dict[str, str] = {}
         self.reconstructors = [n for n in reconstructors if self._available(n)]
         self.combined_reconstructors = [n for n in combined_reconstructors if self._available(n)]
+        self.short_read_reconstructors = [
+            n for n in short_read_reconstructors if self._available(n)
+        ]
         self.trials: list[Trial] = []
+
+    def _check_cost(self, cost: Any) -> Any:
+        if cost is None:
+            from envs.cost import CostModel  # numpy only; lazy so plain-array use stays light
+
+            return CostModel(reads=self.n_times)
+        if self.has_time and int(cost.reads) != self.n_times:
+            raise ValueError(
+                f"the cost model prices {cost.reads} reads per curve but the data holds "
+                f"{self.n_times}: use CostModel(...).for_axes(dataset.axes)"
+            )
+        return cost
+
+    def _dynamics_criterion(self) -> Any:
+        """The project's dynamics criterion for this data (None without a time axis)."""
+        if not self.has_time:
+            return None
+        from agents.evaluation import dynamics_criterion
+
+        return dynamics_criterion(_Arrays(self.data, self.truth), seed=self.seed)
 
     def _available(self, name: str) -> bool:
         from reconstruct.registry import reconstructor_class
@@ -215,24 +350,42 @@ class RedundancyStudy:
             return False
         return True
 
+    def time_share(self, reads: int | None = None) -> float:
+        """Instrument time of one voltage read for ``reads`` reads (None: the whole curve),
+        as a fraction of a whole curve's: ``(pulse + reads * interval) / (pulse + T *
+        interval)``. 1 for data without a time axis."""
+        if not self.has_time or reads is None:
+            return 1.0
+        return self.cost.voltage_seconds(reads) / self.cost.voltage_seconds()
+
     # -------------------------------------------------------------- planning
     def plan(self) -> list[tuple[str, dict[str, Any]]]:
         """Every (experiment, setting) the study will run, in order."""
         x, y, v = self.data.shape[:3]
         jobs: list[tuple[str, dict[str, Any]]] = []
-        for f in self.fractions:
-            jobs.append(("pixels", {"n_pixels": max(1, round(f * x * y))}))
+        wanted = set(self.experiments)
+        if "pixels" in wanted:
+            for f in self.fractions:
+                jobs.append(("pixels", {"n_pixels": max(1, round(f * x * y))}))
         for count in _counts(v, self.fractions):
-            jobs.append(("voltages_random", {"n_kept": count}))
-            jobs.append(("voltages_regular", {"n_kept": count}))
-        if self.data.ndim >= 4:
-            for count in _counts(self.data.shape[3], self.fractions):
+            for experiment in ("voltages_random", "voltages_regular"):
+                if experiment in wanted:
+                    jobs.append((experiment, {"n_kept": count}))
+        if "time_truncation" in wanted:
+            for count in _counts(self.n_times, self.fractions):
                 jobs.append(("time_truncation", {"n_kept": count}))
-                jobs.append(("time_subsampling", {"n_kept": count}))
-        block_sizes = sorted({_divisor_near(v, s * v) for s in COMBINED_VOLTAGE_SHARES} - {v})
-        for share in COMBINED_FULL_SHARES:
-            for size in block_sizes:
-                jobs.append(("combined", {"full_share": share, "block_size": size}))
+        if "combined" in wanted:
+            sizes = sorted({_divisor_near(v, s * v) for s in COMBINED_VOLTAGE_SHARES} - {v})
+            for share in COMBINED_FULL_SHARES:
+                for size in sizes:
+                    jobs.append(("combined", {"full_share": share, "block_size": size}))
+        if "combined_short_reads" in wanted:
+            sizes = sorted({_divisor_near(v, s * v) for s in SHORT_READ_VOLTAGE_SHARES})
+            for share in COMBINED_FULL_SHARES:
+                for size in sizes:
+                    for segments in self.short_read_segments:
+                        setting = {"full_share": share, "block_size": size, "n_segments": segments}
+                        jobs.append(("combined_short_reads", setting))
         return jobs
 
     def run(self, progress: bool = True) -> list[Trial]:
@@ -245,10 +398,8 @@ class RedundancyStudy:
                 self._along_axis(experiment, 2, setting, random=experiment.endswith("random"))
             elif experiment == "time_truncation":
                 self._along_axis(experiment, 3, setting, random=False, truncate=True)
-            elif experiment == "time_subsampling":
-                self._along_axis(experiment, 3, setting, random=False)
             else:
-                self._combined(setting)
+                self._combined(experiment, setting)
         return self.trials
 
     # -------------------------------------------------------------- experiments
@@ -262,9 +413,14 @@ class RedundancyStudy:
         setting: dict[str, Any],
         names: Sequence[str],
     ) -> None:
-        """Feed (pixel, block) measurements to each reconstructor in ``names``; score each."""
-        spatial, spectral = self.data.shape[:2], self.data.shape[2:]
-        block_data = np.asarray(layout.to_blocks(self.data))
+        """Feed (pixel, block) measurements to each reconstructor in ``names``; score each.
+
+        With a :class:`SegmentedLayout` the blocks are units (block, segment): the data is
+        folded for the reconstructors and their estimates unfolded for the scores."""
+        segmented = isinstance(layout, SegmentedLayout)
+        data = layout.fold(self.data) if segmented else self.data
+        spatial, spectral = data.shape[:2], data.shape[2:]
+        block_data = np.asarray(layout.to_blocks(data))
         values = block_data[pixels, blocks]
         finite = np.isfinite(values).all(axis=1)  # a non-finite block is never "measured"
         pixels, blocks, values = pixels[finite], blocks[finite], values[finite]
@@ -276,6 +432,8 @@ class RedundancyStudy:
             recon.add_many(pixels, blocks, values)
             estimate = recon.estimate().detach().cpu()
             seconds = time.perf_counter() - start
+            if segmented:
+                estimate = layout.unfold(estimate)
             self._record(experiment, name, fraction, estimate, seconds, setting)
 
     def _record(
@@ -287,9 +445,9 @@ class RedundancyStudy:
         seconds: float,
         setting: dict[str, Any],
     ) -> None:
-        r2_measured, r2_truth = self.score(estimate)
+        scores = self.score(estimate)
         self.trials.append(
-            Trial(experiment, method, fraction, r2_measured, r2_truth, seconds, dict(setting))
+            Trial(experiment, method, fraction, seconds=seconds, setting=dict(setting), **scores)
         )
 
     def _pixels(self, setting: dict[str, Any]) -> None:
@@ -312,87 +470,152 @@ class RedundancyStudy:
         length, count = self.data.shape[axis], setting["n_kept"]
         if truncate:
             kept = np.arange(count)
-        elif random:
-            kept = np.sort(self.rng.choice(length, count, replace=False))
+            # Every curve is still pulsed; only its reads after the first ``count`` are saved.
+            fraction = self.time_share(count)
+            setting = {**setting, "fraction_of_reads": count / length}
         else:
-            kept = _regular(length, count)
+            kept = (
+                np.sort(self.rng.choice(length, count, replace=False))
+                if random
+                else _regular(length, count)
+            )
+            fraction = kept.size / length
         start = time.perf_counter()
         estimate = interpolate_along_axis(self.data, axis, kept)
         seconds = time.perf_counter() - start
         setting = {**setting, "kept": kept.tolist()}
-        self._record(experiment, AXIS_METHOD, kept.size / length, estimate, seconds, setting)
+        self._record(experiment, AXIS_METHOD, fraction, estimate, seconds, setting)
 
-    def _combined(self, setting: dict[str, Any]) -> None:
+    def _combined(self, experiment: str, setting: dict[str, Any]) -> None:
+        """A share of pixels measured in full, every other pixel at one random block of the
+        default layout, read for the whole curve (``combined``) or for its first segment of
+        ``n_segments`` (``combined_short_reads``)."""
         x, y, v = self.data.shape[:3]
         n_pixels = x * y
-        layout = BlockLayout(v, v // setting["block_size"])  # the default, spread-out blocks
-        scheme = getattr(layout, "effective_scheme", None)
-        if scheme is not None:
-            setting = {**setting, "block_scheme": scheme}
+        base = BlockLayout(v, v // setting["block_size"])  # the default, spread-out blocks
+        segments = setting.get("n_segments", 1)
+        layout = base if segments == 1 else SegmentedLayout.split(base, segments)
+        setting = {**setting, "block_scheme": base.effective_scheme}
         order = self.rng.permutation(n_pixels)
         n_full = max(1, round(setting["full_share"] * n_pixels))
         full, partial = order[:n_full], order[n_full:]
-        partial_blocks = self.rng.integers(0, layout.n_blocks, size=partial.size)
+        # Unit ``block * S`` is a block's first segment: the short read (the block itself for S=1).
+        partial_units = self.rng.integers(0, base.n_blocks, size=partial.size) * segments
         pixels = np.concatenate([np.repeat(full, layout.n_blocks), partial])
-        blocks = np.concatenate([np.tile(np.arange(layout.n_blocks), n_full), partial_blocks])
-        fraction = (n_full * v + partial.size * layout.block_size) / (n_pixels * v)
-        self._reconstruct(
-            "combined", layout, pixels, blocks, fraction, setting, self.combined_reconstructors
-        )
+        units = np.concatenate([np.tile(np.arange(layout.n_blocks), n_full), partial_units])
+        reads = None if segments == 1 else self.n_times // segments
+        if reads is not None:
+            setting = {**setting, "reads": reads}
+        partial_share = base.block_size / v * self.time_share(reads)
+        fraction = (n_full + partial.size * partial_share) / n_pixels
+        names = self.short_read_reconstructors if segments > 1 else self.combined_reconstructors
+        self._reconstruct(experiment, layout, pixels, units, fraction, setting, names)
 
     # -------------------------------------------------------------- summaries
-    def max_dropped(self, target: float, against: str = "measured") -> dict[str, dict[str, Any]]:
-        """Per experiment and method, the largest tried fraction dropped (1 - kept) such that
-        R^2 >= ``target`` at that kept fraction and at every larger one tried; None when no
-        tried fraction qualifies. ``against`` is ``"measured"`` or ``"truth"``."""
-        key = {"measured": "r2_measured", "truth": "r2_truth"}[against]
-        curves: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    def passes(
+        self, trial: Trial, target: float, against: str = "measured", with_dynamics: bool = False
+    ) -> bool | None:
+        """Whether a trial's tensor R^2 against ``against`` (``"measured"`` or ``"truth"``) is
+        >= ``target`` and, with ``with_dynamics``, its dynamics R^2 meets the dynamics
+        criterion; None when a needed score is missing."""
+        score = {"measured": trial.r2_measured, "truth": trial.r2_truth}[against]
+        if score is None:
+            return None
+        if not with_dynamics:
+            return score >= target
+        if self.criterion is None:
+            return None
+        dynamics = (
+            trial.dynamics_truth
+            if self.criterion.reference_name == "truth"
+            else trial.dynamics_measured
+        )
+        if dynamics is None:
+            return None
+        return score >= target and dynamics >= self.criterion.floor
+
+    def max_dropped(
+        self, target: float, against: str = "measured", with_dynamics: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """Per experiment and method, the largest fraction dropped (1 - kept) at which the
+        trials pass (:meth:`passes`): along one axis, at that kept fraction and at every larger
+        one tried; for the combined designs, the cheapest passing design
+        (:func:`_smallest_safe_fraction`). None when no tried fraction qualifies."""
+        curves: dict[str, dict[str, list[tuple[float, bool]]]] = {}
         for t in self.trials:
-            score = getattr(t, key)
-            if score is not None:
+            ok = self.passes(t, target, against, with_dynamics)
+            if ok is not None:
                 curves.setdefault(t.experiment, {}).setdefault(t.reconstructor, []).append(
-                    (t.fraction_kept, score)
+                    (t.fraction_kept, ok)
                 )
         table: dict[str, dict[str, Any]] = {}
         for experiment, methods in curves.items():
             table[experiment] = {}
             for method, points in methods.items():
-                best = _smallest_safe_fraction(points, target)
+                best = _smallest_safe_fraction(points, experiment.startswith("combined"))
                 table[experiment][method] = None if best is None else round(1.0 - best, 4)
         return table
 
     def summary(self) -> dict[str, Any]:
         """Everything the JSON file holds."""
+        against = ("measured", "truth") if self.truth is not None else ("measured",)
         tables = {
-            f"{against}@{target:.2f}": self.max_dropped(target, against)
-            for against in (("measured", "truth") if self.truth is not None else ("measured",))
+            f"{name}@{target:.2f}": self.max_dropped(target, name)
+            for name in against
             for target in TARGETS
         }
+        if self.criterion is not None:
+            for target in TARGETS:
+                tables[f"with_dynamics@{target:.2f}"] = self.max_dropped(
+                    target, "measured", with_dynamics=True
+                )
+        dynamics = None
+        if self.criterion is not None:
+            dynamics = {
+                "reference": self.criterion.reference_name,
+                "raster": self.criterion.raster,
+                "margin": self.criterion.margin,
+                "floor": self.criterion.floor,
+            }
         return {
             "shape": list(self.data.shape),
             "seed": self.seed,
             "fractions": list(self.fractions),
+            "experiments": self.experiments,
+            "not_run": self.not_run,
             "reconstructors": self.reconstructors,
             "combined_reconstructors": self.combined_reconstructors,
+            "short_read_reconstructors": self.short_read_reconstructors,
             "skipped": self.skipped,
             "has_truth": self.truth is not None,
+            "cost": {
+                "pulse_s": self.cost.pulse_s,
+                "reads": self.n_times,
+                "read_interval_s": self.cost.read_interval_s,
+            },
+            "dynamics_criterion": dynamics,
             "trials": [asdict(t) for t in self.trials],
             "max_fraction_dropped": tables,
         }
 
 
-def _smallest_safe_fraction(points: list[tuple[float, float]], target: float) -> float | None:
-    """The smallest kept fraction from which every kept fraction tried scores >= target.
+def _smallest_safe_fraction(points: list[tuple[float, bool]], designs: bool) -> float | None:
+    """The smallest kept fraction that counts as passing, or None.
 
-    For ``combined`` several settings share a fraction-like cost; the best score at each kept
-    fraction counts, since a designer would pick the best setting for that cost.
+    Along one axis (``designs`` false) it is the smallest fraction from which every larger
+    fraction tried passes too: a lucky pass below a failure does not count. The combined
+    experiments (``designs`` true) try designs of unrelated costs, not one curve, and a designer
+    would pick the cheapest design that passes, so it is the smallest passing fraction. Where
+    several settings share a fraction, it passes when any of them does.
     """
-    best: dict[float, float] = {}
-    for fraction, score in points:
-        best[fraction] = max(score, best.get(fraction, -np.inf))
+    passed: dict[float, bool] = {}
+    for fraction, ok in points:
+        passed[fraction] = ok or passed.get(fraction, False)
+    if designs:
+        return min((f for f, ok in passed.items() if ok), default=None)
     safe = None
-    for fraction in sorted(best, reverse=True):
-        if best[fraction] < target:
+    for fraction in sorted(passed, reverse=True):
+        if not passed[fraction]:
             break
         safe = fraction
     return safe
@@ -400,94 +623,195 @@ def _smallest_safe_fraction(points: list[tuple[float, float]], target: float) ->
 
 # ------------------------------------------------------------------ output
 def format_table(summary: dict[str, Any]) -> str:
-    """A plain-text table: per experiment and method, the largest fraction dropped at each
-    target, against the measured data and (when present) the truth."""
+    """A plain-text table: per experiment and method, the largest fraction of instrument time
+    dropped at each target, against the measured data, the truth (when present) and with the
+    dynamics criterion (data with a time axis)."""
     tables = summary["max_fraction_dropped"]
     columns = list(tables)
+    width = max(len(c) for c in columns) + 1
     rows = sorted({(e, m) for t in tables.values() for e, ms in t.items() for m in ms})
-    header = f"{'experiment':<18} {'method':<12} " + " ".join(f"{c:>15}" for c in columns)
+    header = f"{'experiment':<21} {'method':<12} " + " ".join(f"{c:>{width}}" for c in columns)
     lines = [
-        "largest fraction that can be dropped with R^2 >= target (fraction of the axis; "
-        "'-' = not reached at any fraction tried)",
-        header,
-        "-" * len(header),
+        "largest fraction of instrument time (pulses and reads) that can be dropped with tensor "
+        "R^2 >= target ('-' = not reached at any fraction tried)",
     ]
+    criterion = summary.get("dynamics_criterion")
+    if criterion:
+        lines.append(
+            f"with_dynamics: tensor R^2 (measured) >= target and dynamics R^2 against the "
+            f"{criterion['reference']} >= {criterion['floor']:.3f} (full raster "
+            f"{criterion['raster']:.3f} - {criterion['margin']})"
+        )
+    lines += [header, "-" * len(header)]
     for experiment, method in rows:
         cells = []
         for column in columns:
             value = tables[column].get(experiment, {}).get(method)
-            cells.append(f"{'-' if value is None else f'{value:.2f}':>15}")
-        lines.append(f"{experiment:<18} {method:<12} " + " ".join(cells))
+            cells.append(f"{'-' if value is None else f'{value:.2f}':>{width}}")
+        lines.append(f"{experiment:<21} {method:<12} " + " ".join(cells))
     return "\n".join(lines)
 
 
-def plot_curves(summary: dict[str, Any], out_dir: Path) -> list[Path]:
-    """One PNG per experiment: R^2 against the fraction kept, a line per method (solid against
-    the measured data, dashed against the truth), with the target levels marked."""
+#: The figure's panels: one per axis, each with the experiments that drop part of it.
+PANELS: dict[str, tuple[str, ...]] = {
+    "space (random pixels, full spectra)": ("pixels",),
+    "voltage (every pixel, some voltages)": ("voltages_random", "voltages_regular"),
+    "time (every curve read for its first reads)": ("time_truncation",),
+    "combined (full pixels + one block elsewhere)": ("combined", "combined_short_reads"),
+}
+
+
+def plot_curves(summary: dict[str, Any], path: Path) -> Path:
+    """One PNG with a panel per axis: tensor R^2 (solid, against the measured data) and
+    dynamics R^2 (dashed, against the truth when there is one) against the fraction of
+    instrument time kept, a colour per method, with the targets and the dynamics floor."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_experiment: dict[str, list[dict[str, Any]]] = {}
-    for trial in summary["trials"]:
-        by_experiment.setdefault(trial["experiment"], []).append(trial)
-    written = []
-    for experiment, trials in by_experiment.items():
-        fig, ax = plt.subplots(figsize=(6, 4.2))
-        methods = sorted({t["reconstructor"] for t in trials})
-        for i, method in enumerate(methods):
-            colour = f"C{i}"
-            points = _best_per_fraction([t for t in trials if t["reconstructor"] == method])
-            fractions = sorted(points)
-            measured = [points[f][0] for f in fractions]
-            ax.plot(fractions, measured, "o-", color=colour, label=f"{method} (measured)")
-            if summary["has_truth"]:
-                truth = [points[f][1] for f in fractions]
-                ax.plot(fractions, truth, "s--", color=colour, label=f"{method} (truth)")
+    present = {t["experiment"] for t in summary["trials"]}
+    panels = [(title, [e for e in exps if e in present]) for title, exps in PANELS.items()]
+    panels = [(title, exps) for title, exps in panels if exps]
+    criterion = summary.get("dynamics_criterion")
+    dynamics_key = (
+        "dynamics_truth" if criterion and criterion["reference"] == "truth" else "dynamics_measured"
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for ax, (title, experiments) in zip(axes[0], panels, strict=True):
+        colour = 0
+        for experiment in experiments:
+            trials = [t for t in summary["trials"] if t["experiment"] == experiment]
+            # The combined designs are points of a cost-accuracy scatter, not one curve.
+            style = "" if experiment.startswith("combined") else "-"
+            for method in sorted({t["reconstructor"] for t in trials}):
+                label = method if len(experiments) == 1 else f"{experiment}: {method}"
+                points = _best_per_fraction(
+                    [t for t in trials if t["reconstructor"] == method], dynamics_key
+                )
+                fractions = sorted(points)
+                c = f"C{colour}"
+                colour += 1
+                ax.plot(
+                    fractions,
+                    [points[f][0] for f in fractions],
+                    "o" + style,
+                    color=c,
+                    ms=4,
+                    label=f"{label} (tensor)",
+                )
+                dynamics = [points[f][1] for f in fractions]
+                if np.isfinite(dynamics).any():
+                    ax.plot(
+                        fractions,
+                        dynamics,
+                        "x" + style.replace("-", "--"),
+                        color=c,
+                        ms=5,
+                        label=f"{label} (dynamics)",
+                    )
         for target in TARGETS:
             ax.axhline(target, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel("fraction of the full measurement kept")
+        if criterion:
+            ax.axhline(criterion["floor"], color="red", lw=0.8, ls=":")
+        ax.set_xlabel("fraction of instrument time kept (pulses + reads)")
         ax.set_ylabel("R$^2$")
-        ax.set_title(experiment.replace("_", " "))
-        ax.set_ylim(max(-0.2, ax.get_ylim()[0]), 1.02)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.5, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = out_dir / f"redundancy_{experiment}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+        ax.legend(fontsize=6, ncol=1 + (len(ax.lines) > 8))
+    subtitle = (
+        f"; dynamics against the {criterion['reference']}, red: its floor {criterion['floor']:.2f}"
+        if criterion
+        else "; no time axis: tensor R$^2$ only"
+    )
+    fig.suptitle(f"{summary.get('data', '')} {tuple(summary['shape'])}{subtitle}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
-def _best_per_fraction(trials: list[dict[str, Any]]) -> dict[float, tuple[float, float]]:
-    """(R^2 measured, R^2 truth) of the best-scoring setting at each kept fraction."""
+def _best_per_fraction(
+    trials: list[dict[str, Any]], dynamics_key: str
+) -> dict[float, tuple[float, float]]:
+    """(tensor R^2 measured, dynamics R^2 or NaN) of the best tensor-scoring setting at each
+    kept fraction."""
     best: dict[float, tuple[float, float]] = {}
     for t in trials:
         f = round(t["fraction_kept"], 6)
-        score = (t["r2_measured"], np.nan if t["r2_truth"] is None else t["r2_truth"])
+        dynamics = t.get(dynamics_key)
+        score = (t["r2_measured"], np.nan if dynamics is None else dynamics)
         if f not in best or score[0] > best[f][0]:
             best[f] = score
     return best
 
 
 def write_outputs(summary: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write ``redundancy.json`` and the PNG curves into ``out_dir``; return their paths."""
+    """Write ``redundancy.json`` and ``redundancy.png`` into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "redundancy.json"
     json_path.write_text(json.dumps(summary, indent=1, allow_nan=True))
-    return [json_path, *plot_curves(summary, out)]
+    return [json_path, plot_curves(summary, out / "redundancy.png")]
 
 
 # ------------------------------------------------------------------ command line
+TWIN_SETTINGS = ("default", "relaxation-rich")
+
+
+def twin_overrides(setting: str, grid: int | None = None) -> dict[str, Any]:
+    """Twin settings for ``--twin-setting`` and ``--grid``."""
+    from envs.twin import RELAXATION_RICH
+
+    if setting not in TWIN_SETTINGS:
+        raise ValueError(f"twin setting {setting!r} is not one of {list(TWIN_SETTINGS)}")
+    overrides: dict[str, Any] = dict(RELAXATION_RICH) if setting == "relaxation-rich" else {}
+    if grid is not None:
+        overrides["grid"] = (grid, grid)
+    return overrides
+
+
+def standardise_channels(
+    data: np.ndarray, truth: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``data`` (and ``truth``, on the same scale) divided by each spectral channel's spatial
+    standard deviation in ``data`` (channels that are constant in space are left as they are).
+
+    The R^2 pools every channel's sums of squares, so in a file of images in different units
+    (height in metres beside phase in degrees) the channel with the largest numbers is the whole
+    score; on a common scale every channel counts alike."""
+    with warnings.catch_warnings():  # an all-NaN channel's spread is NaN: left unscaled below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread = np.nanstd(data.astype(np.float64), axis=(0, 1), keepdims=True)
+    spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+    scaled = (data / spread).astype(np.float32)
+    return scaled, None if truth is None else (truth / spread).astype(np.float32)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; returns the summary it wrote."""
-    parser = argparse.ArgumentParser(prog="python -m studies.redundancy", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m studies.redundancy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data", default="twin", help="'twin', 'twin:SEED' or a data file")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument(
+        "--twin-setting",
+        choices=TWIN_SETTINGS,
+        default="default",
+        help="twin only: 'relaxation-rich' is envs.twin.RELAXATION_RICH",
+    )
+    parser.add_argument("--grid", type=int, default=None, help="twin only: an N x N grid")
+    parser.add_argument(
+        "--experiments",
+        default=",".join(EXPERIMENTS),
+        help="comma-separated experiments to run (time experiments need a time axis)",
+    )
     parser.add_argument(
         "--reconstructors",
         default=",".join(SPATIAL_RECONSTRUCTORS),
@@ -500,31 +824,63 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "explicitly)",
     )
     parser.add_argument(
+        "--short-read-reconstructors",
+        default=",".join(SHORT_READ_RECONSTRUCTORS),
+        help="comma-separated names for the combined experiment with short reads",
+    )
+    parser.add_argument(
         "--fractions",
         default=",".join(str(f) for f in FRACTIONS),
         help="comma-separated kept fractions for the single-axis experiments",
+    )
+    parser.add_argument(
+        "--standardise-channels",
+        action="store_true",
+        help="divide every spectral channel by its spatial standard deviation first (files whose "
+        "channels carry different units, where one channel's variance would fill every score)",
     )
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from envs.sources import open_data  # the one place this module touches envs
+    # The one place this module touches envs for data.
+    from envs.cost import CostModel
+    from envs.sources import open_data, parse_spec
 
-    dataset = open_data(args.data)
+    is_twin = parse_spec(args.data).is_twin
+    if not is_twin and (args.twin_setting != "default" or args.grid is not None):
+        parser.error("--twin-setting and --grid apply to the twin only")
+    overrides = twin_overrides(args.twin_setting, args.grid) if is_twin else {}
+    dataset = open_data(args.data, **overrides)
     print(dataset.summary())
+    data, truth = dataset.data, dataset.truth
+    if args.standardise_channels:
+        data, truth = standardise_channels(data, truth)
     study = RedundancyStudy(
-        dataset.data,
-        dataset.truth,
+        data,
+        truth,
         reconstructors=_names(args.reconstructors),
         combined_reconstructors=_names(args.combined_reconstructors),
+        short_read_reconstructors=_names(args.short_read_reconstructors),
         fractions=[float(f) for f in args.fractions.split(",")],
         seed=args.seed,
         device=args.device,
+        cost=CostModel().for_axes(dataset.axes),
+        experiments=_names(args.experiments),
     )
     for name, reason in study.skipped.items():
         print(f"skipping {name}: {reason}")
+    for experiment in study.not_run:
+        print(f"not running {experiment}: the data has no time axis")
     study.run(progress=not args.quiet)
-    summary = {"data": args.data, "dataset": dataset.summary(), **study.summary()}
+    summary = {
+        "data": args.data,
+        "dataset": dataset.summary(),
+        "twin_setting": args.twin_setting if is_twin else None,
+        "twin_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+        "standardised_channels": args.standardise_channels,
+        **study.summary(),
+    }
     paths = write_outputs(summary, args.out)
     print(format_table(summary))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from reconstruct.metrics import dynamics_r2, r2_score
 from studies.redundancy import (
     RedundancyStudy,
     Trial,
@@ -12,6 +13,7 @@ from studies.redundancy import (
     format_table,
     interpolate_along_axis,
     main,
+    standardise_channels,
     write_outputs,
 )
 
@@ -59,9 +61,11 @@ def study() -> RedundancyStudy:
         truth,
         reconstructors=FAST,
         combined_reconstructors=FAST,
+        short_read_reconstructors=("lowrank",),
         fractions=(0.25, 0.5, 0.75),
         seed=3,
         device="cpu",
+        short_read_segments=(2, 3),
     )
     run.run(progress=False)
     return run
@@ -74,13 +78,15 @@ def test_study_covers_every_experiment_with_sane_scores(study: RedundancyStudy) 
         "voltages_random",
         "voltages_regular",
         "time_truncation",
-        "time_subsampling",
         "combined",
+        "combined_short_reads",
     }
     for t in study.trials:
         assert 0 < t.fraction_kept < 1
         assert np.isfinite(t.r2_measured) and t.r2_measured <= 1
         assert t.r2_truth is not None and t.r2_truth <= 1
+        assert t.dynamics_measured is not None and t.dynamics_measured <= 1
+        assert t.dynamics_truth is not None and t.dynamics_truth <= 1
     pixels = {
         (t.reconstructor, round(t.fraction_kept, 1)): t.r2_measured
         for t in study.trials
@@ -88,17 +94,39 @@ def test_study_covers_every_experiment_with_sane_scores(study: RedundancyStudy) 
     }
     assert pixels[("linear", 0.8)] > 0.95 > pixels[("mean", 0.8)]
     assert pixels[("linear", 0.8)] > pixels[("linear", 0.2)]
-    # Keeping 4 of 6 evenly spread read-out times of a smooth relaxation loses little, and far
-    # less than keeping the first 4.
-    def best(experiment: str) -> float:
-        return max(t.r2_truth for t in study.trials if t.experiment == experiment)
 
-    assert best("time_subsampling") > max(0.9, best("time_truncation"))
+
+def test_time_truncation_keeps_the_instrument_time_of_its_reads(study: RedundancyStudy) -> None:
+    # 20 ms pulse + r reads x 2 ms per voltage, against the whole curve's 6 reads.
+    for t in study.trials:
+        if t.experiment == "time_truncation":
+            reads = t.setting["n_kept"]
+            assert t.fraction_kept == pytest.approx((0.02 + 0.002 * reads) / (0.02 + 0.012))
+            assert t.setting["fraction_of_reads"] == pytest.approx(reads / 6)
+
+
+def test_short_reads_cost_what_they_read(study: RedundancyStudy) -> None:
+    n_pixels, v = 10 * 9, 4
+    trials = [t for t in study.trials if t.experiment == "combined_short_reads"]
+    assert {t.setting["n_segments"] for t in trials} == {2, 3}
+    assert {t.setting["block_size"] for t in trials} == {1, 2, 4}
+    assert {t.reconstructor for t in trials} == {"lowrank"}
+    for t in trials:
+        reads = 6 // t.setting["n_segments"]
+        assert t.setting["reads"] == reads
+        n_full = round(t.setting["full_share"] * n_pixels)
+        partial = t.setting["block_size"] / v * (0.02 + 0.002 * reads) / (0.02 + 0.012)
+        assert t.fraction_kept == pytest.approx((n_full + (n_pixels - n_full) * partial) / n_pixels)
+    # Reading whole curves at the partial pixels costs more and is the plain combined design.
+    whole = [t for t in study.trials if t.experiment == "combined"]
+    assert min(t.fraction_kept for t in whole) > min(t.fraction_kept for t in trials)
 
 
 def test_max_dropped_reads_the_curves() -> None:
     s = RedundancyStudy(np.zeros((4, 4, 2)) + np.arange(16.0).reshape(4, 4, 1), fractions=(0.5,))
     s.trials = [
+        Trial("combined", "linear", 0.1, 0.92, None, 0.0),  # designs: the cheapest passing one
+        Trial("combined", "linear", 0.3, 0.85, None, 0.0),
         Trial("pixels", "linear", 0.2, 0.80, None, 0.0),
         Trial("pixels", "linear", 0.3, 0.93, None, 0.0),
         Trial("pixels", "linear", 0.5, 0.97, None, 0.0),
@@ -109,6 +137,32 @@ def test_max_dropped_reads_the_curves() -> None:
     at90 = s.max_dropped(0.90)["pixels"]
     assert at90 == {"linear": 0.7, "mean": None, "nearest": None}
     assert s.max_dropped(0.95)["pixels"]["linear"] == 0.5
+    assert s.max_dropped(0.90)["combined"]["linear"] == 0.9
+    # Without a time axis there is no dynamics criterion to pass.
+    assert s.criterion is None and s.max_dropped(0.90, with_dynamics=True) == {}
+
+
+def test_dynamics_scores_on_a_tiny_twin() -> None:
+    pytest.importorskip("envs.twin")
+    from envs.sources import open_data
+    from envs.twin import RELAXATION_RICH
+
+    twin = open_data("twin", grid=(8, 8), **RELAXATION_RICH)
+    s = RedundancyStudy(twin.data, twin.truth, fractions=(0.25,), device="cpu",
+                        experiments=("time_truncation",))
+    trials = s.run(progress=False)
+    assert len(trials) == 1
+    estimate = interpolate_along_axis(twin.data, 3, np.array(trials[0].setting["kept"]))
+    # The truth is scored where the data holds entries, as the dynamics criterion does.
+    truth = np.where(np.isfinite(twin.data), twin.truth, np.nan)
+    assert trials[0].dynamics_measured == pytest.approx(dynamics_r2(twin.data, estimate))
+    assert trials[0].dynamics_truth == pytest.approx(dynamics_r2(truth, estimate))
+    assert trials[0].r2_measured == pytest.approx(r2_score(twin.data, estimate, spatial_axes=2))
+    criterion = s.summary()["dynamics_criterion"]
+    assert criterion["reference"] == "truth"
+    assert criterion["floor"] == pytest.approx(dynamics_r2(truth, twin.data) - 0.05)
+    passed = s.passes(trials[0], 0.0, with_dynamics=True)
+    assert passed == (trials[0].dynamics_truth >= criterion["floor"])
 
 
 def test_same_seed_same_result() -> None:
@@ -129,12 +183,13 @@ def test_outputs_are_written(study: RedundancyStudy, tmp_path) -> None:
     stored = json.loads((tmp_path / "redundancy.json").read_text())
     assert stored["has_truth"] and len(stored["trials"]) == len(study.trials)
     assert set(stored["max_fraction_dropped"]) == {
-        "measured@0.90", "measured@0.95", "truth@0.90", "truth@0.95"
+        "measured@0.90", "measured@0.95", "truth@0.90", "truth@0.95",
+        "with_dynamics@0.90", "with_dynamics@0.95",
     }
     pngs = [p for p in paths if p.suffix == ".png"]
-    assert len(pngs) == 6 and all(p.stat().st_size > 1000 for p in pngs)
+    assert [p.name for p in pngs] == ["redundancy.png"] and pngs[0].stat().st_size > 1000
     table = format_table(summary)
-    assert "time_subsampling" in table and "truth@0.90" in table
+    assert "combined_short_reads" in table and "with_dynamics@0.90" in table
 
 
 def test_bad_input() -> None:
@@ -144,6 +199,8 @@ def test_bad_input() -> None:
         RedundancyStudy(np.zeros((4, 4, 2)), fractions=(0.5, 1.0))
     with pytest.raises(ValueError, match="truth shape"):
         RedundancyStudy(np.zeros((4, 4, 2)), np.zeros((4, 4, 3)))
+    with pytest.raises(ValueError, match="unknown experiments"):
+        RedundancyStudy(np.zeros((4, 4, 2)), experiments=("time_subsampling",))
 
 
 def test_unavailable_reconstructor_is_skipped() -> None:
@@ -160,7 +217,51 @@ def test_command_line_on_a_file(tmp_path, capsys) -> None:
     summary = main(["--data", str(file), "--out", str(out), "--reconstructors", "mean,linear",
                     "--combined-reconstructors", "linear", "--fractions", "0.5", "--quiet"])
     assert summary["combined_reconstructors"] == ["linear"]
-    assert (out / "redundancy.json").is_file() and (out / "redundancy_pixels.png").is_file()
+    assert (out / "redundancy.json").is_file() and (out / "redundancy.png").is_file()
     assert not summary["has_truth"]
-    assert not any(t["experiment"].startswith("time") for t in summary["trials"])
-    assert "largest fraction" in capsys.readouterr().out
+    # No time axis: no time experiments, no dynamics scores, no dynamics criterion.
+    assert summary["not_run"] == ["time_truncation", "combined_short_reads"]
+    assert {t["experiment"] for t in summary["trials"]} == {
+        "pixels", "voltages_random", "voltages_regular", "combined"
+    }
+    assert all(t["dynamics_measured"] is None and t["dynamics_truth"] is None
+               for t in summary["trials"])
+    assert summary["dynamics_criterion"] is None
+    assert not any(k.startswith("with_dynamics") for k in summary["max_fraction_dropped"])
+    printed = capsys.readouterr().out
+    assert "largest fraction" in printed and "no time axis" in printed
+
+
+def test_twin_setting_reaches_the_twin(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("envs.twin")
+    import envs.sources
+
+    opened = {}
+    original = envs.sources.open_data
+
+    def spy(spec, **kwargs):
+        opened.update(kwargs)
+        return original(spec, **kwargs)
+
+    monkeypatch.setattr(envs.sources, "open_data", spy)
+    summary = main(["--data", "twin", "--out", str(tmp_path), "--grid", "6", "--twin-setting",
+                    "relaxation-rich", "--experiments", "time_truncation", "--fractions", "0.5",
+                    "--quiet"])
+    assert opened == {"wall_creep": 5.0, "grid": (6, 6)}
+    assert summary["twin_overrides"] == {"wall_creep": 5.0, "grid": [6, 6]}
+    assert summary["shape"] == [6, 6, 16, 128]
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path / "cube.npy"), "--out", str(tmp_path), "--twin-setting",
+              "relaxation-rich"])
+
+
+def test_standardised_channels_count_alike() -> None:
+    data, truth = tiny_field()
+    data, truth = data[..., 0] * np.array([1e-9, 1.0, 50.0, 1.0]), truth[..., 0]
+    data[..., 3] = 2.0  # constant in space: left as it is
+    scaled, scaled_truth = standardise_channels(data, truth)
+    np.testing.assert_allclose(np.nanstd(scaled[..., :3], axis=(0, 1)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(scaled[..., 3], 2.0)
+    # The truth goes on the data's scale.
+    expected = truth[..., 2] / np.nanstd(data[..., 2])
+    np.testing.assert_allclose(scaled_truth[..., 2], expected, rtol=1e-4, atol=1e-6)
