@@ -71,6 +71,7 @@ class EvaluateArgs:
     charge_decisions: str = "measured"
     threads: int = 1
     workers: int = 1
+    ray: str = ""
     out: str = "runs/evaluate"
 
 
@@ -175,6 +176,13 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         default=d.workers,
         help="processes that run episodes side by side (0: one per core); with "
         "--charge-decisions none every number equals a serial run's",
+    )
+    p.add_argument(
+        "--ray",
+        default=d.ray,
+        help="run the episodes as Ray tasks instead of local workers: 'local' (Ray on this "
+        "machine), 'auto' (this machine's cluster) or a cluster address; needs the "
+        "distributed extra (agents.ray_pool)",
     )
     p.add_argument("--out", default=d.out, help="output folder (tables, episodes.csv and figures)")
     return EvaluateArgs(**vars(p.parse_args(argv)))
@@ -319,7 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     summaries, failures = [], []
     progress = tqdm(total=len(data_sources) * len(policies) * args.seeds, unit="episode")
     workers = args.workers or os.cpu_count() or 1
-    pool = _worker_pool(workers, args.threads) if workers > 1 else None
+    if args.ray:
+        from agents.ray_pool import RayExecutor
+
+        try:
+            pool = RayExecutor(args.ray, args.threads)
+        except ImportError as err:
+            progress.close()
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    else:
+        pool = _worker_pool(workers, args.threads) if workers > 1 else None
     try:
         with EpisodeWriter(out / "episodes.csv", targets) as episodes:
             for data in data_sources:

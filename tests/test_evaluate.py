@@ -412,6 +412,39 @@ def test_parallel_episodes_give_the_serial_numbers(tmp_path):
     assert evaluate.main([*common, "--workers", "-1", "--out", str(tmp_path / "bad")]) == 2
 
 
+@pytest.mark.slow  # starts a local Ray instance: about 20 s
+def test_ray_tasks_give_the_serial_numbers(tmp_path):
+    """--ray local runs the episodes as Ray tasks and writes what a serial run writes."""
+    pytest.importorskip("ray")
+    common = ["--agents", "raster,gp-uncertainty-per-second", "--seeds", "2", "--grid", "8",
+              "--budget-fraction", "0.3", "--charge-decisions", "none", "--reconstructor", "idw"]
+    assert evaluate.main([*common, "--out", str(tmp_path / "serial")]) == 0
+    assert evaluate.main([*common, "--ray", "local", "--out", str(tmp_path / "ray")]) == 0
+
+    def episodes(run):
+        with open(tmp_path / run / "episodes.csv") as f:
+            return [{k: v for k, v in row.items() if k != "decision_seconds"}
+                    for row in csv.DictReader(f)]  # fmt: skip
+
+    assert episodes("ray") == episodes("serial") and len(episodes("serial")) == 4
+
+
+def test_ray_without_ray_is_a_one_line_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("no module named ray")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    argv = ["--agents", "raster", "--seeds", "1", "--grid", "8", "--ray", "local",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert evaluate.main(argv) == 2
+
+
 def test_the_shipped_model_runs_with_its_own_planes(tmp_path, small_twin):
     """ppo's env gets the planes its model reads (Policy.env_settings) on top of the run's
     settings, and its episodes finish."""
