@@ -69,6 +69,7 @@ from tqdm import tqdm
 
 from reconstruct import BlockLayout, Reconstructor
 from reconstruct.metrics import rmse
+from studies.cli import OneLineParser, positive_int
 
 #: Fractions of all (pixel, block) pairs measured at which the reconstructor is scored.
 FRACTIONS: tuple[float, ...] = (0.02, 0.05, 0.10, 0.20, 0.40)
@@ -510,20 +511,6 @@ def write_outputs(
 
 
 # ------------------------------------------------------------------ command line
-class _Parser(argparse.ArgumentParser):
-    """Bad input is one line naming the option, and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _fractions(text: str) -> list[float]:
     values = [float(t) for t in text.split(",") if t.strip()]
     outside = [v for v in values if not 0 < v < 1]
@@ -565,7 +552,7 @@ def open_datasets(
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Command-line entry point; returns the pooled rows it printed."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m studies.calibration",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -573,11 +560,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument(
         "--data", nargs="+", default=["twin"], help="data specs: 'twin', 'twin:SEED', a data file"
     )
-    parser.add_argument("--seeds", type=_positive_int, default=5, help="held-out twins for 'twin'")
-    parser.add_argument("--grid", type=_positive_int, default=30, help="twin grid side, pixels")
-    parser.add_argument("--n-times", type=_positive_int, default=None, help="twin read-outs")
+    parser.add_argument("--seeds", type=positive_int, default=5, help="held-out twins for 'twin'")
+    parser.add_argument("--grid", type=positive_int, default=30, help="twin grid side, pixels")
+    parser.add_argument("--n-times", type=positive_int, default=None, help="twin read-outs")
     parser.add_argument("--reconstructor", default="gp", help="reconstructor name")
-    parser.add_argument("--blocks", type=_positive_int, default=4, help="voltage blocks")
+    parser.add_argument("--blocks", type=positive_int, default=4, help="voltage blocks")
     parser.add_argument(
         "--designs", type=_names, default=["random"], help="comma-separated policy names"
     )

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from envs.accuracy_estimate import ESTIMATES
 from envs.experiment import ExperimentConfig, run_experiment
 from envs.session import KIND_AUDIT, Session
+from studies.cli import OneLineParser, positive_int
 
 #: Columns of ``live_stop.csv`` (the JSON rows also hold the traces).
 COLUMNS = (
@@ -208,22 +209,8 @@ def plot(rows: Sequence[dict[str, Any]], target: float, tolerance: float, path: 
     return path
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad input is one line naming the option, and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _ints(text: str) -> list[int]:
-    values = [_positive_int(t) for t in text.split(",") if t.strip()]
+    values = [positive_int(t) for t in text.split(",") if t.strip()]
     if not values:
         raise argparse.ArgumentTypeError("needs at least one value")
     return values
@@ -239,13 +226,13 @@ def _estimates(text: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; returns the report it wrote (settings, rows, goals)."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m studies.live_stop", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", default="twin", help="'twin' (held-out twins) or a data file")
     parser.add_argument("--grids", type=_ints, default=[24, 30], help="twin grid sides, e.g. 24,30")
-    parser.add_argument("--seeds", type=_positive_int, default=10,
+    parser.add_argument("--seeds", type=positive_int, default=10,
                         help="twins per grid side (a data file: sessions)")
     parser.add_argument("--start", type=int, default=100_800, help="first twin or session seed")
     parser.add_argument("--estimates", type=_estimates, default=["sampled"],
@@ -253,11 +240,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--target", type=float, default=0.9, help="the stop's R^2 target")
     parser.add_argument("--agent", default="gp-uncertainty-per-second", help="policy name")
     parser.add_argument("--budget-hours", type=float, default=2.0)
-    parser.add_argument("--n-blocks", type=_positive_int, default=4)
+    parser.add_argument("--n-blocks", type=positive_int, default=4)
     parser.add_argument("--check-blocks", type=int, default=48)
-    parser.add_argument("--audit-draws", type=_positive_int, default=96)
-    parser.add_argument("--initial-stride", type=_positive_int, default=6)
-    parser.add_argument("--twin-times", type=_positive_int, default=None, help="twin read-outs")
+    parser.add_argument("--audit-draws", type=positive_int, default=96)
+    parser.add_argument("--initial-stride", type=positive_int, default=6)
+    parser.add_argument("--twin-times", type=positive_int, default=None, help="twin read-outs")
     parser.add_argument("--tolerance", type=float, default=0.03)
     parser.add_argument("--min-within", type=float, default=0.9,
                         help="share of runs whose estimate must lie within the tolerance")
