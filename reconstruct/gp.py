@@ -325,14 +325,8 @@ class SpatialGP:
         rows ``C``, the Cholesky ``L_m`` of ``C[:, J] + D``, new rows ``L_m^-1 C``). Memory
         bound like :meth:`add`, so a batch of 8 costs about as much as two single updates.
         ``last_update`` becomes None (the change is not rank one)."""
-        idx = torch.as_tensor(pixels, dtype=torch.long, device=self.device).reshape(-1)
+        idx, vals, s2 = self._checked_observations(pixels, values, noise)
         m = idx.numel()
-        if m and (idx.min() < 0 or idx.max() >= self.n_pixels):
-            raise IndexError(f"pixels out of range [0, {self.n_pixels})")
-        vals = _as_values(values, m, self.n_outputs, self.device)
-        if not torch.isfinite(vals).all():
-            raise ValueError("values contain NaN or inf")
-        s2 = _as_noise(noise, m, self.device)
         if m == 0:
             return
         if float(s2.min()) < FLOAT32_MIN_NOISE:
@@ -355,6 +349,23 @@ class SpatialGP:
         self.n_obs = n + m
         self.obs_pixels.extend(int(p) for p in idx.tolist())
 
+    def _checked_observations(
+        self,
+        pixels: Sequence[int] | torch.Tensor,
+        values: torch.Tensor | np.ndarray,
+        noise: float | Sequence[float] | torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(pixels, values, noise)`` as tensors on the model's device, after checking the
+        pixels' range, the values' shape and finiteness, and the noise."""
+        idx = torch.as_tensor(pixels, dtype=torch.long, device=self.device).reshape(-1)
+        m = idx.numel()
+        if m and (idx.min() < 0 or idx.max() >= self.n_pixels):
+            raise IndexError(f"pixels out of range [0, {self.n_pixels})")
+        vals = _as_values(values, m, self.n_outputs, self.device)
+        if not torch.isfinite(vals).all():
+            raise ValueError("values contain NaN or inf")
+        return idx, vals, _as_noise(noise, m, self.device)
+
     def rebuild(
         self,
         pixels: Sequence[int] | torch.Tensor,
@@ -369,14 +380,8 @@ class SpatialGP:
             self.set_hyperparameters(hyper)
         if prior_mean is not None:
             self.prior_mean = self._check_prior(prior_mean)
-        idx = torch.as_tensor(pixels, dtype=torch.long, device=self.device).reshape(-1)
+        idx, vals, s2 = self._checked_observations(pixels, values, noise)
         n = idx.numel()
-        if n and (idx.min() < 0 or idx.max() >= self.n_pixels):
-            raise IndexError(f"pixels out of range [0, {self.n_pixels})")
-        vals = _as_values(values, n, self.n_outputs, self.device)
-        if not torch.isfinite(vals).all():
-            raise ValueError("values contain NaN or inf")
-        s2 = _as_noise(noise, n, self.device)
         self.reset()
         if n == 0:
             return
