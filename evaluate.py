@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -65,6 +66,7 @@ class EvaluateArgs:
     read_windows: str = ""
     twin_setting: str = "default"
     reconstructor: str = "gp"
+    reconstructor_options: str = ""
     budget_fraction: float = 1.0
     targets: str = "0.90,0.95"
     stop_r2: float = 0.95
@@ -136,6 +138,11 @@ def parse_args(argv: list[str] | None = None) -> EvaluateArgs:
         "--reconstructor",
         default=d.reconstructor,
         help="reconstructor name (gp, lowrank, linear, ...)",
+    )
+    p.add_argument(
+        "--reconstructor-options",
+        default=d.reconstructor_options,
+        help='the reconstructor\'s options as a JSON object, e.g. \'{"refit_mode": "deferred"}\'',
     )
     p.add_argument(
         "--budget-fraction",
@@ -228,6 +235,12 @@ def check_args(args: EvaluateArgs) -> list[float]:
         raise ValueError(
             f"--twin-setting: one of {sorted(TWIN_SETTINGS)}, got {args.twin_setting!r}"
         )
+    try:
+        options = json.loads(args.reconstructor_options or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--reconstructor-options: not JSON ({err})") from None
+    if not isinstance(options, dict):
+        raise ValueError("--reconstructor-options: give a JSON object of option names and values")
     if args.reconstructor not in reconstructor_names():
         known = ", ".join(reconstructor_names())
         raise ValueError(f"--reconstructor: unknown {args.reconstructor!r} (known: {known})")
@@ -320,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     for data in data_sources:  # a bad file, grid or block count fails here, before any episode
         try:
             _make_env(args, data, args.seed_start).close()
-        except (ValueError, OSError) as err:  # DataError is a ValueError
+        except (ValueError, TypeError, OSError) as err:  # DataError is a ValueError; an
+            # unknown reconstructor option is a TypeError
             print(f"error: --data {data}: {err}", file=sys.stderr)
             return 2
 
@@ -514,6 +528,7 @@ def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:
         data,
         seed,
         reconstructor=args.reconstructor,
+        reconstructor_kwargs=json.loads(args.reconstructor_options or "{}"),
         n_blocks=args.blocks,
         read_windows=_read_windows(args),
         budget_fraction=args.budget_fraction,

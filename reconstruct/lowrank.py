@@ -61,11 +61,14 @@ _MIN_RIDGE, _MAX_RIDGE = 1e-10, 1e3  # bounds on the ridge added to G_p (eigenva
 _HUGE_NOISE = 1e12  # noise of an observation that carries (almost) no information
 #: How a due refit runs (see :class:`LowRankGP`).
 REFIT_MODES = ("blocking", "deferred")
+#: What the reported uncertainty rests on when too few complete spectra can be held out.
+SMALL_SAMPLE_ERRORS = ("residual", "capped-cv")
 #: What a refit writes: the model state a deferred refit hands over when it is installed.
 _REFIT_STATE = (
     "basis", "_basis_version", "_total_variance", "_single_block_error", "_unexplained",
-    "_block_gram", "_gram", "_mean_proj", "_proj", "_obs_coef", "_obs_noise", "hyper",
-    "_fitted_hyper", "spatial", "_block_weight", "_pattern_error", "_pattern_bits",
+    "_reported_single_block_error", "_reported_unexplained", "_block_gram", "_gram",
+    "_mean_proj", "_proj", "_obs_coef", "_obs_noise", "hyper", "_fitted_hyper", "spatial",
+    "_block_weight", "_pattern_error", "_pattern_bits",
 )
 #: The reference's terms of the fast R^2 that :func:`r2_basis_terms` reads.
 _R2_REFERENCE_TERMS = ("ref", "ref_t", "valid_t", "sq", "nan_pix", "nan_blk")
@@ -235,6 +238,14 @@ class LowRankGP(Reconstructor):
         (:class:`_DeferredRefit`). Results depend only on the data and the seed, never on
         timing. The first basis is always fitted at once (there is no model to keep until
         then), and :meth:`refit` always blocks.
+    small_sample_errors
+        With fewer than ``2 (k + 2)`` complete spectra the two-fold cross-validation of a
+        ``k``-component basis cannot run. ``"residual"`` (default): the in-sample residual
+        stands in, for the fit's weights and the reported uncertainty alike (it reported up to
+        50x too little variance at partly measured pixels, ``docs/reconstruction.md``).
+        ``"capped-cv"``: the reported uncertainty comes from a cross-validation whose folds'
+        bases are capped at ``n // 2 - 2`` components (from 6 spectra on), while the fit keeps
+        the residual (so an exactly low-rank field is still recovered exactly).
     max_basis_pixels, max_fit_points
         Sizes of the seeded subsamples for the basis and the hyperparameter fit.
     max_exact_pixels
@@ -261,6 +272,7 @@ class LowRankGP(Reconstructor):
         refit_growth: float = 1.5,
         refit_mode: str = "blocking",
         refit_lag: float = 0.2,
+        small_sample_errors: str = "residual",
         max_basis_pixels: int = 256,
         max_fit_points: int = 200,
         max_exact_pixels: int = 4096,
@@ -277,6 +289,12 @@ class LowRankGP(Reconstructor):
             raise ValueError(f"refit_mode must be one of {REFIT_MODES}, got {refit_mode!r}")
         if not refit_lag > 0:
             raise ValueError(f"refit_lag must be > 0 (a fraction), got {refit_lag}")
+        if small_sample_errors not in SMALL_SAMPLE_ERRORS:
+            raise ValueError(
+                f"small_sample_errors must be one of {SMALL_SAMPLE_ERRORS}, got "
+                f"{small_sample_errors!r}"
+            )
+        self.small_sample_errors = small_sample_errors
         self.kernel = kernel
         self.explained = explained
         self.max_components = max_components
@@ -570,6 +588,21 @@ class LowRankGP(Reconstructor):
             self._unexplained = torch.full(
                 (self.n_blocks,), self.basis.residual, dtype=torch.float64
             ).to(self.device)
+        # What the uncertainty reports; the fit's weights above stay as they are.
+        self._reported_single_block_error = self._single_block_error
+        self._reported_unexplained = self._unexplained
+        n_spectra = spectra.shape[0]
+        capped = min(self.max_components, n_spectra // 2 - 2)
+        if (
+            self.small_sample_errors == "capped-cv"
+            and n_spectra < 2 * (self.basis.k + 2)
+            and capped >= 1
+        ):
+            self._reported_single_block_error, self._reported_unexplained = (
+                cross_validated_errors(
+                    spectra, self.explained, capped, seed=self.seed + self._basis_version
+                )
+            )
         basis = self.basis
         k = basis.k
         flat_b = basis.components.permute(1, 0, 2)  # (nb, k, F_b)
@@ -696,9 +729,9 @@ class LowRankGP(Reconstructor):
             spread = self._block_means()[1]
             return (spread.expand(self.n_pixels, -1) * unmeasured).to(self.dtype)
         assert self.spatial is not None
-        var = self.spatial.variance[:, None] * self._block_weight + self._unexplained
+        var = self.spatial.variance[:, None] * self._block_weight + self._reported_unexplained
         # A pixel with nothing measured is known no better than one measured at a single block.
-        var = torch.maximum(var, self._single_block_error.amax(0))
+        var = torch.maximum(var, self._reported_single_block_error.amax(0))
         measured = self.measured.to(self.device)
         var = torch.where(measured.any(1, keepdim=True), self._error_given_measured(measured), var)
         return (var * unmeasured).to(self.dtype)
@@ -735,7 +768,7 @@ class LowRankGP(Reconstructor):
         else:
             patterns, inverse = torch.unique(measured, dim=0, return_inverse=True)
         errors = torch.where(
-            patterns[:, :, None], self._single_block_error[None], torch.inf
+            patterns[:, :, None], self._reported_single_block_error[None], torch.inf
         ).amin(1)
         return errors[inverse]
 

@@ -12,6 +12,7 @@ evaluated).
 Example
 -------
     python -m studies.paired runs/evaluate/episodes.csv --reference gp-uncertainty-per-second
+    python -m studies.paired a/episodes.csv b/episodes.csv --tags ,b --reference random
 """
 
 from __future__ import annotations
@@ -27,11 +28,18 @@ from agents.evaluation import target_key
 from studies.ppo_compare import print_table
 
 
-def read_episodes(paths: list[Path]) -> dict[str, dict[str, dict[int, dict[str, str]]]]:
+def read_episodes(
+    paths: list[Path], tags: list[str] | None = None
+) -> dict[str, dict[str, dict[int, dict[str, str]]]]:
     """``{data: {agent: {seed: row}}}`` from ``episodes.csv`` files; a (data, agent, seed) given
-    twice is an error (two runs would be silently mixed)."""
+    twice is an error (two runs would be silently mixed). ``tags``, one per file, are appended
+    to that file's agent names (``agent@tag``), so two runs of the same agents under different
+    settings can be paired."""
     table: dict[str, dict[str, dict[int, dict[str, str]]]] = defaultdict(dict)
-    for path in paths:
+    if tags is not None and len(tags) != len(paths):
+        raise ValueError(f"give one tag per file: {len(tags)} tags for {len(paths)} files")
+    for i, path in enumerate(paths):
+        suffix = f"@{tags[i]}" if tags is not None and tags[i] else ""
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             missing = {"data", "agent", "seed", "auc", "final_r2"} - set(reader.fieldnames or [])
@@ -39,6 +47,7 @@ def read_episodes(paths: list[Path]) -> dict[str, dict[str, dict[int, dict[str, 
                 names = ", ".join(sorted(missing))
                 raise ValueError(f"{path} is not an episodes.csv of evaluate.py (no {names})")
             for row in reader:
+                row = {**row, "agent": row["agent"] + suffix}
                 agents = table[row["data"]].setdefault(row["agent"], {})
                 seed = int(row["seed"])
                 if seed in agents:
@@ -88,9 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         "--reference", default="gp-uncertainty-per-second", help="agent to pair against"
     )
     parser.add_argument("--target", type=float, default=0.90, help="R^2 whose seconds to pair")
+    parser.add_argument(
+        "--tags",
+        default=None,
+        help="comma-separated tags, one per file, appended to its agents' names as AGENT@TAG "
+        "(an empty tag leaves them as they are), e.g. ',capped' to pair two runs",
+    )
     args = parser.parse_args(argv)
+    tags = None if args.tags is None else args.tags.split(",")
     try:
-        paired_tables(read_episodes([Path(p) for p in args.episodes]), args.reference, args.target)
+        episodes = read_episodes([Path(p) for p in args.episodes], tags)
+        paired_tables(episodes, args.reference, args.target)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

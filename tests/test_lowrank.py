@@ -361,3 +361,33 @@ def test_gp_block_update_equals_single_updates():
     torch.testing.assert_close(gps[1].mean, gps[0].mean, rtol=0, atol=1e-10)
     torch.testing.assert_close(gps[1].variance, gps[0].variance, rtol=0, atol=1e-10)
     assert gps[1].n_obs == 40 and gps[1].obs_pixels == gps[0].obs_pixels
+
+
+def test_capped_cv_changes_the_reported_uncertainty_not_the_fit():
+    """With too few complete spectra for a two-fold cross-validation of the basis,
+    ``small_sample_errors="capped-cv"`` reports the capped cross-validation's errors; the fit,
+    and so the estimate, is the same as with the residual."""
+    from envs.twin import twin_dataset
+
+    data = twin_dataset(5, grid=(12, 12), n_times=8).data
+    layout = BlockLayout(16, 4)
+    blocks = np.nan_to_num(layout.to_blocks(data))
+    rng = np.random.default_rng(0)
+    full = rng.choice(144, 10, replace=False)  # 10 complete spectra: fewer than 2 (k + 2)
+    partial = np.setdiff1d(np.arange(144), full)[:60]
+    recs = {}
+    for mode in ("residual", "capped-cv"):
+        rec = LowRankGP((12, 12), (16, 8), layout, device="cpu", small_sample_errors=mode,
+                        min_full_pixels=10)  # fmt: skip
+        pixels = list(np.repeat(full, 4)) + list(partial)
+        chosen = list(np.tile(np.arange(4), full.size)) + [0] * partial.size
+        rec.add_many(pixels, chosen, [blocks[p, b] for p, b in zip(pixels, chosen, strict=True)])
+        recs[mode] = rec
+    assert recs["residual"].basis.k * 2 + 4 > 10  # the case the option is for
+    torch.testing.assert_close(recs["residual"].estimate(), recs["capped-cv"].estimate())
+    partly = torch.as_tensor(partial)
+    residual = recs["residual"].uncertainty()[partly, 1:]
+    capped = recs["capped-cv"].uncertainty()[partly, 1:]
+    assert float(capped.mean()) > float(residual.mean())
+    with pytest.raises(ValueError, match="small_sample_errors"):
+        LowRankGP((4, 4), (16, 8), layout, small_sample_errors="cv")

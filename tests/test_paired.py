@@ -83,3 +83,15 @@ def test_a_target_with_three_decimals_finds_its_column(tmp_path):
                                  "final_r2": 0.9, "seconds_to_0.875": seconds})  # fmt: skip
     report = paired.paired_tables(paired.read_episodes([path]), "ref", 0.875)
     assert report["twin"]["new"]["paired_seconds_saved"]["mean"] == pytest.approx(20.0)
+
+
+def test_tags_pair_two_runs_of_the_same_agent(tmp_path):
+    a = _write(tmp_path / "a.csv", [("twin", "gp", s, 0.70, 100.0) for s in (0, 1)])
+    b = _write(tmp_path / "b.csv", [("twin", "gp", s, 0.73, 95.0) for s in (0, 1)])
+    with pytest.raises(ValueError, match="appears twice"):
+        paired.read_episodes([a, b])
+    report = paired.paired_tables(paired.read_episodes([a, b], ["", "new"]), "gp", 0.90)
+    assert report["twin"]["gp@new"]["paired_auc"]["mean"] == pytest.approx(0.03)
+    with pytest.raises(ValueError, match="one tag per file"):
+        paired.read_episodes([a, b], ["x"])
+    assert paired.main([str(a), str(b), "--tags", ",new", "--reference", "gp"]) == 0
