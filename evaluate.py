@@ -30,6 +30,7 @@ from pathlib import Path
 
 from envs.sources import HELD_OUT_SEED_START
 from envs.twin import RELAXATION_RICH
+from studies.cli import json_object
 
 #: The twin's relaxation settings (``--twin-setting``): today's default, and one in which the
 #: spatially varying relaxation carries ten times the share (docs/twin.md).
@@ -236,11 +237,9 @@ def check_args(args: EvaluateArgs) -> list[float]:
             f"--twin-setting: one of {sorted(TWIN_SETTINGS)}, got {args.twin_setting!r}"
         )
     try:
-        options = json.loads(args.reconstructor_options or "{}")
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--reconstructor-options: not JSON ({err})") from None
-    if not isinstance(options, dict):
-        raise ValueError("--reconstructor-options: give a JSON object of option names and values")
+        json_object(args.reconstructor_options)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--reconstructor-options: {err}") from None
     if args.reconstructor not in reconstructor_names():
         known = ", ".join(reconstructor_names())
         raise ValueError(f"--reconstructor: unknown {args.reconstructor!r} (known: {known})")

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from reconstruct.base import BlockLayout, Reconstructor
+from reconstruct.calibration import OnlineErrorCalibration
 from reconstruct.gp import (
     GPHyperparameters,
     SpatialGP,
@@ -63,6 +64,8 @@ _HUGE_NOISE = 1e12  # noise of an observation that carries (almost) no informati
 REFIT_MODES = ("blocking", "deferred")
 #: What the reported uncertainty rests on when too few complete spectra can be held out.
 SMALL_SAMPLE_ERRORS = ("residual", "capped-cv")
+#: Whether the reported uncertainty is calibrated on the model's own prediction errors.
+ERROR_CALIBRATIONS = ("none", "online")
 #: What a refit writes: the model state a deferred refit hands over when it is installed.
 _REFIT_STATE = (
     "basis", "_basis_version", "_total_variance", "_single_block_error", "_unexplained",
@@ -246,6 +249,13 @@ class LowRankGP(Reconstructor):
         ``"capped-cv"``: the reported uncertainty comes from a cross-validation whose folds'
         bases are capped at ``n // 2 - 2`` components (from 6 spectra on), while the fit keeps
         the residual (so an exactly low-rank field is still recovered exactly).
+    error_calibration
+        ``"none"`` (default): :meth:`uncertainty` reports the model's variance as it is.
+        ``"online"``: before each block is added, its prediction and the model's variance for
+        it are noted; the reported variance is then calibrated on those prediction errors, per
+        pixel kind and with the pixel's estimated energy as a covariate
+        (:class:`~reconstruct.calibration.OnlineErrorCalibration`). The estimate itself is
+        unchanged.
     max_basis_pixels, max_fit_points
         Sizes of the seeded subsamples for the basis and the hyperparameter fit.
     max_exact_pixels
@@ -273,6 +283,7 @@ class LowRankGP(Reconstructor):
         refit_mode: str = "blocking",
         refit_lag: float = 0.2,
         small_sample_errors: str = "residual",
+        error_calibration: str = "none",
         max_basis_pixels: int = 256,
         max_fit_points: int = 200,
         max_exact_pixels: int = 4096,
@@ -295,6 +306,12 @@ class LowRankGP(Reconstructor):
                 f"{small_sample_errors!r}"
             )
         self.small_sample_errors = small_sample_errors
+        if error_calibration not in ERROR_CALIBRATIONS:
+            raise ValueError(
+                f"error_calibration must be one of {ERROR_CALIBRATIONS}, got "
+                f"{error_calibration!r}"
+            )
+        self.error_calibration = error_calibration
         self.kernel = kernel
         self.explained = explained
         self.max_components = max_components
@@ -330,6 +347,10 @@ class LowRankGP(Reconstructor):
         self._r2_cache: dict | None = None
         self.hyper = GPHyperparameters(kernel=self.kernel)
         self._fitted_hyper: GPHyperparameters | None = None  # warm start of the next fit
+        #: The prediction errors the reported variance is calibrated on (``error_calibration``).
+        self.calibration = (
+            OnlineErrorCalibration() if self.error_calibration == "online" else None
+        )
 
     def _make_spatial(self, k: int) -> SpatialGP | TiledSpatialGP | InverseDistanceCoefficients:
         return make_spatial_gp(
@@ -343,6 +364,7 @@ class LowRankGP(Reconstructor):
     def add(self, pixel: int, block: int, values: np.ndarray | torch.Tensor) -> None:
         vals = self._check_measurement(pixel, block, values)
         p, b = int(pixel), int(block)
+        self._record_prediction(p, [(b, vals)])
         self._store(p, b, vals)
         if self.basis is None:
             if int(self.measured.all(1).sum()) >= self.min_full_pixels:
@@ -380,10 +402,29 @@ class LowRankGP(Reconstructor):
             return
         by_pixel: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for (p, b), vals in checked:
-            self._store(p, b, vals)
             by_pixel.setdefault(p, []).append((b, vals.to(self.device)))
+        for p, items in by_pixel.items():  # each predicted as it stood before the batch
+            self._record_prediction(p, items)
+        for (p, b), vals in checked:
+            self._store(p, b, vals)
         for p, items in by_pixel.items():
             self._update_model(p, items)
+
+    def _record_prediction(self, p: int, items: list[tuple[int, torch.Tensor]]) -> None:
+        """With ``error_calibration="online"``: note how wrong the model was about blocks
+        ``(block, values)`` of pixel ``p`` that are about to be stored, against the variance it
+        stated for them (nothing before the first basis: there is no model to judge)."""
+        calibration = self.calibration
+        if calibration is None or self.basis is None:
+            return
+        pixel = torch.tensor([p], device=self.device)
+        predicted = self._model_blocks(pixel)[0]
+        variance = self._model_variance(pixel)[0]
+        energy = float(self._pixel_energy(pixel)[0])
+        partial = bool(self.measured[p].any())
+        for b, vals in items:
+            error = float((vals.to(self.device, torch.float64) - predicted[b]).square().mean())
+            calibration.record(partial, float(variance[b]), energy, error)
 
     def _store(self, p: int, b: int, vals: torch.Tensor) -> None:
         """Keep one validated measurement: its values, mask, energy and the R^2 cache."""
@@ -705,11 +746,16 @@ class LowRankGP(Reconstructor):
         (``models/README.md``, "The energy plane", has the command)."""
         if self.basis is None:
             return super().pixel_energy()
-        c = self.coefficients()  # (P, k) float64
+        return self._pixel_energy(slice(None))
+
+    def _pixel_energy(self, pixels: torch.Tensor | slice) -> torch.Tensor:
+        """:meth:`pixel_energy` at ``pixels`` (a basis exists)."""
+        assert self.basis is not None
+        c = self.coefficients()[pixels]  # (m, k) float64
         quadratic = torch.einsum("pk,bkl,pl->pb", c, self._block_gram, c)
         model = quadratic + 2.0 * c @ self._mean_proj.T + self.basis.mean.square().sum(-1)
-        measured = self.measured.to(self.device)
-        return torch.where(measured, self._measured_energy, model).sum(1)
+        measured = self.measured.to(self.device)[pixels]
+        return torch.where(measured, self._measured_energy[pixels], model).sum(1)
 
     def uncertainty(self) -> torch.Tensor:
         """Predictive variance per (pixel, block), mean over the block's features; zero for
@@ -723,18 +769,29 @@ class LowRankGP(Reconstructor):
           from the best of its measured blocks alone. Conservative when several blocks are
           measured; the in-sample model variance is far too small here (see
           :func:`cross_validated_errors`).
+
+        With ``error_calibration="online"`` that variance is then calibrated on the model's
+        prediction errors so far (:class:`~reconstruct.calibration.OnlineErrorCalibration`).
         """
         unmeasured = (~self.measured).to(self.device)
         if self.basis is None:
             spread = self._block_means()[1]
             return (spread.expand(self.n_pixels, -1) * unmeasured).to(self.dtype)
+        var = self._model_variance(slice(None))
+        if self.calibration is not None:
+            touched = self.measured.to(self.device).any(1, keepdim=True)
+            var = self.calibration.calibrate(var, self._pixel_energy(slice(None))[:, None], touched)
+        return (var * unmeasured).to(self.dtype)
+
+    def _model_variance(self, pixels: torch.Tensor | slice) -> torch.Tensor:
+        """``(m, nb)`` float64: the model's own variance of every block of ``pixels`` as if
+        unmeasured (a basis exists; see :meth:`uncertainty`)."""
         assert self.spatial is not None
-        var = self.spatial.variance[:, None] * self._block_weight + self._reported_unexplained
+        var = self.spatial.variance[pixels, None] * self._block_weight + self._reported_unexplained
         # A pixel with nothing measured is known no better than one measured at a single block.
         var = torch.maximum(var, self._reported_single_block_error.amax(0))
-        measured = self.measured.to(self.device)
-        var = torch.where(measured.any(1, keepdim=True), self._error_given_measured(measured), var)
-        return (var * unmeasured).to(self.dtype)
+        measured = self.measured.to(self.device)[pixels]
+        return torch.where(measured.any(1, keepdim=True), self._error_given_measured(measured), var)
 
     def error_given_measured(self, measured: torch.Tensor) -> torch.Tensor:
         """``(m, nb)`` the per-feature error of each block of a pixel whose measured blocks are

@@ -69,7 +69,7 @@ from tqdm import tqdm
 
 from reconstruct import BlockLayout, Reconstructor
 from reconstruct.metrics import rmse
-from studies.cli import OneLineParser, positive_int
+from studies.cli import OneLineParser, json_object, positive_int
 
 #: Fractions of all (pixel, block) pairs measured at which the reconstructor is scored.
 FRACTIONS: tuple[float, ...] = (0.02, 0.05, 0.10, 0.20, 0.40)
@@ -267,6 +267,7 @@ def run_study(
     datasets: Sequence[NamedDataset],
     *,
     reconstructor: str = "gp",
+    reconstructor_options: dict[str, Any] | None = None,
     designs: Sequence[str] = ("random",),
     fractions: Sequence[float] = FRACTIONS,
     n_blocks: int = 4,
@@ -282,7 +283,9 @@ def run_study(
 
     settings = EnvConfig(
         reconstructor=reconstructor,
-        reconstructor_kwargs=_reconstructor_kwargs(reconstructor, seed),
+        reconstructor_kwargs={
+            **_reconstructor_kwargs(reconstructor, seed), **(reconstructor_options or {})
+        },
         device=device,
         n_blocks=n_blocks,
         initial_stride=initial_stride,
@@ -564,6 +567,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--grid", type=positive_int, default=30, help="twin grid side, pixels")
     parser.add_argument("--n-times", type=positive_int, default=None, help="twin read-outs")
     parser.add_argument("--reconstructor", default="gp", help="reconstructor name")
+    parser.add_argument(
+        "--reconstructor-options", type=json_object, default={}, metavar="JSON",
+        help='options of the reconstructor, e.g. \'{"error_calibration": "online"}\'',
+    )
     parser.add_argument("--blocks", type=positive_int, default=4, help="voltage blocks")
     parser.add_argument(
         "--designs", type=_names, default=["random"], help="comma-separated policy names"
@@ -620,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = run_study(
         datasets,
         reconstructor=args.reconstructor,
+        reconstructor_options=args.reconstructor_options,
         designs=args.designs,
         fractions=args.fractions,
         n_blocks=args.blocks,
