@@ -37,7 +37,7 @@ arrive, so old samples say less about its error now: each sample is weighted by
 
 from __future__ import annotations
 
-from collections import deque
+import math
 
 import numpy as np
 import torch
@@ -86,23 +86,29 @@ class OnlineErrorCalibration:
 
     def reset(self) -> None:
         """Forget every sample (a new episode)."""
-        self._samples: deque[tuple[int, float, float, float]] = deque(maxlen=self.window)
+        # A ring of the last `window` samples: kind, log variance, log energy, log error, and
+        # the sample's number (its age is counted from it).
+        self._ring = np.zeros((self.window, 5))
         self._fitted: np.ndarray | None = None
-        self._n_recorded = 0  # every sample ever recorded (the window keeps the last)
+        self._n_recorded = 0  # every sample ever recorded (the ring keeps the last)
 
     @property
     def n_samples(self) -> int:
-        return len(self._samples)
+        return min(self._n_recorded, self.window)
 
     def record(self, partial: bool, variance: float, energy: float, error: float) -> None:
         """One block predicted with model ``variance`` at a pixel of estimated ``energy`` (both
         before it was measured), whose mean squared prediction error turned out ``error``.
         Non-finite or non-positive entries are skipped (nothing to learn from them)."""
-        values = np.array([variance, energy, error], dtype=np.float64)
-        if not (np.isfinite(values).all() and (values[:2] > 0).all() and values[2] >= 0):
+        if not (
+            math.isfinite(variance) and math.isfinite(energy) and math.isfinite(error)
+            and variance > 0 and energy > 0 and error >= 0
+        ):
             return
-        logs = np.log(np.maximum(values, _FLOOR))
-        self._samples.append((int(bool(partial)), *map(float, logs)))
+        self._ring[self._n_recorded % self.window] = (
+            float(bool(partial)), math.log(variance), math.log(energy),
+            math.log(max(error, _FLOOR)), self._n_recorded,
+        )
         self._n_recorded += 1
         self._fitted = None
 
@@ -119,15 +125,15 @@ class OnlineErrorCalibration:
     def _fit(self) -> np.ndarray:
         fitted = np.zeros((len(KINDS), 5))
         fitted[:, 1] = 1.0
-        if not self._samples:
+        if not self._n_recorded:
             return fitted
-        samples = np.array(self._samples)  # (n, 4): kind, log variance, log energy, log error
-        age = np.arange(len(samples))[::-1]
+        samples = self._ring[: self.n_samples]
+        age = self._n_recorded - 1 - samples[:, 4]
         weights = np.exp(-age / (self.memory * self._n_recorded))
         for k in range(len(KINDS)):
             rows = samples[:, 0] == k
             if int(rows.sum()) >= self.min_samples:
-                fitted[k] = self._fit_kind(samples[rows, 1:], weights[rows])
+                fitted[k] = self._fit_kind(samples[rows, 1:4], weights[rows])
         return fitted
 
     def _fit_kind(self, logs: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -160,17 +166,16 @@ class OnlineErrorCalibration:
         ``energy`` (broadcastable tensors on one device), ``partial`` True where the pixel has
         some block measured. Zero (and non-positive) variances stay zero: a measured block has
         no error to state."""
-        fitted = torch.as_tensor(self.coefficients(), device=variance.device)
         variance = variance.to(torch.float64)
         log_var = variance.clamp_min(_FLOOR).log()
         log_energy = energy.to(torch.float64).clamp_min(_FLOOR).log()
-        level, beta, gamma, centre_var, centre_energy = (
-            torch.where(partial, fitted[1, i], fitted[0, i]) for i in range(5)
-        )
-        log_calibrated = (
-            level + log_var + (beta - 1.0) * (log_var - centre_var)
-            + gamma * (log_energy - centre_energy)
-        )
+        # Per kind: level + log_var + (beta - 1)(log_var - centre_var) + gamma (log_energy -
+        # centre_energy), as offset + beta log_var + gamma log_energy.
+        by_kind = []
+        for level, beta, gamma, centre_var, centre_energy in self.coefficients().tolist():
+            offset = level - (beta - 1.0) * centre_var - gamma * centre_energy
+            by_kind.append(log_var * beta + (log_energy * gamma + offset))
+        log_calibrated = torch.where(partial, by_kind[1], by_kind[0])
         return torch.where(variance > 0, log_calibrated.exp(), 0.0)
 
 

@@ -351,6 +351,7 @@ class LowRankGP(Reconstructor):
         self.calibration = (
             OnlineErrorCalibration() if self.error_calibration == "online" else None
         )
+        self._calibrated_cache: tuple[tuple[int, int], torch.Tensor] | None = None
 
     def _make_spatial(self, k: int) -> SpatialGP | TiledSpatialGP | InverseDistanceCoefficients:
         return make_spatial_gp(
@@ -752,7 +753,10 @@ class LowRankGP(Reconstructor):
         """:meth:`pixel_energy` at ``pixels`` (a basis exists)."""
         assert self.basis is not None
         c = self.coefficients()[pixels]  # (m, k) float64
-        quadratic = torch.einsum("pk,bkl,pl->pb", c, self._block_gram, c)
+        nb, k = self._block_gram.shape[:2]
+        # c^T H_b c for every block, as one product: (m, k) x (k, nb k) (H_b symmetric).
+        hc = (c @ self._block_gram.permute(1, 0, 2).reshape(k, nb * k)).view(-1, nb, k)
+        quadratic = (hc * c[:, None]).sum(-1)
         model = quadratic + 2.0 * c @ self._mean_proj.T + self.basis.mean.square().sum(-1)
         measured = self.measured.to(self.device)[pixels]
         return torch.where(measured, self._measured_energy[pixels], model).sum(1)
@@ -777,11 +781,17 @@ class LowRankGP(Reconstructor):
         if self.basis is None:
             spread = self._block_means()[1]
             return (spread.expand(self.n_pixels, -1) * unmeasured).to(self.dtype)
-        var = self._model_variance(slice(None))
-        if self.calibration is not None:
+        if self.calibration is None:
+            return (self._model_variance(slice(None)) * unmeasured).to(self.dtype)
+        # Calibrated: kept until the next measurement or refit (an env step asks twice).
+        key = (self.n_measured, self._basis_version)
+        if self._calibrated_cache is None or self._calibrated_cache[0] != key:
             touched = self.measured.to(self.device).any(1, keepdim=True)
-            var = self.calibration.calibrate(var, self._pixel_energy(slice(None))[:, None], touched)
-        return (var * unmeasured).to(self.dtype)
+            var = self.calibration.calibrate(
+                self._model_variance(slice(None)), self._pixel_energy(slice(None))[:, None], touched
+            )
+            self._calibrated_cache = (key, (var * unmeasured).to(self.dtype))
+        return self._calibrated_cache[1].clone()
 
     def _model_variance(self, pixels: torch.Tensor | slice) -> torch.Tensor:
         """``(m, nb)`` float64: the model's own variance of every block of ``pixels`` as if
