@@ -25,10 +25,13 @@ spectrum, R^2 about 0), and its uncertainty the spread of those measurements.
 
 The basis, the hyperparameters and the GP factor are refitted together when the number of
 measurements has grown by ``refit_growth`` since the last refit (never at every step: the basis
-costs more than the incremental update). By default a refit runs in a background thread and is
-installed a fixed number of measurements later (``refit_mode``): a blocking one took 0.5 s at
-20 % of the blocks measured on 60 x 60, most of it the GP's Cholesky and triangular solve
-(``docs/performance.md``, "Refits"). Between refits each measurement is one incremental GP
+costs more than the incremental update). By default a refit runs in the step that makes it
+due; it took 0.3-0.5 s at 20 % of the blocks measured on 60 x 60, most of it the GP's Cholesky
+and triangular solve (``docs/performance.md``, "Refits"). With ``refit_mode="deferred"`` it runs
+in a background thread while the current model keeps taking measurements, and is installed a
+number of measurements later that grows with the data; the thread brings the measurements made
+meanwhile into it, all but the install step's own, which enters the installed model as an
+ordinary update (:class:`_DeferredRefit`). Between refits each measurement is one incremental GP
 update: when a pixel already has an observation, the improved estimate enters as a
 pseudo-observation whose precision is the gain in precision, which for a scalar-noise GP equals
 replacing the old observation.
@@ -231,10 +234,12 @@ class LowRankGP(Reconstructor):
     refit_mode, refit_lag
         ``"blocking"`` (default): a due refit runs in the step that makes it due.
         ``"deferred"``: it runs in a background thread on a snapshot of the ``n`` measurements so
-        far while the current model keeps taking measurements, and is installed
-        ``ceil(refit_lag * n)`` measurements later (earlier if the next refit is due first; a
-        refit costs more the more is measured, so the lag grows with ``n``), waiting there only
-        if it is not done; the measurements since the snapshot are brought into it first
+        far while the current model keeps taking measurements (that one included), and is
+        installed at measurement ``n + ceil(refit_lag * n)`` (earlier if the next refit is due
+        first; a refit costs more the more is measured, so the lag grows with ``n``). The thread
+        brings the measurements after the snapshot into the new model as they arrive, up to the
+        one before the install; the install waits only for what the thread has not done by
+        then, and the install's own measurement enters the new model as an ordinary update
         (:class:`_DeferredRefit`). Results depend only on the data and the seed, never on
         timing. The first basis is always fitted at once (there is no model to keep until
         then), and :meth:`refit` always blocks.
@@ -398,20 +403,24 @@ class LowRankGP(Reconstructor):
         return self.n_measured >= self.refit_growth * self._n_at_refit
 
     def _update_model(self, p: int, items: list[tuple[int, torch.Tensor]]) -> None:
-        """After pixel ``p``'s blocks ``items`` were stored: hand them to a pending refit too,
-        install that refit when its measurement count is reached, start a refit when one is
-        due, or else update the current model incrementally."""
+        """After pixel ``p``'s blocks ``items`` were stored: install a pending refit when its
+        measurement count is reached (or the next refit is due), else hand the blocks to it;
+        then update the model in use incrementally with them, and start a refit when one is
+        due. A blocking refit replaces the update (it holds these blocks). The installed model
+        holds every measurement before this one (its thread had a step's time for the last),
+        and takes this one here like any other (:class:`_DeferredRefit`)."""
         pending = self._pending
         if pending is not None:
-            pending.push(p, items)
-            if self.n_measured < pending.install_at and not self._refit_due():
-                self._add_to_spatial(p, items)
-                return
-            self._install_refit()  # the new model holds these blocks already
+            if self.n_measured >= pending.install_at or self._refit_due():
+                self._install_refit()
+            else:
+                pending.push(p, items)
+        if self._refit_due() and self.refit_mode == "blocking":
+            self.refit()
+            return
+        self._add_to_spatial(p, items)
         if self._refit_due():
-            self._start_refit()
-        elif pending is None:
-            self._add_to_spatial(p, items)
+            self._start_refit()  # the snapshot holds these blocks too
 
     def _add_to_spatial(self, p: int, items: list[tuple[int, torch.Tensor]]) -> None:
         """Incremental update of pixel ``p`` after blocks ``(block, values)`` arrived."""
@@ -521,10 +530,7 @@ class LowRankGP(Reconstructor):
             self._refit()
 
     def _start_refit(self) -> None:
-        """A refit is due: run it (blocking) or start it from a snapshot (deferred)."""
-        if self.refit_mode == "blocking":
-            self.refit()
-            return
+        """A deferred refit is due: start it from a snapshot."""
         snapshot = copy.copy(self)  # shares the measured values: a stored block never changes
         snapshot.measured = self.measured.clone()
         snapshot.spatial = None  # the refit builds its own; this one stays in use meanwhile
@@ -975,15 +981,18 @@ class _DeferredRefit:
 
     The thread refits ``model``, a snapshot of the reconstructor (its own mask; the measured
     values are shared, and a block in the snapshot is never written again), then brings in
-    the arrivals in arrival order, in chunks of ``CHUNK`` as each chunk is complete and the
-    last ``CHUNK`` before the install count one by one as they come (so that the install
-    waits for one update, not a chunk), and whatever is left when the reconstructor asks for
-    the model (:meth:`finish`; an install made early by the next refit). What it
-    computes depends only on the snapshot and the arrivals, never on when the thread runs, so
-    a slow machine gives the same results as a fast one, only later (:meth:`finish` waits).
-    A chunk enters the GP as one block update (:meth:`SpatialGP.add_many`), several times
-    cheaper per measurement than the single updates the reconstructor makes meanwhile, so the
-    thread catches up.
+    the arrivals (:meth:`push`): the measurements after the snapshot and before the install
+    count. The install step's own measurement is not one: the reconstructor adds it to the
+    installed model itself, as an ordinary update, so the install never waits for work that
+    could only start in its own step. Arrivals enter in arrival order, in chunks of ``CHUNK``
+    as each chunk is complete and the last ``CHUNK`` one by one as they come (so that the
+    install waits at most for the update of the step before it, not a chunk), and whatever
+    is left when the reconstructor asks for the model (:meth:`finish`; an install made early
+    by the next refit). What it computes depends only on the snapshot and the arrivals,
+    never on when the thread runs, so a slow machine gives the same results as a fast one,
+    only later (:meth:`finish` waits). A chunk enters the GP as one block update
+    (:meth:`SpatialGP.add_many`), several times cheaper per measurement than the single
+    updates the reconstructor makes meanwhile, so the thread catches up.
 
     A thread runs only while there is work (refit, or a complete chunk), so an abandoned
     reconstructor is not kept alive by it. Copying (``copy.deepcopy``, pickling) waits until
@@ -997,7 +1006,9 @@ class _DeferredRefit:
     ) -> None:
         self.model = model
         self.install_at = install_at
-        self._expected = install_at - model.n_measured  # arrivals until the install count
+        # Arrivals the thread brings in: those before the install count (that one's own blocks
+        # enter the installed model on the reconstructor's thread).
+        self._expected = install_at - model.n_measured - 1
         self.r2_reference = r2_reference
         self.r2_terms: dict | None = None
         self.arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]] = []
