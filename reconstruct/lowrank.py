@@ -643,11 +643,26 @@ class LowRankGP(Reconstructor):
             self._fitted_hyper = self.hyper if informed else None
         if self.spatial is None or self.spatial.n_outputs != k:
             self.spatial = self._make_spatial(k)
-        self.spatial.rebuild(observed, coef, noise, hyper=self.hyper)
+        if isinstance(self.spatial, SpatialGP):
+            capacity = observed.numel() + self._measurements_until_replaced()
+            self.spatial.rebuild(observed, coef, noise, hyper=self.hyper, capacity=capacity)
+        else:
+            self.spatial.rebuild(observed, coef, noise, hyper=self.hyper)
         self._cache_block_errors()
         self._n_at_refit = self.n_measured
         if self._r2_cache is not None:  # the reference terms stay; the basis terms are stale
             self._r2_cache["sse_unmeasured"] = None
+
+    def _measurements_until_replaced(self) -> int:
+        """At most how many measurements a model refitted now takes before a refit replaces
+        it: until the next refit is due, and with deferred refits until it is installed. Each
+        adds at most one GP observation; the GP keeps room for them
+        (:meth:`SpatialGP.rebuild`)."""
+        total = self.n_pixels * self.n_blocks
+        last = math.ceil(min(self.refit_growth * self.n_measured, total))  # as _refit_due
+        if self.refit_mode == "deferred":  # as _start_refit
+            last += max(1, math.ceil(min(self.refit_lag * last, total)))
+        return max(0, min(last, total) - self.n_measured)
 
     def _fit_hyper(
         self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
