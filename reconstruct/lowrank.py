@@ -1006,14 +1006,16 @@ class _DeferredRefit:
     count. The install step's own measurement is not one: the reconstructor adds it to the
     installed model itself, as an ordinary update, so the install never waits for work that
     could only start in its own step. Arrivals enter in arrival order, in chunks of ``CHUNK``
-    as each chunk is complete and the last ``CHUNK`` one by one as they come (so that the
-    install waits at most for the update of the step before it, not a chunk), and whatever
-    is left when the reconstructor asks for the model (:meth:`finish`; an install made early
-    by the next refit). What it computes depends only on the snapshot and the arrivals,
-    never on when the thread runs, so a slow machine gives the same results as a fast one,
-    only later (:meth:`finish` waits). A chunk enters the GP as one block update
-    (:meth:`SpatialGP.add_many`), several times cheaper per measurement than the single
-    updates the reconstructor makes meanwhile, so the thread catches up.
+    as each chunk is complete and the last ``CHUNK`` one by one as they come. When the
+    reconstructor asks for the model (:meth:`finish`) it waits for the refit and for the
+    piece of work in progress, and brings in what the thread has not reached itself (the
+    same pieces: the last arrival, typically, or the rest of a chunk when the next refit
+    made the install early), rather than wait for the thread to get to them. What is
+    computed depends only on the snapshot and the arrivals, never on when the thread runs or
+    which thread brings in a piece (both run it single-threaded), so a slow machine gives
+    the same results as a fast one, only later (:meth:`finish` waits). A chunk enters the GP
+    as one block update (:meth:`SpatialGP.add_many`), several times cheaper per measurement
+    than the single updates the reconstructor makes meanwhile, so the thread catches up.
 
     The thread runs while there is work (refit, or a complete chunk) and waits up to
     ``IDLE_S`` for more before it ends (starting a thread makes the caller wait until it
@@ -1021,6 +1023,8 @@ class _DeferredRefit:
     reconstructor is not kept alive by it for long. After the install it frees the state
     the refit replaced (:meth:`release`). Copying (``copy.deepcopy``, pickling) waits until
     the work in progress is done and copies the result; the copy continues on its own.
+    ``waited_s`` and ``caught_up`` say how long :meth:`finish` waited for the thread and how
+    many arrivals it brought in itself (for benchmarks).
     """
 
     CHUNK = 8
@@ -1039,6 +1043,8 @@ class _DeferredRefit:
         self.arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]] = []
         self.applied = 0  # arrivals already in the model
         self.refitted = False
+        self.waited_s: float | None = None  # by finish(): for the thread
+        self.caught_up = 0  # arrivals finish() brought in itself
         self._init_sync()
         with self._cond:
             self._wake()
@@ -1056,10 +1062,10 @@ class _DeferredRefit:
         return self.CHUNK if self.applied + 2 * self.CHUNK <= self._expected else 1
 
     def _work_ready(self) -> bool:
+        """Work for the thread: the refit, or a complete chunk until :meth:`finish` takes
+        over the arrivals."""
         waiting = len(self.arrivals) - self.applied
-        return (
-            not self.refitted or waiting >= self._chunk_size() or (self._final and waiting > 0)
-        )
+        return not self.refitted or (not self._final and waiting >= self._chunk_size())
 
     def _wake(self) -> None:
         """Have the thread take the work there is (the condition's lock held): start one if
@@ -1157,10 +1163,19 @@ class _DeferredRefit:
                 raise self._error
 
     def finish(self) -> LowRankGP:
-        """The refitted model with every arrival in it, waiting if needed."""
+        """The refitted model with every arrival in it: waits for the refit and the piece of
+        work in progress, then brings in the arrivals left, in the thread's pieces."""
+        start = time.perf_counter()
         with self._cond:
-            self._final = True
+            self._final = True  # the thread takes no more arrivals
         self._wait_idle()
+        self.waited_s = time.perf_counter() - start
+        self.caught_up = len(self.arrivals) - self.applied
+        with single_thread():
+            while self.applied < len(self.arrivals):
+                chunk = self.arrivals[self.applied : self.applied + self._chunk_size()]
+                self.model._add_batch_to_spatial(chunk)
+                self.applied += len(chunk)
         return self.model
 
     def release(self, objects: list) -> None:

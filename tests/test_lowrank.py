@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reconstruct.base import BlockLayout
-from reconstruct.lowrank import LowRankCompletion, LowRankGP, fit_basis
+from reconstruct.lowrank import LowRankCompletion, LowRankGP, _DeferredRefit, fit_basis
 from reconstruct.metrics import r2_score
 
 SHAPE = (12, 12)
@@ -284,21 +284,25 @@ def test_refit_modes_give_valid_estimates(mode):
 
 
 @pytest.mark.parametrize("growth, lag", [(1.3, 0.2), (1.2, 0.8)])
-def test_deferred_refits_do_not_depend_on_timing(growth, lag):
+def test_deferred_refits_do_not_depend_on_timing(growth, lag, monkeypatch):
     """The same seed gives bit-identical estimates at every step whether the refit thread is
-    fast or slow (here: a sleep before each piece of its work, so the installs wait). With a
-    lag of 0.8 every install is made early, by the next refit coming due."""
+    fast or slow (here: a sleep before each piece of its work, so the installs wait and
+    bring in the arrivals it has not reached), or brings in no arrival at all (the install
+    brings in every one). With a lag of 0.8 every install is made early, by the next refit
+    coming due."""
     field = _low_rank_field(rank=3, noise=0.05)
     runs = []
-    for delay in (None, 0.01):
+    for delay in (None, 0.01, "refit only"):
         rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6,
                         refit_growth=growth, refit_mode="deferred", refit_lag=lag, seed=2)
-        if delay is not None:
+        if delay == "refit only":
+            monkeypatch.setattr(_DeferredRefit, "_work_ready", lambda self: not self.refitted)
+        elif delay is not None:
             rec._refit_delay = functools.partial(time.sleep, delay)
         runs.append(_sequence(rec, field))
-    assert len(runs[0]) == len(runs[1])
-    for step, (fast, slow) in enumerate(zip(*runs, strict=True)):
-        assert torch.equal(fast, slow), step
+    assert len(runs[0]) == len(runs[1]) == len(runs[2])
+    for step, (fast, slow, none) in enumerate(zip(*runs, strict=True)):
+        assert torch.equal(fast, slow) and torch.equal(fast, none), step
 
 
 def test_deferred_refit_installs_at_its_count_and_reset_cancels_it():
