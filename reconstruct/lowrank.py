@@ -29,9 +29,10 @@ costs more than the incremental update). By default a refit runs in the step tha
 due; it took 0.3-0.5 s at 20 % of the blocks measured on 60 x 60, most of it the GP's Cholesky
 and triangular solve (``docs/performance.md``, "Refits"). With ``refit_mode="deferred"`` it runs
 in a background thread while the current model keeps taking measurements, and is installed a
-number of measurements later that grows with the data; the thread brings the measurements made
-meanwhile into it, all but the install step's own, which enters the installed model as an
-ordinary update (:class:`_DeferredRefit`). Between refits each measurement is one incremental GP
+number of measurements later that grows with the data; the measurements made meanwhile are
+brought into it (by the thread, and at the install those it has not reached), all but the
+install step's own, which enters the installed model as an ordinary update
+(:class:`_DeferredRefit`). Between refits each measurement is one incremental GP
 update: when a pixel already has an observation, the improved estimate enters as a
 pseudo-observation whose precision is the gain in precision, which for a scalar-noise GP equals
 replacing the old observation.
@@ -239,11 +240,11 @@ class LowRankGP(Reconstructor):
         installed at measurement ``n + ceil(refit_lag * n)`` (earlier if the next refit is due
         first; a refit costs more the more is measured, so the lag grows with ``n``). The thread
         brings the measurements after the snapshot into the new model as they arrive, up to the
-        one before the install; the install waits only for what the thread has not done by
-        then, and the install's own measurement enters the new model as an ordinary update
-        (:class:`_DeferredRefit`). Results depend only on the data and the seed, never on
-        timing. The first basis is always fitted at once (there is no model to keep until
-        then), and :meth:`refit` always blocks.
+        one before the install; the install waits for the refit if it is not done, brings in
+        the few the thread has not reached itself, and its own measurement enters the new
+        model as an ordinary update (:class:`_DeferredRefit`). Results depend only on the data
+        and the seed, never on timing. The first basis is always fitted at once (there is no
+        model to keep until then), and :meth:`refit` always blocks.
     small_sample_errors
         With fewer than ``2 (k + 2)`` complete spectra the two-fold cross-validation of a
         ``k``-component basis cannot run. ``"residual"`` (default): the in-sample residual
