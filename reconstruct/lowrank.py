@@ -322,6 +322,7 @@ class LowRankGP(Reconstructor):
         if pending is not None:
             pending.cancel()
         self._pending: _DeferredRefit | None = None
+        self._replaced: list | None = None  # what the last install replaced, until freed
         self.measured.zero_()
         self.values = torch.zeros(
             self.n_pixels, self.n_blocks, self.block_features, dtype=self.dtype, device=self.device
@@ -528,6 +529,7 @@ class LowRankGP(Reconstructor):
         refit is dropped). See :meth:`_refit`; runs single-threaded (small factorisations, see
         :func:`~reconstruct.gp.single_thread`)."""
         self._drop_pending()
+        self._replaced = None
         with single_thread():
             self._refit()
 
@@ -538,16 +540,21 @@ class LowRankGP(Reconstructor):
         snapshot.spatial = None  # the refit builds its own; this one stays in use meanwhile
         snapshot._r2_cache = None
         snapshot._pending = None
+        snapshot._replaced = None
         reference = None
         if self._r2_cache is not None:  # the refit's thread makes the basis terms of R^2 too
             reference = {key: self._r2_cache[key] for key in _R2_REFERENCE_TERMS}
         lag = max(1, math.ceil(self.refit_lag * self.n_measured))
-        self._pending = _DeferredRefit(snapshot, self.n_measured + lag, reference)
+        self._pending = _DeferredRefit(
+            snapshot, self.n_measured + lag, reference, release=self._replaced
+        )
+        self._replaced = None
         self._n_at_refit = self.n_measured
 
     def _install_refit(self) -> None:
         """Replace the model by the pending refit's, waiting for it if it is not done. The
-        replaced state is freed on the refit's thread (:meth:`_DeferredRefit.release`)."""
+        replaced state is kept until the next refit's thread frees it (:class:`_DeferredRefit`:
+        freeing it here, or on a thread at once, made the install step 2x slower)."""
         pending = self._pending
         assert pending is not None
         self._pending = None
@@ -563,7 +570,12 @@ class LowRankGP(Reconstructor):
             if pending.r2_terms is not None and pending.r2_reference["ref"] is cache["ref"]:
                 replaced.extend(cache.get(key) for key in pending.r2_terms)
                 cache.update(pending.r2_terms)
-        pending.release(replaced)
+        self._replaced = replaced
+
+    def __getstate__(self) -> dict:
+        state = dict(vars(self))
+        state["_replaced"] = None  # replaced state awaiting its release: not copied
+        return state
 
     def _drop_pending(self) -> None:
         if self._pending is not None:
@@ -1021,9 +1033,11 @@ class _DeferredRefit:
     The thread runs while there is work (refit, or a complete chunk) and waits up to
     ``IDLE_S`` for more before it ends (starting a thread makes the caller wait until it
     runs: a scheduling round trip in every step that hands it work), so an abandoned
-    reconstructor is not kept alive by it for long. After the install it frees the state
-    the refit replaced (:meth:`release`). Copying (``copy.deepcopy``, pickling) waits until
-    the work in progress is done and copies the result; the copy continues on its own.
+    reconstructor is not kept alive by it for long. Its first piece of work frees the state
+    the previous install replaced (``release``: its GP factor is tens of MB handed back to
+    the system, which slowed the install step 2x when done then). Copying
+    (``copy.deepcopy``, pickling) waits until the work in progress is done and copies the
+    result; the copy continues on its own.
     ``waited_s`` and ``caught_up`` say how long :meth:`finish` waited for the thread and how
     many arrivals it brought in itself (for benchmarks).
     """
@@ -1032,7 +1046,11 @@ class _DeferredRefit:
     IDLE_S = 0.5
 
     def __init__(
-        self, model: LowRankGP, install_at: int, r2_reference: dict | None = None
+        self,
+        model: LowRankGP,
+        install_at: int,
+        r2_reference: dict | None = None,
+        release: list | None = None,
     ) -> None:
         self.model = model
         self.install_at = install_at
@@ -1047,6 +1065,7 @@ class _DeferredRefit:
         self.waited_s: float | None = None  # by finish(): for the thread
         self.caught_up = 0  # arrivals finish() brought in itself
         self._init_sync()
+        self._release = release
         with self._cond:
             self._wake()
 
@@ -1057,7 +1076,7 @@ class _DeferredRefit:
         self._final = False  # the reconstructor asked for the model: no more arrivals
         self._cancelled = False
         self._error: BaseException | None = None
-        self._release: list | None = None  # what the thread is to free (release)
+        self._release: list | None = None  # what the thread is to free first
 
     def _chunk_size(self) -> int:
         return self.CHUNK if self.applied + 2 * self.CHUNK <= self._expected else 1
@@ -1084,7 +1103,7 @@ class _DeferredRefit:
     def _next_piece(self) -> tuple[str, list] | None:
         """Wait (the condition's lock held) until there is work, and take it: ``("refit",
         [])``, ``("chunk", arrivals)`` or ``("release", objects)``; None when the thread is to
-        end (cancelled, or no work for ``IDLE_S``)."""
+        end (cancelled, the model asked for, or no work for ``IDLE_S``)."""
         deadline = time.monotonic() + self.IDLE_S
         while not self._cancelled:
             if self._release is not None:
@@ -1095,7 +1114,7 @@ class _DeferredRefit:
                     return "refit", []
                 return "chunk", self.arrivals[self.applied : self.applied + self._chunk_size()]
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._final:
                 break
             self._cond.wait(left)
         return None
@@ -1112,13 +1131,11 @@ class _DeferredRefit:
                             return
                         self._busy = True
                     kind, items = piece
-                    if kind == "release":  # the last piece: nothing comes after the install
+                    if kind == "release":
                         items.clear()
                         with self._cond:
                             self._busy = False
-                            self._thread = None
-                            self._cond.notify_all()
-                        return
+                        continue
                     delay = self.model._refit_delay
                     if delay is not None:
                         delay()
@@ -1178,14 +1195,6 @@ class _DeferredRefit:
                 self.model._add_batch_to_spatial(chunk)
                 self.applied += len(chunk)
         return self.model
-
-    def release(self, objects: list) -> None:
-        """After the install: free what only ``objects`` holds (the state the refit replaced)
-        on the thread. Freeing the replaced GP (its factor: tens of MB handed back to the
-        system) took 3-11 ms of the install step at 20 % of 60 x 60 measured."""
-        with self._cond:
-            self._release = objects
-            self._wake()
 
     def cancel(self) -> None:
         """Drop the refit: a running thread stops after its current piece of work."""

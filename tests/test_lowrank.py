@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reconstruct.base import BlockLayout
+from reconstruct.gp import SpatialGP
 from reconstruct.lowrank import LowRankCompletion, LowRankGP, _DeferredRefit, fit_basis
 from reconstruct.metrics import r2_score
 
@@ -327,10 +328,15 @@ def test_deferred_refit_installs_at_its_count_and_reset_cancels_it():
     # the installed model on this thread, like any update.
     assert len(pending.arrivals) == pending.applied == 4
     assert rec.spatial.obs_pixels[-1] == pixels[9]
+    # The replaced model is kept (not copied) until the next refit's thread frees it.
+    replaced = rec._replaced
+    assert any(isinstance(x, SpatialGP) for x in replaced)
+    assert copy.deepcopy(rec)._replaced is None
     for p in pixels[10:20]:
         rec.add(p, 0, field[p, 0])
     pending = rec._pending
     assert pending is not None and not pending.refitted  # the thread sleeps first
+    assert rec._replaced is None and (pending._release is replaced or replaced == [])
     rec.reset()
     assert pending._cancelled
     assert rec._pending is None and rec.basis is None
