@@ -12,9 +12,10 @@ what the tiled approximation costs in accuracy against the exact GP at 120^2, an
 models of partial spectra.
 
 ``--refits`` runs only the refit benchmark (:func:`bench_refits`): in the state an acquisition
-episode is in at 10, 20 and 40 % of all blocks measured, the blocking refit, the longest step of
-a deferred refit (and its wait at the install), and the per-measurement update, in milliseconds
-and as ratios to a yardstick timed in the same run.
+episode is in at 10, 20 and 40 % of all blocks measured, the blocking refit, the longest and
+99th-percentile step of a deferred refit, its install step and how long that waited for the
+refit's thread, and the per-measurement update, in milliseconds and as ratios to a yardstick
+timed in the same run.
 Everything runs on one thread (``torch.set_num_threads(1)``): the one-core numbers.
 """
 
@@ -141,10 +142,12 @@ def bench_refits(
     (median of 3; hyperparameters warm-started as in use); ``update_ms``, the median step of
     one block plus the R^2 (the per-measurement update); then a deferred refit is made due and
     installed ``ceil(lag * n)`` steps later: ``deferred_max_step_ms`` is the longest of those
-    steps, ``deferred_install_step_ms`` the one that installs it (its wait included), with
+    steps and ``deferred_p99_step_ms`` their 99th percentile, ``deferred_install_step_ms`` the
+    one that installs it (its wait included), ``deferred_install_wait_ms`` how long that step
+    waited for the refit's thread (inside :meth:`_DeferredRefit.finish`, before bringing in
+    the ``deferred_install_caught_up`` arrivals the thread had not reached), with
     ``deferred_median_step_ms`` beside them (the refit's thread shares the CPU meanwhile).
-    Ratios divide by
-    ``yardstick_ms`` (:func:`_yardstick_ms`), timed in the same run."""
+    Ratios divide by ``yardstick_ms`` (:func:`_yardstick_ms`), timed in the same run."""
     order = np.random.default_rng(seed).permutation(shape[0] * shape[1] * layout.n_blocks)
     reference = torch.as_tensor(data)
     yardstick = _yardstick_ms()
@@ -174,22 +177,31 @@ def bench_refits(
         step()
         assert rec._pending is not None
         rec.refit_growth = 1.5
+        pending = rec._pending
         times = []
         while rec._pending is not None:
             times.append(_median_ms(step, 1))
         row = {
             "fraction": fraction, "measured": measured, "observed_pixels": observed,
             "refit_ms": refit_ms, "update_ms": update_ms,
-            "deferred_max_step_ms": max(times), "deferred_install_step_ms": times[-1],
+            "deferred_steps": len(times),
+            "deferred_max_step_ms": max(times),
+            "deferred_p99_step_ms": float(np.percentile(times, 99)),
+            "deferred_install_step_ms": times[-1],
+            "deferred_install_wait_ms": pending.waited_s * 1e3,
+            "deferred_install_caught_up": pending.caught_up,
             "deferred_median_step_ms": float(np.median(times)),
         }
         row.update({f"{key[:-3]}_ratio": row[key] / yardstick for key in list(row)
                     if key.endswith("_ms")})
         rows.append(row)
         print(f"  {fraction:4.0%} ({row['measured']} blocks, {row['observed_pixels']} pixels): "
-              f"refit {refit_ms:.0f} ms, update {update_ms:.2f} ms, deferred: longest step "
-              f"{row['deferred_max_step_ms']:.1f} ms, install step "
-              f"{row['deferred_install_step_ms']:.1f} ms, median step "
+              f"refit {refit_ms:.0f} ms, update {update_ms:.2f} ms, deferred "
+              f"({len(times)} steps): longest step {row['deferred_max_step_ms']:.1f} ms, p99 "
+              f"{row['deferred_p99_step_ms']:.1f} ms, install step "
+              f"{row['deferred_install_step_ms']:.1f} ms (waited "
+              f"{row['deferred_install_wait_ms']:.2f} ms for the thread, brought in "
+              f"{pending.caught_up} arrivals), median step "
               f"{row['deferred_median_step_ms']:.2f} ms (yardstick {yardstick:.1f} ms)")
     return {"yardstick": "1024 x 1024 float64 matmul", "yardstick_ms": yardstick, "lag": lag,
             "rows": rows}

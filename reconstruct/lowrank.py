@@ -25,10 +25,14 @@ spectrum, R^2 about 0), and its uncertainty the spread of those measurements.
 
 The basis, the hyperparameters and the GP factor are refitted together when the number of
 measurements has grown by ``refit_growth`` since the last refit (never at every step: the basis
-costs more than the incremental update). By default a refit runs in a background thread and is
-installed a fixed number of measurements later (``refit_mode``): a blocking one took 0.5 s at
-20 % of the blocks measured on 60 x 60, most of it the GP's Cholesky and triangular solve
-(``docs/performance.md``, "Refits"). Between refits each measurement is one incremental GP
+costs more than the incremental update). By default a refit runs in the step that makes it
+due; it took 0.3-0.5 s at 20 % of the blocks measured on 60 x 60, most of it the GP's Cholesky
+and triangular solve (``docs/performance.md``, "Refits"). With ``refit_mode="deferred"`` it runs
+in a background thread while the current model keeps taking measurements, and is installed a
+number of measurements later that grows with the data; the measurements made meanwhile are
+brought into it (by the thread, and at the install those it has not reached), all but the
+install step's own, which enters the installed model as an ordinary update
+(:class:`_DeferredRefit`). Between refits each measurement is one incremental GP
 update: when a pixel already has an observation, the improved estimate enters as a
 pseudo-observation whose precision is the gain in precision, which for a scalar-noise GP equals
 replacing the old observation.
@@ -39,6 +43,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -234,13 +239,15 @@ class LowRankGP(Reconstructor):
     refit_mode, refit_lag
         ``"blocking"`` (default): a due refit runs in the step that makes it due.
         ``"deferred"``: it runs in a background thread on a snapshot of the ``n`` measurements so
-        far while the current model keeps taking measurements, and is installed
-        ``ceil(refit_lag * n)`` measurements later (earlier if the next refit is due first; a
-        refit costs more the more is measured, so the lag grows with ``n``), waiting there only
-        if it is not done; the measurements since the snapshot are brought into it first
-        (:class:`_DeferredRefit`). Results depend only on the data and the seed, never on
-        timing. The first basis is always fitted at once (there is no model to keep until
-        then), and :meth:`refit` always blocks.
+        far while the current model keeps taking measurements (that one included), and is
+        installed at measurement ``n + ceil(refit_lag * n)`` (earlier if the next refit is due
+        first; a refit costs more the more is measured, so the lag grows with ``n``). The thread
+        brings the measurements after the snapshot into the new model as they arrive, up to the
+        one before the install; the install waits for the refit if it is not done, brings in
+        the few the thread has not reached itself, and its own measurement enters the new
+        model as an ordinary update (:class:`_DeferredRefit`). Results depend only on the data
+        and the seed, never on timing. The first basis is always fitted at once (there is no
+        model to keep until then), and :meth:`refit` always blocks.
     small_sample_errors
         With fewer than ``2 (k + 2)`` complete spectra the two-fold cross-validation of a
         ``k``-component basis cannot run. ``"residual"`` (default): the in-sample residual
@@ -332,6 +339,7 @@ class LowRankGP(Reconstructor):
         if pending is not None:
             pending.cancel()
         self._pending: _DeferredRefit | None = None
+        self._replaced: list | None = None  # what the last install replaced, until freed
         self.measured.zero_()
         self.values = torch.zeros(
             self.n_pixels, self.n_blocks, self.block_features, dtype=self.dtype, device=self.device
@@ -440,20 +448,24 @@ class LowRankGP(Reconstructor):
         return self.n_measured >= self.refit_growth * self._n_at_refit
 
     def _update_model(self, p: int, items: list[tuple[int, torch.Tensor]]) -> None:
-        """After pixel ``p``'s blocks ``items`` were stored: hand them to a pending refit too,
-        install that refit when its measurement count is reached, start a refit when one is
-        due, or else update the current model incrementally."""
+        """After pixel ``p``'s blocks ``items`` were stored: install a pending refit when its
+        measurement count is reached (or the next refit is due), else hand the blocks to it;
+        then update the model in use incrementally with them, and start a refit when one is
+        due. A blocking refit replaces the update (it holds these blocks). The installed model
+        holds every measurement before this one (its thread had a step's time for the last),
+        and takes this one here like any other (:class:`_DeferredRefit`)."""
         pending = self._pending
         if pending is not None:
-            pending.push(p, items)
-            if self.n_measured < pending.install_at and not self._refit_due():
-                self._add_to_spatial(p, items)
-                return
-            self._install_refit()  # the new model holds these blocks already
+            if self.n_measured >= pending.install_at or self._refit_due():
+                self._install_refit()
+            else:
+                pending.push(p, items)
+        if self._refit_due() and self.refit_mode == "blocking":
+            self.refit()
+            return
+        self._add_to_spatial(p, items)
         if self._refit_due():
-            self._start_refit()
-        elif pending is None:
-            self._add_to_spatial(p, items)
+            self._start_refit()  # the snapshot holds these blocks too
 
     def _add_to_spatial(self, p: int, items: list[tuple[int, torch.Tensor]]) -> None:
         """Incremental update of pixel ``p`` after blocks ``(block, values)`` arrived."""
@@ -559,40 +571,53 @@ class LowRankGP(Reconstructor):
         refit is dropped). See :meth:`_refit`; runs single-threaded (small factorisations, see
         :func:`~reconstruct.gp.single_thread`)."""
         self._drop_pending()
+        self._replaced = None
         with single_thread():
             self._refit()
 
     def _start_refit(self) -> None:
-        """A refit is due: run it (blocking) or start it from a snapshot (deferred)."""
-        if self.refit_mode == "blocking":
-            self.refit()
-            return
+        """A deferred refit is due: start it from a snapshot."""
         snapshot = copy.copy(self)  # shares the measured values: a stored block never changes
         snapshot.measured = self.measured.clone()
         snapshot.spatial = None  # the refit builds its own; this one stays in use meanwhile
         snapshot._r2_cache = None
         snapshot._pending = None
+        snapshot._replaced = None
         reference = None
         if self._r2_cache is not None:  # the refit's thread makes the basis terms of R^2 too
             reference = {key: self._r2_cache[key] for key in _R2_REFERENCE_TERMS}
         lag = max(1, math.ceil(self.refit_lag * self.n_measured))
-        self._pending = _DeferredRefit(snapshot, self.n_measured + lag, reference)
+        self._pending = _DeferredRefit(
+            snapshot, self.n_measured + lag, reference, release=self._replaced
+        )
+        self._replaced = None
         self._n_at_refit = self.n_measured
 
     def _install_refit(self) -> None:
-        """Replace the model by the pending refit's, waiting for it if it is not done."""
+        """Replace the model by the pending refit's, waiting for it if it is not done. The
+        replaced state is kept until the next refit's thread frees it (:class:`_DeferredRefit`:
+        freeing it here, or on a thread at once, made the install step 2x slower)."""
         pending = self._pending
         assert pending is not None
         self._pending = None
         model = pending.finish()
+        replaced = []
         for name in _REFIT_STATE:
             if name in vars(model):  # _pattern_bits exists only with a pattern table
+                replaced.append(vars(self).get(name))
                 setattr(self, name, getattr(model, name))
         cache = self._r2_cache
         if cache is not None:
             cache["sse_unmeasured"] = None
             if pending.r2_terms is not None and pending.r2_reference["ref"] is cache["ref"]:
+                replaced.extend(cache.get(key) for key in pending.r2_terms)
                 cache.update(pending.r2_terms)
+        self._replaced = replaced
+
+    def __getstate__(self) -> dict:
+        state = dict(vars(self))
+        state["_replaced"] = None  # replaced state awaiting its release: not copied
+        return state
 
     def _drop_pending(self) -> None:
         if self._pending is not None:
@@ -679,11 +704,26 @@ class LowRankGP(Reconstructor):
             self._fitted_hyper = self.hyper if informed else None
         if self.spatial is None or self.spatial.n_outputs != k:
             self.spatial = self._make_spatial(k)
-        self.spatial.rebuild(observed, coef, noise, hyper=self.hyper)
+        if isinstance(self.spatial, SpatialGP):
+            capacity = observed.numel() + self._measurements_until_replaced()
+            self.spatial.rebuild(observed, coef, noise, hyper=self.hyper, capacity=capacity)
+        else:
+            self.spatial.rebuild(observed, coef, noise, hyper=self.hyper)
         self._cache_block_errors()
         self._n_at_refit = self.n_measured
         if self._r2_cache is not None:  # the reference terms stay; the basis terms are stale
             self._r2_cache["sse_unmeasured"] = None
+
+    def _measurements_until_replaced(self) -> int:
+        """At most how many measurements a model refitted now takes before a refit replaces
+        it: until the next refit is due, and with deferred refits until it is installed. Each
+        adds at most one GP observation; the GP keeps room for them
+        (:meth:`SpatialGP.rebuild`)."""
+        total = self.n_pixels * self.n_blocks
+        last = math.ceil(min(self.refit_growth * self.n_measured, total))  # as _refit_due
+        if self.refit_mode == "deferred":  # as _start_refit
+            last += max(1, math.ceil(min(self.refit_lag * last, total)))
+        return max(0, min(last, total) - self.n_measured)
 
     def _fit_hyper(
         self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
@@ -1042,89 +1082,145 @@ class _DeferredRefit:
 
     The thread refits ``model``, a snapshot of the reconstructor (its own mask; the measured
     values are shared, and a block in the snapshot is never written again), then brings in
-    the arrivals in arrival order, in chunks of ``CHUNK`` as each chunk is complete and the
-    last ``CHUNK`` before the install count one by one as they come (so that the install
-    waits for one update, not a chunk), and whatever is left when the reconstructor asks for
-    the model (:meth:`finish`; an install made early by the next refit). What it
-    computes depends only on the snapshot and the arrivals, never on when the thread runs, so
-    a slow machine gives the same results as a fast one, only later (:meth:`finish` waits).
-    A chunk enters the GP as one block update (:meth:`SpatialGP.add_many`), several times
-    cheaper per measurement than the single updates the reconstructor makes meanwhile, so the
-    thread catches up.
+    the arrivals (:meth:`push`): the measurements after the snapshot and before the install
+    count. The install step's own measurement is not one: the reconstructor adds it to the
+    installed model itself, as an ordinary update, so the install never waits for work that
+    could only start in its own step. Arrivals enter in arrival order, in chunks of ``CHUNK``
+    as each chunk is complete and the last ``CHUNK`` one by one as they come. When the
+    reconstructor asks for the model (:meth:`finish`) it waits for the refit and for the
+    piece of work in progress, and brings in what the thread has not reached itself (the
+    same pieces: the last arrival, typically, or the rest of a chunk when the next refit
+    made the install early), rather than wait for the thread to get to them. What is
+    computed depends only on the snapshot and the arrivals, never on when the thread runs or
+    which thread brings in a piece (both run it single-threaded), so a slow machine gives
+    the same results as a fast one, only later (:meth:`finish` waits). A chunk enters the GP
+    as one block update (:meth:`SpatialGP.add_many`), several times cheaper per measurement
+    than the single updates the reconstructor makes meanwhile, so the thread catches up.
 
-    A thread runs only while there is work (refit, or a complete chunk), so an abandoned
-    reconstructor is not kept alive by it. Copying (``copy.deepcopy``, pickling) waits until
-    that work is done and copies the result; the copy continues on its own.
+    The thread runs while there is work (refit, or a complete chunk) and waits up to
+    ``IDLE_S`` for more before it ends (starting a thread makes the caller wait until it
+    runs: a scheduling round trip in every step that hands it work), so an abandoned
+    reconstructor is not kept alive by it for long. Its first piece of work frees the state
+    the previous install replaced (``release``: its GP factor is tens of MB handed back to
+    the system, which slowed the install step 2x when done then). Copying
+    (``copy.deepcopy``, pickling) waits until the work in progress is done and copies the
+    result; the copy continues on its own.
+    ``waited_s`` and ``caught_up`` say how long :meth:`finish` waited for the thread and how
+    many arrivals it brought in itself (for benchmarks).
     """
 
     CHUNK = 8
+    IDLE_S = 0.5
 
     def __init__(
-        self, model: LowRankGP, install_at: int, r2_reference: dict | None = None
+        self,
+        model: LowRankGP,
+        install_at: int,
+        r2_reference: dict | None = None,
+        release: list | None = None,
     ) -> None:
         self.model = model
         self.install_at = install_at
-        self._expected = install_at - model.n_measured  # arrivals until the install count
+        # Arrivals the thread brings in: those before the install count (that one's own blocks
+        # enter the installed model on the reconstructor's thread).
+        self._expected = install_at - model.n_measured - 1
         self.r2_reference = r2_reference
         self.r2_terms: dict | None = None
         self.arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]] = []
         self.applied = 0  # arrivals already in the model
         self.refitted = False
+        self.waited_s: float | None = None  # by finish(): for the thread
+        self.caught_up = 0  # arrivals finish() brought in itself
         self._init_sync()
+        self._release = release
         with self._cond:
             self._wake()
 
     def _init_sync(self) -> None:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._busy = False  # the thread is in a piece of work
         self._final = False  # the reconstructor asked for the model: no more arrivals
         self._cancelled = False
         self._error: BaseException | None = None
+        self._release: list | None = None  # what the thread is to free first
 
     def _chunk_size(self) -> int:
         return self.CHUNK if self.applied + 2 * self.CHUNK <= self._expected else 1
 
     def _work_ready(self) -> bool:
+        """Work for the thread: the refit, or a complete chunk until :meth:`finish` takes
+        over the arrivals."""
         waiting = len(self.arrivals) - self.applied
-        return (
-            not self.refitted or waiting >= self._chunk_size() or (self._final and waiting > 0)
-        )
+        return not self.refitted or (not self._final and waiting >= self._chunk_size())
 
     def _wake(self) -> None:
-        """Start a thread if there is work and none runs (the condition's lock held)."""
-        if self._thread is None and not self._cancelled and self._work_ready():
+        """Have the thread take the work there is (the condition's lock held): start one if
+        none runs, else wake the one waiting for work."""
+        if self._cancelled or not (self._work_ready() or self._release is not None):
+            return
+        if self._thread is None:
             # Not a daemon: at exit the interpreter waits for the piece of work in progress
             # (a daemon thread inside a torch kernel aborted the process at shutdown).
             self._thread = threading.Thread(target=self._run, name="LowRankGP refit")
             self._thread.start()
+        else:
+            self._cond.notify_all()
+
+    def _next_piece(self) -> tuple[str, list] | None:
+        """Wait (the condition's lock held) until there is work, and take it: ``("refit",
+        [])``, ``("chunk", arrivals)`` or ``("release", objects)``; None when the thread is to
+        end (cancelled, the model asked for, or no work for ``IDLE_S``)."""
+        deadline = time.monotonic() + self.IDLE_S
+        while not self._cancelled:
+            if self._release is not None:
+                objects, self._release = self._release, None
+                return "release", objects
+            if self._work_ready():
+                if not self.refitted:
+                    return "refit", []
+                return "chunk", self.arrivals[self.applied : self.applied + self._chunk_size()]
+            left = deadline - time.monotonic()
+            if left <= 0 or self._final:
+                break
+            self._cond.wait(left)
+        return None
 
     def _run(self) -> None:
         try:
             with single_thread():
                 while True:
                     with self._cond:
-                        if self._cancelled or not self._work_ready():
+                        piece = self._next_piece()
+                        if piece is None:
                             self._thread = None
                             self._cond.notify_all()
                             return
-                        refitted = self.refitted
-                        chunk = self.arrivals[self.applied : self.applied + self._chunk_size()]
+                        self._busy = True
+                    kind, items = piece
+                    if kind == "release":
+                        items.clear()
+                        with self._cond:
+                            self._busy = False
+                        continue
                     delay = self.model._refit_delay
                     if delay is not None:
                         delay()
-                    if not refitted:
+                    if kind == "refit":
                         self._refit()
                     else:
-                        self.model._add_batch_to_spatial(chunk)
+                        self.model._add_batch_to_spatial(items)
                     with self._cond:
-                        if refitted:
-                            self.applied += len(chunk)
+                        if kind == "chunk":
+                            self.applied += len(items)
                         self.refitted = True
+                        self._busy = False
                         self._cond.notify_all()
         except BaseException as error:  # handed to the reconstructor's thread by finish()
             with self._cond:
                 self._error = error
                 self._thread = None
+                self._busy = False
                 self._cond.notify_all()
 
     def _refit(self) -> None:
@@ -1141,9 +1237,10 @@ class _DeferredRefit:
             self._wake()
 
     def _wait_idle(self) -> None:
+        """Wait until every piece of work there is has been done."""
         with self._cond:
             while self._error is None and not self._cancelled and (
-                self._thread is not None or self._work_ready()
+                self._busy or self._work_ready()
             ):
                 self._wake()
                 self._cond.wait()
@@ -1151,21 +1248,31 @@ class _DeferredRefit:
                 raise self._error
 
     def finish(self) -> LowRankGP:
-        """The refitted model with every arrival in it, waiting if needed."""
+        """The refitted model with every arrival in it: waits for the refit and the piece of
+        work in progress, then brings in the arrivals left, in the thread's pieces."""
+        start = time.perf_counter()
         with self._cond:
-            self._final = True
+            self._final = True  # the thread takes no more arrivals
         self._wait_idle()
+        self.waited_s = time.perf_counter() - start
+        self.caught_up = len(self.arrivals) - self.applied
+        with single_thread():
+            while self.applied < len(self.arrivals):
+                chunk = self.arrivals[self.applied : self.applied + self._chunk_size()]
+                self.model._add_batch_to_spatial(chunk)
+                self.applied += len(chunk)
         return self.model
 
     def cancel(self) -> None:
         """Drop the refit: a running thread stops after its current piece of work."""
         with self._cond:
             self._cancelled = True
+            self._cond.notify_all()
 
     def __getstate__(self) -> dict:
         self._wait_idle()
         state = dict(vars(self))
-        for name in ("_cond", "_thread", "_final", "_cancelled", "_error"):
+        for name in ("_cond", "_thread", "_busy", "_final", "_cancelled", "_error", "_release"):
             del state[name]
         return state
 

@@ -93,6 +93,25 @@ def test_incremental_equals_rebuild():
     assert torch.allclose(inc.mean, full.mean, atol=1e-4)
 
 
+def test_rebuild_capacity_leaves_the_posterior_and_avoids_growing():
+    """Room reserved at the rebuild changes nothing computed, and updates up to it write into
+    the same storage (no copy of the factor in a step)."""
+    rng = np.random.default_rng(2)
+    pixels = rng.choice(400, 80, replace=False)
+    y = rng.normal(size=(80, 3))
+    gps = [SpatialGP(grid_coords((20, 20)), 3, HYPER, device="cpu") for _ in range(2)]
+    for gp, capacity in zip(gps, (0, 100), strict=True):
+        gp.rebuild(pixels[:40], y[:40], 0.05, capacity=capacity)
+    storage = gps[1]._at.data_ptr()
+    assert gps[0]._at.shape[0] == 64 and gps[1]._at.shape[0] == 100
+    for p, yy in zip(pixels[40:], y[40:], strict=True):
+        for gp in gps:
+            gp.add(int(p), yy, 0.05)
+    assert gps[1]._at.data_ptr() == storage and gps[0]._at.shape[0] == 128
+    assert torch.equal(gps[0].mean, gps[1].mean)
+    assert torch.equal(gps[0].variance, gps[1].variance)
+
+
 def test_variance_near_noise_at_observation_and_growing_away():
     gp = SpatialGP(grid_coords((30, 30)), 1, GPHyperparameters(3.0, 0.0), device="cpu")
     centre = 15 * 30 + 15

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from reconstruct.base import BlockLayout
-from reconstruct.lowrank import LowRankCompletion, LowRankGP, fit_basis
+from reconstruct.gp import SpatialGP
+from reconstruct.lowrank import LowRankCompletion, LowRankGP, _DeferredRefit, fit_basis
 from reconstruct.metrics import r2_score
 
 SHAPE = (12, 12)
@@ -283,20 +284,26 @@ def test_refit_modes_give_valid_estimates(mode):
     assert rec._pending is None or rec.n_measured < rec._pending.install_at
 
 
-def test_deferred_refits_do_not_depend_on_timing():
+@pytest.mark.parametrize("growth, lag", [(1.3, 0.2), (1.2, 0.8)])
+def test_deferred_refits_do_not_depend_on_timing(growth, lag, monkeypatch):
     """The same seed gives bit-identical estimates at every step whether the refit thread is
-    fast or slow (here: a sleep before each piece of its work, so the installs wait)."""
+    fast or slow (here: a sleep before each piece of its work, so the installs wait and
+    bring in the arrivals it has not reached), or brings in no arrival at all (the install
+    brings in every one). With a lag of 0.8 every install is made early, by the next refit
+    coming due."""
     field = _low_rank_field(rank=3, noise=0.05)
     runs = []
-    for delay in (None, 0.01):
+    for delay in (None, 0.01, "refit only"):
         rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6,
-                        refit_growth=1.3, refit_mode="deferred", refit_lag=0.2, seed=2)
-        if delay is not None:
+                        refit_growth=growth, refit_mode="deferred", refit_lag=lag, seed=2)
+        if delay == "refit only":
+            monkeypatch.setattr(_DeferredRefit, "_work_ready", lambda self: not self.refitted)
+        elif delay is not None:
             rec._refit_delay = functools.partial(time.sleep, delay)
         runs.append(_sequence(rec, field))
-    assert len(runs[0]) == len(runs[1])
-    for step, (fast, slow) in enumerate(zip(*runs, strict=True)):
-        assert torch.equal(fast, slow), step
+    assert len(runs[0]) == len(runs[1]) == len(runs[2])
+    for step, (fast, slow, none) in enumerate(zip(*runs, strict=True)):
+        assert torch.equal(fast, slow) and torch.equal(fast, none), step
 
 
 def test_deferred_refit_installs_at_its_count_and_reset_cancels_it():
@@ -317,10 +324,19 @@ def test_deferred_refit_installs_at_its_count_and_reset_cancels_it():
     assert rec._pending is pending and rec._basis_version == version
     rec.add(pixels[9], 0, field[pixels[9], 0])  # the install count: waits for the thread
     assert rec._pending is None and rec._basis_version == version + 1
+    # The thread brought in the 4 measurements before the install; the install's own entered
+    # the installed model on this thread, like any update.
+    assert len(pending.arrivals) == pending.applied == 4
+    assert rec.spatial.obs_pixels[-1] == pixels[9]
+    # The replaced model is kept (not copied) until the next refit's thread frees it.
+    replaced = rec._replaced
+    assert any(isinstance(x, SpatialGP) for x in replaced)
+    assert copy.deepcopy(rec)._replaced is None
     for p in pixels[10:20]:
         rec.add(p, 0, field[p, 0])
     pending = rec._pending
     assert pending is not None and not pending.refitted  # the thread sleeps first
+    assert rec._replaced is None and (pending._release is replaced or replaced == [])
     rec.reset()
     assert pending._cancelled
     assert rec._pending is None and rec.basis is None
