@@ -69,6 +69,8 @@ _HUGE_NOISE = 1e12  # noise of an observation that carries (almost) no informati
 REFIT_MODES = ("blocking", "deferred")
 #: What the reported uncertainty rests on when too few complete spectra can be held out.
 SMALL_SAMPLE_ERRORS = ("residual", "capped-cv")
+#: Which spectra the basis is fitted on (see :class:`LowRankGP`).
+BASIS_SOURCES = ("full", "all")
 #: Whether the reported uncertainty is calibrated on the model's own prediction errors.
 ERROR_CALIBRATIONS = ("none", "online")
 #: What a refit writes: the model state a deferred refit hands over when it is installed.
@@ -140,6 +142,73 @@ def fit_basis(
         variances=evals[:k] / n,
         residual=residual,
         version=version,
+    )
+
+
+def refine_basis(
+    basis: SpectralBasis,
+    values: torch.Tensor,
+    measured: torch.Tensor,
+    full: torch.Tensor,
+    iterations: int = 3,
+) -> SpectralBasis:
+    """Refit ``basis`` (``k`` kept) on every measured block, partly measured pixels included,
+    by alternating least squares: each pixel's coefficients from its measured blocks (the MAP
+    ridge of :meth:`LowRankGP._coefficients`), then each block's mean and components by
+    regressing that block's measured values on the coefficients of the pixels that measured
+    it; finally the components are made orthonormal again and ordered by variance.
+
+    ``values`` ``(m, n_blocks, F_b)`` and ``measured`` ``(m, n_blocks)`` are the pixels used
+    (unmeasured entries are never read); ``full`` ``(m,)`` marks the fully measured ones, on
+    which the residual variance is measured (a pixel fitted from one block leaves almost no
+    in-sample residual, which would say the basis is better than it is).
+
+    Why: a basis from complete spectra alone learns how blocks co-vary from the few pixels
+    completed early in an episode, while most measured blocks sit at partly measured pixels.
+    The rank stays the one the complete spectra chose, so errors in the completion cannot grow
+    components of their own (the failure of completing pixels and refitting the PCA)."""
+    m, nb, fb = values.shape
+    k = basis.k
+    mask = measured.to(torch.float64)
+    vals = torch.where(measured[..., None], values.to(torch.float64), 0.0)
+    mean, comps = basis.mean.clone(), basis.components.clone()  # (nb, F_b), (k, nb, F_b)
+    ridge = torch.diag(
+        (basis.residual / basis.variances.clamp_min(1e-300)).clamp(_MIN_RIDGE, _MAX_RIDGE)
+    )
+    for _ in range(iterations):
+        block_gram = torch.einsum("kbf,lbf->bkl", comps, comps)  # (nb, k, k)
+        gram = torch.einsum("pb,bkl->pkl", mask, block_gram) + ridge
+        proj = torch.einsum("pbf,kbf->pk", vals - mean * mask[..., None], comps)
+        coef = torch.linalg.solve(gram, proj.unsqueeze(-1)).squeeze(-1)  # (m, k)
+        design = torch.cat([torch.ones(m, 1, dtype=coef.dtype, device=coef.device), coef], 1)
+        for b in range(nb):
+            rows = measured[:, b]
+            x = design[rows]
+            if x.shape[0] <= k + 1:
+                continue  # too few pixels measured this block to regress on: keep it
+            normal = x.T @ x
+            normal.diagonal()[1:] += 1e-9 * float(normal.diagonal()[1:].max().clamp_min(1e-300))
+            solved = torch.linalg.solve(normal, x.T @ vals[rows, b])  # (k + 1, F_b)
+            mean[b], comps[:, b] = solved[0], solved[1:]
+    # Orthonormal again: c B = c R^T Q^T with B^T = Q R, then rotate to the principal axes
+    # of the coefficients so that variances are ordered as fit_basis orders them.
+    q, r = torch.linalg.qr(comps.reshape(k, -1).T)
+    coef = coef @ r.T
+    centred = coef - coef.mean(0)
+    evals, evecs = torch.linalg.eigh(centred.T @ centred / m)
+    evals, evecs = evals.flip(0).clamp_min(1e-300), evecs.flip(1)
+    flat = (q @ evecs).T  # (k, F)
+    mean = mean + (coef.mean(0) @ q.T).reshape(nb, fb)
+    # Residual: per feature, of the fully measured pixels projected on the new basis.
+    full_spectra = vals[full].reshape(-1, nb * fb) - mean.reshape(-1)
+    projected = (full_spectra @ flat.T) @ flat
+    residual = max(float((full_spectra - projected).square().mean()), 1e-12)
+    return SpectralBasis(
+        mean=mean,
+        components=flat.reshape(k, nb, fb),
+        variances=evals,
+        residual=residual,
+        version=basis.version,
     )
 
 
@@ -256,6 +325,10 @@ class LowRankGP(Reconstructor):
         ``"capped-cv"``: the reported uncertainty comes from a cross-validation whose folds'
         bases are capped at ``n // 2 - 2`` components (from 6 spectra on), while the fit keeps
         the residual (so an exactly low-rank field is still recovered exactly).
+    basis_from
+        ``"full"`` (default): the basis is the principal components of fully measured pixels.
+        ``"all"``: that basis, with its rank, is then refitted on every measured block,
+        partly measured pixels included (:func:`refine_basis`).
     error_calibration
         ``"none"`` (default): :meth:`uncertainty` reports the model's variance as it is.
         ``"online"``: before each block is added, its prediction and the model's variance for
@@ -291,6 +364,7 @@ class LowRankGP(Reconstructor):
         refit_lag: float = 0.2,
         small_sample_errors: str = "residual",
         error_calibration: str = "none",
+        basis_from: str = "full",
         max_basis_pixels: int = 256,
         max_fit_points: int = 200,
         max_exact_pixels: int = 4096,
@@ -319,6 +393,9 @@ class LowRankGP(Reconstructor):
                 f"{error_calibration!r}"
             )
         self.error_calibration = error_calibration
+        if basis_from not in BASIS_SOURCES:
+            raise ValueError(f"basis_from must be one of {BASIS_SOURCES}, got {basis_from!r}")
+        self.basis_from = basis_from
         self.kernel = kernel
         self.explained = explained
         self.max_components = max_components
@@ -643,6 +720,8 @@ class LowRankGP(Reconstructor):
         spectra = self.values[train.to(self.device)].to(torch.float64)
         self._basis_version += 1
         self.basis = fit_basis(spectra, self.explained, self.max_components, self._basis_version)
+        if self.basis_from == "all":
+            self.basis = self._basis_from_every_block(self.basis, rng)
         self._total_variance = float(self.basis.variances.sum().clamp_min(1e-300))
         if spectra.shape[0] >= 2 * (self.basis.k + 2):
             self._single_block_error, self._unexplained = cross_validated_errors(
@@ -724,6 +803,28 @@ class LowRankGP(Reconstructor):
         if self.refit_mode == "deferred":  # as _start_refit
             last += max(1, math.ceil(min(self.refit_lag * last, total)))
         return max(0, min(last, total) - self.n_measured)
+
+    def _basis_from_every_block(
+        self, basis: SpectralBasis, rng: np.random.Generator
+    ) -> SpectralBasis:
+        """:func:`refine_basis` on the observed pixels (a seeded subsample of at most
+        ``4 * max_basis_pixels``, fully measured ones first)."""
+        observed = torch.nonzero(self.measured.any(1)).reshape(-1)
+        limit = 4 * self.max_basis_pixels
+        if observed.numel() > limit:
+            is_full = self.measured[observed].all(1)
+            full, partial = observed[is_full], observed[~is_full]
+            full = full[: limit // 2]
+            room = limit - full.numel()
+            pick = np.sort(rng.choice(partial.numel(), min(room, partial.numel()), replace=False))
+            observed = torch.cat([full, partial[torch.as_tensor(pick, dtype=torch.long)]])
+        rows = self.measured[observed]
+        return refine_basis(
+            basis,
+            self.values[observed.to(self.device)],
+            rows.to(self.device),
+            rows.all(1).to(self.device),
+        )
 
     def _fit_hyper(
         self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor

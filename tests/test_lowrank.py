@@ -407,3 +407,44 @@ def test_capped_cv_changes_the_reported_uncertainty_not_the_fit():
     assert float(capped.mean()) > float(residual.mean())
     with pytest.raises(ValueError, match="small_sample_errors"):
         LowRankGP((4, 4), (16, 8), layout, small_sample_errors="cv")
+
+
+def test_basis_from_every_block_keeps_exact_recovery_and_orthonormality():
+    field = _low_rank_field(rank=3)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, explained=0.999,
+                    basis_from="all")
+    full = [0, 17, 40, 77, 101, 143]
+    partial = {p: [p % 4] for p in range(144) if p not in full}
+    _fill(rec, field, full, partial)
+    rec.refit()
+    assert rec.basis is not None and rec.basis.k == 3
+    flat = rec.basis.components.reshape(3, -1)
+    assert torch.allclose(flat @ flat.T, torch.eye(3, dtype=torch.float64), atol=1e-10)
+    assert (rec.basis.variances[:-1] >= rec.basis.variances[1:]).all()
+    est = rec.estimate_blocks().double().numpy()
+    np.testing.assert_allclose(est, field, atol=1e-4 * np.abs(field).max())
+
+
+def test_basis_from_every_block_learns_from_partly_measured_pixels():
+    """With few complete spectra of a noisy field, the blocks of partly measured pixels make
+    the basis closer to the field's own spectra than the complete spectra alone do."""
+    noisy = _low_rank_field(rank=3, noise=0.3, seed=1)
+    clean = torch.as_tensor(_low_rank_field(rank=3, noise=0.0, seed=1))
+    errors = {}
+    for source in ("full", "all"):
+        rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6,
+                        max_components=3, basis_from=source)
+        full = [0, 17, 40, 77, 101, 143]
+        partial = {p: [p % 4, (p + 1) % 4] for p in range(144) if p not in full}
+        _fill(rec, noisy, full, partial)
+        rec.refit()
+        flat = rec.basis.components.reshape(rec.basis.k, -1)
+        centred = (clean - clean.mean(0)).reshape(144, -1)
+        errors[source] = float((centred - centred @ flat.T @ flat).square().sum()
+                               / centred.square().sum())
+    assert errors["all"] < 0.5 * errors["full"]
+
+
+def test_unknown_basis_source_is_refused():
+    with pytest.raises(ValueError, match="basis_from"):
+        LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", basis_from="some")
