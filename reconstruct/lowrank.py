@@ -167,6 +167,8 @@ def refine_basis(
     completed early in an episode, while most measured blocks sit at partly measured pixels.
     The rank stays the one the complete spectra chose, so errors in the completion cannot grow
     components of their own (the failure of completing pixels and refitting the PCA)."""
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
     m, nb, fb = values.shape
     k = basis.k
     mask = measured.to(torch.float64)
