@@ -207,6 +207,7 @@ def check_args(args: EvaluateArgs) -> list[float]:
     """
     from agents.report import CHALLENGE_TARGET, summary_targets
     from reconstruct import reconstructor_names
+    from reconstruct.registry import check_reconstructor_options
 
     if not agent_specs(args.agents):
         raise ValueError("--agents: no agent given")
@@ -237,12 +238,16 @@ def check_args(args: EvaluateArgs) -> list[float]:
             f"--twin-setting: one of {sorted(TWIN_SETTINGS)}, got {args.twin_setting!r}"
         )
     try:
-        json_object(args.reconstructor_options)
+        options = json_object(args.reconstructor_options)
     except argparse.ArgumentTypeError as err:
         raise ValueError(f"--reconstructor-options: {err}") from None
     if args.reconstructor not in reconstructor_names():
         known = ", ".join(reconstructor_names())
         raise ValueError(f"--reconstructor: unknown {args.reconstructor!r} (known: {known})")
+    try:
+        check_reconstructor_options(args.reconstructor, options)
+    except ValueError as err:
+        raise ValueError(f"--reconstructor-options: {err}") from None
     if not 0.0 < args.budget_fraction <= 1.0:
         raise ValueError(
             f"--budget-fraction must be in (0, 1] (a fraction of the full raster time), got "

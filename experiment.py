@@ -23,6 +23,7 @@ from envs.accuracy_estimate import ESTIMATES
 from envs.experiment import ExperimentConfig, ExperimentStopped, run_experiment
 from envs.remote import InstrumentError
 from envs.session import SessionError
+from studies.cli import json_object
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-r2", type=float, default=defaults.stop_r2,
                      help="stop when the estimated R^2 reaches this (negative: no target)")
     run.add_argument("--reconstructor", default=defaults.reconstructor)
+    run.add_argument("--reconstructor-options", type=json_object, default={}, metavar="JSON",
+                     help='reconstructor options, e.g. \'{"error_calibration": "online"}\'')
     run.add_argument("--n-blocks", type=int, default=defaults.n_blocks)
     run.add_argument("--initial-stride", type=int, default=defaults.initial_stride)
     run.add_argument("--check-blocks", type=int, default=defaults.check_blocks,

@@ -42,7 +42,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ from envs.session import (
 )
 from reconstruct.base import BlockLayout
 from reconstruct.metrics import dynamics_r2
-from reconstruct.registry import make_reconstructor
+from reconstruct.registry import check_reconstructor_options, make_reconstructor
 
 
 # ============================================================================ instruments
@@ -125,6 +125,8 @@ class ExperimentConfig:
     budget_hours: float = 1.0
     stop_r2: float | None = 0.9
     reconstructor: str = "gp"
+    #: Keyword options of the reconstructor, e.g. ``{"error_calibration": "online"}``.
+    reconstructor_options: dict[str, Any] = field(default_factory=dict)
     n_blocks: int = 4
     block_scheme: str = "spread"
     initial_stride: int = 6
@@ -163,6 +165,7 @@ class ExperimentConfig:
             raise ValueError("estimate_every must be >= 1 and check_blocks >= 0")
         if self.audit_draws < 2:
             raise ValueError(f"audit_draws must be >= 2, got {self.audit_draws}")
+        check_reconstructor_options(self.reconstructor, self.reconstructor_options)
 
     def stored(self) -> dict[str, Any]:
         """JSON-safe settings for the session file."""
@@ -252,7 +255,8 @@ class _Experiment:
         grid = tuple(self.instrument.grid_shape)
         spectral = tuple(self.instrument.spectral_shape)
         reconstructor = make_reconstructor(
-            config.reconstructor, grid, spectral, self.layout, device=config.device
+            config.reconstructor, grid, spectral, self.layout, device=config.device,
+            **config.reconstructor_options,
         )
         cost = CostModel(algorithm_clock="model").for_axes(axes)
         # The observation the policy reads (a trained model's planes), as in its training env.

@@ -8,6 +8,7 @@ A module's reconstructor is found by its ``name`` class attribute.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,4 +75,23 @@ def make_reconstructor(
     **kwargs
         Passed to the class (``device``, ``dtype`` and the class's own options).
     """
+    check_reconstructor_options(name, kwargs)
     return reconstructor_class(name)(spatial_shape, spectral_shape, layout, **kwargs)
+
+
+def check_reconstructor_options(name: str, options: dict[str, Any]) -> None:
+    """``ValueError`` (one line naming the known options) when ``options`` holds a keyword the
+    reconstructor registered as ``name`` does not take; its values are the class's to check.
+    So that a misspelt option from a command line fails before any work, not in a traceback
+    from the constructor."""
+    cls = reconstructor_class(name)
+    parameters = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    known = [p for p in parameters if p not in ("spatial_shape", "spectral_shape", "layout")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"reconstructor {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+            f"{', '.join(known)}"
+        )

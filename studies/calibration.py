@@ -593,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     from agents.registry import make_policy
     from envs.dataset import DataError
     from envs.sources import parse_spec
-    from reconstruct.registry import reconstructor_names
+    from reconstruct.registry import check_reconstructor_options, reconstructor_names
 
     for spec in args.data:
         try:
@@ -607,6 +607,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             f"argument --reconstructor: unknown {args.reconstructor!r}; choose one of "
             f"{reconstructor_names()}"
         )
+    try:
+        check_reconstructor_options(args.reconstructor, args.reconstructor_options)
+    except ValueError as err:
+        parser.error(f"argument --reconstructor-options: {err}")
     for design in args.designs:
         try:
             make_policy(design)

@@ -46,7 +46,7 @@ from tqdm import tqdm
 from envs.accuracy_estimate import ESTIMATES
 from envs.experiment import ExperimentConfig, run_experiment
 from envs.session import KIND_AUDIT, Session
-from studies.cli import OneLineParser, positive_int
+from studies.cli import OneLineParser, json_object, positive_int
 
 #: Columns of ``live_stop.csv`` (the JSON rows also hold the traces).
 COLUMNS = (
@@ -249,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--min-within", type=float, default=0.9,
                         help="share of runs whose estimate must lie within the tolerance")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reconstructor-options", type=json_object, default={}, metavar="JSON",
+                        help='options of the "gp" reconstructor, e.g. \'{"error_calibration": '
+                        '"online"}\'')
     parser.add_argument("--out", default="runs/live_stop", help="output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -267,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "n_blocks": args.n_blocks, "check_blocks": args.check_blocks,
         "audit_draws": args.audit_draws, "initial_stride": args.initial_stride,
         "twin_times": args.twin_times, "device": args.device,
+        "reconstructor_options": args.reconstructor_options,
     }
     runs = plan_runs(args.data, args.grids, args.seeds, args.start)
     jobs = [(run, kind) for kind in args.estimates for run in runs]

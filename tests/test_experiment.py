@@ -229,3 +229,29 @@ def test_uneven_blocks_are_stored_in_their_slot_layout_and_resume_bit_exact(tmp_
     with serving(_replay()) as url:
         resumed = run_experiment(dataclasses.replace(config, instrument=url), resume=True)
     _assert_same_session(resumed, (result, records, _estimate(result)))
+
+
+def test_reconstructor_options_reach_the_live_loop_and_survive_a_resume(tmp_path):
+    calibrated = {"reconstructor_options": {"error_calibration": "online"},
+                  "max_measurements": 60}
+    result = run_experiment(_config(tmp_path, "calibrated", **calibrated))
+    with Session.open(result.session) as session:
+        records = session.records()
+    plain = run_experiment(_config(tmp_path, "plain", max_measurements=60))
+    with Session.open(plain.session) as session:
+        plain_records = session.records()
+    # The option changes the uncertainty the policy steers by, so the choices differ.
+    assert not np.array_equal(records.pixel, plain_records.pixel)
+    server = InstrumentServer(HangingInstrument(_replay(), answers=45, hang_seconds=2))
+    server.start()
+    try:
+        config = _config(tmp_path, "stopped", instrument=server.url, timeout=0.5, **calibrated)
+        with pytest.raises(ExperimentStopped):
+            run_experiment(config)
+    finally:
+        server.stop()
+    with serving(_replay()) as url:  # the stored options, not the defaults, are used again
+        resumed = run_experiment(
+            dataclasses.replace(config, instrument=url, reconstructor_options={}), resume=True
+        )
+    _assert_same_session(resumed, (result, records, _estimate(result)))

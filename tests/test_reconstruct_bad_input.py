@@ -153,3 +153,9 @@ def test_linear_raster_episode_runs_to_the_end():
         action = policy.act(observation, info["action_mask"])
         observation, _, terminated, _, info = env.step(action)
     assert info["r2"] > 0.99
+
+
+@pytest.mark.parametrize("name", reconstructor_names())
+def test_an_unknown_option_is_one_line_naming_the_known_ones(name):
+    with pytest.raises(ValueError, match="has no option 'colour'; its options: .*device"):
+        make_reconstructor(name, SHAPE, SPECTRAL, LAYOUT, device="cpu", colour="blue")
