@@ -218,17 +218,25 @@ def test_uneven_blocks_are_stored_in_their_slot_layout_and_resume_bit_exact(tmp_
     np.testing.assert_array_equal(short[:, 5], short[:, 4])  # the spare slot repeats the last
     assert _estimate(result).shape == (10, 10, 16, 8)
     # Resuming replays the stored slots into the reconstructor: the same session to the bit.
+    resumed = _stop_at_45_then_resume(tmp_path, **uneven)
+    _assert_same_session(resumed, (result, records, _estimate(result)))
+
+
+def _stop_at_45_then_resume(tmp_path: Path, resume_changes: dict | None = None, **changes):
+    """A session whose instrument stops answering after 45 measurements, resumed on a fresh
+    replay (with ``resume_changes`` to its settings); the resumed result."""
     server = InstrumentServer(HangingInstrument(_replay(), answers=45, hang_seconds=2))
     server.start()
     try:
-        config = _config(tmp_path, "stopped", instrument=server.url, timeout=0.5, **uneven)
+        config = _config(tmp_path, "stopped", instrument=server.url, timeout=0.5, **changes)
         with pytest.raises(ExperimentStopped):
             run_experiment(config)
     finally:
         server.stop()
     with serving(_replay()) as url:
-        resumed = run_experiment(dataclasses.replace(config, instrument=url), resume=True)
-    _assert_same_session(resumed, (result, records, _estimate(result)))
+        return run_experiment(
+            dataclasses.replace(config, instrument=url, **(resume_changes or {})), resume=True
+        )
 
 
 def test_reconstructor_options_reach_the_live_loop_and_survive_a_resume(tmp_path):
@@ -242,16 +250,8 @@ def test_reconstructor_options_reach_the_live_loop_and_survive_a_resume(tmp_path
         plain_records = session.records()
     # The option changes the uncertainty the policy steers by, so the choices differ.
     assert not np.array_equal(records.pixel, plain_records.pixel)
-    server = InstrumentServer(HangingInstrument(_replay(), answers=45, hang_seconds=2))
-    server.start()
-    try:
-        config = _config(tmp_path, "stopped", instrument=server.url, timeout=0.5, **calibrated)
-        with pytest.raises(ExperimentStopped):
-            run_experiment(config)
-    finally:
-        server.stop()
-    with serving(_replay()) as url:  # the stored options, not the defaults, are used again
-        resumed = run_experiment(
-            dataclasses.replace(config, instrument=url, reconstructor_options={}), resume=True
-        )
+    # The stored options, not the ones given to the resume, are used again.
+    resumed = _stop_at_45_then_resume(
+        tmp_path, resume_changes={"reconstructor_options": {}}, **calibrated
+    )
     _assert_same_session(resumed, (result, records, _estimate(result)))
