@@ -28,9 +28,9 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from envs.sources import HELD_OUT_SEED_START
-from envs.twin import RELAXATION_RICH
-from studies.cli import json_object
+from agents.command_line import json_object
+from envs.data.sources import HELD_OUT_SEED_START
+from envs.data.twin import RELAXATION_RICH
 
 #: The twin's relaxation settings (``--twin-setting``): today's default, and one in which the
 #: spatially varying relaxation carries ten times the share (docs/twin.md).
@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
+    from agents.catalog import make_policy
     from agents.evaluation import target_key
-    from agents.registry import make_policy
     from agents.report import (
         EpisodeWriter,
         challenge_lines,
@@ -485,7 +485,7 @@ def _attempt(args: EvaluateArgs, data: str, policy, seed: int):
 
 def _attempt_spec(args: EvaluateArgs, data: str, spec: str, seed: int):
     """:func:`_attempt` in a worker process, with the policy built there from its spec."""
-    from agents.registry import make_policy
+    from agents.catalog import make_policy
 
     try:
         policy = make_policy(spec)
@@ -517,7 +517,7 @@ def _limit_threads(threads: int) -> None:
 
 def _make_env(args: EvaluateArgs, data: str, seed: int, policy=None):
     """The episode's env, with the observation planes ``policy`` reads (a trained model's)."""
-    from envs.factory import make_env
+    from envs.acquisition.factory import make_env
 
     settings = policy.env_settings() if policy is not None else {}
     return make_env(**{**_env_kwargs(args, data, seed), **settings})
@@ -526,7 +526,7 @@ def _make_env(args: EvaluateArgs, data: str, seed: int, policy=None):
 def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:
     """JSON-safe env settings of one episode: the twin with ``seed`` (a data spec that names
     its own seed, or a file, keeps it)."""
-    from envs.factory import EnvConfig
+    from envs.acquisition.factory import EnvConfig
 
     return EnvConfig.for_data(
         data,

@@ -4,9 +4,10 @@
         --budget-hours 2 --stop-r2 0.9 --session runs/s1.h5
     python experiment.py run --instrument http://127.0.0.1:8765 --session runs/s1.h5 --resume
 
-The loop, the session file and the accuracy estimate live in :mod:`envs.experiment`; this
-program only reads the command line and chooses the policy by name (:mod:`agents.registry`).
-Instruments: ``http://HOST:PORT`` (a server speaking the protocol of :mod:`envs.remote`), or
+The loop, the session file and the accuracy estimate live in :mod:`envs.live.loop`; this
+program only reads the command line and chooses the policy by name (:mod:`agents.catalog`).
+Instruments: ``http://HOST:PORT`` (a server speaking the protocol of
+:mod:`envs.instruments.remote`), or
 ``replay:SPEC`` / ``SPEC`` for a local replay of a data spec (``twin:SEED``, an h5/npy path).
 """
 
@@ -18,12 +19,12 @@ import sys
 
 import numpy as np
 
-from agents.registry import make_policy
-from envs.accuracy_estimate import ESTIMATES
-from envs.experiment import ExperimentConfig, ExperimentStopped, run_experiment
-from envs.remote import InstrumentError
-from envs.session import SessionError
-from studies.cli import json_object
+from agents.catalog import make_policy
+from agents.command_line import json_object
+from envs.instruments.remote import InstrumentError
+from envs.live.accuracy_estimate import ESTIMATES
+from envs.live.loop import ExperimentConfig, ExperimentStopped, run_experiment
+from envs.live.session import SessionError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="http://HOST:PORT, or replay:SPEC / SPEC with SPEC twin:SEED or a file")
     run.add_argument("--session", required=True, help="session h5 file (outputs go beside it)")
     run.add_argument("--resume", action="store_true", help="continue the session in --session")
-    run.add_argument("--agent", default=defaults.agent, help="policy (a name from agents.registry)")
+    run.add_argument("--agent", default=defaults.agent, help="policy (a name from agents.catalog)")
     run.add_argument("--seed", type=int, default=defaults.seed)
     run.add_argument("--budget-hours", type=float, default=defaults.budget_hours)
     run.add_argument("--stop-r2", type=float, default=defaults.stop_r2,

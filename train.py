@@ -1,7 +1,7 @@
 """Train a MaskablePPO acquisition policy on synthetic twin samples.
 
 Every training episode draws a new twin sample from the training seed range; held-out samples
-(seeds from ``envs.sources.HELD_OUT_SEED_START`` = 100 000 on) are used only for the periodic
+(seeds from ``envs.data.sources.HELD_OUT_SEED_START`` = 100 000 on) are used only for the periodic
 evaluation, one fixed sample per evaluation env. The policy is the fully convolutional score map of
 :mod:`agents.ppo`, so the trained weights also run on other grid sizes (e.g. the full 60 x 60 grid
 in ``evaluate.py``).
@@ -30,7 +30,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +45,13 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from tqdm import tqdm
 
 from agents.channel_policy import ChannelScoreMapPolicy, action_channels
+from agents.command_line import add_options, option, program_parser
 from agents.ppo import ScoreMapPolicy, travel_pixels_of
 from envs import ENV_ID  # importing envs registers the acquisition envs (also in workers)
-from envs.factory import EnvConfig
-from envs.observation import ObservationSpec
-from envs.sources import HELD_OUT_SEED_START
+from envs.acquisition.factory import EnvConfig
+from envs.acquisition.observation import ObservationSpec
+from envs.data.sources import HELD_OUT_SEED_START
 from reconstruct.base import resolve_device
-
-
-def _arg(default: Any, help: str) -> Any:  # noqa: A002  (argparse's own word)
-    """A dataclass field carrying its command-line help text."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -63,98 +59,105 @@ class TrainArgs:
     """Every setting of a training run; ``--help`` lists them with their meaning."""
 
     # where things go
-    out: str = _arg("runs/ppo", "run folder: TensorBoard logs, checkpoints, best model")
-    model: str = _arg(
+    out: str = option("runs/ppo", "run folder: TensorBoard logs, checkpoints, best model")
+    model: str = option(
         "", "final model path (.zip); its config goes beside it as .json; default <out>/model.zip"
     )
-    resume: str = _arg(
+    resume: str = option(
         "",
         "checkpoint .zip to continue from (keeps its step count; --total-timesteps is the "
         "total including the steps already done)",
     )
     # the environment
-    env_id: str = _arg(ENV_ID, "registered Gymnasium id of the acquisition env")
-    grid: int = _arg(16, "twin grid size (pixels a side) used for training")
-    n_times: int = _arg(32, "read-out times per pulse in the training twin (0: the twin's default)")
-    blocks: int = _arg(4, "voltage blocks per pixel (sizes differ by one when uneven)")
-    read_windows: str = _arg(
+    env_id: str = option(ENV_ID, "registered Gymnasium id of the acquisition env")
+    grid: int = option(16, "twin grid size (pixels a side) used for training")
+    n_times: int = option(
+        32, "read-out times per pulse in the training twin (0: the twin's default)"
+    )
+    blocks: int = option(4, "voltage blocks per pixel (sizes differ by one when uneven)")
+    read_windows: str = option(
         "",
         "comma-separated reads per read window, ascending, the last the whole curve (e.g. "
         "8,32); empty: whole curves only. Train --policy channels with windows: the other "
         "policy's weights fit one action per block",
     )
-    reconstructor: str = _arg("gp", "reconstructor name (gp, lowrank, linear, ...)")
-    budget_fraction: float = _arg(0.3, "episode budget as a fraction of the full-raster seconds")
-    stop_r2: float = _arg(
+    reconstructor: str = option("gp", "reconstructor name (gp, lowrank, linear, ...)")
+    budget_fraction: float = option(0.3, "episode budget as a fraction of the full-raster seconds")
+    stop_r2: float = option(
         0.0,
         "end an episode once R^2 reaches this (as evaluate.py's --stop-at does; 0: run to the "
         "budget)",
     )
-    reward: str = _arg("auc", "'auc' (gain x remaining budget; return = normalised AUC) or 'rate'")
-    train_seed_start: int = _arg(0, "first twin seed of the training range")
-    train_seed_end: int = _arg(
+    reward: str = option(
+        "auc", "'auc' (gain x remaining budget; return = normalised AUC) or 'rate'"
+    )
+    train_seed_start: int = option(0, "first twin seed of the training range")
+    train_seed_end: int = option(
         HELD_OUT_SEED_START,
         "end (exclusive) of the training twin seed range; "
         f"must not exceed {HELD_OUT_SEED_START} (held-out seeds)",
     )
     # the algorithm
-    total_timesteps: int = _arg(150_000, "env steps to train for (all envs together)")
-    n_envs: int = _arg(0, "parallel training envs (0: one per CPU core)")
-    vec_env: str = _arg(
+    total_timesteps: int = option(150_000, "env steps to train for (all envs together)")
+    n_envs: int = option(0, "parallel training envs (0: one per CPU core)")
+    vec_env: str = option(
         "subproc", "'subproc' (one process per env, OMP_NUM_THREADS=1 each) or 'dummy'"
     )
-    seed: int = _arg(0, "seed of the network initialisation, sampling and training env draws")
-    device: str = _arg("auto", "torch device for the network: auto (CUDA when present), cpu, cuda")
-    torch_threads: int = _arg(0, "torch threads in the learner process (0: torch's default)")
-    learning_rate: float = _arg(1e-4, "Adam learning rate")
-    n_steps: int = _arg(1024, "steps per env per rollout")
-    batch_size: int = _arg(256, "minibatch size")
-    n_epochs: int = _arg(4, "passes over each rollout")
-    gamma: float = _arg(1.0, "discount; 1.0 keeps the return equal to the normalised AUC")
-    gae_lambda: float = _arg(0.95, "GAE lambda")
-    clip_range: float = _arg(0.2, "PPO clip range")
-    ent_coef: float = _arg(0.0, "entropy bonus coefficient")
-    vf_coef: float = _arg(0.5, "value loss coefficient")
-    max_grad_norm: float = _arg(0.5, "gradient clipping norm")
-    reward_scale: float = _arg(
+    seed: int = option(0, "seed of the network initialisation, sampling and training env draws")
+    device: str = option(
+        "auto", "torch device for the network: auto (CUDA when present), cpu, cuda"
+    )
+    torch_threads: int = option(0, "torch threads in the learner process (0: torch's default)")
+    learning_rate: float = option(1e-4, "Adam learning rate")
+    n_steps: int = option(1024, "steps per env per rollout")
+    batch_size: int = option(256, "minibatch size")
+    n_epochs: int = option(4, "passes over each rollout")
+    gamma: float = option(1.0, "discount; 1.0 keeps the return equal to the normalised AUC")
+    gae_lambda: float = option(0.95, "GAE lambda")
+    clip_range: float = option(0.2, "PPO clip range")
+    ent_coef: float = option(0.0, "entropy bonus coefficient")
+    vf_coef: float = option(0.5, "value loss coefficient")
+    max_grad_norm: float = option(0.5, "gradient clipping norm")
+    reward_scale: float = option(
         3.0, "rewards are multiplied by this while training (AUC rewards are tiny)"
     )
-    heuristic_prior: bool = _arg(
+    heuristic_prior: bool = option(
         True,
         "start the actor as gp-uncertainty-per-second (log-uncertainty and travel prior planes)",
     )
-    temperature: float = _arg(
+    temperature: float = option(
         0.05, "softmax temperature of the heuristic start (smaller: closer to greedy)"
     )
-    scaled_head: bool = _arg(
+    scaled_head: bool = option(
         False,
         "divide the actor head's output by the temperature (weights in log-score units) instead "
         "of folding 1/temperature into its weights",
     )
-    planes: str = _arg(
+    planes: str = option(
         "surprise,calibrated-energy",
-        "comma-separated optional observation planes (envs.observation.OPTIONAL_PLANES: "
-        "surprise, energy, calibrated-energy; empty for none); with the heuristic prior the "
+        "comma-separated optional observation planes "
+        "(envs.acquisition.observation.OPTIONAL_PLANES: surprise, energy, calibrated-energy; "
+        "empty for none); with the heuristic prior the "
         "actor starts as the heuristic that reads the same planes",
     )
-    policy: str = _arg(
+    policy: str = option(
         "score-map",
         "network: 'score-map' (one logit per pixel and block from one layer: the weights fit "
         "one block count) or 'channels' (weights shared over blocks and action channels: one "
         "model for any block count, agents.channel_policy)",
     )
-    channels: int = _arg(16, "feature channels of the convolutional score map")
-    block_features: int = _arg(8, "features of the shared block encoder (--policy channels)")
-    head_hidden: int = _arg(16, "hidden units of the shared per-channel head (--policy channels)")
-    dilations: str = _arg("1,2,4,8", "comma-separated dilations of the residual conv blocks")
+    channels: int = option(16, "feature channels of the convolutional score map")
+    block_features: int = option(8, "features of the shared block encoder (--policy channels)")
+    head_hidden: int = option(16, "hidden units of the shared per-channel head (--policy channels)")
+    dilations: str = option("1,2,4,8", "comma-separated dilations of the residual conv blocks")
     # evaluation, checkpoints, progress
-    eval_seeds: int = _arg(
+    eval_seeds: int = option(
         6, f"held-out twin samples (seeds {HELD_OUT_SEED_START}, ...) per evaluation"
     )
-    eval_freq: int = _arg(20_000, "env steps between evaluations (0: never)")
-    checkpoint_freq: int = _arg(20_000, "env steps between checkpoints (0: never)")
-    target_r2: float = _arg(0.90, "accuracy whose time to reach is logged")
-    progress: bool = _arg(True, "show a progress bar")
+    eval_freq: int = option(20_000, "env steps between evaluations (0: never)")
+    checkpoint_freq: int = option(20_000, "env steps between checkpoints (0: never)")
+    target_r2: float = option(0.90, "accuracy whose time to reach is logged")
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
         problems = []
@@ -237,33 +240,14 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument("--config", default="")
     known, rest = config_parser.parse_known_args(argv)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainArgs)}
+    defaults = {}
     if known.config:
         defaults.update(read_config(known.config))
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = program_parser("python train.py", __doc__)
     parser.add_argument(
         "--config", default="", help="JSON file of settings (command-line options override it)"
     )
-    for f in dataclasses.fields(TrainArgs):
-        flag = "--" + f.name.replace("_", "-")
-        default = defaults[f.name]
-        if f.type in ("bool", bool):
-            parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=f.metadata["help"],
-            )
-        else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            parser.add_argument(
-                flag,
-                type=kind,
-                default=default,
-                help=f"{f.metadata['help']} (default: {default})",
-            )
+    add_options(parser, TrainArgs, defaults=defaults)
     options = vars(parser.parse_args([*rest, "--config", known.config]))
     options.pop("config")
     return TrainArgs(**options)
@@ -296,7 +280,8 @@ def read_config(path: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- environments
 def env_kwargs(args: TrainArgs, twin_seeds: int | list[int]) -> dict[str, Any]:
-    """JSON-safe settings of the acquisition env (:class:`envs.factory.EnvConfig`) for a twin
+    """JSON-safe settings of the acquisition env (:class:`envs.acquisition.factory.EnvConfig`) for
+    a twin
     seed or seed range."""
     config = EnvConfig.for_data(
         "twin",

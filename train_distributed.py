@@ -2,7 +2,8 @@
 
 Needs the ``distributed`` extra (``pip install '.[distributed]'``). Sampling runs in
 ``--env-runners`` Ray actors (one CPU each), each stepping ``--envs-per-runner`` acquisition
-envs built from the same JSON-safe settings as ``train.py``'s (:func:`envs.factory.make_env`);
+envs built from the same JSON-safe settings as ``train.py``'s
+(:func:`envs.acquisition.factory.make_env`);
 the network is :class:`agents.rllib.MaskedScoreMapModule`, which never samples a masked-out
 action. Each iteration prints its mean episode return; the final checkpoint (an RLlib algorithm
 checkpoint: restore with ``Algorithm.from_checkpoint`` or
@@ -34,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from envs.factory import EnvConfig
-from envs.sources import HELD_OUT_SEED_START
+from envs.acquisition.factory import EnvConfig
+from envs.data.sources import HELD_OUT_SEED_START
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     env_group.add_argument(
         "--env-settings", default="{}",
-        help="JSON object of further envs.factory.EnvConfig settings (override the above)",
+        help="JSON object of further envs.acquisition.factory.EnvConfig settings (override the "
+        "above)",
     )
 
     ppo_group = parser.add_argument_group("PPO")

@@ -1,6 +1,6 @@
 """Baseline acquisition policies: the references every learned policy is measured against.
 
-All of them act through the same :class:`agents.base.Policy` interface. The model-based ones read
+All of them act through the same :class:`agents.policy.Policy` interface. The model-based ones read
 the environment's reconstructor (its posterior uncertainty) and cost model; ``greedy-oracle``
 reads the ground truth and is an upper reference only.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.base import Policy
-from envs.surprise import SURPRISE_SIGMA, SURPRISE_WEIGHT, SurpriseTracker
+from agents.policy import Policy
+from envs.acquisition.surprise import SURPRISE_SIGMA, SURPRISE_WEIGHT, SurpriseTracker
+from envs.acquisition.view import window_values
 
 
 def serpentine_pixels(grid_shape: tuple[int, int]) -> np.ndarray:
@@ -128,37 +129,6 @@ class StaticSubsamplePolicy(OrderedPolicy):
         return whole_curve_actions(self.env, cells.T.reshape(-1))
 
 
-def window_values(env, uncertainty: np.ndarray) -> np.ndarray:
-    """Posterior variance each action removes, per feature of a whole block, flat in action
-    order: the variance of the reads it takes (:meth:`AcquisitionEnv.window_gain`) and, for a
-    window that stops short of the end of the curve, the variance it removes from the rest of
-    those curves, where the reconstructor can say how well it predicts them
-    (``error_given_measured``, the low-rank models). Without the second part a short window is
-    credited with its own few reads only, although it pins the pixel's coefficients, and through
-    them the rest of its curves; with one read window the two parts are the first alone."""
-    uncertainty = np.asarray(uncertainty, dtype=np.float64)
-    values = env.window_gain(uncertainty)
-    reconstructor = env.reconstructor
-    if env.n_windows == 1 or not hasattr(reconstructor, "error_given_measured"):
-        return values
-    n_pixels, n_segments = env.n_pixels, env.n_segments
-    values = values.reshape(n_pixels, env.n_blocks, env.n_windows)
-    valid = env.action_masks().reshape(values.shape)
-    have = env.unit_measured
-    for window, reads_to in enumerate(env.read_windows.segments[:-1]):
-        for block in range(env.n_blocks):
-            first = block * n_segments
-            after = have.copy()
-            after[:, first : first + reads_to] = True
-            error = reconstructor.error_given_measured(torch.from_numpy(after))
-            error = error.detach().cpu().numpy()
-            rest = slice(first + reads_to, first + n_segments)
-            removed = (uncertainty[:, rest] - np.minimum(error[:, rest], uncertainty[:, rest]))
-            removed = np.where(have[:, rest], 0.0, removed).sum(1) / n_segments
-            values[:, block, window] += np.where(valid[:, block, window], removed, 0.0)
-    return values.reshape(-1)
-
-
 class UncertaintyPolicy(Policy):
     """Measures the block with the largest posterior variance ("uncertainty exploration").
 
@@ -193,7 +163,8 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
     prediction error to that variance ("surprise": 0 when the model is as wrong as it expected,
     positive where it was more wrong) is recorded at the pixel. A Gaussian-weighted average of
     those log ratios around each pixel (``sigma`` pixels) scales the cost-aware uncertainty score
-    by ``exp(weight * local surprise)``. The bookkeeping is :class:`envs.surprise.SurpriseTracker`,
+    by ``exp(weight * local surprise)``. The bookkeeping is
+    :class:`envs.acquisition.surprise.SurpriseTracker`,
     which the acquisition env's surprise plane and the PPO policy's prior share. Only what the
     instrument has measured and what the model predicted enters: no ground truth.
 
@@ -248,7 +219,8 @@ class EnergySurprisePerSecondPolicy(SurprisePerSecondPolicy):
     """``gp-surprise-per-second`` that also weighs each pixel by how strongly it responds.
 
     The score is further multiplied by the pixel's estimated signal energy (the sum of squares
-    of its reconstructed spectrum, :func:`envs.energy.pixel_energy`), so that it estimates the
+    of its reconstructed spectrum, :func:`envs.acquisition.energy.pixel_energy`), so that it
+    estimates the
     block's expected squared error per second: posterior variance (where the data are far) times
     the energy (how large the response, and with it the error, is there) times the surprise
     factor (where the model has been wrong), over the block's seconds.
@@ -267,7 +239,7 @@ class EnergySurprisePerSecondPolicy(SurprisePerSecondPolicy):
         return 1.0
 
     def pixel_factor(self) -> np.ndarray:
-        from envs.energy import pixel_energy, relative_log_energy
+        from envs.acquisition.energy import pixel_energy, relative_log_energy
 
         # Energy over the largest (floored as the PPO prior's plane is): the same argmax as the
         # energy itself, and the same scores as a score-map policy started from this heuristic.
@@ -288,7 +260,8 @@ class CalibratedEnergySurprisePolicy(EnergySurprisePerSecondPolicy):
     slope 1.2-1.9 on five 16 x 16 seeds), on the real BE-PFM file it is not (slope -0.12;
     ``python -m studies.energy_power`` measures both, ``models/README.md``). So the score's power of
     the energy is that slope, fitted by least squares over the episode's own measurements,
-    shrunk towards 0 while they are few and clipped to [0, 1] (:func:`envs.energy.energy_exponent`):
+    shrunk towards 0 while they are few and clipped to [0, 1]
+    (:func:`envs.acquisition.energy.energy_exponent`):
     the policy starts as ``gp-surprise-per-second`` and becomes ``gp-energy-surprise-per-second``
     where the data show that the error follows the energy.
     """
@@ -296,7 +269,7 @@ class CalibratedEnergySurprisePolicy(EnergySurprisePerSecondPolicy):
     name = "gp-calibrated-energy-per-second"
 
     def energy_exponent(self) -> float:
-        from envs.energy import energy_exponent
+        from envs.acquisition.energy import energy_exponent
 
         return energy_exponent(self.tracker)
 
@@ -319,11 +292,11 @@ class StructureOraclePolicy(Policy):
 
     def reset(self, env, seed=None):
         super().reset(env, seed)
-        from envs.twin import TwinConfig, make_twin
+        from envs.data.twin import TwinConfig, make_twin
 
         acquisition = env.unwrapped
         attrs = acquisition.dataset.attrs
-        if attrs.get("generator") != "envs.twin":
+        if attrs.get("generator") != "envs.data.twin":
             raise ValueError(
                 "structure-oracle needs twin data (it regenerates the twin without disorder); "
                 f"this episode replays {acquisition.dataset.path or 'other data'}"

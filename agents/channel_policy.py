@@ -6,7 +6,8 @@ its first convolution and emits ``n_blocks`` logits per pixel from one 1x1 convo
 weights only fit observations with the block count it was trained on. Here every place that
 depends on a count is either shared or pooled:
 
-- **per-block planes** (:data:`envs.observation.PER_BLOCK_PLANES`: the measured mask and the
+- **per-block planes** (:data:`envs.acquisition.observation.PER_BLOCK_PLANES`: the measured mask
+and the
   uncertainty of each block, plus the log uncertainty) go through one *block encoder* whose
   weights every block shares, together with the block's descriptor (below);
 - the block features are **pooled over blocks** (mean and max) and join the **per-pixel planes**
@@ -58,8 +59,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from agents.ppo import PriorPlanes, _check_observation_space, _DilatedBlock
-from envs.observation import PER_BLOCK_PLANES, ObservationSpec
-from envs.surprise import SURPRISE_WEIGHT
+from envs.acquisition.observation import PER_BLOCK_PLANES, ObservationSpec
+from envs.acquisition.surprise import SURPRISE_WEIGHT
 
 #: What each action channel's descriptor holds, in order. Voltage positions are indices along
 #: the pulse sequence as fractions of its length (0 first, 1 last); the share is the fraction of
@@ -506,7 +507,7 @@ class ChannelScoreMapPolicy(MaskableActorCriticPolicy):
     Parameters (beyond sb3-contrib's)
     ----------
     observation_spec
-        :meth:`envs.observation.ObservationSpec.to_dict` of the training env.
+        :meth:`envs.acquisition.observation.ObservationSpec.to_dict` of the training env.
     action_channels
         :meth:`ActionChannels.to_dict` of the training env (:func:`action_channels`).
     channels, block_features, dilations, head_hidden, value_hidden

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from agents.base import Policy
+from agents.policy import Policy
 from agents.statistics import mean_and_interval
 from reconstruct.metrics import (
     auc_normalised,

@@ -13,7 +13,8 @@ Network (``ScoreMapExtractor`` + ``ScoreMapHeads``):
 
 - input: the observation planes ``(C, X, Y)`` plus every scalar broadcast as a constant plane,
   plus (``heuristic_prior=True``) derived *prior planes* read by name from the env's planes
-  (:class:`envs.observation.ObservationSpec`): the log of each block's uncertainty plane and the
+  (:class:`envs.acquisition.observation.ObservationSpec`): the log of each block's uncertainty
+  plane and the
   log travel factor ``log(1 + d / travel_pixels)``, ``d`` the distance of each pixel from the
   tip, and, when the observation holds them, the local surprise and the log energy;
 - a 3x3 stem, then residual 3x3 convolutions with growing dilation (1, 2, 4, 8 by default), each
@@ -32,9 +33,11 @@ sampling is near-greedy; PPO then learns corrections through the trunk. A unifor
 thousands of actions gave no measurable learning in 16k steps, and a learned policy that cannot
 first match the heuristic has nothing to improve on.
 
-Optional planes. With a ``surprise`` plane in the observation (:mod:`envs.surprise`) the prior
+Optional planes. With a ``surprise`` plane in the observation (:mod:`envs.acquisition.surprise`)
+the prior
 adds ``SURPRISE_WEIGHT * local surprise`` to the log score: the untrained policy is then
-``gp-surprise-per-second``; with an ``energy`` plane (:mod:`envs.energy`) it adds the log energy
+``gp-surprise-per-second``; with an ``energy`` plane (:mod:`envs.acquisition.energy`) it adds the
+log energy
 too (``gp-energy-surprise-per-second``), and with ``calibrated-energy`` (the log energy times
 the power fitted to the sample) it starts as ``gp-calibrated-energy-per-second``. The model
 saves the observation spec it was trained on, and :class:`PPOPolicy` runs only on envs whose
@@ -58,10 +61,10 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from agents.base import Policy
-from envs.energy import ENERGY_PLANE_SCALE
-from envs.observation import ObservationSpec
-from envs.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT
+from agents.policy import Policy
+from envs.acquisition.energy import ENERGY_PLANE_SCALE
+from envs.acquisition.observation import ObservationSpec
+from envs.acquisition.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT
 from reconstruct.base import resolve_device
 
 #: Where ``train.py`` writes the shipped model, and what ``"ppo"`` without a path loads.
@@ -126,7 +129,7 @@ class PriorPlanes(nn.Module):
     Parameters
     ----------
     spec
-        The observation's :class:`envs.observation.ObservationSpec`.
+        The observation's :class:`envs.acquisition.observation.ObservationSpec`.
     travel_pixels
         Pixel pitches of travel that cost as much as one block's measurement (``d0 = c0 / k``).
     """
@@ -296,7 +299,8 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
     temperature; folded into the weights (the default, as in models saved before), the prior
     weights are ``1 / temperature`` (20 at 0.05) and Adam's steps of ~lr per weight barely move
     them or the trunk's share of the score. ``observation_spec`` (a
-    :meth:`envs.observation.ObservationSpec.to_dict`, saved with the model) names the planes;
+    :meth:`envs.acquisition.observation.ObservationSpec.to_dict`, saved with the model) names the
+    planes;
     with a ``surprise`` plane and the prior the actor starts as ``gp-surprise-per-second``, with
     an ``energy`` plane too as ``gp-energy-surprise-per-second``, with ``calibrated-energy`` as
     ``gp-calibrated-energy-per-second``. Models saved before the spec existed carry the flags
@@ -548,7 +552,8 @@ class PPOPolicy(Policy):
         return f"{self.name}:{self.model_path.stem}"
 
     def env_settings(self) -> dict[str, Any]:
-        """The env settings (:class:`envs.factory.EnvConfig` fields) that give this model's
+        """The env settings (:class:`envs.acquisition.factory.EnvConfig` fields) that give this
+        model's
         observation: its component maps and optional planes (the voltage blocks are the data's
         choice: :meth:`reset` refuses a different number unless the model's weights fit any,
         :attr:`block_count_free`)."""

@@ -5,9 +5,11 @@ else in :mod:`agents` imports it, so the rest of the library works without Ray.
 
 Three parts:
 
-- :func:`make_rllib_env`, the env creator: the project env from JSON-safe settings
-  (:func:`envs.factory.make_env`), with the action mask in the observation
-  (:class:`envs.wrappers.MaskObservation`) because RLlib's new stack hands an RLModule only the
+- :func:`~envs.acquisition.wrappers.make_rllib_env` (imported here), the env creator: the project
+env from JSON-safe settings
+  (:func:`envs.acquisition.factory.make_env`), with the action mask in the observation
+  (:class:`envs.acquisition.wrappers.MaskObservation`) because RLlib's new stack hands an RLModule
+  only the
   observation, never ``action_masks()``; and a count of masked-out actions in ``info``, so a run
   can prove that none was ever taken.
 - :class:`MaskedScoreMapModule`, a small fully convolutional actor-critic: one logit per (pixel,
@@ -49,15 +51,11 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "(pip install '.[distributed]')"
     ) from err
 
-from envs.factory import EnvConfig, make_env
-from envs.wrappers import MaskObservation
+from envs.acquisition.factory import EnvConfig
+from envs.acquisition.wrappers import INVALID_ACTION_KEY, MASK_KEY, make_rllib_env
 
 #: Name under which :func:`register_acquisition_env` registers the env creator with Ray.
 RLLIB_ENV_NAME = "pfm_acquisition"
-#: Observation key of the action mask (added by :class:`envs.wrappers.MaskObservation`).
-MASK_KEY = "action_mask"
-#: ``info`` key saying whether the action just taken was masked out.
-INVALID_ACTION_KEY = "invalid_action"
 #: Metric names (summed over the whole run) logged by the step callback.
 INVALID_ACTIONS_METRIC = "invalid_actions_taken"
 CHECKED_ACTIONS_METRIC = "actions_checked"
@@ -66,45 +64,6 @@ CHECKED_ACTIONS_METRIC = "actions_checked"
 # --------------------------------------------------------------------------------------------
 # The environment
 # --------------------------------------------------------------------------------------------
-
-
-class CountInvalidActions(gym.Wrapper):
-    """Says in ``info[INVALID_ACTION_KEY]`` whether each action was masked out when taken,
-    and counts them in ``invalid_actions`` (since the wrapper was made).
-
-    The acquisition env accepts a masked-out (already measured) block as a penalised no-op, so
-    a policy that ignored the mask would train without error; this flag makes it visible.
-    """
-
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        self.invalid_actions = 0
-
-    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        observation, info = self.env.reset(**kwargs)
-        return observation, {**info, INVALID_ACTION_KEY: False}
-
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        invalid = not bool(self.env.unwrapped.action_masks()[int(action)])
-        self.invalid_actions += int(invalid)
-        observation, reward, terminated, truncated, info = self.env.step(action)
-        return observation, reward, terminated, truncated, {**info, INVALID_ACTION_KEY: invalid}
-
-    def action_masks(self) -> np.ndarray:
-        return np.asarray(self.env.unwrapped.action_masks(), dtype=bool)
-
-
-def make_rllib_env(env_config: dict[str, Any] | None = None) -> gym.Env:
-    """The env creator RLlib calls on every env runner.
-
-    ``env_config`` holds :class:`envs.factory.EnvConfig` settings (JSON-safe: it travels to
-    remote workers); RLlib passes it as an ``EnvContext``, a dict that also carries the
-    runner's index, which is not a setting and is dropped here.
-    """
-    settings = dict(env_config or {})
-    # Fail on the driver's side of a typo, with the list of known settings.
-    EnvConfig.from_kwargs(**settings)
-    return CountInvalidActions(MaskObservation(make_env(**settings), key=MASK_KEY))
 
 
 def register_acquisition_env(name: str = RLLIB_ENV_NAME) -> str:
@@ -153,7 +112,7 @@ class MaskedScoreMapModule(TorchRLModule, ValueFunctionAPI):
         if not isinstance(space, gym.spaces.Dict) or MASK_KEY not in space.spaces:
             raise ValueError(
                 f"MaskedScoreMapModule needs a Dict observation with an {MASK_KEY!r} entry "
-                f"(wrap the env in envs.wrappers.MaskObservation), got {space}"
+                f"(wrap the env in envs.acquisition.wrappers.MaskObservation), got {space}"
             )
         n_planes, *grid = space["planes"].shape
         n_scalars = int(space["scalars"].shape[0])
@@ -277,7 +236,8 @@ def ppo_config(
     Parameters
     ----------
     env_settings
-        :class:`envs.factory.EnvConfig` fields, JSON-safe (they are sent to every env runner).
+        :class:`envs.acquisition.factory.EnvConfig` fields, JSON-safe (they are sent to every env
+        runner).
     num_env_runners
         Remote sampling workers (Ray actors, one CPU each); 0 samples in the driver process.
     num_envs_per_env_runner

@@ -1,7 +1,8 @@
 """The acquisition env and a masked stochastic policy for TorchRL training loops.
 
 TorchRL reads an action mask from the observation, not from ``action_masks()``, so the env is
-wrapped in :class:`envs.wrappers.MaskObservation` before TorchRL's ``GymWrapper``, and its
+wrapped in :class:`envs.acquisition.wrappers.MaskObservation` before TorchRL's ``GymWrapper``, and
+its
 ``ActionMask`` transform keeps the action spec's mask up to date (random rollouts and
 ``action_spec.rand()`` then respect it). A policy samples from a ``MaskedCategorical`` over its
 logits and that mask, so a masked-out action has probability zero; its log-probability, entropy
@@ -17,15 +18,16 @@ from typing import Any
 
 from torch import nn
 
-from envs.factory import make_env
-from envs.wrappers import MaskObservation
+from envs.acquisition.factory import make_env
+from envs.acquisition.wrappers import MaskObservation
 
 #: Key of the action mask in the TorchRL tensordicts (the ``MaskObservation`` entry).
 MASK_KEY = "action_mask"
 
 
 def make_masked_torchrl_env(settings: dict[str, Any], *, seed: int | None = None) -> Any:
-    """The env of ``settings`` (:func:`envs.factory.make_env`) as a TorchRL env with the mask.
+    """The env of ``settings`` (:func:`envs.acquisition.factory.make_env`) as a TorchRL env with
+    the mask.
 
     Actions are integer indices (``categorical_action_encoding``), the same numbers the
     Gymnasium env takes; ``seed`` seeds the env's draws (twin samples, resets).

@@ -34,8 +34,8 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from envs.acquisition import AcquisitionEnv  # noqa: E402
-from envs.factory import EnvConfig, make_env  # noqa: E402
+from envs.acquisition.env import AcquisitionEnv  # noqa: E402
+from envs.acquisition.factory import EnvConfig, make_env  # noqa: E402
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:

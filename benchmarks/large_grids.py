@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from envs.factory import EnvConfig, make_env
+from envs.acquisition.factory import EnvConfig, make_env
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lag", type=float, default=0.2, help="refit_lag of deferred refits")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from envs.twin import make_twin  # reconstruct never imports envs at module level
+    from envs.data.twin import make_twin  # reconstruct never imports envs at module level
 
     dataset = make_twin(args.seed).dataset
     shape, spectral = dataset.data.shape[:2], dataset.data.shape[2:]

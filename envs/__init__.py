@@ -10,21 +10,21 @@ process):
 - ``PFMAcquisition/RelaxationSmall-v0``: the same on a 16 x 16 grid with 16 read-outs, for tests
   and quick experiments.
 
-Any setting of :class:`envs.factory.EnvConfig` can be overridden in ``make``; in code,
-:func:`envs.factory.make_env` takes the same settings.
+Any setting of :class:`envs.acquisition.factory.EnvConfig` can be overridden in ``make``; in code,
+:func:`envs.acquisition.factory.make_env` takes the same settings.
 """
 
 from typing import Any
 
 from gymnasium.envs.registration import register, registry
 
-from envs.cost import CostModel
-from envs.dataset import Axis, DataError, Dataset
-from envs.instrument import Instrument, ReplayInstrument
+from envs.data.dataset import Axis, DataError, Dataset
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import Instrument, ReplayInstrument
 
 ENV_ID = "PFMAcquisition/Relaxation-v0"
 SMALL_ENV_ID = "PFMAcquisition/RelaxationSmall-v0"
-_ENTRY_POINT = "envs.factory:make_env"
+_ENTRY_POINT = "envs.acquisition.factory:make_env"
 _REGISTERED: dict[str, dict[str, Any]] = {
     ENV_ID: {"data": "twin", "twin_seeds": [0, 1000], "reconstructor": "gp"},
     SMALL_ENV_ID: {
@@ -42,13 +42,13 @@ for _env_id, _kwargs in _REGISTERED.items():
 def __getattr__(name: str) -> Any:
     # The environment pulls in torch and the reconstructors: import it only when asked for.
     if name == "AcquisitionEnv":
-        from envs.acquisition import AcquisitionEnv
+        from envs.acquisition.env import AcquisitionEnv
 
         return AcquisitionEnv
     if name in ("EnvConfig", "make_env"):
-        import envs.factory
+        import envs.acquisition.factory
 
-        return getattr(envs.factory, name)
+        return getattr(envs.acquisition.factory, name)
     raise AttributeError(f"module 'envs' has no attribute {name!r}")
 
 

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from reconstruct.base import BlockLayout, Reconstructor
-from reconstruct.calibration import OnlineErrorCalibration
+from reconstruct.error_calibration import OnlineErrorCalibration
 from reconstruct.gp import (
     GPHyperparameters,
     SpatialGP,
@@ -336,7 +336,7 @@ class LowRankGP(Reconstructor):
         ``"online"``: before each block is added, its prediction and the model's variance for
         it are noted; the reported variance is then calibrated on those prediction errors, per
         pixel kind and with the pixel's estimated energy as a covariate
-        (:class:`~reconstruct.calibration.OnlineErrorCalibration`). The estimate itself is
+        (:class:`~reconstruct.error_calibration.OnlineErrorCalibration`). The estimate itself is
         unchanged.
     max_basis_pixels, max_fit_points
         Sizes of the seeded subsamples for the basis and the hyperparameter fit.
@@ -918,7 +918,7 @@ class LowRankGP(Reconstructor):
           :func:`cross_validated_errors`).
 
         With ``error_calibration="online"`` that variance is then calibrated on the model's
-        prediction errors so far (:class:`~reconstruct.calibration.OnlineErrorCalibration`).
+        prediction errors so far (:class:`~reconstruct.error_calibration.OnlineErrorCalibration`).
         """
         unmeasured = (~self.measured).to(self.device)
         if self.basis is None:

@@ -85,7 +85,7 @@ def collect(
     ``scalars``, ``masks``, ``candidates`` (flat actions; the heuristic's pick first, then its
     next best, then the random ones), and per candidate the heuristic's ``score``, the true
     ``value`` and the current ``error`` per second; ``episode``."""
-    from envs.factory import make_env
+    from envs.acquisition.factory import make_env
 
     if candidates < 2 or candidates % 2:
         raise ValueError(f"candidates must be an even number >= 2, got {candidates}")
@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["collect_seconds"] = time.perf_counter() - start
     print(json.dumps(result["summary"], indent=1))
     if args.fit:
-        from envs.factory import make_env
+        from envs.acquisition.factory import make_env
 
         env = make_env(**env_kwargs)
         model = train.new_model(train_args, env)

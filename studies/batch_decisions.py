@@ -1,4 +1,5 @@
-"""Does the batch-decision formulation learn? Train PPO on :class:`agents.batch.BatchDecisionEnv`
+"""Does the batch-decision formulation learn? Train PPO on
+:class:`envs.acquisition.batch.BatchDecisionEnv`
 and compare it, paired on held-out twins, with the same env at the heuristic's weights and with
 the one-measurement heuristic.
 
@@ -24,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from agents.batch import WEIGHT_NAMES, BatchDecisionEnv, WeightedScore
+from agents.catalog import make_policy
 from agents.evaluation import run_episode
-from agents.registry import make_policy
 from agents.statistics import t_interval
-from envs.factory import EnvConfig, make_env
-from envs.sources import HELD_OUT_SEED_START
+from envs.acquisition.batch import WEIGHT_NAMES, BatchDecisionEnv, WeightedScore
+from envs.acquisition.factory import EnvConfig, make_env
+from envs.data.sources import HELD_OUT_SEED_START
 
 #: The training setting of ``train.py``'s default run: 16 x 16 twins, 32 reads, 4 blocks.
 SETTINGS: dict[str, Any] = {"budget_fraction": 0.3, "n_blocks": 4}

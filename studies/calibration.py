@@ -7,7 +7,7 @@ error the reconstruction actually makes.
 
 Designs. Each design starts from the environment's initial design (every block of the pixels on
 a sparse grid of stride ``--initial-stride``) and then adds blocks chosen by a policy from
-:mod:`agents.registry`: ``random`` (uniform (pixel, block) picks, the default) or e.g.
+:mod:`agents.catalog`: ``random`` (uniform (pixel, block) picks, the default) or e.g.
 ``gp-uncertainty-per-second`` (the blocks an uncertainty-led policy would choose). At each stage
 (a fraction of all blocks taken, ``--fractions``) the reconstructor is scored as it stands. A
 stage below the initial design's share is scored at the initial design; ``measured %`` says
@@ -67,9 +67,9 @@ import torch
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
+from agents.command_line import OneLineParser, json_object, positive_int
 from reconstruct import BlockLayout, Reconstructor
 from reconstruct.metrics import rmse
-from studies.cli import OneLineParser, json_object, positive_int
 
 #: Fractions of all (pixel, block) pairs measured at which the reconstructor is scored.
 FRACTIONS: tuple[float, ...] = (0.02, 0.05, 0.10, 0.20, 0.40)
@@ -278,8 +278,8 @@ def run_study(
 ) -> list[dict[str, Any]]:
     """Score every design on every dataset; return one flat row per dataset x design x stage x
     kind (the columns of :data:`ROW_COLUMNS`)."""
-    from agents.registry import make_policy
-    from envs.factory import EnvConfig, make_env
+    from agents.catalog import make_policy
+    from envs.acquisition.factory import EnvConfig, make_env
 
     settings = EnvConfig(
         reconstructor=reconstructor,
@@ -532,7 +532,7 @@ def open_datasets(
     specs: Sequence[str], n_seeds: int, grid: int, n_times: int | None
 ) -> list[NamedDataset]:
     """The datasets of the data specs: plain ``twin`` is ``n_seeds`` held-out twins."""
-    from envs.sources import held_out_seeds, open_data, parse_spec
+    from envs.data.sources import held_out_seeds, open_data, parse_spec
 
     twin_settings: dict[str, Any] = {"grid": (grid, grid)}
     if n_times:
@@ -590,9 +590,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from agents.registry import make_policy
-    from envs.dataset import DataError
-    from envs.sources import parse_spec
+    from agents.catalog import make_policy
+    from envs.data.dataset import DataError
+    from envs.data.sources import parse_spec
     from reconstruct.registry import check_reconstructor_options, reconstructor_names
 
     for spec in args.data:

@@ -4,7 +4,8 @@ Runs ``gp-calibrated-energy-per-second`` (:class:`agents.baselines.CalibratedEne
 on held-out twins or on a data file and prints, at the end of each episode, what it fitted: the
 number of measured blocks with a covariate, the correlation and the plain least-squares slope of
 their log surprise on their pixel's relative log energy, and the power the policy used last
-(:func:`envs.energy.energy_exponent`: the slope shrunk and clipped to [0, 1]). A power near 1
+(:func:`envs.acquisition.energy.energy_exponent`: the slope shrunk and clipped to [0, 1]). A power
+near 1
 says the error scales with the energy (the twin), near 0 that it does not (the real BE-PFM file).
 
 Examples
@@ -25,7 +26,7 @@ def episode_power(env, seed: int) -> dict[str, float]:
     """Run one episode of the calibrated heuristic (decisions not charged); its fit at the end."""
     from agents.baselines import CalibratedEnergySurprisePolicy
     from agents.evaluation import run_episode
-    from envs.energy import energy_exponent
+    from envs.acquisition.energy import energy_exponent
 
     policy = CalibratedEnergySurprisePolicy()
     trace = run_episode(env, policy, seed, charge_decisions="none")
@@ -43,8 +44,8 @@ def episode_power(env, seed: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from envs.factory import EnvConfig, make_env
-    from envs.sources import HELD_OUT_SEED_START
+    from envs.acquisition.factory import EnvConfig, make_env
+    from envs.data.sources import HELD_OUT_SEED_START
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

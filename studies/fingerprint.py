@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.catalog import available_policies, make_policy
 from agents.evaluation import run_episode
-from agents.registry import available_policies, make_policy
-from envs.factory import EnvConfig, make_env
-from envs.sources import HELD_OUT_SEED_START
+from envs.acquisition.factory import EnvConfig, make_env
+from envs.data.sources import HELD_OUT_SEED_START
 
 REAL_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "bepfm_32x32x102.npy"
 #: (data spec, seed, blocks) of each case.

@@ -1,6 +1,6 @@
 """Does the live loop stop where it says it does? Estimated against true R^2 at the stop.
 
-The live loop (:mod:`envs.experiment`) stops when its accuracy estimate, which never reads the
+The live loop (:mod:`envs.live.loop`) stops when its accuracy estimate, which never reads the
 ground truth, reaches the target. This study runs that loop itself (``run_experiment``, over a
 local replay instrument, the truth given as ``reference`` so that the true R^2 is recorded
 beside each estimate) on held-out twins or on data files, once per accuracy estimate asked
@@ -43,10 +43,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from envs.accuracy_estimate import ESTIMATES
-from envs.experiment import ExperimentConfig, run_experiment
-from envs.session import KIND_AUDIT, Session
-from studies.cli import OneLineParser, json_object, positive_int
+from agents.command_line import OneLineParser, json_object, positive_int
+from envs.live.accuracy_estimate import ESTIMATES
+from envs.live.loop import ExperimentConfig, run_experiment
+from envs.live.session import KIND_AUDIT, Session
 
 #: Columns of ``live_stop.csv`` (the JSON rows also hold the traces).
 COLUMNS = (
@@ -69,7 +69,7 @@ def plan_runs(data: str, grids: Sequence[int], n_seeds: int, start: int) -> list
     """The runs of the study (see the module docstring)."""
     if data != "twin":
         return [Run(data, None, start + i) for i in range(n_seeds)]
-    from envs.sources import held_out_seeds
+    from envs.data.sources import held_out_seeds
 
     seeds = iter(held_out_seeds(n_seeds * len(grids), start))
     return [Run(f"twin:{seed}", grid, seed) for grid in grids for seed in _take(seeds, n_seeds)]
@@ -102,7 +102,7 @@ def run_one(
         progress=False,
         **settings,
     )
-    from agents.registry import make_policy
+    from agents.catalog import make_policy
 
     result = run_experiment(config, make_policy=make_policy)
     summary = json.loads(result.summary.read_text())

@@ -35,9 +35,9 @@ def run_policy(
 ) -> dict[str, list[float]]:
     """AUC, final R^2 and seconds to ``target`` (NaN: not reached) of one policy
     (``make_policy`` spec) on each seed."""
+    from agents.catalog import make_policy
     from agents.evaluation import run_episode
-    from agents.registry import make_policy
-    from envs.factory import make_env
+    from envs.acquisition.factory import make_env
     from train import env_kwargs
 
     policy = make_policy(spec)
@@ -98,7 +98,7 @@ def print_table(
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from envs.sources import HELD_OUT_SEED_START
+    from envs.data.sources import HELD_OUT_SEED_START
     from train import TrainArgs
 
     parser = argparse.ArgumentParser(

@@ -225,11 +225,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a twin setting (envs.twin.TwinConfig), e.g. pinning_disorder=0; repeatable",
+        help="a twin setting (envs.data.twin.TwinConfig), e.g. pinning_disorder=0; repeatable",
     )
     args = parser.parse_args(argv)
 
-    from envs.sources import open_data  # the one place this module touches envs
+    from envs.data.sources import open_data  # the one place this module touches envs
 
     settings = {}
     for item in args.twin_setting:

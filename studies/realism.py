@@ -11,7 +11,7 @@ two can be compared:
 - :func:`interpolation_r2`: how well plain linear interpolation from a random subset of fully
   measured pixels reproduces the tensor (a high score means the data is trivially redundant in
   space);
-- :func:`realism_report`: all of them for a :class:`~envs.dataset.Dataset`.
+- :func:`realism_report`: all of them for a :class:`~envs.data.dataset.Dataset`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy.interpolate import griddata
 
-from envs.dataset import DataError, Dataset
+from envs.data.dataset import DataError, Dataset
 from reconstruct.metrics import r2_score
 
 
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m studies.realism --data twin:0``: print the realism statistics of a data spec."""
     import argparse
 
-    from envs.sources import open_data
+    from envs.data.sources import open_data
 
     parser = argparse.ArgumentParser(prog="python -m studies.realism", description=__doc__)
     parser.add_argument("--data", default="twin:0", help="data spec: twin, twin:SEED or a file")

@@ -10,7 +10,7 @@ data whose relaxation is a small share of the variance it says little about the 
 the dynamics R^2 is what does.
 
 Every kept fraction is a fraction of *instrument time*: the pulses and reads that the kept
-measurements cost under :class:`envs.cost.CostModel` (per voltage: ``pulse_s + reads *
+measurements cost under :class:`envs.instruments.cost.CostModel` (per voltage: ``pulse_s + reads *
 read_interval_s``, 20 ms + 128 x 2 ms by default), relative to a full raster. Settling and tip
 travel are left out: they depend on the path, not on what is dropped. For whole curves this is
 the share of the tensor measured; a curve read for its first ``r`` of ``T`` reads costs
@@ -253,7 +253,8 @@ class RedundancyStudy:
     reconstructor_options
         Extra keyword arguments per reconstructor name.
     cost
-        The :class:`envs.cost.CostModel` that prices pulses and reads; its ``reads`` must equal
+        The :class:`envs.instruments.cost.CostModel` that prices pulses and reads; its ``reads``
+        must equal
         the time axis' length. Default: the default cost model with that many reads.
     experiments
         Which of :data:`EXPERIMENTS` to run; those that need a time axis are skipped (and
@@ -322,7 +323,9 @@ class RedundancyStudy:
 
     def _check_cost(self, cost: Any) -> Any:
         if cost is None:
-            from envs.cost import CostModel  # numpy only; lazy so plain-array use stays light
+            from envs.instruments.cost import (
+                CostModel,  # numpy only; lazy so plain-array use stays light
+            )
 
             return CostModel(reads=self.n_times)
         if self.has_time and int(cost.reads) != self.n_times:
@@ -763,7 +766,7 @@ TWIN_SETTINGS = ("default", "relaxation-rich")
 
 def twin_overrides(setting: str, grid: int | None = None) -> dict[str, Any]:
     """Twin settings for ``--twin-setting`` and ``--grid``."""
-    from envs.twin import RELAXATION_RICH
+    from envs.data.twin import RELAXATION_RICH
 
     if setting not in TWIN_SETTINGS:
         raise ValueError(f"twin setting {setting!r} is not one of {list(TWIN_SETTINGS)}")
@@ -804,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--twin-setting",
         choices=TWIN_SETTINGS,
         default="default",
-        help="twin only: 'relaxation-rich' is envs.twin.RELAXATION_RICH",
+        help="twin only: 'relaxation-rich' is envs.data.twin.RELAXATION_RICH",
     )
     parser.add_argument("--grid", type=int, default=None, help="twin only: an N x N grid")
     parser.add_argument(
@@ -844,8 +847,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     # The one place this module touches envs for data.
-    from envs.cost import CostModel
-    from envs.sources import open_data, parse_spec
+    from envs.data.sources import open_data, parse_spec
+    from envs.instruments.cost import CostModel
 
     is_twin = parse_spec(args.data).is_twin
     if not is_twin and (args.twin_setting != "default" or args.grid is not None):

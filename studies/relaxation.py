@@ -1,7 +1,7 @@
 """How much of the twin's signal is relaxation, and whether a full raster can recover it.
 
 ``python -m studies.relaxation --seeds 2`` generates the default twin and the twin with the
-:data:`envs.twin.RELAXATION_RICH` settings, and prints per seed:
+:data:`envs.data.twin.RELAXATION_RICH` settings, and prints per seed:
 
 - the *relaxation share*: the spatial variance of the truth's relaxation part (each curve minus
   its time mean, :func:`reconstruct.metrics.relaxation_part`) over the spatial variance of the
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.twin import RELAXATION_RICH, twin_dataset
+from envs.data.twin import RELAXATION_RICH, twin_dataset
 from reconstruct.base import BlockLayout
 from reconstruct.metrics import dynamics_r2, relaxation_part
 from reconstruct.registry import make_reconstructor

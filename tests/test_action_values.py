@@ -8,7 +8,7 @@ import numpy as np
 
 import train
 from agents.ppo import PPOPolicy
-from envs.factory import make_env
+from envs.acquisition.factory import make_env
 from studies.action_values import candidate_values, collect, main, summarise
 
 SMALL = ["--grid", "10", "--n-times", "16", "--budget-fraction", "0.15"]

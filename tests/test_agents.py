@@ -25,7 +25,7 @@ BASELINES = [
 
 
 def small_env(**overrides):
-    from envs.factory import make_env
+    from envs.acquisition.factory import make_env
 
     kwargs = dict(
         data="twin",
@@ -164,7 +164,7 @@ def test_surprise_policy_marks_where_the_model_was_wrong():
 def test_surprise_tracker_records_each_expected_block_once():
     """Nothing pending or a block that was not measured records nothing; a second record of
     the same block does not count it twice."""
-    from envs.surprise import SurpriseTracker
+    from envs.acquisition.surprise import SurpriseTracker
 
     env = small_env(reconstructor="idw")
     env.reset(seed=0)
@@ -188,7 +188,7 @@ def test_surprise_tracker_records_each_expected_block_once():
 def test_energy_policy_scores_the_surprise_heuristic_times_the_pixel_energy():
     """gp-energy-surprise-per-second picks the valid block whose surprise-heuristic score times
     its pixel's estimated energy is largest, at every step (the two heuristics then differ)."""
-    from envs.energy import pixel_energy
+    from envs.acquisition.energy import pixel_energy
 
     env = small_env(budget_fraction=0.5)
     obs, info = env.reset(seed=1)
@@ -218,7 +218,7 @@ def test_surprise_tracker_fits_the_slope_of_the_log_surprise_on_a_covariate():
     without a finite covariate count for the surprise but not for the slope."""
     import torch
 
-    from envs.surprise import SurpriseTracker
+    from envs.acquisition.surprise import SurpriseTracker
 
     class Model:  # predicts 0 everywhere; a measured block holds its measured values
         def __init__(self):
@@ -253,7 +253,7 @@ def test_calibrated_energy_policy_weighs_the_energy_by_its_fitted_power():
     """gp-calibrated-energy-per-second starts as gp-surprise-per-second (no data, power 0) and
     then scores surprise heuristic x energy^power with the power fitted on the episode's
     blocks; on the twin that power becomes positive, and stays within [0, 1]."""
-    from envs.energy import energy_exponent, pixel_energy, relative_log_energy
+    from envs.acquisition.energy import energy_exponent, pixel_energy, relative_log_energy
 
     env = small_env(budget_fraction=0.5)
     obs, info = env.reset(seed=1)
@@ -303,7 +303,7 @@ def test_energy_power_reports_the_calibrated_fit_of_each_episode(capsys):
 
 
 def test_structure_oracle_knows_the_twin_without_its_disorder():
-    from envs.twin import twin_dataset
+    from envs.data.twin import twin_dataset
 
     env = small_env()
     policy = make_policy("structure-oracle")
@@ -317,7 +317,7 @@ def test_structure_oracle_knows_the_twin_without_its_disorder():
     truth = env.layout.to_blocks(torch.from_numpy(env.dataset.truth)).double().numpy()
     assert np.abs(policy.structure_blocks - truth).max() > 0.01
     # Files have no disorder-free twin.
-    from envs.dataset import Dataset
+    from envs.data.dataset import Dataset
 
     file_env = small_env(data=Dataset(env.dataset.data, env.dataset.axes))
     file_env.reset(seed=0)

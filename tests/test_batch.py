@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.batch import BatchDecisionEnv, WeightedScore, top_actions_one_per_pixel
-from agents.registry import make_policy
-from envs.factory import make_env
+from agents.catalog import make_policy
+from envs.acquisition.batch import BatchDecisionEnv, WeightedScore, top_actions_one_per_pixel
+from envs.acquisition.factory import make_env
 
 
 def _env(**settings):

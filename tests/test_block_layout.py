@@ -130,7 +130,7 @@ def test_uneven_spread_deals_full_rounds_of_pairs_then_single_voltages():
 
 
 def test_uneven_blocks_cost_the_voltages_they_apply():
-    from envs.cost import CostModel
+    from envs.instruments.cost import CostModel
 
     cost, grid = CostModel(travel_s_per_pixel=0.3), (3, 4)
     layout = BlockLayout(102, 4)  # 26, 26, 25 and 25 voltages

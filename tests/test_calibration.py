@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from envs.sources import open_data
+from envs.data.sources import open_data
 from reconstruct import BlockLayout, Reconstructor
 from studies.calibration import (
     NamedDataset,

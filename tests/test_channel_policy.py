@@ -13,6 +13,7 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from agents.catalog import make_policy
 from agents.channel_policy import (
     DESCRIPTOR_FEATURES,
     ActionChannels,
@@ -22,8 +23,7 @@ from agents.channel_policy import (
     block_channels,
 )
 from agents.ppo import DEFAULT_MODEL_PATH, PPOPolicy, observation_to_tensors
-from agents.registry import make_policy
-from envs.factory import make_env
+from envs.acquisition.factory import make_env
 
 SMALL_NET = {"channels": 8, "block_features": 4, "head_hidden": 8, "dilations": (1, 2)}
 TEMPERATURE = 0.05

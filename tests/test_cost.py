@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from envs.cost import CostModel
-from envs.dataset import Axis
+from envs.data.dataset import Axis
+from envs.instruments.cost import CostModel
 from reconstruct.base import BlockLayout
 
 

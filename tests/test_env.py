@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import envs.factory
-from envs.acquisition import AcquisitionEnv
-from envs.cost import CostModel
-from envs.dataset import Axis, DataError, Dataset
+import envs.acquisition.factory
+from envs.acquisition.env import AcquisitionEnv
+from envs.data.dataset import Axis, DataError, Dataset
+from envs.instruments.cost import CostModel
 from reconstruct.metrics import auc_normalised
 from reconstruct.registry import reconstructor_names
 
@@ -46,7 +46,7 @@ def synthetic_dataset(seed: int = 0, shape=(8, 8, 8, 4), with_truth: bool = True
 def make_env(**kwargs) -> AcquisitionEnv:
     defaults = dict(data=synthetic_dataset(), reconstructor="mean", initial_stride=4)
     defaults.update(kwargs)
-    return envs.factory.make_env(**defaults)
+    return envs.acquisition.factory.make_env(**defaults)
 
 
 def random_episode(env: AcquisitionEnv, seed: int, allow_repeats: bool = False):
@@ -363,7 +363,7 @@ def test_surprise_plane_is_off_by_default_and_zero_before_any_step():
 def test_surprise_plane_is_the_trackers_local_surprise_of_the_steps_taken():
     """The plane after each step is the local surprise (over SURPRISE_PLANE_SCALE) that a
     tracker fed the same steps gives; a repeated block changes nothing."""
-    from envs.surprise import SURPRISE_PLANE_SCALE, SurpriseTracker
+    from envs.acquisition.surprise import SURPRISE_PLANE_SCALE, SurpriseTracker
 
     env = make_env(planes=["surprise"], reconstructor="idw", budget_fraction=0.5)
     obs, _ = env.reset(seed=0)
@@ -389,7 +389,7 @@ def test_energy_plane_is_the_relative_log_pixel_energy_after_the_surprise_plane(
     """With the energy plane the plane before the tip is log(pixel energy / max) over
     ENERGY_PLANE_SCALE, clipped to [-1, 0], recomputed after every step; the other planes are
     the env's without it, in the same order (the surprise plane, when shown, comes first)."""
-    from envs.energy import ENERGY_PLANE_SCALE, pixel_energy
+    from envs.acquisition.energy import ENERGY_PLANE_SCALE, pixel_energy
 
     both = make_env(planes=["surprise", "energy"], reconstructor="idw")
     surprise_only = make_env(planes=["surprise"], reconstructor="idw")
@@ -413,7 +413,7 @@ def test_calibrated_energy_plane_is_the_fitted_power_times_the_log_energy():
     """The calibrated-energy plane is the relative log energy times the power fitted on the
     env's own surprise records (one per measured block, its covariate the log energy its pixel
     showed when chosen); the power starts at 0 and the plane needs the surprise plane."""
-    from envs.energy import (
+    from envs.acquisition.energy import (
         ENERGY_PLANE_SCALE,
         energy_exponent,
         pixel_energy,
@@ -444,7 +444,7 @@ def test_calibrated_energy_plane_is_the_fitted_power_times_the_log_energy():
 def test_energy_helpers_handle_zero_and_nan_estimates():
     import torch
 
-    from envs.energy import ENERGY_FLOOR, pixel_energy, relative_log_energy
+    from envs.acquisition.energy import ENERGY_FLOOR, pixel_energy, relative_log_energy
     from reconstruct.base import Reconstructor
 
     class Estimate:  # just an estimate, with the reconstructors' generic pixel energy

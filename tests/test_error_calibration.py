@@ -1,11 +1,12 @@
-"""Tests of the online error calibration (reconstruct.calibration) and its use in LowRankGP."""
+"""Tests of the online error calibration (reconstruct.error_calibration) and its use in
+LowRankGP."""
 
 import numpy as np
 import pytest
 import torch
 
 from reconstruct.base import BlockLayout
-from reconstruct.calibration import OnlineErrorCalibration
+from reconstruct.error_calibration import OnlineErrorCalibration
 from reconstruct.lowrank import LowRankGP
 
 SHAPE = (12, 12)

@@ -114,8 +114,8 @@ def test_ppo_models_keep_their_own_labels(tmp_path):
     """The shipped model is ``ppo`` however it is named; another file is ``ppo:STEM``."""
     import shutil
 
+    from agents.catalog import make_policy
     from agents.ppo import DEFAULT_MODEL_PATH
-    from agents.registry import make_policy
 
     if not DEFAULT_MODEL_PATH.is_file():
         pytest.skip("no shipped model")
@@ -127,8 +127,8 @@ def test_ppo_models_keep_their_own_labels(tmp_path):
 
 
 def test_default_agents_include_the_shipped_ppo_model():
+    from agents.catalog import make_policy
     from agents.ppo import DEFAULT_MODEL_PATH, PPOPolicy
-    from agents.registry import make_policy
 
     names = evaluate.DEFAULT_AGENTS.split(",")
     assert "ppo" in names
@@ -152,7 +152,7 @@ def small_twin(monkeypatch):
 
 def _failing_on_second_seed(monkeypatch):
     """Register ``fails-later``: a random policy that raises on the run's second seed."""
-    from agents import registry
+    from agents import catalog as registry
     from agents.baselines import RandomPolicy
 
     class FailsLater(RandomPolicy):
@@ -384,7 +384,7 @@ def test_figures_stay_readable_for_ten_agents(tmp_path):
 
 def test_the_reconstruction_slice_is_named(small_twin):
     from agents.evaluation import map_slice
-    from envs.factory import make_env
+    from envs.acquisition.factory import make_env
 
     args = evaluate.EvaluateArgs(grid=8)
     env = make_env(**evaluate._env_kwargs(args, "twin", evaluate.HELD_OUT_SEED_START))

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from fake_instruments import HangingInstrument
 
-from agents.registry import make_policy
-from envs.cost import CostModel
-from envs.experiment import ExperimentConfig, ExperimentStopped
-from envs.experiment import run_experiment as run_session
-from envs.instrument import ReplayInstrument
-from envs.loaders import save_dataset
-from envs.remote import InstrumentServer, serving
-from envs.session import Session, SessionError
-from envs.twin import twin_dataset
+from agents.catalog import make_policy
+from envs.data.loaders import save_dataset
+from envs.data.twin import twin_dataset
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import ReplayInstrument
+from envs.instruments.remote import InstrumentServer, serving
+from envs.live.loop import ExperimentConfig, ExperimentStopped
+from envs.live.loop import run_experiment as run_session
+from envs.live.session import Session, SessionError
 
 TWIN = {"grid": (10, 10), "n_times": 8}
 #: Documented margin: on this small twin, with only 12 check blocks, the calibrated estimate stayed

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from envs.cost import CostModel
-from envs.dataset import Dataset
-from envs.instrument import Instrument, ReplayInstrument
+from envs.data.dataset import Dataset
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import Instrument, ReplayInstrument
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import envs
-from envs.acquisition import AcquisitionEnv
-from envs.factory import make_env
-from envs.wrappers import MaskObservation
+from envs.acquisition.env import AcquisitionEnv
+from envs.acquisition.factory import make_env
+from envs.acquisition.wrappers import MaskObservation
 
 # Small, fast configuration; every worker builds its own twin from these JSON-safe kwargs.
 SMALL = {
@@ -59,7 +59,7 @@ def test_kwargs_are_json_safe():
     assert json.loads(json.dumps(SMALL)) == SMALL
     for env_id in (envs.ENV_ID, envs.SMALL_ENV_ID):
         spec = gym.spec(env_id)
-        assert spec.entry_point == "envs.factory:make_env"
+        assert spec.entry_point == "envs.acquisition.factory:make_env"
         json.dumps(spec.kwargs)
 
 

@@ -4,9 +4,9 @@ step: tiles whose window holds no observation yet are prior-only, not an error."
 import numpy as np
 import pytest
 
-from envs.acquisition import AcquisitionEnv
-from envs.factory import make_env
-from envs.loaders import load_dataset
+from envs.acquisition.env import AcquisitionEnv
+from envs.acquisition.factory import make_env
+from envs.data.loaders import load_dataset
 from reconstruct.gp import TiledSpatialGP
 
 

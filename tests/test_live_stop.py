@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from fake_instruments import HangingInstrument
 
-from agents.registry import make_policy
-from envs.accuracy_estimate import (
+from agents.catalog import make_policy
+from envs.data.twin import twin_dataset
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import ReplayInstrument
+from envs.instruments.remote import InstrumentServer, serving
+from envs.live.accuracy_estimate import (
     audit_r2,
     calibrated_error,
     error_weights,
     plan_audit,
     projected_r2,
 )
-from envs.cost import CostModel
-from envs.experiment import ExperimentConfig, ExperimentStopped, run_experiment
-from envs.instrument import ReplayInstrument
-from envs.remote import InstrumentServer, serving
-from envs.session import KIND_AUDIT, Session
-from envs.twin import twin_dataset
+from envs.live.loop import ExperimentConfig, ExperimentStopped, run_experiment
+from envs.live.session import KIND_AUDIT, Session
 from studies import live_stop
 
 

@@ -1,4 +1,5 @@
-"""Tests for envs.loaders: every file layout it reads, the save/load round trip, and bad input."""
+"""Tests for envs.data.loaders: every file layout it reads, the save/load round trip, and bad
+input."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-import envs.sources
-from envs.dataset import Axis, DataError, Dataset
-from envs.loaders import load_dataset, save_dataset
-from envs.sources import open_data
+import envs.data.sources
+from envs.data.dataset import Axis, DataError, Dataset
+from envs.data.loaders import load_dataset, save_dataset
+from envs.data.sources import open_data
 
 # ---------------------------------------------------------------------------------------------
 # Fixture-file builders (small files written into pytest's tmp_path)
@@ -428,14 +429,15 @@ def test_save_rejects_unserialisable_attrs(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fake_twin(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """Stand-in for the twin generator behind ``envs.sources.open_data``, recording its calls."""
+    """Stand-in for the twin generator behind ``envs.data.sources.open_data``, recording its
+    calls."""
     calls: list[dict] = []
 
     def twin_dataset(seed: int = 0, **kwargs: object) -> Dataset:
         calls.append({"seed": seed, **kwargs})
         return Dataset(np.full((2, 2, 2), float(seed)), source="twin")
 
-    monkeypatch.setattr(envs.sources, "twin_dataset", twin_dataset)
+    monkeypatch.setattr(envs.data.sources, "twin_dataset", twin_dataset)
     return calls
 
 

@@ -205,7 +205,7 @@ def test_uncertainty_of_partly_measured_pixels_tracks_their_true_error():
     """On the twin, after one block at every pixel, the predicted variance of the unmeasured
     blocks must be of the order of their true squared error (the in-sample model variance was
     43x too small, which misled every uncertainty-driven policy)."""
-    from envs.twin import twin_dataset
+    from envs.data.twin import twin_dataset
 
     dataset = twin_dataset(seed=5, grid=(18, 18), n_times=16, n_nan_pixels=0)
     layout = BlockLayout(16, 4)
@@ -383,7 +383,7 @@ def test_capped_cv_changes_the_reported_uncertainty_not_the_fit():
     """With too few complete spectra for a two-fold cross-validation of the basis,
     ``small_sample_errors="capped-cv"`` reports the capped cross-validation's errors; the fit,
     and so the estimate, is the same as with the residual."""
-    from envs.twin import twin_dataset
+    from envs.data.twin import twin_dataset
 
     data = twin_dataset(5, grid=(12, 12), n_times=8).data
     layout = BlockLayout(16, 4)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.registry import make_policy
-from envs.factory import EnvConfig, make_env
-from envs.observation import OPTIONAL_PLANES, ObservationSpec
+from agents.catalog import make_policy
+from envs.acquisition.factory import EnvConfig, make_env
+from envs.acquisition.observation import OPTIONAL_PLANES, ObservationSpec
 
 SMALL = {"twin_overrides": {"grid": [10, 10], "n_times": 8}, "reconstructor": "idw"}
 
@@ -101,7 +101,7 @@ def test_config_names_every_setting_once():
     "spec", ["ppo", "gp-surprise-per-second:1.5", "variance-reduction:128", "random"]
 )
 def test_documented_policy_specs_build(spec):
-    """The examples in agents.registry's docstring are valid specs."""
+    """The examples in agents.catalog's docstring are valid specs."""
     assert make_policy(spec).name == spec.partition(":")[0]
 
 

@@ -10,11 +10,11 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from agents.catalog import available_policies, make_policy
 from agents.ppo import PPOPolicy, ScoreMapPolicy, observation_to_tensors, travel_pixels_of
-from agents.registry import available_policies, make_policy
-from envs.acquisition import AcquisitionEnv
-from envs.energy import energy_exponent
-from envs.factory import make_env
+from envs.acquisition.energy import energy_exponent
+from envs.acquisition.env import AcquisitionEnv
+from envs.acquisition.factory import make_env
 
 #: A cheap reconstructor keeps these tests fast; the network does not care what fills the planes.
 RECONSTRUCTOR = "idw"

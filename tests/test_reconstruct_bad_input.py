@@ -139,7 +139,7 @@ def test_linear_raster_episode_runs_to_the_end():
     # Regression: the float32 MKL SVD of the finite estimate after 504 raster steps on this
     # 16 x 16 twin failed to converge (LinAlgError from component_maps).
     from agents import make_policy
-    from envs.factory import make_env
+    from envs.acquisition.factory import make_env
 
     env = make_env(
         twin_overrides={"grid": [16, 16]}, reconstructor="linear", device="cpu",

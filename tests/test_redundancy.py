@@ -143,9 +143,9 @@ def test_max_dropped_reads_the_curves() -> None:
 
 
 def test_dynamics_scores_on_a_tiny_twin() -> None:
-    pytest.importorskip("envs.twin")
-    from envs.sources import open_data
-    from envs.twin import RELAXATION_RICH
+    pytest.importorskip("envs.data.twin")
+    from envs.data.sources import open_data
+    from envs.data.twin import RELAXATION_RICH
 
     twin = open_data("twin", grid=(8, 8), **RELAXATION_RICH)
     s = RedundancyStudy(twin.data, twin.truth, fractions=(0.25,), device="cpu",
@@ -209,7 +209,7 @@ def test_unavailable_reconstructor_is_skipped() -> None:
 
 
 def test_command_line_on_a_file(tmp_path, capsys) -> None:
-    pytest.importorskip("envs.loaders")
+    pytest.importorskip("envs.data.loaders")
     data, _ = tiny_field()
     file = tmp_path / "cube.npy"
     np.save(file, data[..., 0])  # a 3-axis file: no time experiments
@@ -233,17 +233,17 @@ def test_command_line_on_a_file(tmp_path, capsys) -> None:
 
 
 def test_twin_setting_reaches_the_twin(tmp_path, monkeypatch) -> None:
-    pytest.importorskip("envs.twin")
-    import envs.sources
+    pytest.importorskip("envs.data.twin")
+    import envs.data.sources
 
     opened = {}
-    original = envs.sources.open_data
+    original = envs.data.sources.open_data
 
     def spy(spec, **kwargs):
         opened.update(kwargs)
         return original(spec, **kwargs)
 
-    monkeypatch.setattr(envs.sources, "open_data", spy)
+    monkeypatch.setattr(envs.data.sources, "open_data", spy)
     summary = main(["--data", "twin", "--out", str(tmp_path), "--grid", "6", "--twin-setting",
                     "relaxation-rich", "--experiments", "time_truncation", "--fractions", "0.5",
                     "--quiet"])

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from envs.twin import RELAXATION_RICH, twin_dataset
+from envs.data.twin import RELAXATION_RICH, twin_dataset
 from studies import relaxation
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from fake_instruments import HangingInstrument
 
-from envs.cost import CostModel
-from envs.instrument import ReplayInstrument
-from envs.remote import InstrumentError, InstrumentServer, RemoteInstrument, serving
-from envs.twin import twin_dataset
+from envs.data.twin import twin_dataset
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import ReplayInstrument
+from envs.instruments.remote import InstrumentError, InstrumentServer, RemoteInstrument, serving
 
 
 @pytest.fixture(scope="module")

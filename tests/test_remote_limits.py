@@ -13,10 +13,11 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from envs import remote as remote_module
-from envs.cost import CostModel
-from envs.instrument import ReplayInstrument
-from envs.remote import (
+from envs.data.twin import twin_dataset
+from envs.instruments import remote as remote_module
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import ReplayInstrument
+from envs.instruments.remote import (
     MAX_BODY_BYTES,
     TOKEN_ENV,
     InstrumentError,
@@ -26,7 +27,6 @@ from envs.remote import (
     read_token,
     serving,
 )
-from envs.twin import twin_dataset
 
 READ_TIMEOUT = 1.0  # the server's wait for a stalled body, short to keep the tests fast
 

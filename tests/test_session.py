@@ -8,8 +8,8 @@ import errno
 import numpy as np
 import pytest
 
-from envs.dataset import default_axes
-from envs.session import KIND_CHECK, KIND_POLICY, Session, SessionError
+from envs.data.dataset import default_axes
+from envs.live.session import KIND_CHECK, KIND_POLICY, Session, SessionError
 
 AXES = default_axes((4, 5, 8, 3))
 FEATURES = 2 * 3  # a block of 2 voltages x 3 read-outs

@@ -6,8 +6,8 @@ import pytest
 
 from agents import make_policy
 from agents.baselines import StaticBasisPolicy, evenly_spread_pixels
-from envs.acquisition import AcquisitionEnv
-from envs.factory import make_env
+from envs.acquisition.env import AcquisitionEnv
+from envs.acquisition.factory import make_env
 
 GRID = (12, 12)
 N_BLOCKS = 4

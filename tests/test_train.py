@@ -13,9 +13,9 @@ from sb3_contrib import MaskablePPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
+from agents.catalog import make_policy
 from agents.evaluation import run_episode
-from agents.registry import make_policy
-from envs.sources import HELD_OUT_SEED_START
+from envs.data.sources import HELD_OUT_SEED_START
 from studies import ppo_curves
 
 #: Tiny, fast settings: 12 x 12 twin, 16 read-outs, a cheap reconstructor, short episodes.

@@ -1,4 +1,4 @@
-"""Tests for the relaxation-PFM twin (envs.twin) and the realism statistics (studies.realism).
+"""Tests for the relaxation-PFM twin (envs.data.twin) and the realism statistics (studies.realism).
 
 The realism tests run on the default 60 x 60 twin with the thresholds of the project's
 foundation issue; the statistics themselves are first checked on fields whose answers are known.
@@ -16,8 +16,8 @@ import pytest
 from scipy import ndimage
 from scipy.signal import lfilter
 
-from envs.dataset import DataError, Dataset
-from envs.twin import (
+from envs.data.dataset import DataError, Dataset
+from envs.data.twin import (
     A_DOMAIN,
     C_DOWN,
     C_UP,
@@ -349,10 +349,10 @@ def test_unknown_setting_and_bad_seed_are_rejected() -> None:
 
 
 def test_command_line_writes_file_and_figure(tmp_path: Path) -> None:
-    pytest.importorskip("envs.loaders")
+    pytest.importorskip("envs.data.loaders")
     out, plot = tmp_path / "twin.h5", tmp_path / "twin.png"
     result = subprocess.run(
-        [sys.executable, "-m", "envs.twin", "--seed", "3", "--grid", "24", "24"]
+        [sys.executable, "-m", "envs.data.twin", "--seed", "3", "--grid", "24", "24"]
         + ["--out", str(out), "--plot", str(plot)],
         capture_output=True,
         text=True,
@@ -360,7 +360,7 @@ def test_command_line_writes_file_and_figure(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert out.stat().st_size > 0 and plot.stat().st_size > 0
-    from envs.loaders import load_dataset
+    from envs.data.loaders import load_dataset
 
     loaded = load_dataset(out)
     expected = make_twin(3, TwinConfig(grid=(24, 24))).dataset

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from agents.catalog import make_policy
 from agents.evaluation import dynamics_criterion
-from agents.registry import make_policy
-from envs.cost import CostModel
-from envs.dataset import Axis, Dataset
-from envs.factory import make_env
-from envs.instrument import ReplayInstrument
-from envs.remote import InstrumentError, RemoteInstrument, serving
-from envs.twin import twin_dataset
-from envs.windows import ReadWindows
+from envs.acquisition.factory import make_env
+from envs.acquisition.windows import ReadWindows
+from envs.data.dataset import Axis, Dataset
+from envs.data.twin import twin_dataset
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import ReplayInstrument
+from envs.instruments.remote import InstrumentError, RemoteInstrument, serving
 from reconstruct import BlockLayout, SegmentedLayout
 from reconstruct.metrics import dynamics_r2
 
@@ -108,7 +108,7 @@ def test_network_instrument_takes_reads_and_refuses_them_on_version_one(monkeypa
         expected, expected_s = ReplayInstrument(dataset, cost).measure(3, np.array([1, 2]), 3)
         np.testing.assert_array_equal(values, expected)
         assert seconds == expected_s
-    import envs.remote as remote_module
+    import envs.instruments.remote as remote_module
 
     original = remote_module.describe
     monkeypatch.setattr(

@@ -4,9 +4,11 @@
 do ``train.py``, ``evaluate.py``, the live loop and every study: a data spec, a reconstructor
 name or a cost override means the same thing everywhere. :class:`EnvConfig` holds the settings
 (every field JSON-safe, so a run's configuration can be saved and read back); :func:`make_env`
-turns them into a :class:`~envs.sources.DatasetSource`, a :class:`~reconstruct.Reconstructor`, a
-:class:`~envs.cost.CostModel` and an :class:`~envs.observation.ObservationSpec`, and hands them
-to :class:`~envs.acquisition.AcquisitionEnv`.
+turns them into a :class:`~envs.data.sources.DatasetSource`, a :class:`~reconstruct.Reconstructor`,
+a
+:class:`~envs.instruments.cost.CostModel` and an
+:class:`~envs.acquisition.observation.ObservationSpec`, and hands them
+to :class:`~envs.acquisition.env.AcquisitionEnv`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.acquisition import AcquisitionEnv
-from envs.cost import CostModel
-from envs.dataset import Dataset
-from envs.observation import ObservationSpec
-from envs.sources import DatasetSource, parse_spec
-from envs.windows import ReadWindows
+from envs.acquisition.env import AcquisitionEnv
+from envs.acquisition.observation import ObservationSpec
+from envs.acquisition.windows import ReadWindows
+from envs.data.dataset import Dataset
+from envs.data.sources import DatasetSource, parse_spec
+from envs.instruments.cost import CostModel
 from reconstruct.base import BlockLayout
 from reconstruct.registry import make_reconstructor
 
@@ -32,13 +34,13 @@ class EnvConfig:
     Attributes
     ----------
     data
-        A data spec (:mod:`envs.sources`: ``"twin"``, ``"twin:SEED"``, a file path) or, in code
+        A data spec (:mod:`envs.data.sources`: ``"twin"``, ``"twin:SEED"``, a file path) or, in code
         only, a :class:`Dataset`.
     twin_seeds
         For ``"twin"``: an int (the same twin every reset) or ``[lo, hi)``, drawn from at each
         reset.
     twin_overrides
-        Twin settings (:class:`envs.twin.TwinConfig` fields, e.g. ``{"grid": [16, 16]}``).
+        Twin settings (:class:`envs.data.twin.TwinConfig` fields, e.g. ``{"grid": [16, 16]}``).
     reconstructor, reconstructor_kwargs, device
         Name for :func:`reconstruct.registry.make_reconstructor`, its options, and its device
         (``"auto"`` picks CUDA when present).
@@ -46,16 +48,18 @@ class EnvConfig:
         The voltage blocks (:class:`reconstruct.BlockLayout`): ``n_blocks`` from 1 to the number
         of voltages; when it does not divide the voltage axis, block sizes differ by one.
     cost
-        Cost-model parameters (:class:`envs.cost.CostModel` fields); ``reads`` and
+        Cost-model parameters (:class:`envs.instruments.cost.CostModel` fields); ``reads`` and
         ``read_interval_s`` default to the data's time axis when it has a time unit.
     budget_fraction, budget_seconds, stop_r2, initial_stride, reward, repeat_penalty
-        As for :class:`envs.acquisition.AcquisitionEnv`.
+        As for :class:`envs.acquisition.env.AcquisitionEnv`.
     read_windows
-        Reads per window a measurement may choose from (:class:`envs.windows.ReadWindows`),
+        Reads per window a measurement may choose from
+        (:class:`envs.acquisition.windows.ReadWindows`),
         ascending, the last the whole curve, e.g. ``[16, 128]``; ``None`` (default): one window,
         the whole curve, and the actions are (pixel, block) as without windows.
     n_components, planes
-        Component maps and optional planes (names from :data:`envs.observation.OPTIONAL_PLANES`)
+        Component maps and optional planes (names from
+        :data:`envs.acquisition.observation.OPTIONAL_PLANES`)
         of the observation.
     render_mode
         ``None`` or ``"rgb_array"``.

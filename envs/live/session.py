@@ -39,7 +39,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from envs.dataset import Axis
+from envs.data.dataset import Axis
 
 FORMAT = "pfm-session/1"
 

@@ -11,7 +11,7 @@ instrument, pulses that a block skips change the polarisation state the next pul
 block measured alone can respond differently from the same voltages inside a full sequence.
 Results obtained on replays carry that assumption. The same holds for read windows: a replay
 cuts a curve short without side effects, while on a real instrument the next pulse then meets a
-sample that has relaxed for less time (:mod:`envs.windows`).
+sample that has relaxed for less time (:mod:`envs.acquisition.windows`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from envs.cost import CostModel
-from envs.dataset import Axis, Dataset
+from envs.data.dataset import Axis, Dataset
+from envs.instruments.cost import CostModel
 
 
 @runtime_checkable
@@ -36,7 +36,7 @@ class Instrument(Protocol):
     spectral_shape
         ``(V, *rest)``: the voltage axis, then e.g. the read-out times of each pulse.
     axes
-        One :class:`envs.dataset.Axis` per axis of ``(X, Y, V, *rest)``.
+        One :class:`envs.data.dataset.Axis` per axis of ``(X, Y, V, *rest)``.
     tip_pixel
         Flat index of the pixel the tip is over.
     """
@@ -55,7 +55,7 @@ class Instrument(Protocol):
     ) -> tuple[np.ndarray, float]:
         """Measure ``voltages`` (indices into the voltage axis) at ``pixel``, reading each curve
         in full or, with ``reads``, for its first ``reads`` time points only (a read window,
-        :mod:`envs.windows`; data with a time axis only).
+        :mod:`envs.acquisition.windows`; data with a time axis only).
 
         Returns the values, shape ``(len(voltages), *rest)`` (the time axis cut to ``reads``),
         and the instrument seconds spent (travel from the current tip position, settling,
@@ -162,7 +162,7 @@ class PacedInstrument:
     Parameters
     ----------
     instrument
-        Usually a :class:`~envs.instrument.ReplayInstrument`.
+        Usually a :class:`~envs.instruments.instrument.ReplayInstrument`.
     speed
         Real-time factor: 1 runs as slowly as the microscope, 10 ten times faster.
     """

@@ -29,7 +29,7 @@ builds that tensor from a small physical model of a tetragonal ferroelectric fil
 Randomness comes from one integer seed, split into independent streams for the layout, the
 parameter maps and the instrument, so the same seed always gives the same twin.
 
-Run ``python -m envs.twin --seed 0 --out twin.h5 --plot twin.png`` to write a twin file and an
+Run ``python -m envs.data.twin --seed 0 --out twin.h5 --plot twin.png`` to write a twin file and an
 overview figure (``python -m studies.realism --data twin:0`` prints its realism statistics).
 """
 
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, special
 
-from envs.dataset import Axis, Dataset
+from envs.data.dataset import Axis, Dataset
 
 #: Domain labels used in ``TwinSample.params["domain"]``.
 C_UP, C_DOWN, A_DOMAIN = 0, 1, 2
@@ -596,7 +596,7 @@ def make_twin(seed: int = 0, config: TwinConfig | None = None) -> TwinSample:
         source="twin",
         path="",
         attrs={
-            "generator": "envs.twin",
+            "generator": "envs.data.twin",
             "seed": int(seed),
             "config": config.to_json_dict(),
             "signal_range": span,
@@ -739,7 +739,7 @@ def main(argv: list[str] | None = None) -> None:
     sample = make_twin(args.seed, config)
     print(f"generated in {time.perf_counter() - start:.2f} s: {sample.dataset.summary()}")
     if args.out is not None:
-        from envs.loaders import save_dataset
+        from envs.data.loaders import save_dataset
 
         save_dataset(sample.dataset, args.out)
         print(f"wrote {args.out}")

@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from agents.baselines import window_values
+from envs.acquisition.view import window_values
 
 #: The weights a decision sets, and the range each may take.
 WEIGHT_NAMES = ("uncertainty_power", "cost_power", "window_credit", "completion_bonus")
@@ -59,7 +59,7 @@ class WeightedScore:
     ``log score = a log(variance removed) - b log(seconds) + d * (share of the pixel's blocks
     already read in full)``, where the variance removed is that of the reads an action takes
     plus ``c`` times the variance it removes from the rest of those curves
-    (:func:`agents.baselines.window_values`). ``(a, b, c, d) = (1, 1, 1, 0)`` ranks actions as
+    (:func:`envs.acquisition.view.window_values`). ``(a, b, c, d) = (1, 1, 1, 0)`` ranks actions as
     ``gp-uncertainty-per-second``."""
 
     uncertainty_power: float = 1.0
@@ -125,7 +125,7 @@ class BatchDecisionEnv(gym.Env):
     Parameters
     ----------
     env
-        An :class:`envs.acquisition.AcquisitionEnv` (or a wrapper of one).
+        An :class:`envs.acquisition.env.AcquisitionEnv` (or a wrapper of one).
     k
         Measurements per decision.
     """

@@ -73,7 +73,8 @@ def log_energy_plane(
 def energy_exponent(tracker: Any) -> float:
     """How strongly this sample's reconstruction error follows the pixel energy: the slope of
     the measured blocks' log surprise on their pixels' relative log energy (recorded as the
-    :class:`envs.surprise.SurpriseTracker` covariate when each block was chosen), shrunk by
+    :class:`envs.acquisition.surprise.SurpriseTracker` covariate when each block was chosen),
+    shrunk by
     ``ENERGY_EXPONENT_SHRINKAGE`` and clipped to [0, 1].
 
     Why: a score of variance x energy^a is the expected squared error when the error's scale

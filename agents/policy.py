@@ -1,4 +1,4 @@
-"""The one interface every acquisition policy follows (:mod:`agents.registry` names them).
+"""The one interface every acquisition policy follows (:mod:`agents.catalog` names them).
 
 A policy is told about a new episode with :meth:`Policy.reset` and then asked for one action at a
 time with :meth:`Policy.act`. Model-based heuristics may read the environment's public model
@@ -46,7 +46,8 @@ class Policy(ABC):
         return cls()
 
     def env_settings(self) -> dict[str, Any]:
-        """Env settings (:class:`envs.factory.EnvConfig` fields) this policy needs, e.g. the
+        """Env settings (:class:`envs.acquisition.factory.EnvConfig` fields) this policy needs,
+        e.g. the
         observation planes a trained model reads; programs build its env with them."""
         return {}
 

@@ -13,13 +13,15 @@ Planes, in order (each in [-1, 1], float32):
 - ``uncertainty``, one per block: the predictive variance divided by its largest value;
 - optional planes, those named in ``optional``, in the order of :data:`OPTIONAL_PLANES`:
 
-  - ``surprise``: the local surprise (:mod:`envs.surprise`), the smoothed log ratio of each
+  - ``surprise``: the local surprise (:mod:`envs.acquisition.surprise`), the smoothed log ratio of
+  each
     measured block's squared prediction error to its predicted variance, divided by
     ``SURPRISE_PLANE_SCALE`` and clipped;
   - ``energy``: the log of each pixel's estimated signal energy relative to the largest
-    (:mod:`envs.energy`), divided by ``ENERGY_PLANE_SCALE`` and clipped to [-1, 0];
+    (:mod:`envs.acquisition.energy`), divided by ``ENERGY_PLANE_SCALE`` and clipped to [-1, 0];
   - ``calibrated-energy``: the same times the power of the energy fitted to the sample's
-    measured blocks (:func:`envs.energy.energy_exponent`); it needs ``surprise`` and replaces
+    measured blocks (:func:`envs.acquisition.energy.energy_exponent`); it needs ``surprise`` and
+    replaces
     ``energy``;
 - ``tip``: one-hot position of the tip, always last.
 

@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.cost import CostModel
-from envs.dataset import DataError, Dataset
-from envs.energy import energy_observation
-from envs.instrument import Instrument, ReplayInstrument
-from envs.observation import ObservationSpec
-from envs.sources import DatasetSource
-from envs.surprise import SurpriseTracker
-from envs.windows import ReadWindows
+from envs.acquisition.energy import energy_observation
+from envs.acquisition.observation import ObservationSpec
+from envs.acquisition.surprise import SurpriseTracker
+from envs.acquisition.windows import ReadWindows
+from envs.data.dataset import DataError, Dataset
+from envs.data.sources import DatasetSource
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import Instrument, ReplayInstrument
 from reconstruct.base import BlockLayout, Reconstructor, SegmentedLayout
 from reconstruct.metrics import dynamics_r2
 
@@ -36,13 +36,14 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     voltage axis is split into ``n_blocks`` blocks (:class:`reconstruct.BlockLayout`; by default
     each block spreads over the pulse sequence). Each step the agent picks one (pixel, block) to
     measure; the instrument (a replay of a recorded or synthetic :class:`envs.Dataset`) returns
-    it and charges its seconds from the :class:`envs.cost.CostModel` (pulses, reads, settling,
+    it and charges its seconds from the :class:`envs.instruments.cost.CostModel` (pulses, reads,
+    settling,
     tip travel, plus the algorithm's time); the reconstructor adds it and re-estimates the full
     tensor. The agent is
     paid for accuracy gained early in the time budget.
 
     The replay assumes the recorded response is what a block would give; on a real instrument
-    skipped pulses change the state the next pulse meets (see :mod:`envs.instrument`).
+    skipped pulses change the state the next pulse meets (see :mod:`envs.instruments.instrument`).
 
     Action Space
     ------------
@@ -50,7 +51,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     ``a = (pixel * n_blocks + block) * n_windows + window`` and ``pixel = row * Y + col``
     (:meth:`encode_action`, :meth:`decode_action`). With one read window (the default) this is
     ``pixel * n_blocks + block``. A window reads each curve of the block for its first
-    ``read_windows.reads[window]`` time points (:mod:`envs.windows`); the last window reads the
+    ``read_windows.reads[window]`` time points (:mod:`envs.acquisition.windows`); the last window
+    reads the
     whole curve. A longer window at a block read with a shorter one re-applies the pulses, is
     charged in full and adds the reads the block did not have. Plain Python or NumPy integers
     (also 0-d or one-element integer arrays) are accepted; anything else raises ``TypeError``
@@ -66,7 +68,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     ``Dict`` of
 
     - ``"planes"``: ``Box(-1, 1, (C, X, Y), float32)``, channel-first, named and ordered by
-      the env's :class:`envs.observation.ObservationSpec` (``env.observation_spec``): the
+      the env's :class:`envs.acquisition.observation.ObservationSpec` (``env.observation_spec``):
+      the
       measured mask of each block, the reconstruction's leading spectral component maps, the
       predictive uncertainty of each block (with read windows: of each *unit*, a block's curve
       segment, ``unit = block * n_segments + segment``), the optional planes it names (local
@@ -124,21 +127,25 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
 
     Arguments
     ---------
-    The env receives its parts as objects; :func:`envs.factory.make_env` builds them from the
-    JSON-safe settings that ``gymnasium.make`` passes (:class:`envs.factory.EnvConfig`).
+    The env receives its parts as objects; :func:`envs.acquisition.factory.make_env` builds them
+    from the
+    JSON-safe settings that ``gymnasium.make`` passes (:class:`envs.acquisition.factory.EnvConfig`).
 
     source
-        A :class:`envs.sources.DatasetSource` to replay (one dataset per episode, drawn with
-        ``self.np_random``), or a live :class:`envs.instrument.Instrument`: then there is no
+        A :class:`envs.data.sources.DatasetSource` to replay (one dataset per episode, drawn with
+        ``self.np_random``), or a live :class:`envs.instruments.instrument.Instrument`: then there
+        is no
         reference, ``info["r2"]`` is NaN and every reward is 0.
     reconstructor
         Any :class:`reconstruct.Reconstructor` built for the data's grid and spectral shape; its
         ``layout`` sets the voltage blocks. With read windows of more than one segment it is
         built on the units instead: ``read_windows.unit_layout(blocks)`` and
-        ``read_windows.unit_spectral_shape(spectral_shape)`` (:func:`envs.factory.make_env`
+        ``read_windows.unit_spectral_shape(spectral_shape)``
+        (:func:`envs.acquisition.factory.make_env`
         does this).
     cost_model
-        The :class:`envs.cost.CostModel` that prices measurements and the algorithm's time.
+        The :class:`envs.instruments.cost.CostModel` that prices measurements and the algorithm's
+        time.
     budget_fraction, budget_seconds
         The budget as a fraction of the full-raster time and/or in seconds (the smaller wins when
         both are given; ``budget_fraction`` defaults to 0.5 when neither is). Must be > 0 and
@@ -150,10 +157,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     reward, repeat_penalty
         ``"auc"`` or ``"rate"``; penalty (>= 0) for a repeated block.
     read_windows
-        The :class:`envs.windows.ReadWindows` (or a list of reads per window); default one
+        The :class:`envs.acquisition.windows.ReadWindows` (or a list of reads per window); default
+        one
         window, the whole curve.
     observation
-        The :class:`envs.observation.ObservationSpec` (component maps, optional planes); by
+        The :class:`envs.acquisition.observation.ObservationSpec` (component maps, optional
+        planes); by
         default 3 component maps and no optional plane. With a ``surprise`` plane each step also
         predicts the chosen block before measuring it.
     render_mode
@@ -165,13 +174,13 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         The live reconstruction (policies may query it: uncertainty, estimates).
     layout : reconstruct.BlockLayout
         The voltage blocks.
-    read_windows : envs.windows.ReadWindows
+    read_windows : envs.acquisition.windows.ReadWindows
         The read windows; ``n_windows`` of them.
     unit_layout : reconstruct.BlockLayout
         The reconstructor's layout: ``layout``, or its blocks split into curve segments.
-    cost_model : envs.cost.CostModel
+    cost_model : envs.instruments.cost.CostModel
         Prices of this episode's measurements.
-    instrument : envs.instrument.Instrument
+    instrument : envs.instruments.instrument.Instrument
         The episode's instrument: a replay of the dataset, or the live one.
     tip_pixel : int
         Flat index of the pixel under the tip.
@@ -190,7 +199,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         policy may read it.
     reference_blocks : torch.Tensor or None
         Privileged: the data in block layout, ``(P, n_blocks, F_b)``, used for R^2.
-    observation_spec : envs.observation.ObservationSpec
+    observation_spec : envs.acquisition.observation.ObservationSpec
         Names and order of the observation's planes and scalars.
 
     Version History

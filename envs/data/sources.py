@@ -5,7 +5,7 @@ A *data spec* is a string a command line or a JSON config can hold:
 - ``"twin"``: the synthetic relaxation twin; which seed is the caller's choice (a seed range an
   environment draws from at each reset, or seed 0 where one dataset is opened);
 - ``"twin:SEED"``: the twin with seed ``SEED``, always that one;
-- anything else: a file path for :func:`envs.loaders.load_dataset`.
+- anything else: a file path for :func:`envs.data.loaders.load_dataset`.
 
 :func:`parse_spec` reads a spec, :func:`open_data` opens one dataset, and a
 :class:`DatasetSource` gives an environment one dataset per episode (a fixed one, a file, or a
@@ -24,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from envs.dataset import DataError, Dataset
-from envs.loaders import load_dataset
-from envs.twin import twin_dataset
+from envs.data.dataset import DataError, Dataset
+from envs.data.loaders import load_dataset
+from envs.data.twin import twin_dataset
 
 #: Twin seeds from here on are held out: evaluation and studies only, never training.
 HELD_OUT_SEED_START = 100_000
 #: ``[lo, hi)`` of the twin seeds training draws from.
 TRAINING_SEEDS = (0, HELD_OUT_SEED_START)
-#: Options of :func:`envs.loaders.load_dataset`, which make no sense for the twin.
+#: Options of :func:`envs.data.loaders.load_dataset`, which make no sense for the twin.
 LOADER_OPTIONS = ("dataset_path", "axis_names", "channel", "complex_view")
 
 
@@ -87,8 +87,8 @@ def open_data(spec: str | os.PathLike[str], seed: int = 0, **kwargs: Any) -> Dat
     seed
         The twin seed for plain ``"twin"`` (``"twin:SEED"`` names its own).
     **kwargs
-        For a file: keyword arguments of :func:`envs.loaders.load_dataset`. For the twin: twin
-        settings (:class:`envs.twin.TwinConfig` fields); loader options set to ``None`` are
+        For a file: keyword arguments of :func:`envs.data.loaders.load_dataset`. For the twin: twin
+        settings (:class:`envs.data.twin.TwinConfig` fields); loader options set to ``None`` are
         ignored there, so a command-line tool can pass its options unconditionally.
     """
     parsed = parse_spec(spec)
@@ -114,7 +114,7 @@ class DatasetSource:
         For plain ``"twin"``: an int (the same twin every episode) or ``[lo, hi)``, from which
         :meth:`draw` picks a seed with the generator it is given.
     twin_settings
-        Twin settings (:class:`envs.twin.TwinConfig` fields), JSON-safe.
+        Twin settings (:class:`envs.data.twin.TwinConfig` fields), JSON-safe.
 
     The last dataset opened is kept, so an environment that replays one file or one twin seed
     reads it once.

@@ -1,4 +1,5 @@
-"""A network instrument: the protocol, a client that is an :class:`~envs.instrument.Instrument`,
+"""A network instrument: the protocol, a client that is an
+:class:`~envs.instruments.instrument.Instrument`,
 and a small server that serves any instrument (e.g. a replay) over HTTP.
 
 A microscope's control program joins the project by implementing only the server side of this
@@ -22,7 +23,8 @@ HTTP/1.1 with JSON bodies (UTF-8). Pixels are flat indices ``p = row * Y + col``
     Move to ``pixel`` if needed, apply the listed pulses in the order given and read the response.
     ``voltages`` lists 1 to ``V`` distinct voltages (each at most once). ``reads`` (new in
     version 2; instruments whose data has a time axis) reads each curve for its first ``reads``
-    time points only, 1 to ``T``: a read window (:mod:`envs.windows`). Answer ``{"values":
+    time points only, 1 to ``T``: a read window (:mod:`envs.acquisition.windows`). Answer
+    ``{"values":
     nested list of shape [len(voltages), ...rest], "seconds": float, "tip_pixel": int}``, the
     time axis of ``rest`` cut to ``reads`` when given;
     ``null`` marks a reading that is not usable (NaN). ``seconds`` is the instrument time the
@@ -64,8 +66,10 @@ answer within ``timeout`` seconds, answers an error, or answers values of the wr
 Connection failures are retried ``retries`` times with a short pause first (a restarting server);
 timeouts are not retried, since the instrument may still be busy with the request.
 
-Command line: ``python -m envs.remote serve --data twin:0 --port 8765 [--pace 10]`` serves a replay
-of any data source :func:`envs.loaders.open_data` reads; add ``--host ADDRESS --token-file FILE``
+Command line: ``python -m envs.instruments.remote serve --data twin:0 --port 8765 [--pace 10]``
+serves a replay
+of any data source :func:`envs.data.loaders.open_data` reads; add ``--host ADDRESS --token-file
+FILE``
 to serve beyond this machine, ``--max-body-bytes N`` to change the body limit.
 """
 
@@ -92,8 +96,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.dataset import Axis
-from envs.instrument import Instrument, check_pixel, check_reads
+from envs.data.dataset import Axis
+from envs.instruments.instrument import Instrument, check_pixel, check_reads
 
 PROTOCOL = "pfm-instrument/2"
 #: Versions a client can drive: version 1 lacks ``reads`` (whole curves only).
@@ -225,7 +229,8 @@ class _Refusal(Exception):
 
 
 class InstrumentServer:
-    """Serves an :class:`~envs.instrument.Instrument` over HTTP (protocol in the module docstring).
+    """Serves an :class:`~envs.instruments.instrument.Instrument` over HTTP (protocol in the module
+    docstring).
 
     Each connection is handled in its own thread; the instrument is used under a lock (it does one
     thing at a time), held only while it works: requests are read, checked and answered outside it,
@@ -234,7 +239,7 @@ class InstrumentServer:
     Parameters
     ----------
     instrument
-        What to serve, e.g. a :class:`~envs.instrument.ReplayInstrument`.
+        What to serve, e.g. a :class:`~envs.instruments.instrument.ReplayInstrument`.
     host, port
         Where to listen; port 0 asks the system for a free one (see :attr:`url`). The default host
         is loopback: serving beyond the machine is an explicit choice.
@@ -527,7 +532,8 @@ def serving(
 
 # ============================================================================ client
 class RemoteInstrument:
-    """An :class:`~envs.instrument.Instrument` on the other side of the ``pfm-instrument/1``
+    """An :class:`~envs.instruments.instrument.Instrument` on the other side of the
+    ``pfm-instrument/1``
     protocol (module docstring).
 
     Parameters
@@ -723,13 +729,14 @@ class RemoteInstrument:
 
 # ============================================================================ command line
 def main(argv: list[str] | None = None) -> int:
-    """``python -m envs.remote serve --data SPEC``: serve a replay instrument until Ctrl-C."""
-    from envs.cost import CostModel
-    from envs.instrument import PacedInstrument, ReplayInstrument
-    from envs.sources import open_data
+    """``python -m envs.instruments.remote serve --data SPEC``: serve a replay instrument until
+    Ctrl-C."""
+    from envs.data.sources import open_data
+    from envs.instruments.cost import CostModel
+    from envs.instruments.instrument import PacedInstrument, ReplayInstrument
 
     parser = argparse.ArgumentParser(
-        prog="python -m envs.remote", description=__doc__.split("\n")[0]
+        prog="python -m envs.instruments.remote", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a replay of a dataset over HTTP")

@@ -9,13 +9,14 @@ until the estimated accuracy reaches the target, the budget is spent, or every b
 reconstruction from the file. At the end the reconstruction, its uncertainty, a summary and a
 figure are written beside the session file.
 
-Instruments: ``http://HOST:PORT`` (:class:`envs.remote.RemoteInstrument`), or ``replay:SPEC`` /
-``SPEC`` for a local replay of anything :func:`envs.loaders.open_data` reads (``twin:SEED``, an
+Instruments: ``http://HOST:PORT`` (:class:`envs.instruments.remote.RemoteInstrument`), or
+``replay:SPEC`` /
+``SPEC`` for a local replay of anything :func:`envs.data.loaders.open_data` reads (``twin:SEED``, an
 h5/npy path), optionally paced in real time (``--pace F`` sleeps instrument seconds / F).
 
 Order of a session: the initial design (every block of a sparse grid of pixels, one batch update),
 then ``--check-blocks`` held-back check blocks (seeded, never given to the reconstruction; they
-calibrate the accuracy estimate, :mod:`envs.accuracy_estimate`), then the policy's choices.
+calibrate the accuracy estimate, :mod:`envs.live.accuracy_estimate`), then the policy's choices.
 Every random choice derives from ``--seed``: the check blocks, and each policy decision (its
 generator is reseeded from the seed and the record count, so a resumed session decides exactly
 as an uninterrupted one would). With ``--algorithm-clock model`` the charged algorithm time is
@@ -27,7 +28,7 @@ record are the wall time from the previous measurement's arrival to this one's r
 update, the estimate, the observation and the decision). The move back to the last pixel after a
 resume is not charged, so a resumed session spends the same budget as an uninterrupted one.
 
-The loop runs the same :class:`envs.acquisition.AcquisitionEnv` as training and evaluation,
+The loop runs the same :class:`envs.acquisition.env.AcquisitionEnv` as training and evaluation,
 over the live instrument (no reference, so no reward), for its observation, action encoding and
 pricing, so every policy (PPO included) sees the observations it was trained on; the loop
 measures through the instrument itself so that each block is in the session file before the
@@ -48,7 +49,13 @@ from typing import Any
 
 import numpy as np
 
-from envs.accuracy_estimate import (
+from envs.acquisition.env import AcquisitionEnv
+from envs.acquisition.observation import ObservationSpec
+from envs.data.dataset import Axis, Dataset
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import Instrument, PacedInstrument, ReplayInstrument
+from envs.instruments.remote import InstrumentError, RemoteInstrument
+from envs.live.accuracy_estimate import (
     ESTIMATES,
     AuditPlan,
     AuditResult,
@@ -60,13 +67,7 @@ from envs.accuracy_estimate import (
     plan_audit,
     projected_r2,
 )
-from envs.acquisition import AcquisitionEnv
-from envs.cost import CostModel
-from envs.dataset import Axis, Dataset
-from envs.instrument import Instrument, PacedInstrument, ReplayInstrument
-from envs.observation import ObservationSpec
-from envs.remote import InstrumentError, RemoteInstrument
-from envs.session import (
+from envs.live.session import (
     KIND_AUDIT,
     KIND_CHECK,
     KIND_INITIAL,
@@ -98,7 +99,7 @@ def open_instrument(
     if spec.startswith(("http://", "https://")):
         instrument: Instrument = RemoteInstrument(spec, timeout=timeout)
     else:
-        from envs.sources import open_data
+        from envs.data.sources import open_data
 
         data_spec = spec.removeprefix("replay:")
         is_twin = data_spec == "twin" or data_spec.startswith("twin:")
@@ -228,7 +229,7 @@ class _Experiment:
         )
         reference = dataset
         if config.reference:
-            from envs.sources import open_data
+            from envs.data.sources import open_data
 
             reference = open_data(config.reference, **config.twin_options())
         n_voltages = self.instrument.spectral_shape[0]
@@ -698,7 +699,7 @@ def run_experiment(
     """Run (or resume) a session to its end and write its outputs.
 
     ``make_policy`` builds the policy from the session's agent spec (``config.agent``, or the
-    stored one on resume): :func:`agents.registry.make_policy` for the registered policies.
+    stored one on resume): :func:`agents.catalog.make_policy` for the registered policies.
 
     Raises
     ------

@@ -1,10 +1,11 @@
-"""Read spectroscopic image tensors from files into a :class:`~envs.dataset.Dataset`; write them.
+"""Read spectroscopic image tensors from files into a :class:`~envs.data.dataset.Dataset`; write
+them.
 
 Entry points
 ------------
 - :func:`load_dataset` reads ``.npy``, ``.npz`` and HDF5 (``.h5``, ``.hdf5``, ``.hdf``) files.
 - :func:`save_dataset` writes a Dataset to HDF5 in the project's own layout (below).
-- :func:`envs.sources.open_data` is what command-line tools call: a file path or the twin.
+- :func:`envs.data.sources.open_data` is what command-line tools call: a file path or the twin.
 
 How an HDF5 file is read (first rule that applies)
 --------------------------------------------------
@@ -79,7 +80,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from envs.dataset import Axis, DataError, Dataset, default_axes
+from envs.data.dataset import Axis, DataError, Dataset, default_axes
 
 FORMAT_NAME = "pfm-active-acquisition/dataset"
 FORMAT_VERSION = 1

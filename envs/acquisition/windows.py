@@ -1,7 +1,7 @@
 """Read windows: how much of each relaxation curve a measurement reads.
 
 After each voltage pulse the instrument reads the response ``T`` times (128 reads of 2 ms by
-default): the reads are most of a measurement's instrument time (``envs.cost``). A *read
+default): the reads are most of a measurement's instrument time (``envs.instruments.cost``). A *read
 window* is a number of reads ``r`` from the start of the curve: a measurement with window ``r``
 applies its block's pulses and reads each curve for ``r`` reads only, and is charged for
 those. Windows are prefixes of the curve; the largest always reads the whole curve.
@@ -15,7 +15,8 @@ waited out again), and only the segments the block did not have yet are new data
 
 Replay assumption: cutting a read short is free of side effects in a replay. On a real
 instrument the next pulse then meets a sample that has relaxed for less time, so its response
-can differ from the recorded one (the same caveat as for skipped pulses, :mod:`envs.instrument`).
+can differ from the recorded one (the same caveat as for skipped pulses,
+:mod:`envs.instruments.instrument`).
 """
 
 from __future__ import annotations

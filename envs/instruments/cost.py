@@ -1,7 +1,7 @@
 """The time-cost model of a spectroscopic measurement: instrument seconds plus algorithm seconds.
 
 One measurement is one pixel at one voltage block, read for a window of ``r`` reads (all
-``reads`` by default, :mod:`envs.windows`). Its instrument time is
+``reads`` by default, :mod:`envs.acquisition.windows`). Its instrument time is
 
     n_voltages * (pulse_s + r * read_interval_s)          pulses and read-outs
     + settle_s                                            settling after the tip lands
@@ -127,7 +127,7 @@ class CostModel:
     # ----------------------------------------------------------------- instrument time
     def voltage_seconds(self, reads: int | None = None) -> float:
         """Seconds for one voltage: the pulse and its read-outs (all ``self.reads`` of them, or
-        the first ``reads`` for a shorter read window, :mod:`envs.windows`)."""
+        the first ``reads`` for a shorter read window, :mod:`envs.acquisition.windows`)."""
         return self.pulse_s + self._reads(reads) * self.read_interval_s
 
     def _reads(self, reads: int | None) -> int:

@@ -1,7 +1,7 @@
 """Policies by name, so command lines and configs can choose one with a string.
 
 ``make_policy("name")`` or ``make_policy("name:argument")`` builds a policy; each class reads its
-own argument (:meth:`agents.base.Policy.from_argument`), e.g. ``"ppo:models/other.zip"``,
+own argument (:meth:`agents.policy.Policy.from_argument`), e.g. ``"ppo:models/other.zip"``,
 ``"gp-surprise-per-second:1.5"`` (the surprise weight) or ``"variance-reduction:128"`` (the
 candidate count). The PPO policy is listed only when its dependencies import.
 """
@@ -9,7 +9,7 @@ candidate count). The PPO policy is listed only when its dependencies import.
 from __future__ import annotations
 
 import agents.baselines as baselines
-from agents.base import Policy
+from agents.policy import Policy
 
 _BASELINES: tuple[type[Policy], ...] = (
     baselines.RandomPolicy,

@@ -1,0 +1,10 @@
+"""Instruments: what measures a (pixel, voltages) request, and what it costs in seconds.
+
+- :mod:`envs.instruments.cost`: the cost model (pulses, reads, tip travel, settling, the
+  algorithm's own time).
+- :mod:`envs.instruments.instrument`: the :class:`Instrument` protocol, the replay of a recorded
+  Dataset and a paced wrapper.
+- :mod:`envs.instruments.remote`: the network protocol: a client instrument and its server.
+
+May import :mod:`envs.data`; never the env or the live loop.
+"""
