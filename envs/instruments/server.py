@@ -117,6 +117,8 @@ class InstrumentServer:
         Connections handled at once; beyond them a connection is answered 503.
     remembered_answers
         How many recent request ids, with their answers, the server keeps.
+    backlog
+        Connections the system queues before the server accepts them.
     token
         Shared token every request must carry (``Authorization: Bearer TOKEN``; others are
         answered 401). Required when ``host`` is not loopback, optional on loopback.
@@ -141,12 +143,13 @@ class InstrumentServer:
         request_deadline: float = REQUEST_DEADLINE_SECONDS,
         max_handlers: int = MAX_HANDLERS,
         remembered_answers: int = REMEMBERED_ANSWERS,
+        backlog: int = BACKLOG,
         token: str | None = None,
     ) -> None:
         self._token = None if token is None else checked_token(token, "the token argument")
         require_token_beyond_loopback(host, self._token)
         for name, value in [("max_body_bytes", max_body_bytes), ("max_handlers", max_handlers),
-                            ("remembered_answers", remembered_answers)]:
+                            ("remembered_answers", remembered_answers), ("backlog", backlog)]:
             if not value >= 1:
                 raise ValueError(f"{name} must be > 0, got {value}")
         for name, value in [("read_timeout", read_timeout),
@@ -161,7 +164,7 @@ class InstrumentServer:
         self._lock = threading.Lock()
         self._answers: OrderedDict[str, tuple[str, Answer]] = OrderedDict()
         self._httpd = _Listener((host, port), RequestHandler, bind_and_activate=False)
-        self._httpd.open(self, int(max_handlers))
+        self._httpd.open(self, int(max_handlers), int(backlog))
         self._thread: threading.Thread | None = None
 
     @property
@@ -326,9 +329,10 @@ class _Listener(ThreadingHTTPServer):
     request_queue_size = BACKLOG
     daemon_threads = True
 
-    def open(self, owner: InstrumentServer, max_handlers: int) -> None:
+    def open(self, owner: InstrumentServer, max_handlers: int, backlog: int = BACKLOG) -> None:
         """Bind and listen (closing the socket if either fails), serving ``owner``."""
         self.owner = owner
+        self.request_queue_size = backlog
         self._handler_slots = threading.BoundedSemaphore(max_handlers)
         self._spare_slots = threading.BoundedSemaphore(SPARE_THREADS)
         try:
