@@ -260,7 +260,9 @@ class RemoteInstrument:
     timeout
         Seconds to wait for any one answer (a measurement included) before giving up.
     retries
-        Extra attempts after a refused or dropped connection, ``retry_pause`` seconds apart.
+        Extra attempts after a refused connection, ``retry_pause`` seconds apart, and after a
+        dropped one when that cannot execute a call twice (``describe``, or a POST with its
+        request id to a server that remembers ids).
     token, token_file
         The server's shared token, or a file holding it; by default the environment variable
         :data:`TOKEN_ENV`, else none (see :func:`read_token`).
@@ -464,3 +466,8 @@ class RemoteInstrument:
         return values, self._seconds(answer, "get_spectrum")
 
 
+
+
+if __name__ == "__main__":  # the command line that lived here
+    raise SystemExit("the instrument server's command line is now: python serve.py --data SPEC "
+                     "[--port 8765] (python serve.py --help)")
