@@ -38,9 +38,10 @@ Request ids (at most once)
     a counter). A server that advertises ``"request_ids": true`` remembers the answers to its
     most recent ids (1024 by default) and answers a repeated id with the stored answer,
     without executing the call again; the same id with a different call or body is refused
-    (422). The header is an optional addition, so the protocol version is unchanged: a server
-    that does not remember ids ignores it, and the client then never repeats a POST that may
-    have reached it.
+    (422). The memory lives in the server's process: a server restarted between two attempts
+    executes the call again. The header is an optional addition, so the protocol version is
+    unchanged: a server that does not remember ids ignores it, and the client then never
+    repeats a POST that may have reached it.
 Requests
     A POST carries ``Content-Length`` (no chunked bodies) of at most the server's body limit
     (256 KiB unless set otherwise); a longer body is refused unread. A request that stalls for
