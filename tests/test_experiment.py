@@ -22,7 +22,7 @@ from envs.data.loaders import save_dataset
 from envs.data.twin import twin_dataset
 from envs.instruments.cost import CostModel
 from envs.instruments.instrument import ReplayInstrument
-from envs.instruments.remote import InstrumentServer, serving
+from envs.instruments.server import InstrumentServer, serving
 from envs.live.loop import ExperimentConfig, ExperimentStopped
 from envs.live.loop import run_experiment as run_session
 from envs.live.session import Session, SessionError

@@ -14,7 +14,7 @@ from agents.catalog import make_policy
 from envs.data.twin import twin_dataset
 from envs.instruments.cost import CostModel
 from envs.instruments.instrument import ReplayInstrument
-from envs.instruments.remote import InstrumentServer, serving
+from envs.instruments.server import InstrumentServer, serving
 from envs.live.accuracy_estimate import (
     audit_r2,
     calibrated_error,

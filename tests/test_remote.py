@@ -11,7 +11,8 @@ from fake_instruments import HangingInstrument
 from envs.data.twin import twin_dataset
 from envs.instruments.cost import CostModel
 from envs.instruments.instrument import ReplayInstrument
-from envs.instruments.remote import InstrumentError, InstrumentServer, RemoteInstrument, serving
+from envs.instruments.remote import InstrumentError, RemoteInstrument
+from envs.instruments.server import InstrumentServer, serving
 
 
 @pytest.fixture(scope="module")

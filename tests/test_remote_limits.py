@@ -13,20 +13,19 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
+import serve
 from envs.data.twin import twin_dataset
-from envs.instruments import remote as remote_module
+from envs.instruments import server as server_module
 from envs.instruments.cost import CostModel
 from envs.instruments.instrument import ReplayInstrument
 from envs.instruments.remote import (
-    MAX_BODY_BYTES,
     TOKEN_ENV,
     InstrumentError,
-    InstrumentServer,
     RemoteInstrument,
     is_loopback,
     read_token,
-    serving,
 )
+from envs.instruments.server import MAX_BODY_BYTES, InstrumentServer, serving
 
 READ_TIMEOUT = 1.0  # the server's wait for a stalled body, short to keep the tests fast
 
@@ -336,11 +335,11 @@ def bind_attempts(monkeypatch):
     refuse before any attempt."""
     attempts: list[tuple[str, int]] = []
 
-    def record(address, handler):
+    def record(address, handler, **options):
         attempts.append(address)
         raise _WouldBind
 
-    monkeypatch.setattr(remote_module, "ThreadingHTTPServer", record)
+    monkeypatch.setattr(server_module, "_Listener", record)
     return attempts
 
 
@@ -358,13 +357,13 @@ def test_serving_beyond_loopback_needs_a_token_before_binding(dataset, bind_atte
 def test_serve_command_beyond_loopback_without_token_is_one_line(
     bind_attempts, no_token_in_environment, tmp_path, capsys
 ):
-    assert remote_module.main(["serve", "--data", "twin:0", "--host", "0.0.0.0"]) == 2
+    assert serve.main(["--data", "twin:0", "--host", "0.0.0.0"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--token-file FILE" in error and TOKEN_ENV in error
     (tmp_path / "empty").write_text("\n")
     for token_file, message in [(tmp_path / "missing", "cannot read the token file"),
                                 (tmp_path / "empty", "is empty")]:
-        assert remote_module.main(["serve", "--data", "twin:0",
+        assert serve.main(["--data", "twin:0",
                                    "--token-file", str(token_file)]) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and message in error

@@ -15,7 +15,8 @@ from envs.data.dataset import Axis, Dataset
 from envs.data.twin import twin_dataset
 from envs.instruments.cost import CostModel
 from envs.instruments.instrument import ReplayInstrument
-from envs.instruments.remote import InstrumentError, RemoteInstrument, serving
+from envs.instruments.remote import InstrumentError, RemoteInstrument
+from envs.instruments.server import serving
 from reconstruct import BlockLayout, SegmentedLayout
 from reconstruct.metrics import dynamics_r2
 

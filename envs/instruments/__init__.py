@@ -4,7 +4,8 @@
   algorithm's own time).
 - :mod:`envs.instruments.instrument`: the :class:`Instrument` protocol, the replay of a recorded
   Dataset and a paced wrapper.
-- :mod:`envs.instruments.remote`: the network protocol: a client instrument and its server.
+- :mod:`envs.instruments.remote`: the network protocol and the client instrument.
+- :mod:`envs.instruments.server`: its server (command line: ``serve.py``).
 
 May import :mod:`envs.data`; never the env or the live loop.
 """

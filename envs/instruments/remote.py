@@ -1,6 +1,6 @@
-"""A network instrument: the protocol, a client that is an
-:class:`~envs.instruments.instrument.Instrument`,
-and a small server that serves any instrument (e.g. a replay) over HTTP.
+"""A network instrument: the protocol ``pfm-instrument/2`` and a client that is an
+:class:`~envs.instruments.instrument.Instrument`. The server side is
+:mod:`envs.instruments.server`; its command line is the program ``serve.py``.
 
 A microscope's control program joins the project by implementing only the server side of this
 protocol; the experiment loop then drives it through :class:`RemoteInstrument` exactly as it
@@ -15,7 +15,8 @@ HTTP/1.1 with JSON bodies (UTF-8). Pixels are flat indices ``p = row * Y + col``
 ``GET /describe``
     ``{"protocol": "pfm-instrument/2", "grid_shape": [X, Y], "spectral_shape": [V, ...],
     "axes": [{"name": str, "unit": str, "values": [float, ...]}, ...],   # one per axis of
-    (X, Y, V, ...), "tip_pixel": int, "quantity": str, "unit": str}``.
+    (X, Y, V, ...), "tip_pixel": int, "quantity": str, "unit": str}``, and ``"request_ids":
+    true`` from a server that remembers request ids (below).
 ``POST /go_to`` with ``{"pixel": int}``
     Move the tip. Answer ``{"seconds": float, "tip_pixel": int}`` (travel seconds).
 ``POST /get_spectrum`` with ``{"pixel": int, "voltages": [int, ...]}`` and optionally
@@ -29,17 +30,34 @@ HTTP/1.1 with JSON bodies (UTF-8). Pixels are flat indices ``p = row * Y + col``
     time axis of ``rest`` cut to ``reads`` when given;
     ``null`` marks a reading that is not usable (NaN). ``seconds`` is the instrument time the
     measurement took (travel, settling, pulses, reads).
+Request ids (at most once)
+    A POST changes the instrument: the tip moves, and the sample keeps the polarisation each
+    pulse leaves, so a measurement executed twice is not the same as once. A client names each
+    POST with the header ``Idempotency-Key: ID`` (:data:`REQUEST_ID_HEADER`; 1 to 200 printable
+    ASCII characters, unique per call: this client sends ``PREFIX-N``, a random UUID prefix and
+    a counter). A server that advertises ``"request_ids": true`` remembers the answers to its
+    most recent ids (1024 by default) and answers a repeated id with the stored answer,
+    without executing the call again; the same id with a different call or body is refused
+    (422). The memory lives in the server's process: a server restarted between two attempts
+    executes the call again. The header is an optional addition, so the protocol version is
+    unchanged: a server that does not remember ids ignores it, and the client then never
+    repeats a POST that may have reached it.
 Requests
-    A POST carries ``Content-Length`` (no chunked bodies) of at most the server's body limit,
-    :data:`MAX_BODY_BYTES` (256 KiB) unless set otherwise; a longer body is refused unread.
-    A request that stalls for ``read_timeout`` seconds (default 30) is given up.
+    A POST carries ``Content-Length`` (no chunked bodies) of at most the server's body limit
+    (256 KiB unless set otherwise); a longer body is refused unread. A request that stalls for
+    ``read_timeout`` seconds (default 30), or whose line, headers and body take longer than the
+    ``request_deadline`` in all (default 60 s, counted from its first byte), is given up. The
+    server handles at most ``max_handlers`` connections at once (default 32); beyond that it
+    answers 503 (with ``Retry-After``) until one closes.
 Errors
     Any status other than 200 with ``{"error": "message"}`` (the same for http.server's own
     refusals, e.g. a malformed request line): 400 for a bad request (unknown pixel or voltage,
-    repeated or too many voltages, malformed body or ``Content-Length``), 404 for an unknown
-    call, 405 (with ``Allow: GET, POST``) for any other method, 408 for a stalled request, 411
-    for a POST without ``Content-Length``, 413 for a body over the limit, 500 when the
-    instrument failed. After refusing a body it did not read, the server closes the connection.
+    repeated or too many voltages, malformed body, ``Content-Length`` or request id), 404 for an
+    unknown call, 405 (with ``Allow: GET, POST``) for any other method, 408 for a stalled or too
+    slow request, 411 for a POST without ``Content-Length``, 413 for a body over the limit, 422
+    for a request id reused for another request, 500 when the instrument failed, 503 when the
+    server is at its connection limit. After refusing a body it did not read, the server closes
+    the connection.
 Access
     A server may require a shared token: every request then carries the header
     ``Authorization: Bearer TOKEN`` (printable ASCII, no spaces), and one with a missing or wrong
@@ -51,9 +69,9 @@ Access
     the token and the data travel unencrypted: beyond a trusted network, reach the server through
     an SSH tunnel or a TLS proxy.
 
-    The token comes from a file (``serve --token-file FILE``; ``RemoteInstrument(url,
+    The token comes from a file (``serve.py --token-file FILE``; ``RemoteInstrument(url,
     token_file=FILE)``), an argument (``token=``), or the environment variable
-    ``PFM_INSTRUMENT_TOKEN``, which the ``serve`` command and :class:`RemoteInstrument` read
+    ``PFM_INSTRUMENT_TOKEN``, which ``serve.py`` and :class:`RemoteInstrument` read
     when given neither (so the experiment's ``http://`` instruments pick it up). To make one:
     ``python -c "import secrets; print(secrets.token_urlsafe(32))" > token``.
 
@@ -63,34 +81,25 @@ prints and parses back to the same value).
 Failure handling in the client: a server that cannot be reached, drops the connection, does not
 answer within ``timeout`` seconds, answers an error, or answers values of the wrong shape raises
 :class:`InstrumentError` with a message naming the server, the call and what was expected.
-Connection failures are retried ``retries`` times with a short pause first (a restarting server);
-timeouts are not retried, since the instrument may still be busy with the request.
+A refused connection is retried ``retries`` times with a short pause first (a restarting
+server), as is a dropped one for ``describe`` and, with the same request id, for a POST to a
+server that remembers ids; a POST to one that does not is not sent again once it may have
+arrived. Timeouts are not retried, since the instrument may still be busy with the request.
 
-Command line: ``python -m envs.instruments.remote serve --data twin:0 --port 8765 [--pace 10]``
-serves a replay
-of any data source :func:`envs.data.loaders.open_data` reads; add ``--host ADDRESS --token-file
-FILE``
-to serve beyond this machine, ``--max-body-bytes N`` to change the body limit.
+Command line: ``python serve.py --data twin:0 --port 8765 [--pace 10]`` serves a replay of any
+data source :func:`envs.data.sources.open_data` reads (``serve.py --help``).
 """
 
 from __future__ import annotations
 
-import argparse
-import hmac
 import http.client
 import ipaddress
 import json
 import os
-import reprlib
-import socket
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +111,9 @@ from envs.instruments.instrument import Instrument, check_pixel, check_reads
 PROTOCOL = "pfm-instrument/2"
 #: Versions a client can drive: version 1 lacks ``reads`` (whole curves only).
 CLIENT_PROTOCOLS = (PROTOCOL, "pfm-instrument/1")
+#: The header naming a POST, so that a server that remembers ids executes it at most once.
+REQUEST_ID_HEADER = "Idempotency-Key"
+MAX_REQUEST_ID_CHARS = 200
 
 
 class InstrumentError(RuntimeError):
@@ -139,6 +151,7 @@ def describe(instrument: Instrument) -> dict[str, Any]:
         "tip_pixel": int(instrument.tip_pixel),
         "quantity": str(getattr(getattr(instrument, "dataset", None), "quantity", "response")),
         "unit": str(getattr(getattr(instrument, "dataset", None), "unit", "a.u.")),
+        "request_ids": True,
     }
 
 
@@ -159,7 +172,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _checked_token(text: str, source: str) -> str:
+def checked_token(text: str, source: str) -> str:
+    """``text`` without surrounding whitespace, when a header can carry it (else ValueError
+    naming ``source``)."""
     token = text.strip()
     if not token:
         raise ValueError(f"the token from {source} is empty")
@@ -179,15 +194,15 @@ def read_token(token: str | None = None, token_file: str | os.PathLike[str] | No
         When the file cannot be read, or the token is empty or not printable ASCII.
     """
     if token is not None:
-        return _checked_token(token, "the token argument")
+        return checked_token(token, "the token argument")
     if token_file is not None:
         try:
             text = Path(token_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise ValueError(f"cannot read the token file {token_file}: {err}") from None
-        return _checked_token(text, f"the token file {token_file}")
+        return checked_token(text, f"the token file {token_file}")
     if os.environ.get(TOKEN_ENV, "").strip():
-        return _checked_token(os.environ[TOKEN_ENV], f"${TOKEN_ENV}")
+        return checked_token(os.environ[TOKEN_ENV], f"${TOKEN_ENV}")
     return None
 
 
@@ -200,341 +215,44 @@ def require_token_beyond_loopback(host: str, token: str | None) -> None:
         )
 
 
-# ============================================================================ server
-MAX_BODY_BYTES = 256 * 1024
-"""Default limit on a request body. The largest request the protocol needs, ``get_spectrum`` with
-every voltage once, takes about 8 bytes per voltage: this leaves room for 30,000 voltages."""
-
-READ_TIMEOUT_SECONDS = 30.0
-"""Default wait for the next bytes of a request before the server gives up on that connection."""
-
-ALLOWED_METHODS = "GET, POST"
-
-# After refusing a request whose body it did not read, the server reads away (and drops) what the
-# client still sends, at most this much for at most this long, before closing: closing a socket
-# with unread data resets the connection, and a client still sending would lose the answer.
-LINGER_BYTES = 16 * 1024 * 1024
-LINGER_SECONDS = 2.0
-
-CALLS = "GET /describe, POST /go_to, POST /get_spectrum"
+# ============================================================================ request ids
+def is_valid_request_id(request_id: str) -> bool:
+    """Whether ``request_id`` is 1 to :data:`MAX_REQUEST_ID_CHARS` printable ASCII characters
+    without spaces (what a header carries unchanged)."""
+    return 0 < len(request_id) <= MAX_REQUEST_ID_CHARS and all(
+        33 <= ord(c) <= 126 for c in request_id
+    )
 
 
-class _Refusal(Exception):
-    """A request the server will not act on: answered with ``status`` and ``{"error": message}``."""
+class RequestIds:
+    """Request ids unique per call: ``PREFIX-1``, ``PREFIX-2``, ...
 
-    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
-
-
-class InstrumentServer:
-    """Serves an :class:`~envs.instruments.instrument.Instrument` over HTTP (protocol in the module
-    docstring).
-
-    Each connection is handled in its own thread; the instrument is used under a lock (it does one
-    thing at a time), held only while it works: requests are read, checked and answered outside it,
-    so a slow or oversized request never stops ``describe`` or a measurement from answering.
-
-    Parameters
-    ----------
-    instrument
-        What to serve, e.g. a :class:`~envs.instruments.instrument.ReplayInstrument`.
-    host, port
-        Where to listen; port 0 asks the system for a free one (see :attr:`url`). The default host
-        is loopback: serving beyond the machine is an explicit choice.
-    max_body_bytes
-        Longest request body accepted; longer ones are answered 413 without being read.
-    read_timeout
-        Seconds to wait for the next bytes of a request (a stalled client is answered 408).
-    token
-        Shared token every request must carry (``Authorization: Bearer TOKEN``; others are
-        answered 401). Required when ``host`` is not loopback, optional on loopback.
-
-    Raises
-    ------
-    ValueError
-        Before binding, when ``host`` is not loopback and no ``token`` is given.
+    ``prefix`` defaults to a random UUID, so that two clients, or one client started again
+    after a crash, never share an id with answers a server still remembers. A fixed prefix
+    makes the ids deterministic (tests); it must then never be used twice against one server.
     """
 
-    def __init__(
-        self,
-        instrument: Instrument,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        max_body_bytes: int = MAX_BODY_BYTES,
-        read_timeout: float = READ_TIMEOUT_SECONDS,
-        token: str | None = None,
-    ) -> None:
-        self._token = None if token is None else _checked_token(token, "the token argument")
-        require_token_beyond_loopback(host, self._token)
-        if not max_body_bytes > 0:
-            raise ValueError(f"max_body_bytes must be > 0, got {max_body_bytes}")
-        if not read_timeout > 0:
-            raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
-        self.instrument = instrument
-        self.max_body_bytes = int(max_body_bytes)
-        self.read_timeout = float(read_timeout)
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT`` the server listens on."""
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # what a request that is not HTTP/1.x is answered in: the protocol is HTTP/1.1, and
-            # http.server's default (HTTP/0.9) answers a malformed request line with a bare body
-            default_request_version = "HTTP/1.1"
-            timeout = server.read_timeout  # applied to the connection's socket by socketserver
-            _body_consumed = False  # the current request's body has been read, or given up on
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass  # quiet: the experiment shows its own progress
-
-            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-                self._answer(lambda: server._dispatch_get(self.path))
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._answer(lambda: server._dispatch_post(self.path, self._read_body()))
-
-            def _refuse_method(self) -> None:
-                def refuse() -> tuple[int, dict[str, Any]]:
-                    raise _Refusal(
-                        f"method {self.command} is not part of the protocol; calls are {CALLS}",
-                        405, {"Allow": ALLOWED_METHODS},
-                    )
-
-                self._answer(refuse)
-
-            def __getattr__(self, name: str) -> Any:
-                # http.server answers a method without a do_<METHOD> with an HTML 501 page; every
-                # method other than GET and POST gets the protocol's JSON 405 instead.
-                if name.startswith("do_"):
-                    return self._refuse_method
-                raise AttributeError(name)
-
-            def send_error(self, code: int, message: str | None = None, explain: str | None = None
-                           ) -> None:
-                # http.server's own refusals (a malformed request line, too many headers, ...)
-                # in the protocol's JSON instead of an HTML page.
-                self.close_connection = True
-                reason = message or self.responses.get(code, ("refused",))[0]
-                self._send_json(code, {"error": reason}, {})
-
-            def _read_body(self) -> dict[str, Any]:
-                """The request's JSON object, read only when its declared length is acceptable."""
-                if self.headers.get("Transfer-Encoding"):
-                    raise _Refusal("chunked bodies are not accepted: send Content-Length", 411)
-                declared = self.headers.get_all("Content-Length") or []
-                if not declared:
-                    raise _Refusal("Content-Length is required", 411)
-                text = declared[0].strip()
-                if len(declared) > 1 or not (text.isascii() and text.isdigit()):
-                    raise _Refusal(
-                        f"Content-Length must be one whole number of bytes, got "
-                        f"{reprlib.repr(', '.join(declared))}"
-                    )
-                length = int(text)
-                if length > server.max_body_bytes:
-                    raise _Refusal(
-                        f"body of {length} bytes is longer than this server accepts "
-                        f"({server.max_body_bytes} bytes)", 413,
-                    )
-                self._body_consumed = True
-                try:
-                    raw = self.rfile.read(length)
-                except TimeoutError:
-                    self.close_connection = True  # the rest of the body may still arrive
-                    raise _Refusal(
-                        f"body not received within {server.read_timeout:g} s", 408
-                    ) from None
-                if len(raw) < length:
-                    self.close_connection = True  # the client closed its side
-                    raise _Refusal(f"body ended after {len(raw)} of {length} bytes")
-                try:
-                    body = json.loads(raw or b"{}")
-                except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, or nested too deep
-                    raise _Refusal(f"body is not JSON: {err}") from None
-                if not isinstance(body, dict):
-                    raise _Refusal("body must be a JSON object")
-                return body
-
-            def _declares_body(self) -> bool:
-                length = (self.headers.get("Content-Length") or "0").strip()
-                return bool(self.headers.get("Transfer-Encoding")) or length != "0"
-
-            def _answer(self, call: Any) -> None:
-                self._body_consumed = False
-                try:
-                    server._check_authorization(self.headers.get("Authorization"))
-                    status, payload = call()
-                    headers: dict[str, str] = {}
-                except _Refusal as err:
-                    status, payload, headers = err.status, {"error": str(err)}, err.headers
-                except Exception as err:  # the instrument failed: tell the client why
-                    status, payload, headers = 500, {"error": f"{type(err).__name__}: {err}"}, {}
-                # An unread body would be taken for the next request on this connection: close it.
-                body_left_unread = self._declares_body() and not self._body_consumed
-                if body_left_unread:
-                    self.close_connection = True
-                self._send_json(status, payload, headers)
-                if body_left_unread:
-                    self._discard_until_closed()
-
-            def _send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str]
-                           ) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                if self.command != "HEAD":  # an answer to HEAD is its headers only
-                    self.wfile.write(data)
-
-            def _discard_until_closed(self) -> None:
-                """Read away what the client still sends (see :data:`LINGER_BYTES`)."""
-                try:
-                    self.connection.shutdown(socket.SHUT_WR)  # the answer is complete
-                    deadline = time.monotonic() + LINGER_SECONDS
-                    discarded = 0
-                    while discarded < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
-                        self.connection.settimeout(left)
-                        chunk = self.connection.recv(64 * 1024)
-                        if not chunk:
-                            break
-                        discarded += len(chunk)
-                except OSError:
-                    pass  # the client went away or stalled: closing is all that is left
-
-        return Handler
-
-    def _check_authorization(self, authorization: str | None) -> None:
-        """Refuse (401) a request without this server's token; anything goes without one."""
-        if self._token is None:
-            return
-        challenge = {"WWW-Authenticate": 'Bearer realm="pfm-instrument"'}
-        if not authorization:
-            raise _Refusal(
-                "this server needs its token: send the header 'Authorization: Bearer TOKEN'",
-                401, challenge,
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = uuid.uuid4().hex if prefix is None else prefix
+        if not is_valid_request_id(f"{self.prefix}-0000000000"):
+            raise ValueError(
+                f"request id prefix must be printable ASCII without spaces, at most "
+                f"{MAX_REQUEST_ID_CHARS - 11} characters, got {self.prefix!r}"
             )
-        scheme, _, given = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), self._token.encode()
-        ):
-            raise _Refusal("wrong token", 401, challenge)
+        self._count = 0
 
-    def _dispatch_get(self, path: str) -> tuple[int, dict[str, Any]]:
-        if path.rstrip("/") == "/describe":
-            with self._lock:
-                return 200, describe(self.instrument)
-        return 404, {"error": f"unknown call GET {path}; calls are {CALLS}"}
+    def __next__(self) -> str:
+        self._count += 1
+        return f"{self.prefix}-{self._count}"
 
-    def _dispatch_post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        call = path.rstrip("/")
-        if call not in ("/go_to", "/get_spectrum"):
-            return 404, {"error": f"unknown call POST {path}; calls are {CALLS}"}
-        pixel = body.get("pixel")
-        if isinstance(pixel, bool) or not isinstance(pixel, int):
-            raise _Refusal(f"'pixel' must be an integer, got {reprlib.repr(pixel)}")
-        if call == "/go_to":
-            with self._using_instrument() as instrument:
-                seconds = instrument.go_to(pixel)
-                tip = int(instrument.tip_pixel)
-            return 200, {"seconds": float(seconds), "tip_pixel": tip}
-        voltages = self._voltages(body.get("voltages"))
-        reads = body.get("reads")
-        if reads is not None and (isinstance(reads, bool) or not isinstance(reads, int)):
-            raise _Refusal(f"'reads' must be an integer, got {reprlib.repr(reads)}")
-        with self._using_instrument() as instrument:
-            values, seconds = instrument.measure(pixel, voltages, reads)
-            tip = int(instrument.tip_pixel)
-        # encoded once the instrument is free for the next request
-        return 200, {"values": encode_values(values), "seconds": float(seconds), "tip_pixel": tip}
-
-    @contextmanager
-    def _using_instrument(self) -> Iterator[Instrument]:
-        """The instrument, held for one call; what it refuses (a pixel or voltage out of range)
-        is the client's mistake, answered 400."""
-        with self._lock:
-            try:
-                yield self.instrument
-            except (IndexError, ValueError, TypeError) as err:
-                raise _Refusal(str(err)) from None
-
-    def _voltages(self, voltages: Any) -> np.ndarray:
-        """``get_spectrum``'s voltages as indices, each of the instrument's voltages at most once
-        (so an answer is never larger than one full spectrum)."""
-        n_voltages = int(self.instrument.spectral_shape[0])
-        if not isinstance(voltages, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in voltages
-        ):
-            raise _Refusal(f"'voltages' must be a list of integers, got {reprlib.repr(voltages)}")
-        if not 1 <= len(voltages) <= n_voltages:
-            raise _Refusal(
-                f"'voltages' lists {len(voltages)} voltages; this instrument has {n_voltages}, "
-                f"so list 1 to {n_voltages}, each once"
-            )
-        outside = [v for v in voltages if not 0 <= v < n_voltages]
-        if outside:
-            raise _Refusal(f"voltage {reprlib.repr(outside[0])} out of range [0, {n_voltages})")
-        seen: set[int] = set()
-        for voltage in voltages:
-            if voltage in seen:
-                raise _Refusal(f"voltage {voltage} is listed more than once; list each once")
-            seen.add(voltage)
-        return np.asarray(voltages, dtype=np.int64)
-
-    def start(self) -> InstrumentServer:
-        """Serve in a background thread; returns self."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+    def __iter__(self) -> RequestIds:
         return self
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until interrupted."""
-        self._httpd.serve_forever()
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-@contextmanager
-def serving(
-    instrument: Instrument, host: str = "127.0.0.1", port: int = 0, **options: Any
-) -> Iterator[str]:
-    """Context manager: serve ``instrument`` in a background thread, yield its URL, then stop.
-    ``options`` go to :class:`InstrumentServer` (``token``, ``max_body_bytes``, ...)."""
-    server = InstrumentServer(instrument, host, port, **options).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 # ============================================================================ client
 class RemoteInstrument:
     """An :class:`~envs.instruments.instrument.Instrument` on the other side of the
-    ``pfm-instrument/1``
-    protocol (module docstring).
+    ``pfm-instrument/2`` protocol (or version 1; module docstring).
 
     Parameters
     ----------
@@ -543,10 +261,16 @@ class RemoteInstrument:
     timeout
         Seconds to wait for any one answer (a measurement included) before giving up.
     retries
-        Extra attempts after a refused or dropped connection, ``retry_pause`` seconds apart.
+        Extra attempts after a refused connection, ``retry_pause`` seconds apart, and after a
+        dropped one when that cannot execute a call twice (``describe``, or a POST with its
+        request id to a server that remembers ids).
     token, token_file
         The server's shared token, or a file holding it; by default the environment variable
         :data:`TOKEN_ENV`, else none (see :func:`read_token`).
+    request_ids
+        Where each POST's request id comes from; by default :class:`RequestIds` with a random
+        prefix. A server that remembers ids (``"request_ids": true`` in ``describe``) executes
+        a POST at most once, even when a dropped connection makes the client send it again.
 
     Raises
     ------
@@ -566,6 +290,7 @@ class RemoteInstrument:
         *,
         token: str | None = None,
         token_file: str | os.PathLike[str] | None = None,
+        request_ids: RequestIds | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"instrument URL must start with http:// or https://, got {url!r}")
@@ -576,7 +301,10 @@ class RemoteInstrument:
         self.retries = int(retries)
         self.retry_pause = float(retry_pause)
         self._token = read_token(token, token_file)
+        self._request_ids = RequestIds() if request_ids is None else request_ids
+        self.server_remembers_ids = False  # until describe says otherwise
         info = self._call("GET", "describe")
+        self.server_remembers_ids = info.get("request_ids") is True
         self.protocol = info.get("protocol")
         if self.protocol not in CLIENT_PROTOCOLS:
             raise InstrumentError(
@@ -605,11 +333,16 @@ class RemoteInstrument:
         self.n_pixels = self.grid_shape[0] * self.grid_shape[1]
 
     def _call(self, method: str, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One request with retries on connection failures; the decoded JSON answer."""
+        """One call, its request sent again after a refused connection, and after a dropped one
+        when repeating it cannot execute it twice (a GET, or a POST with its request id to a
+        server that remembers ids); the decoded JSON answer."""
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self._token is not None:
             headers["Authorization"] = f"Bearer {self._token}"
+        if method != "GET":  # one id per call, the same in every attempt
+            headers[REQUEST_ID_HEADER] = next(self._request_ids)
+        repeatable = method == "GET" or self.server_remembers_ids
         request = urllib.request.Request(
             f"{self.url}/{name}", data=data, method=method, headers=headers
         )
@@ -636,6 +369,13 @@ class RemoteInstrument:
                     raise InstrumentError(
                         f"instrument server {self.url} did not answer {name} within "
                         f"{self.timeout:g} s (it may be hung or busy)"
+                    ) from None
+                never_sent = isinstance(reason, ConnectionRefusedError)
+                if not (never_sent or repeatable):
+                    raise InstrumentError(
+                        f"instrument server {self.url} dropped the connection during {name} "
+                        f"({reason}); it does not remember request ids, so {name} is not sent "
+                        f"again: it may have been executed"
                     ) from None
                 if attempt == self.retries:
                     raise InstrumentError(
@@ -727,62 +467,8 @@ class RemoteInstrument:
         return values, self._seconds(answer, "get_spectrum")
 
 
-# ============================================================================ command line
-def main(argv: list[str] | None = None) -> int:
-    """``python -m envs.instruments.remote serve --data SPEC``: serve a replay instrument until
-    Ctrl-C."""
-    from envs.data.sources import open_data
-    from envs.instruments.cost import CostModel
-    from envs.instruments.instrument import PacedInstrument, ReplayInstrument
-
-    parser = argparse.ArgumentParser(
-        prog="python -m envs.instruments.remote", description=__doc__.split("\n")[0]
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve a replay of a dataset over HTTP")
-    serve.add_argument("--data", required=True, help="'twin', 'twin:SEED' or an h5/npy path")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on; beyond loopback a token is required")
-    serve.add_argument("--token-file", default=None,
-                       help=f"file holding the shared token clients must send (default: "
-                            f"${TOKEN_ENV}; optional on loopback)")
-    serve.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
-                       help="longest request body accepted (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    serve.add_argument("--pace", type=float, default=0.0,
-                       help="sleep instrument seconds / PACE per call (0: no pacing)")
-    serve.add_argument("--twin-grid", type=int, default=None, help="twin grid side (twin only)")
-    serve.add_argument("--twin-times", type=int, default=None, help="twin read-outs (twin only)")
-    args = parser.parse_args(argv)
-    if args.max_body_bytes <= 0:
-        parser.error(f"--max-body-bytes must be > 0, got {args.max_body_bytes}")
-    try:  # before the data is loaded and anything is bound
-        token = read_token(token_file=args.token_file)
-        require_token_beyond_loopback(args.host, token)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    twin_options: dict[str, Any] = {}
-    if args.twin_grid:
-        twin_options["grid"] = (args.twin_grid, args.twin_grid)
-    if args.twin_times:
-        twin_options["n_times"] = args.twin_times
-    dataset = open_data(args.data, **twin_options)
-    instrument: Instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
-    if args.pace > 0:
-        instrument = PacedInstrument(instrument, args.pace)
-    server = InstrumentServer(
-        instrument, args.host, args.port, max_body_bytes=args.max_body_bytes, token=token
-    )
-    access = "token required" if token else "no token"
-    print(f"serving {dataset.summary()} at {server.url} ({access}; Ctrl-C to stop)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped")
-    return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command line that lived here
+    raise SystemExit("the instrument server's command line is now: python serve.py --data SPEC "
+                     "[--port 8765] (python serve.py --help)")

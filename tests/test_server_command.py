@@ -1,0 +1,83 @@
+"""``serve.py``: every failure to start is one line ``python serve.py: error: ...`` and a non-zero
+status, never a traceback; a good command serves until stopped. Loopback only."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import serve
+from envs.instruments.remote import RemoteInstrument
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one_line_error(capsys, argv: list[str], message: str) -> None:
+    try:
+        status = serve.main(argv)
+    except SystemExit as stop:  # argparse's own refusals
+        status = stop.code
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("python serve.py: error: ") and error.count("\n") == 1, error
+    assert message in error and "Traceback" not in error
+
+
+def test_port_in_use_is_one_line(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _one_line_error(capsys, ["--data", "twin:0", "--twin-grid", "4", "--twin-times", "4",
+                                 "--port", str(port)],
+                        f"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: --data"),
+        (["--data", "twin:0", "--twin-grid", "2"], "--twin-grid must be >= 4, got 2"),
+        (["--data", "twin:0", "--port", "70000"], "--port must be 0 to 65535, got 70000"),
+        (["--data", "twin:0", "--port", "-1"], "--port must be 0 to 65535"),
+        (["--data", "twin:0", "--port", "http"], "argument --port: invalid integer value"),
+        (["--data", "twin:0", "--pace", "-1"], "--pace must be >= 0"),
+        (["--data", "twin:0", "--max-handlers", "0"], "--max-handlers must be > 0"),
+        (["--data", "twin:0", "--request-deadline", "0"], "--request-deadline must be > 0"),
+        (["--data", "no/such/file.h5"], "file not found"),
+        (["--data", "twin:0", "--host", "0.0.0.0"], "--token-file FILE"),
+    ],
+)
+def test_bad_settings_are_one_line(capsys, monkeypatch, argv, message):
+    monkeypatch.delenv("PFM_INSTRUMENT_TOKEN", raising=False)
+    _one_line_error(capsys, argv, message)
+
+
+def test_serve_answers_until_stopped(tmp_path):
+    """The program as a user runs it: it prints its address, answers, and stops on SIGINT."""
+    environment = {**os.environ, "PFM_INSTRUMENT_TOKEN": "", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "serve.py", "--data", "twin:0", "--twin-grid", "4", "--twin-times", "4",
+         "--port", "0"],
+        cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving ") and " at http://127.0.0.1:" in line, line
+        url = line.split(" at ")[1].split()[0]
+        remote = RemoteInstrument(url, timeout=10)
+        assert remote.grid_shape == (4, 4)
+    finally:
+        process.send_signal(2)  # Ctrl-C
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    assert process.returncode == 0
+    assert "Traceback" not in process.stderr.read()
