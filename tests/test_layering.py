@@ -18,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("reconstruct", "envs", "agents")
-PROGRAMS = ("train", "evaluate", "experiment", "train_distributed", "studies", "benchmarks")
+PROGRAMS = (
+    "train", "evaluate", "experiment", "serve", "train_distributed", "studies", "benchmarks"
+)
 #: What each library package (or room of one) must never import; a module follows the most
 #: specific entry its name starts with.
 FORBIDDEN = {

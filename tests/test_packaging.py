@@ -19,8 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("envs", "agents", "reconstruct")
-PROGRAMS = ("train", "evaluate", "experiment")
-COMMANDS = ("pfm-evaluate", "pfm-train", "pfm-experiment")
+PROGRAMS = ("train", "evaluate", "experiment", "serve")
+COMMANDS = ("pfm-evaluate", "pfm-train", "pfm-experiment", "pfm-serve")
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,10 @@ def test_console_commands_run_from_the_installed_wheel_outside_the_checkout(whee
         check=True, capture_output=True, timeout=300,
     )
     env = _outside_checkout_env(target)
+    modules = ", ".join((*LIBRARY, *PROGRAMS))
+    script = f"import {modules}; print('\\n'.join(m.__file__ for m in ({modules})))"
     where = subprocess.run(
-        [sys.executable, "-c", "import envs, agents, reconstruct, evaluate, train, experiment; "
-         "print('\\n'.join(m.__file__ for m in (envs, agents, reconstruct, evaluate, train, "
-         "experiment)))"],
+        [sys.executable, "-c", script],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert where.returncode == 0, where.stderr
