@@ -332,29 +332,29 @@ class TwinMemoryInstrument:
         seconds = self.cost_model.measurement_seconds(
             int(program.size), self.tip_pixel, pixel, self.grid_shape, reads
         )
-        state = self.polarisation[pixel : pixel + 1]
+        state = self.polarisation[pixel]
         if self.relax_between_visits and self.visits[pixel] > 0:
             first_pulse = self.clock_s + travel + self.cost_model.settle_s
             state = state + self.pending[pixel] * self._relaxed(
                 pixel, first_pulse - self.last_read_clock_s[pixel]
             )
-        params = {k: v[pixel : pixel + 1] for k, v in self._params.items()}
+        params = {k: v[pixel] for k, v in self._params.items()}  # one pixel: scalars
         response, new_state, pending = apply_pulses(
             params,
             state,
             self.volts[program],
-            self._kernel[pixel : pixel + 1],
+            self._kernel[pixel],
             self._fast,
             self._max_volts,
             last_read=n_reads - 1,
         )
-        values = response[0, :, :n_reads]
+        values = response[:, :n_reads]
         if self.effects:
             values = self._measured(pixel, program, values)
         self.clock_s += seconds
         self.tip_pixel = pixel
-        self.polarisation[pixel] = new_state[0]
-        self.pending[pixel] = pending[0]
+        self.polarisation[pixel] = new_state
+        self.pending[pixel] = pending
         self.read_age_s[pixel] = self.times[n_reads - 1]
         self.last_read_clock_s[pixel] = self.clock_s
         self.visits[pixel] += 1

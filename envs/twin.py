@@ -454,6 +454,9 @@ def parameter_maps(
 # --------------------------------------------------------------------------- physics
 
 
+#: Largest response (entries) :func:`apply_pulses` computes for all pulses at once.
+_BATCHED_ENTRIES = 1 << 16
+
 #: The parameter maps a pulse reads (:func:`apply_pulses`); the others describe the layout.
 PULSE_PARAMETERS = (
     "strength",
@@ -528,14 +531,15 @@ def apply_pulses(
         that was still relaxing back then, ``b * (switched - before)``, which keeps relaxing
         with ``kernel`` if the next pulse comes later.
     """
-    strength = params["strength"][..., None]
-    pinned = params["pinned_fraction"][..., None]
-    initial = params["initial_polarisation"]
+    # First the state from pulse to pulse (cheap: one value per pixel and pulse), then the
+    # curves. Every entry is the same arithmetic, in the same order, whatever the shape, so a
+    # pixel simulated alone reads exactly what it reads inside the grid.
     width = np.sqrt(2.0) * params["width"]
-    out = np.empty((*state.shape, len(voltages), kernel.shape[-1]), dtype=np.float32)
     state = np.array(state, dtype=np.float64)
     back = np.zeros_like(state)
-    for k, volts in enumerate(voltages):
+    k_last = kernel[..., last_read]
+    settled, relaxing = [], []
+    for volts in voltages:
         threshold = params["threshold_up"] if volts >= 0 else params["threshold_down"]
         fraction = 0.5 * special.erfc((threshold - abs(volts)) / width)  # Gaussian CDF
         target = 1.0 if volts >= 0 else -1.0
@@ -544,11 +548,29 @@ def apply_pulses(
         # Reversible creep: every pulse bends the walls along its field, in proportion to its
         # amplitude, and that bending relaxes away with the same kernel (0 without creep).
         creep = params["wall_creep"] * target * abs(volts) / max_volts
-        polarisation = (switched - back)[..., None] + (back + creep)[..., None] * kernel
-        net = (1.0 - pinned) * polarisation - pinned * initial[..., None]
-        out[..., k, :] = strength * net + (params["electrostatic"] * volts)[..., None] * fast
-        # The creep is not kept.
-        state = polarisation[..., last_read] - creep * kernel[..., last_read]
+        settled.append(switched - back)
+        relaxing.append(back + creep)
+        state = (switched - back) + (back + creep) * k_last - creep * k_last  # creep not kept
+    out = np.empty((*state.shape, len(voltages), kernel.shape[-1]), dtype=np.float32)
+    if not len(voltages):
+        return out, state, back
+    strength = params["strength"][..., None]
+    pinned = params["pinned_fraction"][..., None]
+    initial = params["initial_polarisation"][..., None]
+    electrostatic = params["electrostatic"]
+    if out.size <= _BATCHED_ENTRIES:  # a few pixels: all pulses in one go
+        polarisation = (
+            np.stack(settled, axis=-1)[..., None]
+            + np.stack(relaxing, axis=-1)[..., None] * kernel[..., None, :]
+        )
+        net = (1.0 - pinned[..., None]) * polarisation - (pinned * initial)[..., None]
+        volts = np.asarray(voltages, dtype=np.float64)
+        out[:] = strength[..., None] * net + (electrostatic[..., None] * volts)[..., None] * fast
+        return out, state, back
+    for k, volts in enumerate(voltages):  # a grid: one pulse at a time, to bound the memory
+        polarisation = settled[k][..., None] + relaxing[k][..., None] * kernel
+        net = (1.0 - pinned) * polarisation - pinned * initial
+        out[..., k, :] = strength * net + (electrostatic * volts)[..., None] * fast
     return out, state, back
 
 

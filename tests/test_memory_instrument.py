@@ -247,3 +247,13 @@ def test_bad_input_is_one_clear_error(sample):
         TwinMemoryInstrument(edited, CostModel())
     with pytest.raises(ValueError, match="seconds must be"):
         instrument.wait(-1.0)
+
+
+def test_a_pixel_alone_computes_what_the_grid_computes():
+    """The grid's truth takes apply_pulses' pulse-by-pulse path, one pixel its batched one."""
+    sample = make_twin(5, TwinConfig(grid=(12, 12), **RELAXATION_RICH))
+    assert sample.dataset.truth.size > 1 << 16
+    instrument = TwinMemoryInstrument(sample, CostModel(), effects=False)
+    truth = sample.dataset.truth.reshape(144, 16, -1)
+    for pixel in range(144):
+        np.testing.assert_array_equal(instrument.measure(pixel, ALL)[0], truth[pixel])
