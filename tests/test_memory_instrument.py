@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -257,3 +259,15 @@ def test_a_pixel_alone_computes_what_the_grid_computes():
     truth = sample.dataset.truth.reshape(144, 16, -1)
     for pixel in range(144):
         np.testing.assert_array_equal(instrument.measure(pixel, ALL)[0], truth[pixel])
+
+
+def test_the_programs_study_runs_and_writes_json(tmp_path, capsys):
+    from studies.memory_programs import main
+
+    out = tmp_path / "programs.json"
+    args = ["--seeds", "3", "--grid", "5", "--blocks", "2", "--relax", "on", "--out", str(out)]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    whole = [r for r in rows if r["program"] == "whole sequence"]
+    assert whole and all(r["r2"] == [1.0] for r in whole)  # the standard sequence itself
+    assert "completed spread 2 in place" in capsys.readouterr().out
