@@ -89,7 +89,9 @@ class TwinMemoryInstrument:
         sample is then generated again from the seed and settings the dataset records). With
         ``memory=False`` any dataset.
     cost_model
-        Prices every measurement and tip move, as for the replay.
+        Prices every measurement and tip move, as for the replay; its seconds are also the
+        clock the relaxation between visits follows (``CostModel().for_axes(dataset.axes)``
+        reads at the twin's own interval).
     memory
         True (default): simulate. False: return exactly what
         :class:`envs.instrument.ReplayInstrument` returns on the same data.
@@ -153,6 +155,13 @@ class TwinMemoryInstrument:
             )
         seed, config = twin
         sample = data if isinstance(data, TwinSample) else make_twin(seed, config)
+        if sample.dataset is not dataset and not np.array_equal(
+            sample.dataset.data, dataset.data, equal_nan=True
+        ):
+            raise ValueError(
+                f"the dataset's values are not those of twin seed {seed} with its recorded "
+                "settings (changed after generation?): there is no memory to simulate for them"
+            )
         self.dataset = sample.dataset
         self.twin_seed = seed
         self.config = config
@@ -187,7 +196,7 @@ class TwinMemoryInstrument:
         draws = instrument_effects(twin_streams(seed)[2], truth, config)
         if not np.array_equal(draws.apply(truth), dataset.data, equal_nan=True):
             raise ValueError(
-                f"the dataset's values are not those of twin seed {seed} with its recorded "
+                f"the sample's values are not those of twin seed {seed} with its recorded "
                 "settings (changed after generation?): there is no memory to simulate for them"
             )
         n = self.n_pixels

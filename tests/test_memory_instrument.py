@@ -245,8 +245,9 @@ def test_bad_input_is_one_clear_error(sample):
     edited = Dataset(
         sample.dataset.data + 1.0, sample.dataset.axes, attrs=sample.dataset.attrs
     )
-    with pytest.raises(ValueError, match="not those of twin seed 3"):
-        TwinMemoryInstrument(edited, CostModel())
+    for effects in (True, False):
+        with pytest.raises(ValueError, match="not those of twin seed 3"):
+            TwinMemoryInstrument(edited, CostModel(), effects=effects)
     with pytest.raises(ValueError, match="seconds must be"):
         instrument.wait(-1.0)
 
@@ -271,3 +272,14 @@ def test_the_programs_study_runs_and_writes_json(tmp_path, capsys):
     whole = [r for r in rows if r["program"] == "whole sequence"]
     assert whole and all(r["r2"] == [1.0] for r in whole)  # the standard sequence itself
     assert "completed spread 2 in place" in capsys.readouterr().out
+
+
+def test_a_saved_twin_still_remembers(sample, tmp_path):
+    from envs.loaders import load_dataset, save_dataset
+
+    save_dataset(sample.dataset, tmp_path / "twin.h5")
+    loaded = TwinMemoryInstrument(load_dataset(tmp_path / "twin.h5"), CostModel())
+    history = random_history(4, 30)
+    fresh = TwinMemoryInstrument(sample, CostModel())
+    for a, b in zip(run(loaded, history), run(fresh, history), strict=True):
+        np.testing.assert_array_equal(a, b)
