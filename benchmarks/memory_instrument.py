@@ -5,7 +5,8 @@ times, per call (median over ``--repeats``):
 
 - :class:`envs.memory_instrument.TwinMemoryInstrument` measuring one spread block (4 of 16
   voltages, 128 reads) and one whole pixel (16 voltages), with the twin's instrument effects and
-  without; pixels are drawn at random, so most programs meet a pixel that was pulsed before;
+  without, at pixels drawn at random (the whole pixels are measured after the blocks, at the
+  same pixels, so they meet pulsed pixels and apply the block's voltages again: fresh noise);
 - :class:`envs.instrument.ReplayInstrument` measuring the same programs;
 - one ``add`` of a block to the ``"gp"`` reconstructor (:class:`reconstruct.lowrank.LowRankGP`)
   with ``--fill`` of the pixels already measured in full (no refit inside the timed calls).
