@@ -28,9 +28,10 @@ measured alone at a pristine pixel, or after other blocks, reads something else.
   first reading of a (pixel, voltage, read) gets the twin's own noise and spike draw for that
   entry, so a first visit that applies the whole sequence in order returns the replay's values
   bit for bit, and any difference from the replay is the sample's memory, not a new noise draw.
-  A voltage applied again at a pixel gets fresh noise from a generator seeded by ``(noise seed,
-  pixel, visit number)``, never from a shared stream, so a history measured again (or resumed
-  from :meth:`TwinMemoryInstrument.state_dict`) gives bit-identical values.
+  A read of an entry that was read before (a voltage applied again at a pixel) gets fresh noise
+  from a generator seeded by ``(noise seed, pixel, visit number)``, never from a shared stream,
+  so a history measured again (or resumed from :meth:`TwinMemoryInstrument.state_dict`) gives
+  bit-identical values.
 - **Cost.** Every measurement and tip move is charged by the :class:`envs.cost.CostModel`
   exactly as the replay charges it.
 
@@ -231,13 +232,15 @@ class TwinMemoryInstrument:
         self.last_read_clock_s = np.zeros(n)
         self.visits = np.zeros(n, dtype=np.int64)
         self.applied = np.zeros((n, n_v), dtype=np.int64)
+        self.reads_seen = np.zeros((n, n_v), dtype=np.int64)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next measurements depend on, as NumPy arrays and plain numbers
         (``numpy.savez(path, **state)`` stores it): the clock, the tip, and per pixel the
         polarisation at its last read, the part still relaxing back, the age of that read since
-        its pulse, the clock at that read, the visit count and how often each voltage was
-        applied. :meth:`load_state_dict` restores it exactly."""
+        its pulse, the clock at that read, the visit count, how often each voltage was applied
+        and how many of its reads were ever taken. :meth:`load_state_dict` restores it
+        exactly."""
         state: dict[str, Any] = {
             "format": STATE_FORMAT,
             "memory": self.memory,
@@ -254,6 +257,7 @@ class TwinMemoryInstrument:
                 last_read_clock_s=self.last_read_clock_s.copy(),
                 visits=self.visits.copy(),
                 applied=self.applied.copy(),
+                reads_seen=self.reads_seen.copy(),
             )
         return state
 
@@ -279,14 +283,15 @@ class TwinMemoryInstrument:
                     raise ValueError(
                         f"state {key!r} has shape {arrays[key].shape}, expected ({self.n_pixels},)"
                     )
-            applied = np.asarray(state["applied"])
-            if applied.shape != self.applied.shape:
-                raise ValueError(
-                    f"state 'applied' has shape {applied.shape}, expected {self.applied.shape}"
-                )
+            for key in ("applied", "reads_seen"):
+                arrays[key] = np.asarray(state[key])
+                if arrays[key].shape != self.applied.shape:
+                    raise ValueError(
+                        f"state {key!r} has shape {arrays[key].shape}, expected "
+                        f"{self.applied.shape}"
+                    )
             for key, value in arrays.items():
                 setattr(self, key, value.astype(getattr(self, key).dtype, copy=True))
-            self.applied = applied.astype(np.int64, copy=True)
         self.clock_s = float(state["clock_s"])
         self.tip_pixel = check_pixel(int(state["tip_pixel"]), self.n_pixels)
 
@@ -368,6 +373,8 @@ class TwinMemoryInstrument:
         self.last_read_clock_s[pixel] = self.clock_s
         self.visits[pixel] += 1
         self.applied[pixel, program] += 1
+        seen = self.reads_seen[pixel, program]
+        self.reads_seen[pixel, program] = np.maximum(seen, n_reads)
         return np.ascontiguousarray(values), seconds
 
     # ----------------------------------------------------------------- helpers
@@ -404,14 +411,16 @@ class TwinMemoryInstrument:
         values = truth * self._gain[pixel]
         values += self._offset[pixel]
         noise = self._noise[pixel, program, :n_reads].copy()
-        first = self.applied[pixel, program] == 0
-        if not first.all():
-            noise[~first] = self._fresh_noise(pixel, int((~first).sum()), n_reads)
+        # Entries read before at this pixel get fresh noise; the others the twin's own draw.
+        seen = self.reads_seen[pixel, program]
+        again = np.arange(n_reads)[None, :] < seen[:, None]
+        if again.any():
+            noise[again] = self._fresh_noise(pixel, len(program), n_reads)[again]
         values += noise
-        rows = {int(v): i for i, v in enumerate(program) if first[i]}
         for v, t, spike in self._spikes.get(pixel, ()):
-            if v in rows and t < n_reads:
-                values[rows[v], t] += spike
+            rows = np.flatnonzero(program == v)
+            if rows.size and seen[rows[0]] <= t < n_reads:
+                values[rows[0], t] += spike
         return values
 
     def _fresh_noise(self, pixel: int, n_rows: int, n_reads: int) -> np.ndarray:

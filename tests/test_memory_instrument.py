@@ -283,3 +283,24 @@ def test_a_saved_twin_still_remembers(sample, tmp_path):
     fresh = TwinMemoryInstrument(sample, CostModel())
     for a, b in zip(run(loaded, history), run(fresh, history), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_only_entries_read_before_get_fresh_noise(sample):
+    """A longer read window at a block read before: new reads carry the twin's own noise."""
+    config = TwinConfig(**sample.dataset.attrs["config"])
+    draws = instrument_effects(twin_streams(3)[2], sample.dataset.truth, config)
+    noisy = TwinMemoryInstrument(sample, CostModel())
+    clean = TwinMemoryInstrument(sample, CostModel(), effects=False)
+    pixel = next(p for p in range(GRID[0] * GRID[1]) if p not in set(draws.lost.tolist()))
+    block = spread_programs(4)[1]
+    for reads in (6, None):
+        got = noisy.measure(pixel, block, reads)[0]
+        truth = clean.measure(pixel, block, reads)[0]
+    gain, offset = np.float32(draws.gain.flat[pixel]), np.float32(draws.offset.flat[pixel])
+    noise = got - (truth * gain + offset)
+    recorded = draws.noise.reshape(-1, 16, N_TIMES)[pixel, block]
+    spiked = np.zeros(sample.dataset.truth.size, bool)
+    spiked[draws.spike_index] = True
+    unspiked = ~spiked.reshape(-1, 16, N_TIMES)[pixel, block, 6:]
+    np.testing.assert_allclose(noise[:, 6:][unspiked], recorded[:, 6:][unspiked], atol=1e-5)
+    assert not np.allclose(noise[:, :6], recorded[:, :6], atol=1e-3)
