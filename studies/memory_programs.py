@@ -183,6 +183,12 @@ def table(rows: list[dict[str, Any]], relax: bool) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: Path, args: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """``{"args": ..., "rows": [...]}`` with one row a line (diffs stay readable)."""
+    lines = ",\n".join(json.dumps(row) for row in rows)
+    path.write_text(f'{{"args": {json.dumps(args)},\n"rows": [\n{lines}\n]}}\n')
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="python -m studies.memory_programs",
@@ -210,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows, relax))
         print()
     if args.out is not None:
-        args.out.write_text(json.dumps({"args": {**vars(args), "out": str(args.out)},
-                                        "rows": rows}, indent=1))
+        write_json(args.out, {**vars(args), "out": str(args.out)}, rows)
         print(f"wrote {args.out}")
     return 0
 
