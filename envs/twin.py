@@ -26,6 +26,9 @@ builds that tensor from a small physical model of a tetragonal ferroelectric fil
    and a few pixels lost entirely (NaN).
 
 ``Dataset.truth`` holds the noise-free physical response (steps 1-4, no instrument effects).
+:func:`apply_pulses` runs steps 3-4 from any state and :func:`instrument_effects` keeps the
+step-5 draws, so a pixel can also be pulsed program by program
+(:mod:`envs.memory_instrument`).
 Randomness comes from one integer seed, split into independent streams for the layout, the
 parameter maps and the instrument, so the same seed always gives the same twin.
 
