@@ -26,6 +26,9 @@ builds that tensor from a small physical model of a tetragonal ferroelectric fil
    and a few pixels lost entirely (NaN).
 
 ``Dataset.truth`` holds the noise-free physical response (steps 1-4, no instrument effects).
+:func:`apply_pulses` runs steps 3-4 from any state and :func:`instrument_effects` keeps the
+step-5 draws, so a pixel can also be pulsed program by program
+(:mod:`envs.memory_instrument`).
 Randomness comes from one integer seed, split into independent streams for the layout, the
 parameter maps and the instrument, so the same seed always gives the same twin.
 
@@ -454,6 +457,126 @@ def parameter_maps(
 # --------------------------------------------------------------------------- physics
 
 
+#: Largest response (entries) :func:`apply_pulses` computes for all pulses at once.
+_BATCHED_ENTRIES = 1 << 16
+
+#: The parameter maps a pulse reads (:func:`apply_pulses`); the others describe the layout.
+PULSE_PARAMETERS = (
+    "strength",
+    "pinned_fraction",
+    "initial_polarisation",
+    "width",
+    "threshold_up",
+    "threshold_down",
+    "back_switching",
+    "wall_creep",
+    "electrostatic",
+)
+
+
+def relaxation_kernel(params: dict[str, np.ndarray], times: np.ndarray) -> np.ndarray:
+    """The stretched-exponential relaxation ``exp(-(t / tau) ** beta)`` of every pixel.
+
+    Parameters
+    ----------
+    params
+        Maps with ``tau`` and ``beta`` of any shape ``S``.
+    times
+        Times after a pulse in seconds, shape ``(T,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of shape ``(*S, T)``.
+    """
+    return np.exp(-((times / params["tau"][..., None]) ** params["beta"][..., None]))
+
+
+def apply_pulses(
+    params: dict[str, np.ndarray],
+    state: np.ndarray,
+    voltages: np.ndarray,
+    kernel: np.ndarray,
+    fast: np.ndarray,
+    max_volts: float,
+    last_read: int = -1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noise-free response of pixels to a pulse program applied from a given state.
+
+    The physics of :func:`relaxation_response` (which calls this from the as-grown state), for
+    any pixels and any starting polarisation, so that a pixel can be pulsed in several programs
+    with its state carried between them.
+
+    Parameters
+    ----------
+    params
+        The :data:`PULSE_PARAMETERS` maps, each of one shape ``S`` (a grid, or a few pixels).
+    state
+        Switchable polarisation each pixel starts from, shape ``S`` (in [-1, 1]).
+    voltages
+        Signed pulse voltages, applied in this order, shape ``(n,)``.
+    kernel
+        :func:`relaxation_kernel` of the pixels at the read times, shape ``(*S, T)``.
+    fast
+        ``exp(-times / fast_decay_s)``, shape ``(T,)``.
+    max_volts
+        The amplitude the wall creep is scaled by: the largest of the standard sequence (a
+        material constant of the experiment, not of one program).
+    last_read
+        Index of the read after which the next pulse comes: the state a pulse leaves is the one
+        at this read (``-1``, the last of ``T``; less for a read window cut short).
+
+    Returns
+    -------
+    response, state, pending
+        float32 response of shape ``(*S, n, T)``; the polarisation at read ``last_read`` after
+        the last pulse (what a next pulse meets); and the part of the last pulse's switching
+        that was still relaxing back then, ``b * (switched - before)``, which keeps relaxing
+        with ``kernel`` if the next pulse comes later.
+    """
+    # First the state from pulse to pulse (cheap: one value per pixel and pulse), then the
+    # curves. Every entry is the same arithmetic, in the same order, whatever the shape, so a
+    # pixel simulated alone reads exactly what it reads inside the grid.
+    width = np.sqrt(2.0) * params["width"]
+    state = np.array(state, dtype=np.float64)
+    back = np.zeros_like(state)
+    k_last = kernel[..., last_read]
+    settled, relaxing = [], []
+    for volts in voltages:
+        threshold = params["threshold_up"] if volts >= 0 else params["threshold_down"]
+        fraction = 0.5 * special.erfc((threshold - abs(volts)) / width)  # Gaussian CDF
+        target = 1.0 if volts >= 0 else -1.0
+        switched = state + (target - state) * fraction
+        back = params["back_switching"] * (switched - state)  # part that relaxes back
+        # Reversible creep: every pulse bends the walls along its field, in proportion to its
+        # amplitude, and that bending relaxes away with the same kernel (0 without creep).
+        creep = params["wall_creep"] * target * abs(volts) / max_volts
+        settled.append(switched - back)
+        relaxing.append(back + creep)
+        state = (switched - back) + (back + creep) * k_last - creep * k_last  # creep not kept
+    out = np.empty((*state.shape, len(voltages), kernel.shape[-1]), dtype=np.float32)
+    if not len(voltages):
+        return out, state, back
+    strength = params["strength"][..., None]
+    pinned = params["pinned_fraction"][..., None]
+    initial = params["initial_polarisation"][..., None]
+    electrostatic = params["electrostatic"]
+    if out.size <= _BATCHED_ENTRIES:  # a few pixels: all pulses in one go
+        polarisation = (
+            np.stack(settled, axis=-1)[..., None]
+            + np.stack(relaxing, axis=-1)[..., None] * kernel[..., None, :]
+        )
+        net = (1.0 - pinned[..., None]) * polarisation - (pinned * initial)[..., None]
+        volts = np.asarray(voltages, dtype=np.float64)
+        out[:] = strength[..., None] * net + (electrostatic[..., None] * volts)[..., None] * fast
+        return out, state, back
+    for k, volts in enumerate(voltages):  # a grid: one pulse at a time, to bound the memory
+        polarisation = settled[k][..., None] + relaxing[k][..., None] * kernel
+        net = (1.0 - pinned) * polarisation - pinned * initial
+        out[..., k, :] = strength * net + (electrostatic * volts)[..., None] * fast
+    return out, state, back
+
+
 def relaxation_response(
     params: dict[str, np.ndarray], voltages: np.ndarray, times: np.ndarray, fast_decay_s: float
 ) -> np.ndarray:
@@ -482,30 +605,13 @@ def relaxation_response(
     numpy.ndarray
         float32 array of shape ``(X, Y, V, T)``.
     """
-    nx, ny = params["strength"].shape
-    strength = params["strength"][..., None]
-    pinned = params["pinned_fraction"][..., None]
-    initial = params["initial_polarisation"]
     # Relaxation kernel, fixed per pixel: (X, Y, T).
-    kernel = np.exp(-((times / params["tau"][..., None]) ** params["beta"][..., None]))
+    kernel = relaxation_kernel(params, times)
     fast = np.exp(-times / fast_decay_s)
-    width = np.sqrt(2.0) * params["width"]
-    out = np.empty((nx, ny, len(voltages), len(times)), dtype=np.float32)
     max_volts = float(np.abs(voltages).max()) or 1.0
-    state = initial.copy()
-    for k, volts in enumerate(voltages):
-        threshold = params["threshold_up"] if volts >= 0 else params["threshold_down"]
-        fraction = 0.5 * special.erfc((threshold - abs(volts)) / width)  # Gaussian CDF
-        target = 1.0 if volts >= 0 else -1.0
-        switched = state + (target - state) * fraction
-        back = params["back_switching"] * (switched - state)  # part that relaxes back
-        # Reversible creep: every pulse bends the walls along its field, in proportion to its
-        # amplitude, and that bending relaxes away with the same kernel (0 without creep).
-        creep = params["wall_creep"] * target * abs(volts) / max_volts
-        polarisation = (switched - back)[..., None] + (back + creep)[..., None] * kernel
-        net = (1.0 - pinned) * polarisation - pinned * initial[..., None]
-        out[:, :, k, :] = strength * net + (params["electrostatic"] * volts)[..., None] * fast
-        state = polarisation[..., -1] - creep * kernel[..., -1]  # the creep is not kept
+    out, _, _ = apply_pulses(
+        params, params["initial_polarisation"], voltages, kernel, fast, max_volts
+    )
     return out
 
 
@@ -516,6 +622,78 @@ def _scan_drift(rng: np.random.Generator, n_pixels: int) -> np.ndarray:
     for cycles in (0.5, 1.0, 2.0):
         drift += rng.normal() / cycles * np.sin(2 * np.pi * cycles * s + rng.uniform(0, 2 * np.pi))
     return drift / (np.abs(drift).max() + 1e-12)
+
+
+@dataclass
+class InstrumentEffects:
+    """The random draws of the twin's instrument, kept apart so they can be applied again.
+
+    Attributes
+    ----------
+    gain, offset
+        Per-pixel gain and offset maps ``(X, Y)`` (the offset holds the scan-line offsets and
+        the drift along the raster scan).
+    noise
+        float32 white noise of every entry, shape of the truth, in data units.
+    spike_index, spike_value
+        Flat indices (into the truth) of the entries hit by a spike, and the float32 spike
+        added there; an index drawn twice appears twice and only its last value counts, as in
+        :func:`add_instrument_effects`.
+    lost
+        Flat pixel indices whose whole spectrum is lost (NaN).
+    span
+        Signal range (1st-99th percentile span of the truth) the levels are fractions of.
+    """
+
+    gain: np.ndarray
+    offset: np.ndarray
+    noise: np.ndarray
+    spike_index: np.ndarray
+    spike_value: np.ndarray
+    lost: np.ndarray
+    span: float
+
+    def apply(self, truth: np.ndarray) -> np.ndarray:
+        """The measured float32 tensor of ``truth`` (shape of the draws) through the effects."""
+        nx, ny = truth.shape[:2]
+        measured = truth * self.gain[..., None, None].astype(np.float32)
+        measured += self.offset[..., None, None].astype(np.float32)
+        measured += self.noise
+        measured.reshape(-1)[self.spike_index] += self.spike_value
+        measured.reshape(nx * ny, -1)[self.lost] = np.nan
+        return measured
+
+
+def instrument_effects(
+    rng: np.random.Generator, truth: np.ndarray, config: TwinConfig
+) -> InstrumentEffects:
+    """Draw the instrument effects of :func:`add_instrument_effects` for ``truth``.
+
+    Parameters
+    ----------
+    rng
+        Source of randomness (the instrument stream); draws in the order
+        :func:`add_instrument_effects` always has.
+    truth
+        The noise-free tensor ``(X, Y, V, T)`` (its shape and its signal range are used).
+    config
+        The instrument settings.
+    """
+    nx, ny = truth.shape[:2]
+    low, high = np.percentile(truth[::2, ::2], [1.0, 99.0])
+    span = float(high - low)
+    gain = 1.0 + config.gain_jitter * rng.standard_normal((nx, ny))
+    offset = config.offset_jitter * span * rng.standard_normal((nx, ny))
+    offset += config.line_jitter * span * rng.standard_normal((nx, 1))  # scan-line streaks
+    # Raster order is row-major, so the drift is a function of the flat pixel index.
+    offset += config.drift_level * span * _scan_drift(rng, nx * ny).reshape(nx, ny)
+    noise = (config.noise_level * span) * rng.standard_normal(truth.shape, dtype=np.float32)
+    n_spikes = rng.binomial(truth.size, config.spike_rate)
+    where = rng.integers(0, truth.size, size=n_spikes)
+    sizes = config.spike_amplitude * span * rng.uniform(0.5, 1.0, n_spikes)
+    values = (rng.choice([-1.0, 1.0], n_spikes) * sizes).astype(np.float32)
+    lost = rng.choice(nx * ny, size=config.n_nan_pixels, replace=False)
+    return InstrumentEffects(gain, offset, noise, where, values, lost, span)
 
 
 def add_instrument_effects(
@@ -530,24 +708,17 @@ def add_instrument_effects(
         ``gain`` and ``offset`` maps, and the signal range (1st-99th percentile span of the truth)
         that the noise levels are fractions of.
     """
-    nx, ny = truth.shape[:2]
-    low, high = np.percentile(truth[::2, ::2], [1.0, 99.0])
-    span = float(high - low)
-    gain = 1.0 + config.gain_jitter * rng.standard_normal((nx, ny))
-    offset = config.offset_jitter * span * rng.standard_normal((nx, ny))
-    offset += config.line_jitter * span * rng.standard_normal((nx, 1))  # scan-line streaks
-    # Raster order is row-major, so the drift is a function of the flat pixel index.
-    offset += config.drift_level * span * _scan_drift(rng, nx * ny).reshape(nx, ny)
-    measured = truth * gain[..., None, None].astype(np.float32)
-    measured += offset[..., None, None].astype(np.float32)
-    measured += (config.noise_level * span) * rng.standard_normal(truth.shape, dtype=np.float32)
-    n_spikes = rng.binomial(truth.size, config.spike_rate)
-    where = rng.integers(0, truth.size, size=n_spikes)
-    sizes = config.spike_amplitude * span * rng.uniform(0.5, 1.0, n_spikes)
-    measured.reshape(-1)[where] += (rng.choice([-1.0, 1.0], n_spikes) * sizes).astype(np.float32)
-    lost = rng.choice(nx * ny, size=config.n_nan_pixels, replace=False)
-    measured.reshape(nx * ny, -1)[lost] = np.nan
-    return measured, {"gain": gain, "offset": offset}, span
+    effects = instrument_effects(rng, truth, config)
+    measured = effects.apply(truth)
+    return measured, {"gain": effects.gain, "offset": effects.offset}, effects.span
+
+
+def twin_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+    """The independent random streams of twin ``seed``: layout, parameter maps, instrument."""
+    layout_rng, param_rng, noise_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3)
+    )
+    return layout_rng, param_rng, noise_rng
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -572,9 +743,7 @@ def make_twin(seed: int = 0, config: TwinConfig | None = None) -> TwinSample:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     config = TwinConfig() if config is None else config
-    layout_rng, param_rng, noise_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(3)
-    )
+    layout_rng, param_rng, noise_rng = twin_streams(int(seed))
     labels = domain_layout(layout_rng, config)
     params = parameter_maps(param_rng, labels, config)
     voltages, times = config.pulse_voltages(), config.read_times()
