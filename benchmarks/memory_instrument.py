@@ -3,11 +3,11 @@
 Run ``python -m benchmarks.memory_instrument`` (``--help`` for options). On a 30 x 30 twin it
 times, per call (median over ``--repeats``):
 
-- :class:`envs.memory_instrument.TwinMemoryInstrument` measuring one spread block (4 of 16
+- :class:`envs.instruments.memory.TwinMemoryInstrument` measuring one spread block (4 of 16
   voltages, 128 reads) and one whole pixel (16 voltages), with the twin's instrument effects and
   without, at pixels drawn at random (the whole pixels are measured after the blocks, at the
   same pixels, so they meet pulsed pixels and apply the block's voltages again: fresh noise);
-- :class:`envs.instrument.ReplayInstrument` measuring the same programs;
+- :class:`envs.instruments.instrument.ReplayInstrument` measuring the same programs;
 - one ``add`` of a block to the ``"gp"`` reconstructor (:class:`reconstruct.lowrank.LowRankGP`)
   with ``--fill`` of the pixels already measured in full (no refit inside the timed calls).
 
@@ -31,10 +31,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from envs.cost import CostModel  # noqa: E402
-from envs.instrument import ReplayInstrument  # noqa: E402
-from envs.memory_instrument import TwinMemoryInstrument  # noqa: E402
-from envs.twin import TwinConfig, make_twin  # noqa: E402
+from envs.data.twin import TwinConfig, make_twin  # noqa: E402
+from envs.instruments.cost import CostModel  # noqa: E402
+from envs.instruments.instrument import ReplayInstrument  # noqa: E402
+from envs.instruments.memory import TwinMemoryInstrument  # noqa: E402
 from reconstruct.base import BlockLayout  # noqa: E402
 from reconstruct.registry import make_reconstructor  # noqa: E402
 

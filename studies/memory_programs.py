@@ -2,7 +2,7 @@
 
 ``python -m studies.memory_programs --out memory_programs.json`` measures noise-free twins
 (``--grid`` 30, seeds ``--seeds`` 3 4, the default and the relaxation-rich setting) with
-:class:`envs.memory_instrument.TwinMemoryInstrument`, every pixel in raster order, and scores
+:class:`envs.instruments.memory.TwinMemoryInstrument`, every pixel in raster order, and scores
 each block a program reads against the standard tensor (the whole pulse sequence applied to a
 pristine pixel, ``Dataset.truth``): R^2 per block with the project's convention
 (:func:`reconstruct.metrics.r2_score`, pixels as the spatial axis) and the same on the
@@ -36,12 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from envs.cost import CostModel
-from envs.memory_instrument import TwinMemoryInstrument
-from envs.twin import RELAXATION_RICH, TwinConfig, make_twin
+from agents.command_line import OneLineParser, positive_int
+from envs.data.twin import RELAXATION_RICH, TwinConfig, make_twin
+from envs.instruments.cost import CostModel
+from envs.instruments.memory import TwinMemoryInstrument
 from reconstruct.base import BlockLayout
 from reconstruct.metrics import dynamics_r2, r2_score
-from studies.cli import OneLineParser, positive_int
 
 SETTINGS: dict[str, dict[str, Any]] = {"default": {}, "relaxation-rich": RELAXATION_RICH}
 #: Reads of a cut window (of 128).

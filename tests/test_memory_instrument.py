@@ -1,4 +1,4 @@
-"""The twin instrument with the sample's memory (envs.memory_instrument)."""
+"""The twin instrument with the sample's memory (envs.instruments.memory)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from envs.cost import CostModel
-from envs.dataset import Dataset
-from envs.instrument import Instrument, ReplayInstrument
-from envs.memory_instrument import TwinMemoryInstrument
-from envs.twin import (
+from envs.data.dataset import Dataset
+from envs.data.twin import (
     RELAXATION_RICH,
     TwinConfig,
     TwinSample,
@@ -22,6 +19,9 @@ from envs.twin import (
     relaxation_response,
     twin_streams,
 )
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import Instrument, ReplayInstrument
+from envs.instruments.memory import TwinMemoryInstrument
 from reconstruct.base import BlockLayout
 from reconstruct.metrics import r2_score
 
@@ -275,7 +275,7 @@ def test_the_programs_study_runs_and_writes_json(tmp_path, capsys):
 
 
 def test_a_saved_twin_still_remembers(sample, tmp_path):
-    from envs.loaders import load_dataset, save_dataset
+    from envs.data.loaders import load_dataset, save_dataset
 
     save_dataset(sample.dataset, tmp_path / "twin.h5")
     loaded = TwinMemoryInstrument(load_dataset(tmp_path / "twin.h5"), CostModel())

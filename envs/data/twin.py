@@ -28,7 +28,7 @@ builds that tensor from a small physical model of a tetragonal ferroelectric fil
 ``Dataset.truth`` holds the noise-free physical response (steps 1-4, no instrument effects).
 :func:`apply_pulses` runs steps 3-4 from any state and :func:`instrument_effects` keeps the
 step-5 draws, so a pixel can also be pulsed program by program
-(:mod:`envs.memory_instrument`).
+(:mod:`envs.instruments.memory`).
 Randomness comes from one integer seed, split into independent streams for the layout, the
 parameter maps and the instrument, so the same seed always gives the same twin.
 
@@ -54,6 +54,11 @@ from envs.data.dataset import Axis, Dataset
 #: Domain labels used in ``TwinSample.params["domain"]``.
 C_UP, C_DOWN, A_DOMAIN = 0, 1, 2
 DOMAIN_NAMES = {C_UP: "c-domain (up)", C_DOWN: "c-domain (down)", A_DOMAIN: "a-domain"}
+
+
+#: The generator name a twin's ``attrs`` carry: this module's, and the one twins saved by earlier
+#: versions carry (the module was ``envs.twin`` then).
+TWIN_GENERATORS = ("envs.data.twin", "envs.twin")
 
 
 def alternating_pulses(n_pulses: int, v_min: float, v_max: float) -> np.ndarray:
@@ -765,7 +770,7 @@ def make_twin(seed: int = 0, config: TwinConfig | None = None) -> TwinSample:
         source="twin",
         path="",
         attrs={
-            "generator": "envs.data.twin",
+            "generator": TWIN_GENERATORS[0],
             "seed": int(seed),
             "config": config.to_json_dict(),
             "signal_range": span,

@@ -1,11 +1,12 @@
 """An instrument on the twin that remembers: every pixel keeps the polarisation its pulses left.
 
-A replay (:class:`envs.instrument.ReplayInstrument`) returns, for any block measured at a pixel,
-what the whole standard pulse sequence gave there. The twin's sample is a ferroelectric, so a
-real measurement would not: the next pulse meets the state the previous pulses left, and a block
-measured alone at a pristine pixel, or after other blocks, reads something else.
+A replay (:class:`envs.instruments.instrument.ReplayInstrument`) returns, for any block
+measured at a pixel, what the whole standard pulse sequence gave there. The twin's sample is a
+ferroelectric, so a real measurement would not: the next pulse meets the state the previous
+pulses left, and a block measured alone at a pristine pixel, or after other blocks, reads
+something else.
 :class:`TwinMemoryInstrument` simulates each measurement with the twin's own physics
-(:func:`envs.twin.apply_pulses`) instead of replaying it:
+(:func:`envs.data.twin.apply_pulses`) instead of replaying it:
 
 - **State.** Every pixel starts in its as-grown state. A measurement applies its pulses, in the
   order of the standard sequence, from the state the pixel is in, reads each curve for its
@@ -24,7 +25,7 @@ measured alone at a pristine pixel, or after other blocks, reads something else.
   not negligible: the stretched exponential is slow (``beta`` down to 0.3, ``tau`` up to 0.3 s),
   and ``docs/memory.md`` measures what modelling it changes.
 - **Instrument effects.** Gain, offset (with the line offsets and the drift), white noise,
-  spikes and lost pixels are those of the twin (:func:`envs.twin.instrument_effects`). The
+  spikes and lost pixels are those of the twin (:func:`envs.data.twin.instrument_effects`). The
   first reading of a (pixel, voltage, read) gets the twin's own noise and spike draw for that
   entry, so a first visit that applies the whole sequence in order returns the replay's values
   bit for bit, and any difference from the replay is the sample's memory, not a new noise draw.
@@ -32,7 +33,8 @@ measured alone at a pristine pixel, or after other blocks, reads something else.
   from a generator seeded by ``(noise seed, pixel, visit number)``, never from a shared stream,
   so a history measured again (or resumed from :meth:`TwinMemoryInstrument.state_dict`) gives
   bit-identical values.
-- **Cost.** Every measurement and tip move is charged by the :class:`envs.cost.CostModel`
+- **Cost.** Every measurement and tip move is charged by the
+:class:`envs.instruments.cost.CostModel`
   exactly as the replay charges it.
 
 With ``memory=False`` the instrument is a replay (of the measured tensor, or of the truth with
@@ -46,11 +48,10 @@ from typing import Any
 
 import numpy as np
 
-from envs.cost import CostModel
-from envs.dataset import Axis, Dataset
-from envs.instrument import ReplayInstrument, check_pixel, check_reads
-from envs.twin import (
+from envs.data.dataset import Axis, Dataset
+from envs.data.twin import (
     PULSE_PARAMETERS,
+    TWIN_GENERATORS,
     TwinConfig,
     TwinSample,
     apply_pulses,
@@ -59,6 +60,8 @@ from envs.twin import (
     relaxation_kernel,
     twin_streams,
 )
+from envs.instruments.cost import CostModel
+from envs.instruments.instrument import ReplayInstrument, check_pixel, check_reads
 
 #: Format version of :meth:`TwinMemoryInstrument.state_dict`.
 STATE_FORMAT = 1
@@ -70,11 +73,11 @@ _REPEAT_NOISE_TAG = 0x6D656D
 def twin_of(dataset: Dataset) -> tuple[int, TwinConfig] | None:
     """The twin seed and settings a dataset was generated with, or None for recorded data.
 
-    A dataset counts as a twin when its ``attrs`` name the generator ``envs.twin`` with a seed
-    and the settings (what :func:`envs.twin.make_twin` writes, and what a saved twin keeps).
+    A dataset counts as a twin when its ``attrs`` name the generator ``envs.data.twin`` with a seed
+    and the settings (what :func:`envs.data.twin.make_twin` writes, and what a saved twin keeps).
     """
     attrs = dataset.attrs
-    if attrs.get("generator") != "envs.twin" or "seed" not in attrs or "config" not in attrs:
+    if attrs.get("generator") not in TWIN_GENERATORS or not {"seed", "config"} <= set(attrs):
         return None
     return int(attrs["seed"]), TwinConfig(**attrs["config"])
 
@@ -86,7 +89,7 @@ class TwinMemoryInstrument:
     Parameters
     ----------
     data
-        A twin: a :class:`envs.twin.TwinSample`, or its :class:`envs.dataset.Dataset` (the
+        A twin: a :class:`envs.data.twin.TwinSample`, or its :class:`envs.data.dataset.Dataset` (the
         sample is then generated again from the seed and settings the dataset records). With
         ``memory=False`` any dataset.
     cost_model
@@ -95,7 +98,7 @@ class TwinMemoryInstrument:
         reads at the twin's own interval).
     memory
         True (default): simulate. False: return exactly what
-        :class:`envs.instrument.ReplayInstrument` returns on the same data.
+        :class:`envs.instruments.instrument.ReplayInstrument` returns on the same data.
     effects
         True (default): the twin's instrument effects (noise, gain and offset jitter, line
         offsets, drift, spikes, lost pixels). False: the noise-free response (the dataset's
@@ -407,7 +410,7 @@ class TwinMemoryInstrument:
         if self._lost[pixel]:
             return np.full(truth.shape, np.nan, dtype=np.float32)
         n_reads = truth.shape[1]
-        # The same float32 operations, in the same order, as envs.twin.InstrumentEffects.apply.
+        # The same float32 operations, in the same order, as envs.data.twin.InstrumentEffects.apply.
         values = truth * self._gain[pixel]
         values += self._offset[pixel]
         noise = self._noise[pixel, program, :n_reads].copy()
