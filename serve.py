@@ -1,4 +1,8 @@
-"""Serve a replay of a dataset as a network instrument (protocol pfm-instrument/2), until Ctrl-C.
+"""Serve a dataset as a network instrument (protocol pfm-instrument/2), until Ctrl-C.
+
+A twin is measured with its sample's memory (each pixel's pulses simulated from the state its
+earlier pulses left, envs/instruments/memory.py); a recorded file is replayed. ``--memory off``
+replays a twin too, as a sample without memory would answer.
 
 The live loop (experiment.py) drives it as it would drive a microscope's own server:
 
@@ -20,7 +24,8 @@ from typing import Any
 from agents.command_line import add_options, option, program_parser, settings_from
 from envs.data.sources import open_data
 from envs.instruments.cost import CostModel
-from envs.instruments.instrument import Instrument, PacedInstrument, ReplayInstrument
+from envs.instruments.instrument import Instrument, PacedInstrument
+from envs.instruments.memory import instrument_for, memory_setting
 from envs.instruments.remote import TOKEN_ENV, read_token, require_token_beyond_loopback
 from envs.instruments.server import (
     MAX_BODY_BYTES,
@@ -48,6 +53,12 @@ class ServeSettings:
     pace: float = option(0.0, "sleep instrument seconds / PACE per call (0: no pacing)")
     twin_grid: int | None = option(None, "twin grid side (twin only)", metavar="N")
     twin_times: int | None = option(None, "twin read-outs per curve (twin only)", metavar="T")
+    memory: str = option(
+        "auto",
+        "the sample's memory: auto (a twin's measurements are simulated from each pixel's "
+        "state, a file is replayed), on, or off (a replay, as a sample without memory)",
+        choices=("auto", "on", "off"),
+    )
     max_body_bytes: int = option(MAX_BODY_BYTES, "longest request body accepted")
     read_timeout: float = option(READ_TIMEOUT_SECONDS,
                                  "seconds to wait for the next bytes of a request")
@@ -89,14 +100,16 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeSettings:
 
 
 def make_instrument(settings: ServeSettings) -> tuple[Instrument, str]:
-    """The replay instrument of ``settings.data``, paced when asked, and what it replays."""
+    """The instrument of ``settings.data`` (a twin with its memory, or a replay), paced when
+    asked, and what it measures."""
     twin_options: dict[str, Any] = {}
     if settings.twin_grid is not None:
         twin_options["grid"] = (settings.twin_grid, settings.twin_grid)
     if settings.twin_times is not None:
         twin_options["n_times"] = settings.twin_times
     dataset = open_data(settings.data, **twin_options)
-    instrument: Instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
+    cost_model = CostModel().for_axes(dataset.axes)
+    instrument: Instrument = instrument_for(dataset, cost_model, memory_setting(settings.memory))
     if settings.pace > 0:
         instrument = PacedInstrument(instrument, settings.pace)
     return instrument, dataset.summary()

@@ -21,7 +21,7 @@ from envs.data.twin import (
 )
 from envs.instruments.cost import CostModel
 from envs.instruments.instrument import Instrument, ReplayInstrument
-from envs.instruments.memory import TwinMemoryInstrument
+from envs.instruments.memory import TwinMemoryInstrument, instrument_for, memory_setting
 from reconstruct.base import BlockLayout
 from reconstruct.metrics import r2_score
 
@@ -304,3 +304,21 @@ def test_only_entries_read_before_get_fresh_noise(sample):
     unspiked = ~spiked.reshape(-1, 16, N_TIMES)[pixel, block, 6:]
     np.testing.assert_allclose(noise[:, 6:][unspiked], recorded[:, 6:][unspiked], atol=1e-5)
     assert not np.allclose(noise[:, :6], recorded[:, :6], atol=1e-3)
+
+
+def test_instrument_for_simulates_a_twin_and_replays_a_file(sample):
+    cost = CostModel().for_axes(sample.dataset.axes)
+    assert isinstance(instrument_for(sample.dataset, cost), TwinMemoryInstrument)
+    assert isinstance(instrument_for(sample.dataset, cost, memory=False), ReplayInstrument)
+    recorded = Dataset(sample.dataset.data, sample.dataset.axes, source="scan.h5")
+    assert isinstance(instrument_for(recorded, cost), ReplayInstrument)
+    with pytest.raises(ValueError, match="a recorded file has no memory to simulate"):
+        instrument_for(recorded, cost, memory=True)
+
+
+def test_memory_settings_are_named_in_one_line():
+    assert [memory_setting(s) for s in ("auto", "on", "off", None, True)] == [
+        None, True, False, None, True
+    ]
+    with pytest.raises(ValueError, match="the settings are auto .*, on and off"):
+        memory_setting("yes")

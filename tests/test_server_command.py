@@ -81,3 +81,25 @@ def test_serve_answers_until_stopped(tmp_path):
             process.wait(timeout=5)
     assert process.returncode == 0
     assert "Traceback" not in process.stderr.read()
+
+
+@pytest.mark.parametrize(("memory", "kind"), [("auto", "TwinMemoryInstrument"),
+                                               ("off", "ReplayInstrument")])
+def test_a_served_twin_remembers_unless_memory_is_off(memory, kind):
+    settings = serve.parse_args(
+        ["--data", "twin:0", "--twin-grid", "6", "--twin-times", "8", "--memory", memory]
+    )
+    instrument, _ = serve.make_instrument(settings)
+    assert type(instrument).__name__ == kind
+
+
+def test_a_served_file_cannot_be_asked_for_memory(tmp_path, capsys):
+    from envs.data.dataset import Dataset
+    from envs.data.loaders import save_dataset
+    from envs.data.sources import open_data
+
+    twin = open_data("twin:0", grid=(6, 6), n_times=8)
+    path = tmp_path / "scan.h5"
+    save_dataset(Dataset(twin.data, twin.axes, source="a recorded scan"), path)
+    assert serve.main(["--data", str(path), "--memory", "on", "--port", "0"]) == 2
+    assert "no memory to simulate" in capsys.readouterr().err

@@ -455,3 +455,33 @@ def _truth_dataset(dataset: Dataset) -> Dataset:
         attrs=dict(dataset.attrs),
         truth=dataset.truth,
     )
+
+
+def instrument_for(
+    dataset: Dataset, cost_model: CostModel, memory: bool | None = None, start_pixel: int = 0
+) -> ReplayInstrument | TwinMemoryInstrument:
+    """The instrument that measures ``dataset``: the twin with its memory simulated, or a replay.
+
+    ``memory`` None (the default everywhere) simulates the memory of a twin and replays a
+    recorded file (it has no physics to simulate); True asks for the memory (a file is then a
+    one-line ``ValueError``); False replays, as a sample without memory would answer.
+    """
+    if memory is None:
+        memory = twin_of(dataset) is not None
+    if not memory:
+        return ReplayInstrument(dataset, cost_model, start_pixel=start_pixel)
+    return TwinMemoryInstrument(dataset, cost_model, start_pixel=start_pixel)
+
+
+def memory_setting(text: str | bool | None) -> bool | None:
+    """``"auto"``/None, ``"on"``/True or ``"off"``/False as the ``memory`` of
+    :func:`instrument_for`; anything else is a one-line ``ValueError`` naming the settings."""
+    if text is None or isinstance(text, bool):
+        return text
+    settings = {"auto": None, "on": True, "off": False}
+    if text not in settings:
+        raise ValueError(
+            f"unknown memory setting {text!r}; the settings are auto (a twin remembers, a file "
+            f"is replayed), on and off (a replay, as a sample without memory)"
+        )
+    return settings[text]
