@@ -338,8 +338,8 @@ def finished_episodes(path: Path) -> dict[tuple[str, str, int], Trace]:
     writing it) are dropped from the file, so that continuing it writes each episode once."""
     if not path.is_file():
         return {}
-    text = path.read_text()
-    lines = text.splitlines(keepends=True)
+    written = path.read_text().splitlines(keepends=True)
+    lines = written
     if lines and not lines[-1].endswith("\n"):
         lines = lines[:-1]  # cut short: its episode runs again
     reader = csv.DictReader(lines)
@@ -355,7 +355,7 @@ def finished_episodes(path: Path) -> dict[tuple[str, str, int], Trace]:
             continue
         traces[key] = Trace.load(stored)
         kept.append(row)
-    if fields and len(kept) + 1 != len(lines):
+    if fields and len(kept) + 1 != len(written):
         partial = path.with_name(path.name + ".partial")
         with open(partial, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=fields)
