@@ -6,16 +6,26 @@ one line per agent saying whether the challenge criterion holds: >= 25 % of the 
 time saved at R^2 >= 0.90, algorithm time included, judged on the interval's lower end. To
 ``--out`` it writes ``table.txt`` (every statistic at every target), ``results.json``,
 ``results.csv``, ``episodes.csv`` (one row per episode as it finishes, for paired comparisons
-with ``python -m studies.paired``) and PNG figures.
+with ``python -m studies.paired``), ``traces/`` (each episode's curve), ``run.json`` (the
+settings) and PNG figures.
 
-An agent that raises is reported with its error and the others go on; the exit status is then 1.
-A bad option is a one-line error naming it, exit status 2.
+A run never destroys another: a folder that holds one is continued with ``--resume`` (the
+episodes in its ``episodes.csv`` are not run again; the tables cover them all; the settings
+must be those stored in ``run.json``, and options not given take them) or replaced with
+``--overwrite``. A run stopped by SIGTERM or Ctrl-C stops its workers, keeps its finished
+episodes and exits with status 143 (130); workers also end when the run is killed.
+
+Every option is checked before the first episode (reconstructor options and agent arguments by
+building them): a bad one is a one-line error naming it, exit status 2. An agent that raises
+later is reported in one line and in the tables with its error, the others go on; the exit
+status is then 1 (also when every agent failed: the tables then hold only the failures).
 
 Examples
 --------
     python evaluate.py                                   # baselines and PPO, held-out twin samples
     python evaluate.py --agents raster,gp-uncertainty --seeds 5 --out runs/eval
     python evaluate.py --data ../shared/data/bepfm_32x32x102.npy --blocks 2
+    python evaluate.py --resume --out runs/eval          # continue a stopped run
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -520,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         pool = _worker_pool(workers, args.threads) if workers > 1 else None
-    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:  # only there can a signal handler be set
+        previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     stopped = None
     try:
         with EpisodeWriter(out / "episodes.csv", targets, append=args.resume) as episodes:
@@ -534,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     except (_Stopped, KeyboardInterrupt) as err:
         stopped = "SIGTERM" if isinstance(err, _Stopped) else "interrupt"
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
         if pool is not None:
             if stopped:
                 _terminate(pool)
@@ -739,7 +753,6 @@ def _start_worker(threads: int, parent: int) -> None:
 
     On Linux the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); everywhere a
     daemon thread also checks once a second that the parent is still the worker's parent."""
-    import threading
     import time
 
     if sys.platform.startswith("linux"):
