@@ -516,9 +516,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summaries, failures = [], []
     total = len(data_sources) * len(policies) * args.seeds
-    progress = tqdm(total=total, initial=min(len(done), total), unit="episode")
     if done:
-        progress.write(f"resuming {out}: {len(done)} episodes done, {total - len(done)} to run")
+        print(f"resuming {out}: {len(done)} episodes done, {total - len(done)} to run")
+    progress = tqdm(total=total, initial=min(len(done), total), unit="episode")
     workers = args.workers or os.cpu_count() or 1
     if args.ray:
         from agents.ray_pool import RayExecutor
