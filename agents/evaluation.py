@@ -144,6 +144,58 @@ class Trace:
         """Efficiency gain at the dynamics target with the dynamics criterion met."""
         return 1.0 - self.seconds_to_dynamics / self.raster_seconds
 
+    def save(self, path) -> None:
+        """Write the trace to ``path`` (``.npz``, no pickles): every number it holds, so that
+        :meth:`load` gives a trace whose statistics and figures are this one's. Written under
+        a temporary name and renamed, so that a file at ``path`` is always whole."""
+        from pathlib import Path
+
+        path = Path(path)
+        arrays = {
+            "agent": np.asarray(self.agent),
+            "seed": np.asarray(self.seed),
+            "seconds": self.seconds,
+            "r2": self.r2,
+            "decision_seconds": self.decision_seconds,
+            "r2_dynamics_per_voltage": np.asarray(self.r2_dynamics_per_voltage, dtype=float),
+        }
+        for name in _TRACE_SCALARS:
+            arrays[name] = np.asarray(getattr(self, name))
+        for name in ("final_map", "measured_map"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as file:
+            np.savez(file, **arrays)
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path) -> Trace:
+        """The trace :meth:`save` wrote to ``path``."""
+        with np.load(path, allow_pickle=False) as arrays:
+            values = {name: arrays[name] for name in arrays.files}
+        return cls(
+            agent=str(values["agent"]),
+            seed=int(values["seed"]),
+            seconds=values["seconds"],
+            r2=values["r2"],
+            decision_seconds=values["decision_seconds"],
+            r2_dynamics_per_voltage=values["r2_dynamics_per_voltage"].tolist(),
+            final_map=values.get("final_map"),
+            measured_map=values.get("measured_map"),
+            **{
+                name: (int if name == "n_measurements" else float)(values[name])
+                for name in _TRACE_SCALARS
+            },
+        )
+
+
+#: The single numbers of a :class:`Trace`, as :meth:`Trace.save` stores them.
+_TRACE_SCALARS = (
+    "n_measurements", "budget_seconds", "raster_seconds", "r2_truth", "seconds_to_dynamics",
+    "dynamics_floor", "r2_dynamics",
+)  # fmt: skip
+
 
 def run_episode(
     env,

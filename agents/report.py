@@ -7,8 +7,10 @@ there is none, and the tables show the mean alone.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import re
 import textwrap
 import warnings
 from pathlib import Path
@@ -116,6 +118,8 @@ def format_compact_table(summaries: list[AgentSummary], failures: list[Failure] 
     for data in dict.fromkeys([s.data for s in summaries] + [f.data for f in failures]):
         group = [s for s in summaries if s.data == data]
         heading = f"{data}, {_seeds_phrase(sorted({s.n_seeds for s in group}))}"
+        if not group:
+            heading = f"{data}: no agent finished its episodes"
         dynamics = any(s.checks_dynamics for s in group)
         rows = [["agent", "AUC", f"time saved at R2>={key}", f"h to R2>={key}"]]
         if dynamics:
@@ -212,7 +216,7 @@ def write_results(
         "failures": [f.as_dict() for f in failures],
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=float))
-    fields: list[str] = []
+    fields: list[str] = ["data", "agent"]
     rows = []
     for s in summaries:
         row: dict[str, object] = {"data": s.data, "agent": s.agent, "n_seeds": s.n_seeds}
@@ -236,7 +240,7 @@ def write_results(
     if failures:
         fields.append("error")
     with open(out / "results.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fields or ["data", "agent"])
+        writer = csv.DictWriter(file, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -247,10 +251,13 @@ class EpisodeWriter:
     seconds. Paired comparisons (the same seeds under two agents) need these, not the means.
 
     Each row is written and flushed as its episode ends, so a run that fails or is stopped
-    later keeps every episode that finished.
+    later keeps every episode that finished; the episode's whole trace goes to ``traces/``
+    beside the file first (:func:`trace_path`), so that a resumed run
+    (:func:`finished_episodes`) summarises and draws the episodes it does not run again.
+    ``append`` continues an existing file (whose columns must be these).
     """
 
-    def __init__(self, path: Path, targets: list[float]):
+    def __init__(self, path: Path, targets: list[float], append: bool = False):
         self.keys = [target_key(t) for t in targets]
         self.targets = list(targets)
         fields = ["data", "agent", "seed", "auc"]
@@ -259,9 +266,21 @@ class EpisodeWriter:
         fields += ["seconds_to_dynamics", "gain_with_dynamics", "r2_dynamics", "dynamics_floor"]
         fields += ["final_r2", "n_measurements", "decision_seconds"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "w", newline="")  # noqa: SIM115 (closed by close())
+        self.traces = path.parent / TRACES_FOLDER
+        self.traces.mkdir(exist_ok=True)
+        continuing = append and path.is_file() and path.stat().st_size > 0
+        if continuing:
+            with open(path, newline="") as file:
+                header = next(csv.reader(file), [])
+            if header != fields:
+                raise ValueError(
+                    f"{path} has other columns than this run writes ({len(header)} against "
+                    f"{len(fields)}): it cannot be continued"
+                )
+        self._file = open(path, "a" if continuing else "w", newline="")  # noqa: SIM115
         self._writer = csv.DictWriter(self._file, fieldnames=fields)
-        self._writer.writeheader()
+        if not continuing:
+            self._writer.writeheader()
         self._file.flush()
 
     def write(self, data: str, trace: Trace) -> None:
@@ -284,6 +303,7 @@ class EpisodeWriter:
         row["final_r2"] = float(trace.r2[-1])
         row["n_measurements"] = trace.n_measurements
         row["decision_seconds"] = float(np.sum(trace.decision_seconds))
+        trace.save(trace_path(self.traces, data, trace.agent, trace.seed))
         self._writer.writerow(row)
         self._file.flush()
 
@@ -295,6 +315,54 @@ class EpisodeWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+#: The folder beside ``episodes.csv`` that holds each episode's trace.
+TRACES_FOLDER = "traces"
+
+
+def trace_path(folder: Path, data: str, agent: str, seed: int) -> Path:
+    """Where the trace of ``agent`` on ``data`` with ``seed`` is kept: a readable file name,
+    made unique by a short hash of the exact names."""
+    key = f"{data}\0{agent}\0{seed}"
+    slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", f"{data}_{agent}_{seed}").strip("_")
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    return folder / f"{slug}-{digest}.npz"
+
+
+def finished_episodes(path: Path) -> dict[tuple[str, str, int], Trace]:
+    """The episodes a run in progress has finished: the rows of its ``episodes.csv`` (at
+    ``path``) whose trace is in ``traces/``, by ``(data, agent, seed)``, as traces.
+
+    A row without its trace, a repeated row and a last line cut short (a run killed while
+    writing it) are dropped from the file, so that continuing it writes each episode once."""
+    if not path.is_file():
+        return {}
+    written = path.read_text().splitlines(keepends=True)
+    lines = written
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]  # cut short: its episode runs again
+    reader = csv.DictReader(lines)
+    fields = reader.fieldnames
+    kept, traces = [], {}
+    for row in reader:
+        try:
+            key = (row["data"], row["agent"], int(row["seed"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        stored = trace_path(path.parent / TRACES_FOLDER, *key)
+        if key in traces or not stored.is_file():
+            continue
+        traces[key] = Trace.load(stored)
+        kept.append(row)
+    if fields and len(kept) + 1 != len(written):
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+        partial.replace(path)
+    return traces
 
 
 def _triple_columns(name: str, triple: tuple[float, float, float]) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 import csv
 import json
+import math
 
+import numpy as np
 import pytest
 
 import evaluate
@@ -457,3 +459,207 @@ def test_the_shipped_model_runs_with_its_own_planes(tmp_path, small_twin):
     assert evaluate.main(argv) == 0
     with open(out / "episodes.csv") as f:
         assert sorted(row["agent"] for row in csv.DictReader(f)) == ["ppo", "random"]
+
+
+# --- one checked place for the options, failures of every agent, resume and overwrite ---
+
+
+def test_help_names_every_setting_with_its_default(capsys):
+    """Every field of EvaluateArgs is an option whose help gives its default."""
+    import dataclasses
+
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--help"])
+    text = capsys.readouterr().out
+    blocks = {}
+    for line in text.split("options:")[1].splitlines():
+        if line.startswith("  -"):
+            name = line.split()[0].rstrip(",")
+            blocks[name] = line
+        elif blocks:
+            blocks[name] += " " + line.strip()
+    for field in dataclasses.fields(evaluate.EvaluateArgs):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in blocks, flag
+        assert "default" in blocks[flag], flag
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ('{"max_components": "x"}', "--reconstructor-options: 'max_components' must be int"),
+        ('{"max_components": 2.5}', "--reconstructor-options: 'max_components' must be int"),
+        ('{"refit_mode": 3}', "--reconstructor-options: 'refit_mode' must be str"),
+        ('{"nosuch": 1}', "--reconstructor-options: reconstructor 'gp' has no option 'nosuch'"),
+        ("{", "--reconstructor-options: not JSON"),
+    ],
+)
+def test_a_bad_reconstructor_option_fails_before_any_episode(
+    tmp_path, capsys, monkeypatch, options, message
+):
+    from agents import evaluation
+
+    def never(*args, **kwargs):
+        raise AssertionError("an episode ran")
+
+    monkeypatch.setattr(evaluation, "run_episode", never)
+    out = tmp_path / "never"
+    argv = ["--agents", "random", "--seeds", "1", *FAST, "--reconstructor-options", options]
+    assert evaluate.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+    assert not out.exists()
+
+
+def test_a_bad_agent_argument_fails_before_any_episode(tmp_path, capsys):
+    argv = ["--agents", "random,gp-surprise-per-second:x", "--out", str(tmp_path / "never")]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --agents gp-surprise-per-second:x: ") and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_when_every_agent_fails_the_files_say_which_and_why(tmp_path, capsys, small_twin):
+    out = tmp_path / "eval"
+    argv = ["--agents", "static-basis:0.1,5", "--seeds", "2", *FAST, "--out", str(out)]
+    assert evaluate.main(argv) == 1
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if "error: every agent failed" in line]
+    assert len(said) == 1 and "static-basis:0.1,5 on twin (held-out)" in said[0]
+    assert "static-basis:0.1,5: no verdict, FAILED on seed 100000" in captured.out
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["data"], r["agent"]) for r in rows] == [("twin (held-out)", "static-basis:0.1,5")]
+    assert "exceeds the env's 4 blocks" in rows[0]["error"]
+    assert "FAILED on seed 100000" in (out / "table.txt").read_text()
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["results"] == [] and payload["failures"][0]["agent"] == "static-basis:0.1,5"
+    with open(out / "episodes.csv") as f:
+        assert list(csv.DictReader(f)) == []
+
+
+def _episodes(out):
+    with open(out / "episodes.csv") as f:
+        return [{k: v for k, v in row.items() if k != "decision_seconds"}
+                for row in csv.DictReader(f)]  # fmt: skip
+
+
+def _results(out):
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row.pop("decision_seconds_median")  # wall clock, never charged here
+    return rows
+
+
+RESUMABLE = ["--agents", "raster,random", "--seeds", "2", *FAST]
+
+
+def test_resume_runs_only_the_missing_episodes_and_reports_them_all(
+    tmp_path, capsys, monkeypatch, small_twin
+):
+    """A run killed in its last episode (one row missing, the next cut short) continues with
+    --resume: the episode runs once, the tables equal an uninterrupted run's."""
+    from agents import evaluation
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert evaluate.main([*RESUMABLE, "--out", str(whole)]) == 0
+    assert evaluate.main([*RESUMABLE, "--out", str(cut)]) == 0
+    lines = (cut / "episodes.csv").read_text().splitlines(keepends=True)
+    assert len(lines) == 5
+    (cut / "episodes.csv").write_text("".join(lines[:-2]) + lines[-2][:20])  # killed mid-row
+    for name in ("results.csv", "results.json", "table.txt"):
+        (cut / name).unlink()
+    ran = []
+    real_run_episode = evaluation.run_episode
+
+    def run_episode(env, policy, seed, **kwargs):
+        ran.append((policy.label, seed))
+        return real_run_episode(env, policy, seed, **kwargs)
+
+    monkeypatch.setattr(evaluation, "run_episode", run_episode)
+    capsys.readouterr()
+    assert evaluate.main(["--resume", "--out", str(cut)]) == 0  # the stored settings
+    start = evaluate.HELD_OUT_SEED_START
+    assert ran == [("random", start), ("random", start + 1)]
+    assert "2 episodes done, 2 to run" in capsys.readouterr().out
+    assert sorted(map(str, _episodes(cut))) == sorted(map(str, _episodes(whole)))
+    assert _results(cut) == _results(whole)
+    ran.clear()
+    assert evaluate.main([*RESUMABLE, "--resume", "--out", str(cut)]) == 0
+    assert ran == [] and len(_episodes(cut)) == 4  # nothing left to run
+
+
+def test_resume_with_other_settings_names_the_difference(tmp_path, capsys, small_twin):
+    out = tmp_path / "eval"
+    assert evaluate.main([*RESUMABLE, "--out", str(out)]) == 0
+    before = (out / "episodes.csv").read_text()
+    capsys.readouterr()
+    argv = [*RESUMABLE, "--grid", "10", "--targets", "0.9", "--resume", "--out", str(out)]
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --resume: ")
+    assert "--grid 8 there, 10 here" in err and "--targets '0.90,0.95' there, '0.9' here" in err
+    assert (out / "episodes.csv").read_text() == before
+
+
+def test_a_rerun_never_destroys_a_run(tmp_path, capsys, small_twin):
+    out = tmp_path / "eval"
+    argv = ["--agents", "random", "--seeds", "1", *FAST, "--out", str(out)]
+    assert evaluate.main(argv) == 0
+    before = (out / "episodes.csv").read_text()
+    capsys.readouterr()
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--out {out} already holds a run (" in err
+    assert "add --resume to continue it or --overwrite to replace it" in err
+    assert (out / "episodes.csv").read_text() == before
+    (out / "notes.txt").write_text("mine")
+    assert evaluate.main([*argv, "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+    assert len(_episodes(out)) == 1
+    assert evaluate.main([*argv, "--overwrite", "--resume"]) == 2
+    assert "--resume and --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "message"),
+    [
+        ("file", [], "is a file, not a folder"),
+        ("none", ["--resume"], "holds no run to continue (no episodes.csv)"),
+        ("old", ["--resume"], "stores no settings (no run.json"),
+    ],
+)
+def test_out_problems_are_one_line(tmp_path, capsys, setup, extra, message):
+    out = tmp_path / "out"
+    if setup == "file":
+        out.write_text("a file")
+    elif setup == "old":  # a run made before --resume
+        out.mkdir()
+        (out / "episodes.csv").write_text("data,agent,seed\n")
+    assert evaluate.main(["--agents", "random", *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_a_trace_file_gives_back_the_trace(tmp_path, small_twin):
+    from agents.baselines import RandomPolicy
+    from agents.evaluation import Trace, run_episode
+    from envs.acquisition.factory import make_env
+
+    args = evaluate.EvaluateArgs(agents="random", grid=8, budget_fraction=0.3)
+    env = make_env(**evaluate._env_kwargs(args, "twin", evaluate.HELD_OUT_SEED_START))
+    trace = run_episode(env, RandomPolicy(), 3, charge_decisions="none", dynamics_target=0.9)
+    trace.save(tmp_path / "t.npz")
+    loaded = Trace.load(tmp_path / "t.npz")
+    for name, value in vars(trace).items():
+        again = getattr(loaded, name)
+        assert type(again) is type(value), name
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(again, value)
+        elif isinstance(value, float) and math.isnan(value):
+            assert math.isnan(again), name
+        else:
+            assert again == value, name

@@ -565,11 +565,21 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(
+                "reset options must be a dict (keys 'dataset', 'initial_design') or None, got "
+                f"{type(options).__name__}"
+            )
         options = dict(options or {})
-        unknown = sorted(set(options) - {"dataset", "initial_design"})
+        unknown = sorted(map(str, set(options) - {"dataset", "initial_design"}))
         if unknown:
             raise ValueError(
                 f"unknown reset options {unknown}; the options are 'dataset' and 'initial_design'"
+            )
+        if not isinstance(options.get("initial_design", True), (bool, np.bool_)):
+            raise ValueError(  # "no" would be truthy: only a bool says yes or no
+                "reset option 'initial_design' must be True or False, got "
+                f"{options['initial_design']!r}"
             )
         if self.source is not None:
             dataset = options["dataset"] if "dataset" in options else None
