@@ -354,7 +354,9 @@ def test_the_view_is_read_only_and_shows_the_current_state():
     model.uncertainty().fill_(-1.0)
     model.estimate_blocks().fill_(-1.0)
     model.measured.fill_(True)
+    view.estimate().fill_(-1.0)
     assert torch.equal(env.unwrapped.reconstructor.uncertainty(), before)
+    assert torch.equal(view.estimate(), env.unwrapped.estimate())
     assert not env.unwrapped.reconstructor.measured.all()
     # It reads the env every time: a step shows at once.
     action = int(np.flatnonzero(view.action_masks())[0])

@@ -168,7 +168,8 @@ class AcquisitionView(_ReadOnly):
         ``seconds_used``, ``budget_seconds``, ``full_raster_seconds``, :meth:`block_seconds`,
         :meth:`action_seconds`.
     Reconstruction
-        ``model`` (:class:`ModelView`), :meth:`window_gain`, :meth:`window_values`.
+        ``model`` (:class:`ModelView`), :meth:`estimate`, :meth:`window_gain`,
+        :meth:`window_values`.
     Ground truth
         none; :meth:`privileged` gives a privileged policy its :class:`PrivilegedView`.
     """
@@ -315,6 +316,11 @@ class AcquisitionView(_ReadOnly):
     def model(self) -> ModelView:
         """Read-only queries of the reconstruction (estimate, uncertainty, ...)."""
         return ModelView(self._env)
+
+    def estimate(self) -> torch.Tensor:
+        """The reconstruction in the data's shape ``(X, Y, V, *rest)`` (read windows unfolded),
+        a copy."""
+        return _copy(self._env.estimate())
 
     def window_gain(self, per_unit: np.ndarray | torch.Tensor) -> np.ndarray:
         """What each action adds of a per-unit quantity ``(P, n_units)``, in action order
