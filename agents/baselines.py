@@ -56,7 +56,7 @@ def block_errors(view: PrivilegedView) -> np.ndarray:
     action would remove, summed over the entries it reads that its block does not have yet
     (lost entries ignored), flat in action order."""
     reference = view.reference_blocks()
-    estimate = view.model.estimate_blocks().detach().cpu().numpy()
+    estimate = view.model.estimate_blocks()
     per_unit = np.nansum((reference - estimate) ** 2, axis=2)
     return view.window_gain(per_unit) * view.n_segments
 
@@ -310,7 +310,7 @@ class StructureOraclePolicy(Policy):
 
     def act(self, observation, action_mask):
         model = self.view.model
-        estimate = model.estimate_blocks().detach().double().cpu().numpy()
+        estimate = np.asarray(model.estimate_blocks(), dtype=np.float64)
         error = np.square(self.structure_blocks - estimate).sum(axis=2)
         variance = model.uncertainty().detach().double().cpu().numpy()
         expected = self.view.window_gain(error + variance * estimate.shape[2])

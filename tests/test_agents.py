@@ -352,11 +352,13 @@ def test_the_view_is_read_only_and_shows_the_current_state():
     assert not hasattr(model, "reset")
     before = env.unwrapped.reconstructor.uncertainty().clone()
     model.uncertainty().fill_(-1.0)
-    model.estimate_blocks().fill_(-1.0)
     model.measured.fill_(True)
-    view.estimate().fill_(-1.0)
+    for estimate in (model.estimate_blocks(), view.estimate()):  # the large arrays: read-only
+        assert not estimate.flags.writeable
+        with pytest.raises(ValueError):
+            estimate.reshape(-1)[0] = 1.0
     assert torch.equal(env.unwrapped.reconstructor.uncertainty(), before)
-    assert torch.equal(view.estimate(), env.unwrapped.estimate())
+    np.testing.assert_array_equal(view.estimate(), env.unwrapped.estimate().numpy())
     assert not env.unwrapped.reconstructor.measured.all()
     # It reads the env every time: a step shows at once.
     action = int(np.flatnonzero(view.action_masks())[0])

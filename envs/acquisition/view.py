@@ -13,7 +13,10 @@ its mask, the budget. :class:`AcquisitionView` is exactly that, built once by th
   ``segments_read``, ``action_masks()``, ...) come back as read-only arrays that the env does
   not share; the reconstruction is reached through :class:`ModelView`, which offers the
   reconstructor's queries and no way to add or reset, and returns tensors the model does not
-  hold (copies). Computed results (prices, gains) are fresh arrays the caller owns.
+  hold (copies), except the estimate itself, the one large array, which comes back as a
+  read-only NumPy array without a copy (copying it at every decision would cost an oracle more
+  than its own arithmetic, and decision time is charged as instrument time). Computed results
+  (prices, gains) are fresh arrays the caller owns.
 - **No ground truth.** The replayed data and its truth are not on the view. A policy that
   declares ``privileged = True`` (an oracle, an upper reference only) gets a
   :class:`PrivilegedView` from :meth:`AcquisitionView.privileged`, which adds
@@ -55,6 +58,12 @@ def _copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().clone()
 
 
+def _read_only(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor as a read-only NumPy array, without a copy on the CPU (writing into it
+    raises)."""
+    return _frozen(tensor.detach().cpu().numpy())
+
+
 class _ReadOnly:
     """Holds the env; refuses every assignment and deletion of a member."""
 
@@ -84,9 +93,10 @@ class ModelView(_ReadOnly):
     The same names and return types as :class:`reconstruct.Reconstructor`'s queries, so code
     written for a reconstructor's queries (:class:`envs.acquisition.surprise.SurpriseTracker`,
     :func:`envs.acquisition.energy.pixel_energy`) takes a ``ModelView`` unchanged; but nothing
-    that changes the model (``add``, ``reset``), and every tensor returned is a copy. Blocks
-    here are the reconstructor's blocks: with read windows, *units* (``block * n_segments +
-    segment``).
+    that changes the model (``add``, ``reset``), and every tensor returned is a copy. The one
+    exception is :meth:`estimate_blocks`, the large array: a read-only NumPy array, not
+    copied. Blocks here are the reconstructor's blocks: with read windows, *units* (``block *
+    n_segments + segment``).
     """
 
     __slots__ = ()
@@ -110,9 +120,10 @@ class ModelView(_ReadOnly):
         """``(P, n_units)`` predictive variance per feature, 0 where measured."""
         return _copy(self._env.reconstructor.uncertainty())
 
-    def estimate_blocks(self) -> torch.Tensor:
-        """``(P, n_units, F_u)`` the estimate in the reconstructor's block layout."""
-        return _copy(self._env.reconstructor.estimate_blocks())
+    def estimate_blocks(self) -> np.ndarray:
+        """``(P, n_units, F_u)`` the estimate in the reconstructor's block layout: read-only
+        NumPy, in the model's dtype, not copied on the CPU."""
+        return _read_only(self._env.reconstructor.estimate_blocks())
 
     def predict_block(self, pixel: int, block: int) -> torch.Tensor:
         """``(F_u,)`` the estimate of one unit (its measured values where measured)."""
@@ -317,10 +328,10 @@ class AcquisitionView(_ReadOnly):
         """Read-only queries of the reconstruction (estimate, uncertainty, ...)."""
         return ModelView(self._env)
 
-    def estimate(self) -> torch.Tensor:
+    def estimate(self) -> np.ndarray:
         """The reconstruction in the data's shape ``(X, Y, V, *rest)`` (read windows unfolded),
-        a copy."""
-        return _copy(self._env.estimate())
+        read-only NumPy."""
+        return _read_only(self._env.estimate())
 
     def window_gain(self, per_unit: np.ndarray | torch.Tensor) -> np.ndarray:
         """What each action adds of a per-unit quantity ``(P, n_units)``, in action order
