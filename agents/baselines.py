@@ -1,8 +1,10 @@
 """Baseline acquisition policies: the references every learned policy is measured against.
 
-All of them act through the same :class:`agents.policy.Policy` interface. The model-based ones read
-the environment's reconstructor (its posterior uncertainty) and cost model; ``greedy-oracle``
-reads the ground truth and is an upper reference only.
+All of them act through the same :class:`agents.policy.Policy` interface and read the env only
+through its read-only view (``self.view``, :class:`envs.acquisition.view.AcquisitionView`). The
+model-based ones read the reconstruction (its posterior uncertainty) and the prices of actions;
+``greedy-oracle`` and ``structure-oracle`` read the ground truth (through a
+:class:`envs.acquisition.view.PrivilegedView`) and are upper references only.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 from agents.policy import Policy
 from envs.acquisition.surprise import SURPRISE_SIGMA, SURPRISE_WEIGHT, SurpriseTracker
-from envs.acquisition.view import window_values
+from envs.acquisition.view import AcquisitionView, PrivilegedView
 
 
 def serpentine_pixels(grid_shape: tuple[int, int]) -> np.ndarray:
@@ -34,10 +36,10 @@ def staggered_blocks(pixels: np.ndarray, n_cols: int, n_blocks: int) -> np.ndarr
     return (rows[:, None] + 2 * cols[:, None] + np.arange(n_blocks)[None, :]) % n_blocks
 
 
-def whole_curve_actions(env, cells: np.ndarray) -> np.ndarray:
+def whole_curve_actions(view: AcquisitionView, cells: np.ndarray) -> np.ndarray:
     """Actions that read (pixel, block) cells ``pixel * n_blocks + block`` in full (the last read
     window; the cells themselves without windows)."""
-    return np.asarray(cells) * env.n_windows + env.n_windows - 1
+    return np.asarray(cells) * view.n_windows + view.n_windows - 1
 
 
 def _masked_argmax(scores: np.ndarray, action_mask: np.ndarray) -> int:
@@ -49,22 +51,21 @@ def _masked_argmax(scores: np.ndarray, action_mask: np.ndarray) -> int:
     return best
 
 
-def block_errors(env) -> np.ndarray:
+def block_errors(view: PrivilegedView) -> np.ndarray:
     """Privileged: the squared reconstruction error against the env's reference data that each
     action would remove, summed over the entries it reads that its block does not have yet
     (lost entries ignored), flat in action order."""
-    reference = env.reference_blocks
-    reference = reference.detach().cpu().numpy() if hasattr(reference, "detach") else reference
-    estimate = env.reconstructor.estimate_blocks().detach().cpu().numpy()
+    reference = view.reference_blocks()
+    estimate = view.model.estimate_blocks()
     per_unit = np.nansum((reference - estimate) ** 2, axis=2)
-    return env.window_gain(per_unit) * env.n_segments
+    return view.window_gain(per_unit) * view.n_segments
 
 
-def first_new_unit(env, action: int) -> tuple[int, int]:
+def first_new_unit(view: AcquisitionView, action: int) -> tuple[int, int]:
     """``(pixel, unit)``: the pixel of ``action`` and the first reconstructor unit it adds (its
     block, without read windows)."""
-    pixel, block, window = env.decode_action(action)
-    return pixel, int(env.new_units(pixel, block, window)[0])
+    pixel, block, window = view.decode_action(action)
+    return pixel, int(view.new_units(pixel, block, window)[0])
 
 
 class RandomPolicy(Policy):
@@ -102,10 +103,10 @@ class RasterPolicy(OrderedPolicy):
     name = "raster"
 
     def action_order(self) -> np.ndarray:
-        nb = self.env.n_blocks
-        pixels = serpentine_pixels(self.env.grid_shape)
+        nb = self.view.n_blocks
+        pixels = serpentine_pixels(self.view.grid_shape)
         cells = (pixels[:, None] * nb + np.arange(nb)[None, :]).reshape(-1)
-        return whole_curve_actions(self.env, cells)
+        return whole_curve_actions(self.view, cells)
 
 
 class StaticSubsamplePolicy(OrderedPolicy):
@@ -122,25 +123,26 @@ class StaticSubsamplePolicy(OrderedPolicy):
     name = "static-subsample"
 
     def action_order(self) -> np.ndarray:
-        nb = self.env.n_blocks
-        pixels = serpentine_pixels(self.env.grid_shape)
-        cells = pixels[:, None] * nb + staggered_blocks(pixels, self.env.grid_shape[1], nb)
+        nb = self.view.n_blocks
+        pixels = serpentine_pixels(self.view.grid_shape)
+        cells = pixels[:, None] * nb + staggered_blocks(pixels, self.view.grid_shape[1], nb)
         # pass q: column q of every pixel, in serpentine order
-        return whole_curve_actions(self.env, cells.T.reshape(-1))
+        return whole_curve_actions(self.view, cells.T.reshape(-1))
 
 
 class UncertaintyPolicy(Policy):
     """Measures the block with the largest posterior variance ("uncertainty exploration").
 
     With read windows, an action's score is the variance it removes from the reads it takes and
-    from the rest of those curves (:func:`window_values`)."""
+    from the rest of those curves
+    (:meth:`envs.acquisition.view.AcquisitionView.window_values`)."""
 
     name = "gp-uncertainty"
 
     def scores(self) -> np.ndarray:
         """Posterior variance each action would remove (per feature of a whole block)."""
-        uncertainty = self.env.reconstructor.uncertainty().detach().cpu().numpy()
-        return window_values(self.env, uncertainty)
+        uncertainty = self.view.model.uncertainty().detach().cpu().numpy()
+        return self.view.window_values(uncertainty)
 
     def act(self, observation, action_mask):
         return _masked_argmax(self.scores(), action_mask)
@@ -152,7 +154,7 @@ class UncertaintyPerSecondPolicy(UncertaintyPolicy):
     name = "gp-uncertainty-per-second"
 
     def scores(self) -> np.ndarray:
-        return super().scores() / self.env.action_seconds()
+        return super().scores() / self.view.action_seconds()
 
 
 class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
@@ -188,7 +190,7 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
 
     def reset(self, env, seed=None):
         super().reset(env, seed)
-        self.tracker = SurpriseTracker(self.env.grid_shape, self.sigma)
+        self.tracker = SurpriseTracker(self.view.grid_shape, self.sigma)
 
     def local_surprise(self) -> np.ndarray:
         """``(P,)`` Gaussian-weighted mean log surprise around each pixel (0 with no data)."""
@@ -199,15 +201,15 @@ class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):
         return np.exp(self.weight * self.local_surprise())
 
     def act(self, observation, action_mask):
-        reconstructor = self.env.reconstructor
-        self.tracker.record(reconstructor)  # the block chosen last time is measured by now
-        uncertainty = reconstructor.uncertainty().detach().cpu().numpy()
-        scores = window_values(self.env, uncertainty) / self.env.action_seconds()
-        scores = scores * np.repeat(self.pixel_factor(), self.env.n_blocks * self.env.n_windows)
+        model = self.view.model
+        self.tracker.record(model)  # the block chosen last time is measured by now
+        uncertainty = model.uncertainty().detach().cpu().numpy()
+        scores = self.view.window_values(uncertainty) / self.view.action_seconds()
+        scores = scores * np.repeat(self.pixel_factor(), self.view.n_blocks * self.view.n_windows)
         action = _masked_argmax(scores, action_mask)
-        pixel, unit = first_new_unit(self.env, action)
+        pixel, unit = first_new_unit(self.view, action)
         variance = float(uncertainty[pixel, unit])
-        self.tracker.expect(reconstructor, pixel, unit, variance, self.surprise_covariate(pixel))
+        self.tracker.expect(model, pixel, unit, variance, self.surprise_covariate(pixel))
         return action
 
     def surprise_covariate(self, pixel: int) -> float | None:
@@ -243,7 +245,7 @@ class EnergySurprisePerSecondPolicy(SurprisePerSecondPolicy):
 
         # Energy over the largest (floored as the PPO prior's plane is): the same argmax as the
         # energy itself, and the same scores as a score-map policy started from this heuristic.
-        self._log_energy = relative_log_energy(pixel_energy(self.env.reconstructor))
+        self._log_energy = relative_log_energy(pixel_energy(self.view.model))
         return super().pixel_factor() * np.exp(self.energy_exponent() * self._log_energy)
 
     def surprise_covariate(self, pixel: int) -> float:
@@ -294,25 +296,25 @@ class StructureOraclePolicy(Policy):
         super().reset(env, seed)
         from envs.data.twin import TwinConfig, make_twin
 
-        acquisition = env.unwrapped
-        attrs = acquisition.dataset.attrs
+        dataset = self.view.dataset
+        attrs = dataset.attrs
         if attrs.get("generator") != "envs.data.twin":
             raise ValueError(
                 "structure-oracle needs twin data (it regenerates the twin without disorder); "
-                f"this episode replays {acquisition.dataset.path or 'other data'}"
+                f"this episode replays {dataset.path or 'other data'}"
             )
         config = {**attrs["config"], "pinning_disorder": 0.0}
         structure = make_twin(int(attrs["seed"]), TwinConfig(**config)).dataset.truth
-        blocks = acquisition.to_unit_blocks(torch.from_numpy(structure))
+        blocks = self.view.to_unit_blocks(torch.from_numpy(structure))
         self.structure_blocks = blocks.double().cpu().numpy()
 
     def act(self, observation, action_mask):
-        reconstructor = self.env.reconstructor
-        estimate = reconstructor.estimate_blocks().detach().double().cpu().numpy()
+        model = self.view.model
+        estimate = np.asarray(model.estimate_blocks(), dtype=np.float64)
         error = np.square(self.structure_blocks - estimate).sum(axis=2)
-        variance = reconstructor.uncertainty().detach().double().cpu().numpy()
-        expected = self.env.window_gain(error + variance * estimate.shape[2])
-        return _masked_argmax(expected / self.env.action_seconds(), action_mask)
+        variance = model.uncertainty().detach().double().cpu().numpy()
+        expected = self.view.window_gain(error + variance * estimate.shape[2])
+        return _masked_argmax(expected / self.view.action_seconds(), action_mask)
 
 
 class VarianceReductionPolicy(UncertaintyPolicy):
@@ -341,19 +343,19 @@ class VarianceReductionPolicy(UncertaintyPolicy):
         """With read windows, a window's reduction is the sum of its units' single-unit
         reductions: an upper bound, since the units share the pixel's coefficients."""
         pointwise = super().scores()
-        recon = self.env.reconstructor
-        if not hasattr(recon, "variance_reduction"):
+        model = self.view.model
+        if not model.supports("variance_reduction"):
             return pointwise
-        n_pixels = self.env.n_pixels
+        n_pixels = self.view.n_pixels
         # Candidates by the reconstruction's own variance (a lost block, which the env counts as
         # taken, still shows its variance here and keeps its pixel a candidate).
-        per_pixel = recon.uncertainty().detach().cpu().numpy().reshape(n_pixels, -1).max(1)
+        per_pixel = model.uncertainty().detach().cpu().numpy().reshape(n_pixels, -1).max(1)
         m = min(self.candidates, per_pixel.size)
         pixels = np.sort(np.argpartition(-per_pixel, m - 1)[:m])
-        reduction = np.zeros((n_pixels, self.env.n_units))
-        reduction[pixels] = recon.variance_reduction(pixels).detach().cpu().numpy()
-        scores = np.full((n_pixels, self.env.n_blocks * self.env.n_windows), -np.inf)
-        scores[pixels] = self.env.window_gain(reduction).reshape(n_pixels, -1)[pixels]
+        reduction = np.zeros((n_pixels, self.view.n_units))
+        reduction[pixels] = model.variance_reduction(pixels).detach().cpu().numpy()
+        scores = np.full((n_pixels, self.view.n_blocks * self.view.n_windows), -np.inf)
+        scores[pixels] = self.view.window_gain(reduction).reshape(n_pixels, -1)[pixels]
         return scores.reshape(-1)
 
 
@@ -368,7 +370,7 @@ class GreedyOraclePolicy(Policy):
     privileged = True
 
     def act(self, observation, action_mask):
-        return _masked_argmax(block_errors(self.env) / self.env.action_seconds(), action_mask)
+        return _masked_argmax(block_errors(self.view) / self.view.action_seconds(), action_mask)
 
 
 def evenly_spread_pixels(grid_shape: tuple[int, int], count: int) -> np.ndarray:
@@ -462,7 +464,7 @@ class StaticBasisPolicy(OrderedPolicy):
 
     def partial_window(self) -> int:
         """The read window of the partly measured pixels' blocks."""
-        windows = self.env.read_windows
+        windows = self.view.read_windows
         if self.reads is None:
             return 0
         if self.reads not in windows.reads:
@@ -473,19 +475,19 @@ class StaticBasisPolicy(OrderedPolicy):
 
     def full_pixels(self) -> np.ndarray:
         """The design's fully measured pixels (flat indices, ascending)."""
-        nx, ny = self.env.grid_shape
+        nx, ny = self.view.grid_shape
         return evenly_spread_pixels((nx, ny), int(round(self.full_fraction * nx * ny)))
 
     def action_order(self) -> np.ndarray:
-        nb = self.env.n_blocks
+        nb = self.view.n_blocks
         if self.blocks_per_pixel > nb:
             raise ValueError(
                 f"blocks_per_pixel {self.blocks_per_pixel} exceeds the env's {nb} blocks"
             )
-        pixels = serpentine_pixels(self.env.grid_shape)
-        cells = pixels[:, None] * nb + staggered_blocks(pixels, self.env.grid_shape[1], nb)
+        pixels = serpentine_pixels(self.view.grid_shape)
+        cells = pixels[:, None] * nb + staggered_blocks(pixels, self.view.grid_shape[1], nb)
         is_full = np.isin(pixels, self.full_pixels())
-        n_windows = self.env.n_windows
+        n_windows = self.view.n_windows
         window = np.where(is_full, n_windows - 1, self.partial_window())[:, None]
         actions = cells * n_windows + window
         n_design = np.where(is_full, nb, self.blocks_per_pixel)
@@ -493,5 +495,5 @@ class StaticBasisPolicy(OrderedPolicy):
         later_passes = actions[~is_full, self.blocks_per_pixel :].T.reshape(-1)
         order = [design, later_passes]
         if window.min() < n_windows - 1:  # then read the partly read blocks to the end
-            order.append(whole_curve_actions(self.env, cells[~is_full].T.reshape(-1)))
+            order.append(whole_curve_actions(self.view, cells[~is_full].T.reshape(-1)))
         return np.concatenate(order)

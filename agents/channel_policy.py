@@ -61,6 +61,7 @@ from torch import nn
 from agents.ppo import PriorPlanes, _check_observation_space, _DilatedBlock
 from envs.acquisition.observation import PER_BLOCK_PLANES, ObservationSpec
 from envs.acquisition.surprise import SURPRISE_WEIGHT
+from envs.acquisition.view import AcquisitionView, as_view
 
 #: What each action channel's descriptor holds, in order. Voltage positions are indices along
 #: the pulse sequence as fractions of its length (0 first, 1 last); the share is the fraction of
@@ -212,34 +213,32 @@ def block_channels(
 
 
 def action_channels(env: Any) -> ActionChannels:
-    """The action channels of an acquisition env now (after ``reset``): one per voltage block
-    (and read window), described by its layout and priced by its cost model (the instrument's
-    public prices, as the cost-aware heuristics read them)."""
-    acquisition = env.unwrapped
-    here = np.asarray([acquisition.tip_pixel])
-    layout = acquisition.layout
-    n_windows = getattr(acquisition, "n_windows", 1)
-    if n_windows == 1:
-        seconds = [float(acquisition.block_seconds(here, b)[0]) for b in range(layout.n_blocks)]
+    """The action channels of an acquisition env now (after ``reset``), read from its view (an
+    env, a wrapper of one, or its :class:`~envs.acquisition.view.AcquisitionView`): one per
+    voltage block (and read window), described by its layout and priced by its cost model (the
+    instrument's public prices, as the cost-aware heuristics read them)."""
+    view = as_view(env)
+    here = np.asarray([view.tip_pixel])
+    layout = view.layout
+    if view.n_windows == 1:
+        seconds = [float(view.block_seconds(here, b)[0]) for b in range(layout.n_blocks)]
         return block_channels(
             [layout.voltages(b) for b in range(layout.n_blocks)],
             layout.n_voltages,
             np.asarray(seconds),
-            acquisition.cost_model.travel_s_per_pixel,
+            view.cost_model.travel_s_per_pixel,
         )
-    return _window_channels(acquisition, here)
+    return _window_channels(view, here)
 
 
-def _window_channels(acquisition: Any, here: np.ndarray) -> ActionChannels:
+def _window_channels(view: AcquisitionView, here: np.ndarray) -> ActionChannels:
     """One channel per (block, read window), in action order; see the module docstring."""
-    layout, windows = acquisition.layout, acquisition.read_windows
+    layout, windows = view.layout, view.read_windows
     n_segments, segments = windows.n_segments, windows.segments
     cells = [(b, w) for b in range(layout.n_blocks) for w in range(windows.n_windows)]
     voltages = [layout.voltages(b) for b, _ in cells]
-    seconds = np.asarray([float(acquisition.block_seconds(here, b, w)[0]) for b, w in cells])
-    plain = block_channels(
-        voltages, layout.n_voltages, seconds, acquisition.cost_model.travel_s_per_pixel
-    )
+    seconds = np.asarray([float(view.block_seconds(here, b, w)[0]) for b, w in cells])
+    plain = block_channels(voltages, layout.n_voltages, seconds, view.cost_model.travel_s_per_pixel)
     share = DESCRIPTOR_FEATURES.index("voltage_share")
     descriptors = plain.descriptors.copy()
     read_share = np.asarray([segments[w] / n_segments for _, w in cells])
@@ -623,7 +622,8 @@ class ChannelScoreMapPolicy(MaskableActorCriticPolicy):
         return self.features_extractor.action_channels.n_blocks
 
     def adapt_to(self, env: Any) -> None:
-        """Serve ``env`` (after its ``reset``): take its action channels and travel scale."""
+        """Serve ``env`` (after its ``reset``; or its view): take its action channels and travel
+        scale."""
         self.features_extractor.set_action_channels(action_channels(env))
 
     def score_logits(self, observation: dict[str, torch.Tensor]) -> torch.Tensor:

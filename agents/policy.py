@@ -1,10 +1,13 @@
 """The one interface every acquisition policy follows (:mod:`agents.catalog` names them).
 
 A policy is told about a new episode with :meth:`Policy.reset` and then asked for one action at a
-time with :meth:`Policy.act`. Model-based heuristics may read the environment's public model
-state (its reconstructor, cost model and tip position) through the env handed to ``reset``: a
-real instrument has the same reconstruction at hand. Only policies marked ``privileged`` may read
-the dataset itself (the ground truth); tables and plots label them as such.
+time with :meth:`Policy.act`. Model-based heuristics read the environment's model state (layout,
+what is measured, the reconstruction's estimate and uncertainty, the prices of actions, the
+budget) through one read-only view, :class:`envs.acquisition.view.AcquisitionView`, which
+``reset`` keeps as ``self.view``: a real instrument's operator has the same at hand. A policy
+keeps no handle on the env itself. Only policies marked ``privileged`` get the ground truth:
+their ``self.view`` is a :class:`envs.acquisition.view.PrivilegedView`; tables and plots label
+them as such.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from envs.acquisition.view import AcquisitionView
 
 
 class Policy(ABC):
@@ -25,12 +30,18 @@ class Policy(ABC):
     privileged: bool = False
 
     def __init__(self) -> None:
-        self.env: Any = None
+        #: The read-only view of the episode's env (None before ``reset``, or on an env that
+        #: is no acquisition env); a privileged policy's is a ``PrivilegedView``.
+        self.view: AcquisitionView | None = None
         self.rng = np.random.default_rng(0)
 
     def reset(self, env: gym.Env, seed: int | None = None) -> None:
-        """Start an episode on ``env`` (the unwrapped acquisition env is kept); seed the policy."""
-        self.env = env.unwrapped
+        """Start an episode on ``env``: keep its view (``env.unwrapped.view``; for a privileged
+        policy the view with the ground truth), not the env; seed the policy."""
+        view = getattr(env.unwrapped, "view", None)
+        if view is not None and self.privileged:
+            view = view.privileged(self)
+        self.view = view
         self.rng = np.random.default_rng(seed)
 
     @abstractmethod

@@ -65,6 +65,7 @@ from agents.policy import Policy
 from envs.acquisition.energy import ENERGY_PLANE_SCALE
 from envs.acquisition.observation import ObservationSpec
 from envs.acquisition.surprise import SURPRISE_PLANE_SCALE, SURPRISE_WEIGHT
+from envs.acquisition.view import as_view
 from reconstruct.base import resolve_device
 
 #: Where ``train.py`` writes the shipped model, and what ``"ppo"`` without a path loads.
@@ -453,11 +454,12 @@ class ScoreMapPolicy(MaskableActorCriticPolicy):
 
 def travel_pixels_of(env: Any) -> float:
     """Pixel pitches of tip travel that cost as much as one block measured at the tip, now, in
-    an acquisition env (after ``reset``): the ``d0`` of the travel prior, from its cost model."""
-    acquisition = env.unwrapped
-    here = np.asarray([acquisition.tip_pixel])
-    block_seconds = float(acquisition.block_seconds(here, 0)[0])
-    return block_seconds / acquisition.cost_model.travel_s_per_pixel
+    an acquisition env (after ``reset``; an env, a wrapper of one, or its view): the ``d0`` of
+    the travel prior, from its cost model."""
+    view = as_view(env)
+    here = np.asarray([view.tip_pixel])
+    block_seconds = float(view.block_seconds(here, 0)[0])
+    return block_seconds / view.cost_model.travel_s_per_pixel
 
 
 def observation_to_tensors(
@@ -562,9 +564,9 @@ class PPOPolicy(Policy):
 
     def reset(self, env: Any, seed: int | None = None) -> None:
         super().reset(env, seed)
-        shown = getattr(self.env, "observation_spec", None)
-        if shown is None:
-            raise ValueError(f"{self.model_path} runs on an acquisition env (observation_spec)")
+        if self.view is None:
+            raise ValueError(f"{self.model_path} runs on an acquisition env (its view)")
+        shown = self.view.observation_spec
         difference = self.observation_spec.mismatch(shown, compare_blocks=not self.block_count_free)
         if difference:
             raise ValueError(
@@ -573,11 +575,11 @@ class PPOPolicy(Policy):
                 f"model's settings {self.env_settings()}"
             )
         if self.block_count_free:
-            self.network.adapt_to(self.env)  # the env's blocks, their descriptors and prices
+            self.network.adapt_to(self.view)  # the env's blocks, their descriptors and prices
             return
         prior = self.network.features_extractor.prior
-        if prior is not None and hasattr(self.env, "cost_model"):
-            prior.travel_pixels = travel_pixels_of(self.env)
+        if prior is not None:
+            prior.travel_pixels = travel_pixels_of(self.view)
 
     @property
     def n_blocks(self) -> int:

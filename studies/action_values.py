@@ -40,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agents.baselines import UncertaintyPerSecondPolicy, block_errors
+from envs.acquisition.view import PrivilegedView
 
 
 def _replayed_block(env, pixel: int, block: int) -> np.ndarray:
@@ -67,7 +68,7 @@ def candidate_values(env, actions: np.ndarray) -> np.ndarray:
 def local_error_per_second(env, actions: np.ndarray) -> np.ndarray:
     """The greedy oracle's criterion for each action: the block's current squared
     reconstruction error per second."""
-    return (block_errors(env) / env.action_seconds())[actions]
+    return (block_errors(PrivilegedView(env.unwrapped)) / env.action_seconds())[actions]
 
 
 def collect(

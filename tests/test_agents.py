@@ -323,3 +323,97 @@ def test_structure_oracle_knows_the_twin_without_its_disorder():
     file_env.reset(seed=0)
     with pytest.raises(ValueError, match="needs twin data"):
         make_policy("structure-oracle").reset(file_env, seed=0)
+
+
+# ----------------------------------------------------------------- the policies' view of the env
+def test_the_view_is_read_only_and_shows_the_current_state():
+    from envs.acquisition.view import AcquisitionView, ModelView
+
+    env = small_env(read_windows=[8, 16])
+    env.reset(seed=0)
+    view = env.unwrapped.view
+    assert isinstance(view, AcquisitionView) and view is env.unwrapped.view  # built once
+    for name in ("measured", "grid_shape", "budget_seconds", "model", "n_blocks", "reconstructor"):
+        with pytest.raises(AttributeError, match="read-only"):
+            setattr(view, name, None)
+    with pytest.raises(AttributeError, match="read-only"):
+        del view.measured
+    with pytest.raises(AttributeError, match="read-only"):
+        view.model.uncertainty = None
+    # Arrays of the env's state are read-only and not the env's own.
+    for array in (view.measured, view.unit_measured, view.segments_read, view.action_masks()):
+        assert not array.flags.writeable
+        with pytest.raises(ValueError):
+            array.reshape(-1)[0] = 1
+    assert not np.shares_memory(view.segments_read, env.unwrapped.segments_read)
+    # The model's tensors are copies: writing into them changes nothing in the model.
+    model = view.model
+    assert isinstance(model, ModelView) and not hasattr(model, "add")
+    assert not hasattr(model, "reset")
+    before = env.unwrapped.reconstructor.uncertainty().clone()
+    model.uncertainty().fill_(-1.0)
+    model.measured.fill_(True)
+    for estimate in (model.estimate_blocks(), view.estimate()):  # the large arrays: read-only
+        assert not estimate.flags.writeable
+        with pytest.raises(ValueError):
+            estimate.reshape(-1)[0] = 1.0
+    assert torch.equal(env.unwrapped.reconstructor.uncertainty(), before)
+    np.testing.assert_array_equal(view.estimate(), env.unwrapped.estimate().numpy())
+    assert not env.unwrapped.reconstructor.measured.all()
+    # It reads the env every time: a step shows at once.
+    action = int(np.flatnonzero(view.action_masks())[0])
+    pixel, block, window = view.decode_action(action)
+    assert view.encode_action(pixel, block, window) == action
+    taken = view.n_measurements
+    env.step(action)
+    assert view.n_measurements == taken + 1 and view.segments_read[pixel, block] > 0
+    assert not view.action_masks()[action]
+    np.testing.assert_array_equal(view.action_seconds(), env.unwrapped.action_seconds())
+
+
+def test_a_policy_keeps_the_view_and_only_a_privileged_one_reaches_the_truth():
+    from envs.acquisition.view import PrivilegedView
+
+    env = small_env()
+    env.reset(seed=0)
+    plain = make_policy("gp-uncertainty-per-second")
+    plain.reset(env, seed=0)
+    assert plain.view is env.unwrapped.view and not hasattr(plain, "env")
+    assert not isinstance(plain.view, PrivilegedView)
+    for truth in ("reference_blocks", "dataset", "reconstructor", "instrument"):
+        assert not hasattr(plain.view, truth)
+    with pytest.raises(PermissionError, match="not privileged"):
+        plain.view.privileged(plain)
+
+    oracle = make_policy("greedy-oracle")
+    oracle.reset(env, seed=0)
+    assert oracle.privileged and isinstance(oracle.view, PrivilegedView)
+    reference = oracle.view.reference_blocks()
+    assert not reference.flags.writeable
+    np.testing.assert_array_equal(reference, env.unwrapped.reference_blocks.numpy())
+    assert oracle.view.dataset is env.unwrapped.dataset
+
+
+def test_the_view_travels_with_its_env():
+    import copy
+    import pickle
+
+    env = small_env()
+    env.reset(seed=0)
+    for clone in (copy.deepcopy(env.unwrapped), pickle.loads(pickle.dumps(env.unwrapped))):
+        assert clone.view is not env.unwrapped.view
+        clone.step(int(np.flatnonzero(clone.action_masks())[0]))
+        assert clone.view.n_measurements == env.unwrapped.view.n_measurements + 1
+
+
+def test_policies_read_the_env_only_through_its_view():
+    """No policy module keeps or reads the env itself: only ``.view`` (see the policies'
+    interface, :mod:`agents.policy`)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("baselines.py", "channel_policy.py", "ppo.py", "policy.py"):
+        source = (root / "agents" / name).read_text()
+        assert not re.search(r"self\.env\b", source), name
+        assert not re.findall(r"env\.unwrapped\.(?!view\b)\w+", source), name

@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.acquisition.view import window_values
+from envs.acquisition.view import AcquisitionView, as_view
 
 #: The weights a decision sets, and the range each may take.
 WEIGHT_NAMES = ("uncertainty_power", "cost_power", "window_credit", "completion_bonus")
@@ -59,8 +59,8 @@ class WeightedScore:
     ``log score = a log(variance removed) - b log(seconds) + d * (share of the pixel's blocks
     already read in full)``, where the variance removed is that of the reads an action takes
     plus ``c`` times the variance it removes from the rest of those curves
-    (:func:`envs.acquisition.view.window_values`). ``(a, b, c, d) = (1, 1, 1, 0)`` ranks actions as
-    ``gp-uncertainty-per-second``."""
+    (:meth:`envs.acquisition.view.AcquisitionView.window_values`). ``(a, b, c, d) = (1, 1, 1,
+    0)`` ranks actions as ``gp-uncertainty-per-second``."""
 
     uncertainty_power: float = 1.0
     cost_power: float = 1.0
@@ -82,14 +82,16 @@ class WeightedScore:
         return cls(*(float(w) for w in weights))
 
     def log_scores(self, env: Any) -> np.ndarray:
-        """``(n_actions,)`` log scores in action order (``-inf`` where invalid)."""
-        uncertainty = env.reconstructor.uncertainty().detach().cpu().numpy().astype(np.float64)
-        own = env.window_gain(uncertainty)
-        rest = window_values(env, uncertainty) - own
+        """``(n_actions,)`` log scores in action order (``-inf`` where invalid), read from the
+        view of ``env`` (an acquisition env, a wrapper of one, or its view)."""
+        view = as_view(env)
+        uncertainty = view.model.uncertainty().detach().cpu().numpy().astype(np.float64)
+        own = view.window_gain(uncertainty)
+        rest = view.window_values(uncertainty) - own
         value = own + self.window_credit * rest
-        seconds = env.action_seconds()
-        complete = env.measured.mean(axis=1)  # share of each pixel's blocks read in full
-        per_action = env.n_blocks * env.n_windows
+        seconds = view.action_seconds()
+        complete = view.measured.mean(axis=1)  # share of each pixel's blocks read in full
+        per_action = view.n_blocks * view.n_windows
         bonus = self.completion_bonus * np.repeat(complete, per_action)
         with np.errstate(divide="ignore"):
             scores = (
@@ -97,7 +99,7 @@ class WeightedScore:
                 - self.cost_power * np.log(seconds)
                 + bonus
             )
-        return np.where(env.action_masks() & (value > 0), scores, -np.inf)
+        return np.where(view.action_masks() & (value > 0), scores, -np.inf)
 
 
 def top_actions_one_per_pixel(scores: np.ndarray, per_pixel: int, k: int) -> np.ndarray:
@@ -121,6 +123,8 @@ class BatchDecisionEnv(gym.Env):
     still the normalised area under the accuracy curve). Observation: ``Box`` of
     :data:`FEATURES`, none of them from the ground truth. The episode ends when the wrapped one
     does; ``info`` is the wrapped env's last, plus ``"measurements"`` (taken this step).
+    It reads the wrapped env's state only through its view (:attr:`view`) and drives it only
+    through ``reset`` and ``step`` (and ``observe`` when nothing is left to measure).
 
     Parameters
     ----------
@@ -145,7 +149,13 @@ class BatchDecisionEnv(gym.Env):
 
     @property
     def acquisition(self) -> Any:
+        """The wrapped acquisition env itself (what this env drives)."""
         return self.env.unwrapped
+
+    @property
+    def view(self) -> AcquisitionView:
+        """The read-only view of the wrapped env's model state (what this env reads)."""
+        return self.env.unwrapped.view
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -161,9 +171,9 @@ class BatchDecisionEnv(gym.Env):
         self, action: np.ndarray
     ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         score = WeightedScore.from_action(action)
-        env = self.acquisition
+        view = self.view
         chosen = top_actions_one_per_pixel(
-            score.log_scores(env), env.n_blocks * env.n_windows, self.k
+            score.log_scores(view), view.n_blocks * view.n_windows, self.k
         )
         total, terminated, truncated, info = 0.0, False, False, {}
         observation, taken = None, 0
@@ -174,18 +184,20 @@ class BatchDecisionEnv(gym.Env):
             if terminated or truncated:
                 break
         if observation is None:  # nothing valid was left to measure
-            return self._features(env.observe()), 0.0, True, False, {"measurements": 0}
+            return (
+                self._features(self.acquisition.observe()), 0.0, True, False, {"measurements": 0}
+            )
         info = {**info, "measurements": taken}
         return self._features(observation), total, terminated, truncated, info
 
     def _features(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         """What the episode shows now (:data:`FEATURES`), from the wrapped env's observation
         and the reconstruction's own uncertainty."""
-        env = self.acquisition
+        view = self.view
         budget_used, units_measured, map_change = (float(v) for v in observation["scalars"][:3])
-        blocks_read = env.measured.sum(axis=1)
-        uncertainty = env.reconstructor.uncertainty().detach().cpu().numpy()
-        unmeasured = uncertainty[~env.unit_measured]
+        blocks_read = view.measured.sum(axis=1)
+        uncertainty = view.model.uncertainty().detach().cpu().numpy()
+        unmeasured = uncertainty[~view.unit_measured]
         floor = 1e-12
         mean_u = float(unmeasured.mean()) / self._scale if unmeasured.size else floor
         max_u = float(unmeasured.max()) / self._scale if unmeasured.size else floor
@@ -194,8 +206,8 @@ class BatchDecisionEnv(gym.Env):
                 budget_used,
                 units_measured,
                 map_change,
-                float(np.mean(blocks_read == env.n_blocks)),
-                float(np.mean(env.segments_read.sum(axis=1) > 0)),
+                float(np.mean(blocks_read == view.n_blocks)),
+                float(np.mean(view.segments_read.sum(axis=1) > 0)),
                 np.log(max(mean_u, floor)),
                 np.log(max(max_u, floor)),
             ],

@@ -14,6 +14,7 @@ from gymnasium import spaces
 from envs.acquisition.energy import energy_observation
 from envs.acquisition.observation import ObservationSpec
 from envs.acquisition.surprise import SurpriseTracker
+from envs.acquisition.view import AcquisitionView
 from envs.acquisition.windows import ReadWindows
 from envs.data.dataset import DataError, Dataset
 from envs.data.sources import DatasetSource
@@ -201,6 +202,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         Privileged: the data in block layout, ``(P, n_blocks, F_b)``, used for R^2.
     observation_spec : envs.acquisition.observation.ObservationSpec
         Names and order of the observation's planes and scalars.
+    view : envs.acquisition.view.AcquisitionView
+        The read-only view of the model state that policies read (no ground truth; a
+        privileged policy asks it for :class:`envs.acquisition.view.PrivilegedView`).
 
     Version History
     ---------------
@@ -305,6 +309,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.action_space = spaces.Discrete(self.n_pixels * self.n_blocks * self.n_windows)
         # Price and budget the first dataset now, so a bad configuration fails here.
         self._set_dataset(first)
+        self._view = AcquisitionView(self)
 
     # ================================================================= configuration
     @staticmethod
@@ -549,6 +554,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             for window in range(self.n_windows):
                 table[:, block, window] = self.block_seconds(pixels, block, window)
         return table.reshape(-1)
+
+    @property
+    def view(self) -> AcquisitionView:
+        """The read-only view of the model state that policies read
+        (:class:`envs.acquisition.view.AcquisitionView`), built once with the env."""
+        return self._view
 
     @property
     def tip_pixel(self) -> int:
