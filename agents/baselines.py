@@ -294,11 +294,11 @@ class StructureOraclePolicy(Policy):
 
     def reset(self, env, seed=None):
         super().reset(env, seed)
-        from envs.data.twin import TwinConfig, make_twin
+        from envs.data.twin import TWIN_GENERATORS, TwinConfig, make_twin
 
         dataset = self.view.dataset
         attrs = dataset.attrs
-        if attrs.get("generator") != "envs.data.twin":
+        if attrs.get("generator") not in TWIN_GENERATORS:
             raise ValueError(
                 "structure-oracle needs twin data (it regenerates the twin without disorder); "
                 f"this episode replays {dataset.path or 'other data'}"
