@@ -187,7 +187,8 @@ class ExperimentConfig:
     )
     reconstructor: str = option("gp", "reconstructor (a name from reconstruct.registry)")
     reconstructor_options: dict[str, Any] = option(
-        {}, 'reconstructor options as JSON, e.g. \'{"error_calibration": "online"}\'',
+        {}, 'reconstructor options as JSON, e.g. \'{"error_calibration": "online"}\' '
+        "(default: none)",
         metavar="JSON",
     )
     n_blocks: int = option(4, "voltage blocks per pixel")
@@ -200,7 +201,9 @@ class ExperimentConfig:
     )
     audit_draws: int = option(96, "blocks drawn per audit round (estimate 'sampled')")
     estimate_every: int = option(10, "policy measurements between accuracy estimates")
-    max_measurements: int | None = option(None, "stop after this many measurements in all")
+    max_measurements: int | None = option(
+        None, "stop after this many measurements in all (default: no limit)"
+    )
     algorithm_clock: str = option(
         "wall", "charge the algorithm's measured wall time, or the cost model's (reproducible)",
         choices=("wall", "model"),
@@ -212,11 +215,15 @@ class ExperimentConfig:
     timeout: float = option(30.0, "seconds to wait for any one instrument call")
     pace: float = option(0.0, "real-time factor for a replay (0: as fast as possible)")
     reference: str | None = option(
-        None, "data spec of the truth, to report the true R^2 beside the estimate",
-        metavar="SPEC",
+        None, "data spec of the truth, to report the true R^2 beside the estimate (default: "
+        "none; a replay's own data)", metavar="SPEC",
     )
-    twin_grid: int | None = option(None, "side of a twin's square grid (twin data only)")
-    twin_times: int | None = option(None, "read-outs per pulse of a twin (twin data only)")
+    twin_grid: int | None = option(
+        None, "side of a twin's square grid (twin data only; default: the twin's own)"
+    )
+    twin_times: int | None = option(
+        None, "read-outs per pulse of a twin (twin data only; default: the twin's own)"
+    )
     device: str = option("auto", "torch device of the reconstruction ('auto': CUDA if present)")
     progress: bool = option(True, "show a progress bar", flag=False)
 
@@ -878,13 +885,13 @@ class _Experiment:
             for i, end in enumerate(self.audit_ends):
                 ax.axvline(
                     end / 3600, color="tab:red", lw=0.8, ls=":",
-                    label="audit round: the estimate is the audited one,\nits blocks then "
-                    "join the reconstruction" if i == 0 else None,
+                    label="audit round (the audited estimate; a failed\nround's blocks then "
+                    "join the reconstruction)" if i == 0 else None,
                 )
             finite = np.concatenate([est, true])
             finite = finite[np.isfinite(finite)]
             ax.set_ylim(max(float(finite.min()), -0.5) if finite.size else -0.5, 1.0)
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="upper left", fontsize=7)
         ax.set_xlabel("instrument hours")
         ax.set_ylabel("R^2 of the reconstruction")
         ax.set_title("accuracy during the session", fontsize=10)
