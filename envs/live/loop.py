@@ -23,17 +23,22 @@ as an uninterrupted one would). With ``--algorithm-clock model`` the charged alg
 the cost model's, and a seeded session is reproducible to the bit; the default ``wall`` charges
 the measured wall clock, as a real instrument would pay it.
 
-Time accounting: instrument seconds are the instrument's own report; the algorithm seconds of a
-record are the wall time from the previous measurement's arrival to this one's request (the
-update, the estimate, the observation and the decision). The move back to the last pixel after a
-resume is not charged, so a resumed session spends the same budget as an uninterrupted one.
+Time accounting is the env's own: instrument seconds are the instrument's report, algorithm
+seconds the cost model's (``--algorithm-clock model``) or the wall time of each decision and
+update (``wall``); each record notes the algorithm seconds charged with it. The move back to the
+last pixel after a resume is not charged, so a resumed session spends the same budget as an
+uninterrupted one.
 
-The loop runs the same :class:`envs.acquisition.env.AcquisitionEnv` as training and evaluation,
-over the live instrument (no reference, so no reward), for its observation, action encoding and
-pricing, so every policy (PPO included) sees the observations it was trained on; the loop
-measures through the instrument itself so that each block is in the session file before the
-reconstruction sees it. Known differences after a resume: the observation's "recent change"
-scalar restarts at 0 and a surprise plane restarts from the measurements after the resume.
+The one step path: the loop runs the :class:`envs.acquisition.env.AcquisitionEnv` that
+:func:`envs.acquisition.factory.make_env` builds over a :class:`SessionInstrument`, and only
+calls its operations: ``reset`` (the initial design), ``measure_held_back`` (check blocks and
+audit rounds, kept from the reconstruction), ``release_held_back`` (a failed round's blocks),
+``step`` (each policy decision) and ``observe`` (after held-back blocks); it reads the env's
+public properties and ``info`` and writes none of its state. The :class:`SessionInstrument`
+appends each measurement to the session file (flushed) before the env gets it; on a resume it
+answers the recorded requests from the file (each must match its record) and the loop repeats
+the same env operations, so the env's state (reconstruction, observation, counters) is rebuilt
+exactly before the first live measurement.
 """
 
 from __future__ import annotations
