@@ -148,6 +148,17 @@ def test_a_record_measured_twice_is_refused(session):
     _one_line_error(lambda: _resume(session), "record 1 .* a second time")
 
 
+def test_records_that_do_not_follow_from_the_settings_are_refused(session):
+    """Two policy records swapped, checksums forged: the replay asks for the first policy
+    choice and finds the second."""
+    with h5py.File(session, "r+") as file:
+        first = int(np.flatnonzero(file["kind"][()] == 2)[0])
+        for name in ("pixel", "block", "values", "instrument_seconds", "checksum"):
+            a, b = file[name][first], file[name][first + 1]
+            file[name][first], file[name][first + 1] = b, a
+    _one_line_error(lambda: _resume(session), f"record {first} .* the policy chooses")
+
+
 def test_garbage_in_the_stored_settings_is_refused(session):
     data = bytearray(session.read_bytes())
     at = data.index(b'"agent"')

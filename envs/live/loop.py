@@ -285,7 +285,8 @@ class ExperimentConfig:
                 raise ValueError(
                     f"--{_flag(name)} {getattr(self, name)!r} differs from the session's "
                     f"{stored[name]!r}; a resume keeps the session's settings (only "
-                    f"{', '.join('--' + _flag(n) for n in self.RESUMABLE_OVERRIDES)} may change)"
+                    f"{', '.join('--' + _flag(n) for n in self._resumable_options())} may "
+                    f"change)"
                 )
         for name in self.RESUMABLE_OVERRIDES:
             if given is None or name in given or name in ("session", "progress"):
@@ -296,6 +297,12 @@ class ExperimentConfig:
             raise SessionError(
                 f"the settings stored in {self.session} are not valid: {err}"
             ) from None
+
+    @classmethod
+    def _resumable_options(cls) -> list[str]:
+        """The :attr:`RESUMABLE_OVERRIDES` that are command-line options."""
+        flags = {f.name for f in dataclasses.fields(cls) if f.metadata.get("flag", True)}
+        return [name for name in cls.RESUMABLE_OVERRIDES if name in flags]
 
     def twin_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -352,6 +359,11 @@ class ExperimentResult:
 
 class ExperimentStopped(RuntimeError):
     """The session stopped early (instrument, disk, Ctrl-C); the file can be resumed."""
+
+
+class RecordMismatch(SessionError):
+    """On a resume, a record is not what the session's settings lead to (an edited or foreign
+    file): the resume stops before measuring anything and leaves the file as it was."""
 
 
 # ============================================================================ the recording
@@ -446,7 +458,7 @@ class SessionInstrument:
         i, records = self._next, self._records
         if (pixel, block, self.kind) != self.next_record:
             rp, rb, rk = self.next_record
-            raise SessionError(
+            raise RecordMismatch(
                 f"record {i} of {self.session.path} holds pixel {rp} block {rb} "
                 f"({KIND_NAMES[rk]}) but the session asks for pixel {pixel} block {block} "
                 f"({KIND_NAMES[self.kind]}) there: the records do not follow from its settings"
@@ -714,8 +726,8 @@ class _Experiment:
             return f"measurement limit {config.max_measurements} reached"
         return None
 
-    def policy_step(self) -> None:
-        """The policy decides on the env's observation; the env steps."""
+    def _decide(self) -> tuple[int, int]:
+        """The policy's (pixel, block) on the env's observation."""
         env = self.env
         start = time.perf_counter()
         # Reseeded from the record count, so a resumed session decides as an uninterrupted one.
@@ -723,18 +735,34 @@ class _Experiment:
         action = self.policy.act(self._observation, env.action_masks())
         pixel, block, _ = env.decode_action(action)
         self._decision_ms = 1e3 * (time.perf_counter() - start)
-        self._step(pixel, block)
+        return pixel, block
+
+    def policy_step(self) -> None:
+        """The policy decides on the env's observation; the env steps."""
+        self._step(*self._decide())
 
     def replay_step(self) -> None:
         """The next recorded choice, taken again through the same env operation (a resume):
-        a policy record is stepped, the first record of an audit round replays the round."""
+        a policy record is stepped, the first record of an audit round replays the round.
+
+        The policy decides again too, so that a policy with a memory of the episode rebuilds
+        it; with the model clock its choice must be the record's (a seeded session decides
+        the same), with the wall clock it may differ (its observation holds the budget used)
+        and the record's is taken."""
         pixel, block, kind = self.instrument.next_record
         if kind == KIND_POLICY:
+            chosen = self._decide()
+            if chosen != (pixel, block) and self.config.algorithm_clock == "model":
+                raise RecordMismatch(
+                    f"record {self.instrument.last_index + 1} of {self.session.path} holds "
+                    f"pixel {pixel} block {block} but the policy chooses pixel {chosen[0]} block "
+                    f"{chosen[1]} there: the records do not follow from the session's settings"
+                )
             self._step(pixel, block)
         elif kind == KIND_AUDIT:
             self._audit()
         else:
-            raise SessionError(
+            raise RecordMismatch(
                 f"record {self.instrument.last_index + 1} of {self.session.path} is a "
                 f"{KIND_NAMES[kind]} block after the initial design and the check blocks"
             )
@@ -754,11 +782,11 @@ class _Experiment:
             # ``estimate_every``, counted over the whole session, so that a resumed session
             # estimates (and stops) exactly where an uninterrupted one would.
             self.update_estimate()
+            self.policy.reset(self.env, self.config.seed)
             while self.instrument.replaying:
                 self.replay_step()
                 if self.n_policy_records % every == 0 and not self._audit_just_closed():
                     self.update_estimate()
-            self.policy.reset(self.env, self.config.seed)
             while (reason := self.stop_reason()) is None:
                 self.policy_step()
                 if self.n_policy_records % every == 0:
@@ -936,6 +964,8 @@ def run_experiment(
     try:
         reason = experiment.run()
         return experiment.write_outputs(reason)
+    except RecordMismatch:
+        raise  # the file stays as it was: resuming it again would meet the same record
     except (InstrumentError, SessionError, KeyboardInterrupt) as err:
         what = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else str(err)
         experiment.session.set_status(f"stopped: {what}")
