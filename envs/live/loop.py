@@ -881,6 +881,7 @@ class _Experiment:
         predictive variance there, and the estimated (and, for a replay, true) R^2 against
         instrument hours with the audit rounds marked."""
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -906,7 +907,10 @@ class _Experiment:
             ax.set_title(title, fontsize=10)
             ax.set_xlabel(f"{axes_info[1].name} (pixel)")
             ax.set_ylabel(f"{axes_info[0].name} (pixel)")
-            fig.colorbar(shown, ax=ax, shrink=0.8, label=label)
+            bar = fig.colorbar(shown, ax=ax, shrink=0.8, label=label)
+            if label == "blocks":
+                bar.locator = matplotlib.ticker.MaxNLocator(integer=True)
+                bar.update_ticks()
         ax = axes[3]
         if self.trace:
             seconds, est, true = (np.asarray(v) for v in zip(*self.trace, strict=True))
@@ -924,7 +928,7 @@ class _Experiment:
             finite = np.concatenate([est, true])
             finite = finite[np.isfinite(finite)]
             ax.set_ylim(max(float(finite.min()), -0.5) if finite.size else -0.5, 1.0)
-            ax.legend(loc="upper left", fontsize=7)
+            ax.legend(loc="best", fontsize=7)
         ax.set_xlabel("instrument hours")
         ax.set_ylabel("R^2 of the reconstruction")
         ax.set_title("accuracy during the session", fontsize=10)
