@@ -202,11 +202,18 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     observation_spec : envs.acquisition.observation.ObservationSpec
         Names and order of the observation's planes and scalars.
 
+    Held-back blocks
+    ----------------
+    An experiment that checks its own accuracy (the live loop's check blocks and audit rounds)
+    measures blocks with :meth:`measure_held_back`: charged and counted as measured like a
+    step's measurement, but kept from the reconstructor until :meth:`release_held_back` (if
+    ever); :meth:`observe` then gives the observation. No step, no reward.
+
     Version History
     ---------------
     v0: initial version; the parts injected as objects, the observation named by a spec
     (the observation itself unchanged); read windows as an optional third action axis (with
-    one window, the default, actions and observations are unchanged).
+    one window, the default, actions and observations are unchanged); held-back blocks.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
