@@ -9,7 +9,7 @@ Layout
 Root attributes
     ``format`` (``"pfm-session/2"``), ``config`` (JSON of the experiment settings),
     ``instrument`` (JSON of what identifies the instrument's data, see
-    :func:`envs.live.loop.instrument_identity`), ``grid_shape``, ``spectral_shape``,
+    :func:`envs.live.recording.instrument_identity`), ``grid_shape``, ``spectral_shape``,
     ``n_blocks`` (-1 when not given), ``header_checksum`` (CRC-32 of the format, config,
     instrument, shapes and axes), ``status`` (``"running"``, ``"stopped: REASON"``,
     ``"finished: REASON"``), ``created``.
