@@ -14,79 +14,68 @@ Instruments: ``http://HOST:PORT`` (a server speaking the protocol of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 
 from agents.catalog import make_policy
-from agents.command_line import json_object
+from agents.command_line import add_options, program_parser
 from envs.instruments.remote import InstrumentError
-from envs.live.accuracy_estimate import ESTIMATES
 from envs.live.loop import ExperimentConfig, ExperimentStopped, run_experiment
 from envs.live.session import SessionError
 
+PROG = "python experiment.py"
 
-def _parser() -> argparse.ArgumentParser:
-    defaults = ExperimentConfig(instrument="", session="")
-    parser = argparse.ArgumentParser(
-        prog="python experiment.py", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _parser(defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The command line: ``run`` with one option per :class:`ExperimentConfig` field.
+    ``defaults`` replaces the fields' defaults (to tell the options given from the others)."""
+    parser = program_parser(PROG, __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run or resume a session")
-    run.add_argument("--instrument", required=True,
-                     help="http://HOST:PORT, or replay:SPEC / SPEC with SPEC twin:SEED or a file")
-    run.add_argument("--session", required=True, help="session h5 file (outputs go beside it)")
-    run.add_argument("--resume", action="store_true", help="continue the session in --session")
-    run.add_argument("--agent", default=defaults.agent, help="policy (a name from agents.catalog)")
-    run.add_argument("--seed", type=int, default=defaults.seed)
-    run.add_argument("--budget-hours", type=float, default=defaults.budget_hours)
-    run.add_argument("--stop-r2", type=float, default=defaults.stop_r2,
-                     help="stop when the estimated R^2 reaches this (negative: no target)")
-    run.add_argument("--reconstructor", default=defaults.reconstructor)
-    run.add_argument("--reconstructor-options", type=json_object, default={}, metavar="JSON",
-                     help='reconstructor options, e.g. \'{"error_calibration": "online"}\'')
-    run.add_argument("--n-blocks", type=int, default=defaults.n_blocks)
-    run.add_argument("--initial-stride", type=int, default=defaults.initial_stride)
-    run.add_argument("--check-blocks", type=int, default=defaults.check_blocks,
-                     help="held-back blocks that calibrate the accuracy estimate")
-    run.add_argument("--estimate", choices=ESTIMATES, default=defaults.estimate,
-                     help="accuracy estimate; 'sampled' verifies a stop with an audit round")
-    run.add_argument("--audit-draws", type=int, default=defaults.audit_draws,
-                     help="blocks drawn per audit round (estimate 'sampled')")
-    run.add_argument("--estimate-every", type=int, default=defaults.estimate_every)
-    run.add_argument("--max-measurements", type=int, default=None)
-    run.add_argument(
-        "--algorithm-clock", choices=("wall", "model"), default=defaults.algorithm_clock
+    run = commands.add_parser(
+        "run", help="run or resume a session", description=__doc__,
+        formatter_class=parser.formatter_class,
     )
-    run.add_argument("--on-nan", choices=("skip", "stop"), default=defaults.on_nan)
-    run.add_argument("--timeout", type=float, default=defaults.timeout, help="seconds per call")
-    run.add_argument("--pace", type=float, default=0.0, help="real-time factor for a replay")
-    run.add_argument("--reference", default=None,
-                     help="data spec of the truth, to report the true R^2 beside the estimate")
-    run.add_argument("--twin-grid", type=int, default=None)
-    run.add_argument("--twin-times", type=int, default=None)
-    run.add_argument("--device", default="auto")
+    run.error = parser.error  # type: ignore[method-assign]  (one line, as the program's own)
+    run.add_argument("--resume", action="store_true", help="continue the session in --session")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_options(run, ExperimentConfig, defaults=defaults, required=("instrument", "session"))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 done, 1 stopped/failed, 130 Ctrl-C)."""
-    args = _parser().parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet")}
-    options["stop_r2"] = None if args.stop_r2 is not None and args.stop_r2 < 0 else args.stop_r2
-    options["progress"] = not args.quiet
+def parse_args(argv: Sequence[str] | None = None) -> tuple[ExperimentConfig, bool, set[str]]:
+    """The session's settings, whether to resume, and the names of the settings given on the
+    command line (a resume checks them against the stored ones). Bad input: one line, exit 2."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    fields = [f.name for f in dataclasses.fields(ExperimentConfig)]
+    unset = _parser(defaults=dict.fromkeys(fields, argparse.SUPPRESS)).parse_args(argv)
+    given = set(vars(unset)) & set(fields)
+    values = {k: v for k, v in vars(args).items() if k in fields}
     try:
-        result = run_experiment(
-            ExperimentConfig(**options), resume=args.resume, make_policy=make_policy
-        )
+        config = ExperimentConfig(**values, progress=not args.quiet)
+    except ValueError as err:
+        parser.error(str(err))
+    return config, args.resume, given
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (0 done, 1 stopped/failed, 2 bad
+    settings, 130 Ctrl-C)."""
+    config, resume, given = parse_args(argv)
+    try:
+        result = run_experiment(config, resume=resume, make_policy=make_policy, given=given)
     except ExperimentStopped as err:
         print(str(err), file=sys.stderr)
         return 130 if isinstance(err.__cause__, KeyboardInterrupt) else 1
-    except (SessionError, ValueError, InstrumentError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ValueError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except (SessionError, InstrumentError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     true = f", true R^2 {result.r2_true:.4f}" if np.isfinite(result.r2_true) else ""
     print(f"finished: {result.reason}")

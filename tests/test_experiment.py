@@ -255,3 +255,25 @@ def test_reconstructor_options_reach_the_live_loop_and_survive_a_resume(tmp_path
         tmp_path, resume_changes={"reconstructor_options": {}}, **calibrated
     )
     _assert_same_session(resumed, (result, records, _estimate(result)))
+
+
+def test_the_env_over_an_instrument_holds_blocks_back_until_released():
+    """make_env over an Instrument; a held-back block is charged and counted as measured, the
+    reconstruction gets it only when released, and a second measurement of it is an error."""
+    from envs.acquisition.factory import EnvConfig, make_env
+
+    env = make_env(EnvConfig(data=_replay(), initial_stride=3, cost={"algorithm_clock": "model"}))
+    env.reset(seed=0)
+    pixel, block = 0, 2  # pixel 0 is not in the initial grid (offset 1)
+    seconds, count = env.instrument_seconds, env.n_measurements
+    values = env.measure_held_back(pixel, block)
+    assert values.shape == (4, 8) and env.instrument_seconds > seconds
+    assert env.n_measurements == count + 1 and env.measured[pixel, block]
+    assert not env.action_masks()[env.encode_action(pixel, block)]
+    assert not env.reconstructor.measured[pixel, block]
+    with pytest.raises(ValueError, match="already measured"):
+        env.measure_held_back(pixel, block)
+    env.release_held_back([(pixel, block)])
+    assert env.reconstructor.measured[pixel, block]
+    observation = env.observe()
+    assert env.observation_space.contains(observation)

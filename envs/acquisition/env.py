@@ -206,11 +206,18 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         The read-only view of the model state that policies read (no ground truth; a
         privileged policy asks it for :class:`envs.acquisition.view.PrivilegedView`).
 
+    Held-back blocks
+    ----------------
+    An experiment that checks its own accuracy (the live loop's check blocks and audit rounds)
+    measures blocks with :meth:`measure_held_back`: charged and counted as measured like a
+    step's measurement, but kept from the reconstructor until :meth:`release_held_back` (if
+    ever); :meth:`observe` then gives the observation. No step, no reward.
+
     Version History
     ---------------
     v0: initial version; the parts injected as objects, the observation named by a spec
     (the observation itself unchanged); read windows as an optional third action axis (with
-    one window, the default, actions and observations are unchanged).
+    one window, the default, actions and observations are unchanged); held-back blocks.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -606,6 +613,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.reconstructor.reset()
         self.segments_read = np.zeros((self.n_pixels, self.n_blocks), dtype=np.int64)
         self._n_measured = 0
+        self._held_back: dict[tuple[int, int], np.ndarray] = {}
         self.instrument_seconds = 0.0
         self.algorithm_seconds = 0.0
         self._pending_wall = 0.0
@@ -627,12 +635,6 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         if self.reference_blocks is None:
             return float("nan")
         return float(self.reconstructor.r2(self.reference_blocks))
-
-    def mark(self, pixel: int, block: int) -> None:
-        """Count a block as read in full without measuring it here (the live loop measures and
-        records it itself, e.g. a held-back check block)."""
-        self.segments_read[pixel, block] = self.n_segments
-        self._n_measured += 1
 
     def observe(self) -> dict[str, np.ndarray]:
         """The observation of the current state (what ``reset`` and ``step`` return)."""
@@ -721,7 +723,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             )
             reward = -self.repeat_penalty
         else:
-            self.before_measuring(pixel, int(units[0]))
+            self._expect_surprise(pixel, int(units[0]))
             voltages, reads = self.layout.voltages(block), self._instrument_reads[window]
             values, seconds = (
                 self.instrument.measure(pixel, voltages)
@@ -738,7 +740,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                     self.reconstructor.add(pixel, unit_list[0], pieces[0])
                 else:
                     self.reconstructor.add_many([pixel] * len(unit_list), unit_list, pieces)
-            self.after_measuring()
+            self._score_surprise()
             if wall:
                 self.algorithm_seconds += self._wall_since_last_step()
             else:
@@ -768,11 +770,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self._pending_wall = self._last_return - obs_start
         return observation, float(reward), terminated, False, info
 
-    def before_measuring(self, pixel: int, block: int) -> None:
+    def _expect_surprise(self, pixel: int, block: int) -> None:
         """Note the prediction of the block about to be measured (the surprise plane scores it
-        once the block has arrived, :meth:`after_measuring`); nothing without that plane. The
-        live loop calls both around its own measurements, as :meth:`step` does. ``block`` is
-        the reconstructor's block: with read windows, the first unit the action adds."""
+        once the block has arrived, :meth:`_score_surprise`); nothing without that plane.
+        ``block`` is the reconstructor's block: with read windows, the first unit the action
+        adds."""
         if self._surprise is not None:
             # The model state is the one the last observation showed: its uncertainty is the
             # variance the prediction is judged against.
@@ -781,11 +783,62 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             covariate = float(self._log_energy[pixel]) if self.calibrate_energy else None
             self._surprise.expect(self.reconstructor, pixel, block, variance, covariate)
 
-    def after_measuring(self) -> None:
-        """Score the prediction noted by :meth:`before_measuring` against the reconstructor,
+    def _score_surprise(self) -> None:
+        """Score the prediction noted by :meth:`_expect_surprise` against the reconstructor,
         which has the measured block now (or not, for a NaN block)."""
         if self._surprise is not None:
             self._surprise.record(self.reconstructor)
+
+    # ================================================================= held-back blocks
+    def measure_held_back(self, pixel: int, block: int) -> np.ndarray:
+        """Measure every voltage of ``block`` at ``pixel`` in full, charge it as :meth:`step`
+        charges a measurement, and hold its values back from the reconstructor.
+
+        A held-back block counts as measured (masks, observation, ``n_measurements``) but the
+        reconstruction does not see it until :meth:`release_held_back`; an experiment uses such
+        blocks to check its own accuracy (e.g. the live loop's check blocks and audit rounds).
+        Returns the values, ``(n_applied, *rest)``, as the instrument gave them (NaN included).
+        Call :meth:`observe` for the observation after the held-back blocks.
+
+        Raises
+        ------
+        ValueError
+            When ``(pixel, block)`` is out of range or already measured.
+        """
+        pixel, block = int(pixel), int(block)
+        if not (0 <= pixel < self.n_pixels and 0 <= block < self.n_blocks):
+            raise ValueError(
+                f"(pixel {pixel}, block {block}) outside [0, {self.n_pixels}) x "
+                f"[0, {self.n_blocks})"
+            )
+        if self.segments_read[pixel, block] > 0:
+            raise ValueError(f"block {block} at pixel {pixel} is already measured")
+        values, seconds = self.instrument.measure(pixel, self.layout.voltages(block))
+        self.instrument_seconds += seconds
+        self.segments_read[pixel, block] = self.n_segments
+        self._n_measured += 1
+        self._held_back[(pixel, block)] = values
+        if self.cost_model.algorithm_clock == "wall":
+            self.algorithm_seconds += self._wall_since_last_step()
+            self._last_return, self._pending_wall = time.perf_counter(), 0.0
+        else:
+            self.algorithm_seconds += self.cost_model.algorithm_s(self._n_measured)
+        return values
+
+    def release_held_back(self, pairs: list[tuple[int, int]]) -> None:
+        """Give the held-back blocks ``pairs`` (``(pixel, block)``, in this order) to the
+        reconstructor, one by one; blocks holding NaN stay out of it, as in :meth:`step`.
+        Nothing is charged here: the measurement was charged when it was held back, and with
+        the wall clock the update's time falls to the next step."""
+        for pixel, block in pairs:
+            values = self._held_back.pop((int(pixel), int(block)))
+            units = block * self.n_segments + np.arange(self.n_segments)
+            unit_list, pieces = self._unit_values(int(block), units, values)
+            if all(bool(np.isfinite(piece).all()) for piece in pieces):
+                if len(unit_list) == 1:
+                    self.reconstructor.add(int(pixel), unit_list[0], pieces[0])
+                else:
+                    self.reconstructor.add_many([int(pixel)] * len(unit_list), unit_list, pieces)
 
     def _wall_since_last_step(self) -> float:
         """Wall seconds of the decision (since the last step returned), this step's update so

@@ -23,6 +23,7 @@ from envs.acquisition.windows import ReadWindows
 from envs.data.dataset import Dataset
 from envs.data.sources import DatasetSource, parse_spec
 from envs.instruments.cost import CostModel
+from envs.instruments.instrument import Instrument
 from reconstruct.base import BlockLayout
 from reconstruct.registry import make_reconstructor
 
@@ -35,7 +36,9 @@ class EnvConfig:
     ----------
     data
         A data spec (:mod:`envs.data.sources`: ``"twin"``, ``"twin:SEED"``, a file path) or, in code
-        only, a :class:`Dataset`.
+        only, a :class:`Dataset` or a live :class:`~envs.instruments.instrument.Instrument` (the
+        env then measures through it, with no reference and no reward; the twin settings are
+        not used).
     twin_seeds
         For ``"twin"``: an int (the same twin every reset) or ``[lo, hi)``, drawn from at each
         reset.
@@ -65,7 +68,7 @@ class EnvConfig:
         ``None`` or ``"rgb_array"``.
     """
 
-    data: str | Dataset = "twin"
+    data: str | Dataset | Instrument = "twin"
     twin_seeds: int | list[int] = 0
     twin_overrides: dict[str, Any] = field(default_factory=dict)
     reconstructor: str = "gp"
@@ -133,27 +136,35 @@ def make_env(config: EnvConfig | None = None, **kwargs: Any) -> AcquisitionEnv:
     """The acquisition environment of ``config`` (or of keyword settings, or both: keywords
     override the config's fields)."""
     config = (config or EnvConfig()).replace(**kwargs)
-    source = DatasetSource(config.data, config.twin_seeds, config.twin_overrides)
-    first = source.first()
+    source: DatasetSource | Instrument
+    if isinstance(config.data, (str, Dataset)):
+        source = DatasetSource(config.data, config.twin_seeds, config.twin_overrides)
+        first = source.first()
+        grid, spectral, axes = first.spatial_shape, first.spectral_shape, first.axes
+    else:
+        source = config.data
+        grid = tuple(int(s) for s in source.grid_shape)
+        spectral = tuple(int(s) for s in source.spectral_shape)
+        axes = list(source.axes)
     n_blocks = config.n_blocks
     if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1:
         raise ValueError(f"n_blocks must be a positive integer, got {n_blocks!r}")
     try:
-        layout = BlockLayout(first.spectral_shape[0], n_blocks, str(config.block_scheme))
+        layout = BlockLayout(spectral[0], n_blocks, str(config.block_scheme))
     except ValueError as err:
         raise ValueError(
             f"voltage blocks (n_blocks={n_blocks}, block_scheme={config.block_scheme!r}) do not "
-            f"fit the data {first.shape}: {err}"
+            f"fit the data {(*grid, *spectral)}: {err}"
         ) from None
-    cost_model = CostModel.from_dict(config.cost).for_axes(first.axes, config.cost)
-    windows = ReadWindows.parse(config.read_windows, first.spectral_shape)
+    cost_model = CostModel.from_dict(config.cost).for_axes(axes, config.cost)
+    windows = ReadWindows.parse(config.read_windows, spectral)
     # The reconstructor sees each block's curve segments as blocks of their own (units).
     unit_layout = windows.unit_layout(layout)
     observation = ObservationSpec(unit_layout.n_blocks, config.n_components, tuple(config.planes))
     reconstructor = make_reconstructor(
         config.reconstructor,
-        first.spatial_shape,
-        windows.unit_spectral_shape(first.spectral_shape),
+        grid,
+        windows.unit_spectral_shape(spectral),
         unit_layout,
         device=config.device,
         **dict(config.reconstructor_kwargs),

@@ -23,17 +23,22 @@ as an uninterrupted one would). With ``--algorithm-clock model`` the charged alg
 the cost model's, and a seeded session is reproducible to the bit; the default ``wall`` charges
 the measured wall clock, as a real instrument would pay it.
 
-Time accounting: instrument seconds are the instrument's own report; the algorithm seconds of a
-record are the wall time from the previous measurement's arrival to this one's request (the
-update, the estimate, the observation and the decision). The move back to the last pixel after a
-resume is not charged, so a resumed session spends the same budget as an uninterrupted one.
+Time accounting is the env's own: instrument seconds are the instrument's report, algorithm
+seconds the cost model's (``--algorithm-clock model``) or the wall time of each decision and
+update (``wall``); each record notes the algorithm seconds charged with it. The move back to the
+last pixel after a resume is not charged, so a resumed session spends the same budget as an
+uninterrupted one.
 
-The loop runs the same :class:`envs.acquisition.env.AcquisitionEnv` as training and evaluation,
-over the live instrument (no reference, so no reward), for its observation, action encoding and
-pricing, so every policy (PPO included) sees the observations it was trained on; the loop
-measures through the instrument itself so that each block is in the session file before the
-reconstruction sees it. Known differences after a resume: the observation's "recent change"
-scalar restarts at 0 and a surprise plane restarts from the measurements after the resume.
+The one step path: the loop runs the :class:`envs.acquisition.env.AcquisitionEnv` that
+:func:`envs.acquisition.factory.make_env` builds over a :class:`SessionInstrument`, and only
+calls its operations: ``reset`` (the initial design), ``measure_held_back`` (check blocks and
+audit rounds, kept from the reconstruction), ``release_held_back`` (a failed round's blocks),
+``step`` (each policy decision) and ``observe`` (after held-back blocks); it reads the env's
+public properties and ``info`` and writes none of its state. The :class:`SessionInstrument`
+appends each measurement to the session file (flushed) before the env gets it; on a resume it
+answers the recorded requests from the file (each must match its record) and the loop repeats
+the same env operations, so the env's state (reconstruction, observation, counters) is rebuilt
+exactly before the first live measurement.
 """
 
 from __future__ import annotations
@@ -42,19 +47,16 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from envs.acquisition.env import AcquisitionEnv
-from envs.acquisition.observation import ObservationSpec
-from envs.data.dataset import Axis, Dataset
-from envs.instruments.cost import CostModel
-from envs.instruments.instrument import Instrument, PacedInstrument, ReplayInstrument
-from envs.instruments.remote import InstrumentError, RemoteInstrument
+from envs.acquisition.factory import EnvConfig, make_env
+from envs.instruments.remote import InstrumentError
 from envs.live.accuracy_estimate import (
     ESTIMATES,
     AuditPlan,
@@ -67,110 +69,177 @@ from envs.live.accuracy_estimate import (
     plan_audit,
     projected_r2,
 )
+from envs.live.recording import (
+    RecordMismatch,
+    SessionInstrument,
+    check_same_instrument,
+    instrument_identity,
+    open_instrument,
+)
 from envs.live.session import (
     KIND_AUDIT,
     KIND_CHECK,
     KIND_INITIAL,
+    KIND_NAMES,
     KIND_POLICY,
-    Records,
     Session,
     SessionError,
 )
-from reconstruct.base import BlockLayout
 from reconstruct.metrics import dynamics_r2
-from reconstruct.registry import check_reconstructor_options, make_reconstructor
-
-
-# ============================================================================ instruments
-def open_instrument(
-    spec: str,
-    *,
-    timeout: float = 30.0,
-    pace: float = 0.0,
-    twin_options: dict[str, Any] | None = None,
-) -> tuple[Instrument, Dataset | None]:
-    """The instrument named by ``spec``, and the replayed dataset when there is one.
-
-    ``http://HOST:PORT`` gives a :class:`RemoteInstrument` (no dataset); ``replay:SPEC`` or a
-    bare ``SPEC`` (``twin:SEED``, a file path) a :class:`ReplayInstrument` priced by the default
-    cost model fitted to the data's time axis. ``pace > 0`` paces it in real time.
-    """
-    dataset: Dataset | None = None
-    if spec.startswith(("http://", "https://")):
-        instrument: Instrument = RemoteInstrument(spec, timeout=timeout)
-    else:
-        from envs.data.sources import open_data
-
-        data_spec = spec.removeprefix("replay:")
-        is_twin = data_spec == "twin" or data_spec.startswith("twin:")
-        dataset = open_data(data_spec, **((twin_options or {}) if is_twin else {}))
-        instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
-    if pace > 0:
-        instrument = PacedInstrument(instrument, pace)
-    return instrument, dataset
+from reconstruct.registry import check_reconstructor_options, reconstructor_class
 
 
 # ============================================================================ configuration
+def option(
+    default: Any,
+    help: str,  # noqa: A002  (argparse's own word)
+    *,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    flag: bool = True,
+) -> Any:
+    """A setting with the field metadata that ``agents.command_line.add_options`` turns into a
+    command-line option (help, choices, metavar; ``flag=False``: not an option). The programs'
+    helper of that name lives in ``agents``, which ``envs`` may not import."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "flag": flag}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class ExperimentConfig:
     """Settings of one session (stored in the session file; ``--resume`` reuses them).
 
-    ``instrument``, ``timeout``, ``pace`` and ``progress`` may change on resume (a restarted
-    server can have a new address); everything else comes from the file.
+    The settings in :attr:`RESUMABLE_OVERRIDES` may change on a resume (a restarted server can
+    have a new address, a session may be given more budget); any other one given with a resume
+    must equal the stored value (:meth:`for_resume`).
     """
 
-    instrument: str
-    session: str
-    agent: str = "gp-uncertainty"
-    seed: int = 0
-    budget_hours: float = 1.0
-    stop_r2: float | None = 0.9
-    reconstructor: str = "gp"
-    #: Keyword options of the reconstructor, e.g. ``{"error_calibration": "online"}``.
-    reconstructor_options: dict[str, Any] = field(default_factory=dict)
-    n_blocks: int = 4
-    block_scheme: str = "spread"
-    initial_stride: int = 6
-    check_blocks: int = 48
-    estimate: str = "sampled"
-    audit_draws: int = 96
-    estimate_every: int = 10
-    max_measurements: int | None = None
-    algorithm_clock: str = "wall"
-    on_nan: str = "skip"
-    timeout: float = 30.0
-    pace: float = 0.0
-    reference: str | None = None
-    twin_grid: int | None = None
-    twin_times: int | None = None
-    device: str = "auto"
-    progress: bool = True
+    instrument: str = option(
+        "", "http://HOST:PORT, or replay:SPEC / SPEC with SPEC twin:SEED or a data file",
+        metavar="SPEC",
+    )
+    session: str = option("", "session h5 file (outputs go beside it)", metavar="FILE")
+    agent: str = option("gp-uncertainty", "policy (a name from agents.catalog)", metavar="NAME")
+    seed: int = option(0, "seed of every random choice (check blocks, decisions, audits)")
+    budget_hours: float = option(1.0, "instrument + algorithm hours the session may spend")
+    stop_r2: float | None = option(
+        0.9, "stop when the estimated R^2 reaches this (negative: no target)", metavar="R2"
+    )
+    reconstructor: str = option("gp", "reconstructor (a name from reconstruct.registry)")
+    reconstructor_options: dict[str, Any] = option(
+        {}, 'reconstructor options as JSON, e.g. \'{"error_calibration": "online"}\' '
+        "(default: none)",
+        metavar="JSON",
+    )
+    n_blocks: int = option(4, "voltage blocks per pixel")
+    block_scheme: str = option("spread", "how voltages form blocks (reconstruct.BlockLayout)")
+    initial_stride: int = option(6, "stride of the initial grid of fully measured pixels")
+    check_blocks: int = option(48, "held-back blocks that calibrate the accuracy estimate")
+    estimate: str = option(
+        "sampled", "accuracy estimate; 'sampled' verifies a stop with an audit round",
+        choices=ESTIMATES,
+    )
+    audit_draws: int = option(96, "blocks drawn per audit round (estimate 'sampled')")
+    estimate_every: int = option(10, "policy measurements between accuracy estimates")
+    max_measurements: int | None = option(
+        None, "stop after this many measurements in all (default: no limit)"
+    )
+    algorithm_clock: str = option(
+        "wall", "charge the algorithm's measured wall time, or the cost model's (reproducible)",
+        choices=("wall", "model"),
+    )
+    on_nan: str = option(
+        "skip", "a NaN/inf reading: record the block as rejected and go on, or stop",
+        choices=("skip", "stop"),
+    )
+    timeout: float = option(30.0, "seconds to wait for any one instrument call")
+    pace: float = option(0.0, "real-time factor for a replay (0: as fast as possible)")
+    reference: str | None = option(
+        None, "data spec of the truth, to report the true R^2 beside the estimate (default: "
+        "none; a replay's own data)", metavar="SPEC",
+    )
+    twin_grid: int | None = option(
+        None, "side of a twin's square grid (twin data only; default: the twin's own)"
+    )
+    twin_times: int | None = option(
+        None, "read-outs per pulse of a twin (twin data only; default: the twin's own)"
+    )
+    device: str = option("auto", "torch device of the reconstruction ('auto': CUDA if present)")
+    progress: bool = option(True, "show a progress bar", flag=False)
 
     #: Settings a resume may change.
-    RESUMABLE_OVERRIDES = ("instrument", "timeout", "pace", "progress", "session")
+    RESUMABLE_OVERRIDES = (
+        "instrument", "timeout", "pace", "progress", "session", "budget_hours", "max_measurements",
+    )
 
     def __post_init__(self) -> None:
-        if not self.budget_hours > 0:
-            raise ValueError(f"budget_hours must be > 0, got {self.budget_hours}")
+        if self.stop_r2 is not None and self.stop_r2 < 0:
+            self.stop_r2 = None  # a negative target means none
+        positive = {"budget_hours": self.budget_hours, "timeout": self.timeout}
+        for name, value in positive.items():
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"--{_flag(name)} must be > 0, got {value}")
         if self.stop_r2 is not None and not self.stop_r2 <= 1:
-            raise ValueError(f"stop_r2 must be an R^2 <= 1, got {self.stop_r2}")
+            raise ValueError(f"--stop-r2 must be an R^2 <= 1, got {self.stop_r2}")
         if self.estimate not in ESTIMATES:
-            raise ValueError(f"estimate must be one of {ESTIMATES}, got {self.estimate!r}")
+            raise ValueError(f"--estimate must be one of {ESTIMATES}, got {self.estimate!r}")
         if self.algorithm_clock not in ("wall", "model"):
             raise ValueError(
-                f"algorithm_clock must be 'wall' or 'model', got {self.algorithm_clock!r}"
+                f"--algorithm-clock must be 'wall' or 'model', got {self.algorithm_clock!r}"
             )
         if self.on_nan not in ("skip", "stop"):
-            raise ValueError(f"on_nan must be 'skip' or 'stop', got {self.on_nan!r}")
-        if self.estimate_every < 1 or self.check_blocks < 0:
-            raise ValueError("estimate_every must be >= 1 and check_blocks >= 0")
-        if self.audit_draws < 2:
-            raise ValueError(f"audit_draws must be >= 2, got {self.audit_draws}")
+            raise ValueError(f"--on-nan must be 'skip' or 'stop', got {self.on_nan!r}")
+        at_least = {
+            "estimate_every": 1, "check_blocks": 0, "audit_draws": 2, "n_blocks": 1,
+            "initial_stride": 0, "max_measurements": 1, "twin_grid": 2, "twin_times": 1,
+        }
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"--{_flag(name)} must be >= {low}, got {value}")
+        if not self.pace >= 0:
+            raise ValueError(f"--pace must be >= 0, got {self.pace}")
         check_reconstructor_options(self.reconstructor, self.reconstructor_options)
 
     def stored(self) -> dict[str, Any]:
         """JSON-safe settings for the session file."""
         return dataclasses.asdict(self)
+
+    def for_resume(self, stored: dict[str, Any], given: Collection[str] | None) -> ExperimentConfig:
+        """The settings of a resumed session: the ``stored`` ones, with this config's values of
+        the :attr:`RESUMABLE_OVERRIDES` (only those in ``given``, when given). ``given``: the
+        settings named on the command line; one that may not change and differs from the stored
+        value is a ValueError (one line), never silently ignored."""
+        stored = dict(stored)
+        if "target" in stored:  # sessions written before the option was named stop_r2
+            stored["stop_r2"] = stored.pop("target")
+        for name in sorted(given or ()):
+            if name in self.RESUMABLE_OVERRIDES or name not in stored:
+                continue
+            if getattr(self, name) != stored[name]:
+                raise ValueError(
+                    f"--{_flag(name)} {getattr(self, name)!r} differs from the session's "
+                    f"{stored[name]!r}; a resume keeps the session's settings (only "
+                    f"{', '.join('--' + _flag(n) for n in self._resumable_options())} may "
+                    f"change)"
+                )
+        for name in self.RESUMABLE_OVERRIDES:
+            if given is None or name in given or name in ("session", "progress"):
+                stored[name] = getattr(self, name)
+        try:
+            return ExperimentConfig(**stored)
+        except TypeError as err:
+            raise SessionError(
+                f"the settings stored in {self.session} are not valid: {err}"
+            ) from None
+
+    @classmethod
+    def _resumable_options(cls) -> list[str]:
+        """The :attr:`RESUMABLE_OVERRIDES` that are command-line options."""
+        flags = {f.name for f in dataclasses.fields(cls) if f.metadata.get("flag", True)}
+        return [name for name in cls.RESUMABLE_OVERRIDES if name in flags]
 
     def twin_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -179,6 +248,35 @@ class ExperimentConfig:
         if self.twin_times:
             options["n_times"] = self.twin_times
         return options
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_option_types(name: str, options: dict[str, Any]) -> None:
+    """ValueError (one line) when a reconstructor option's value is not of the plain type its
+    constructor declares (int, float, str or bool, optionally None), so that a bad value fails
+    before any measurement rather than in the middle of a session."""
+    init = reconstructor_class(name).__init__
+    try:
+        hints = typing.get_type_hints(init)
+    except (NameError, TypeError):
+        return  # annotations this check cannot read: the constructor checks its own
+    for key, value in options.items():
+        hint = hints.get(key)
+        members = set(typing.get_args(hint)) if typing.get_args(hint) else {hint}
+        plain = members - {type(None)}
+        if not plain or not plain <= {int, float, str, bool}:
+            continue
+        if value is None and type(None) in members:
+            continue
+        accepted = tuple(plain | ({int} if float in plain else set()))
+        if isinstance(value, bool) and bool not in plain or not isinstance(value, accepted):
+            kinds = " or ".join(sorted(t.__name__ for t in plain))
+            raise ValueError(
+                f"--reconstructor-options: {key!r} of {name!r} must be {kinds}, got {value!r}"
+            )
 
 
 @dataclass
@@ -202,309 +300,235 @@ class ExperimentStopped(RuntimeError):
 
 # ============================================================================ the loop
 class _Experiment:
-    """One running session: instrument, session file, live env, policy and estimates."""
+    """One session: the env built by :func:`make_env` over a :class:`SessionInstrument`, the
+    policy, the session file, and the accuracy estimate and stop rule around them."""
 
     def __init__(
-        self, config: ExperimentConfig, resume: bool, make_policy: Callable[[str], Any]
+        self,
+        config: ExperimentConfig,
+        resume: bool,
+        make_policy: Callable[[str], Any],
+        given: Collection[str] | None = None,
     ) -> None:
+        session: Session | None = None
         if resume:
             session = Session.open(config.session)
-            if session.status.startswith("finished"):
-                reason = session.status.partition(": ")[2] or session.status
+            try:
+                if session.status.startswith("finished"):
+                    reason = session.status.partition(": ")[2] or session.status
+                    raise SessionError(
+                        f"{config.session} is already finished ({reason}); its results are "
+                        f"beside it; start a new session with another --session"
+                    )
+                config = config.for_resume(session.config, given)
+            except BaseException:
                 session.close()
-                raise SessionError(
-                    f"{config.session} is already finished ({reason}); its results are beside "
-                    f"it; start a new session with another --session"
-                )
-            stored = dict(session.config)
-            if "target" in stored:  # sessions written before the option was named stop_r2
-                stored["stop_r2"] = stored.pop("target")
-            for key in ExperimentConfig.RESUMABLE_OVERRIDES:
-                stored[key] = getattr(config, key)
-            config = ExperimentConfig(**stored)
+                raise
+        try:
+            self._build(config, session, make_policy)
+        except BaseException:
+            if session is not None:
+                session.close()
+            raise
+
+    def _build(
+        self, config: ExperimentConfig, session: Session | None, make_policy: Callable[[str], Any]
+    ) -> None:
+        """Everything a session needs, built (and so checked) before a new session file is
+        created: a setting that cannot work leaves no file behind."""
         self.config = config
-        self.instrument, dataset = open_instrument(
+        instrument, dataset = open_instrument(
             config.instrument, timeout=config.timeout, pace=config.pace,
             twin_options=config.twin_options(),
         )
-        reference = dataset
+        identity = instrument_identity(instrument, dataset, config.instrument)
+        if session is not None:
+            check_same_instrument(session.instrument, identity, config.session)
+        self.reference = dataset
         if config.reference:
             from envs.data.sources import open_data
 
-            reference = open_data(config.reference, **config.twin_options())
-        n_voltages = self.instrument.spectral_shape[0]
-        self.layout = BlockLayout(n_voltages, config.n_blocks, config.block_scheme)
-        block_features = self.layout.block_size * int(np.prod(self.instrument.spectral_shape[1:]))
-        axes: list[Axis] = list(self.instrument.axes)
-        if resume:
-            self.session = session
-            if (self.session.grid_shape, self.session.spectral_shape) != (
-                tuple(self.instrument.grid_shape), tuple(self.instrument.spectral_shape)
-            ):
-                raise SessionError(
-                    f"the instrument's grid {self.instrument.grid_shape} x spectra "
-                    f"{self.instrument.spectral_shape} differ from the session's "
-                    f"{self.session.grid_shape} x {self.session.spectral_shape}"
-                )
-        else:
-            self.session = Session.create(config.session, config.stored(), axes, block_features)
-        self.session.set_status("running")
-
+            self.reference = open_data(config.reference, **config.twin_options())
         self.policy = make_policy(config.agent)
         if self.policy.privileged:
             raise ValueError(f"policy {config.agent!r} reads the ground truth; it cannot run live")
-        grid = tuple(self.instrument.grid_shape)
-        spectral = tuple(self.instrument.spectral_shape)
-        reconstructor = make_reconstructor(
-            config.reconstructor, grid, spectral, self.layout, device=config.device,
-            **config.reconstructor_options,
+        _check_option_types(config.reconstructor, config.reconstructor_options)
+        settings = self.policy.env_settings()  # the observation the policy was trained on
+        self.instrument = SessionInstrument(instrument, config.on_nan)
+        self.env = make_env(
+            EnvConfig(
+                data=self.instrument,
+                reconstructor=config.reconstructor,
+                reconstructor_kwargs=dict(config.reconstructor_options),
+                device=config.device,
+                n_blocks=config.n_blocks,
+                block_scheme=config.block_scheme,
+                cost={"algorithm_clock": config.algorithm_clock},
+                budget_seconds=config.budget_hours * 3600.0,
+                initial_stride=config.initial_stride,
+                n_components=settings.get("n_components", 3),
+                planes=list(settings.get("planes", ())),
+            )
         )
-        cost = CostModel(algorithm_clock="model").for_axes(axes)
-        # The observation the policy reads (a trained model's planes), as in its training env.
-        settings = self.policy.env_settings()
-        observation = ObservationSpec(
-            self.layout.n_blocks,
-            settings.get("n_components", 3),
-            tuple(settings.get("planes", ())),
-        )
-        self.env = AcquisitionEnv(
-            self.instrument,
-            reconstructor,
-            cost,
-            budget_seconds=config.budget_hours * 3600.0,
-            initial_stride=config.initial_stride,
-            observation=observation,
-        )
-        # The loop measures the initial design itself, so that every block reaches the session
-        # file before the reconstruction sees it.
-        self.env.reset(seed=config.seed, options={"initial_design": False})
-        self.reference_blocks = None
-        self.reference = reference
-        if reference is not None:
-            self.reference_blocks = self.env._to_blocks(reference.data)
-
+        env = self.env
         self.check_pairs = choose_check_blocks(
-            self.env.n_pixels, self.env.n_blocks, config.check_blocks,
-            self.env.initial_pixels, config.seed,
+            env.n_pixels, env.n_blocks, config.check_blocks, env.initial_pixels, config.seed
         )
-        self.rejected = np.zeros((self.env.n_pixels, self.env.n_blocks), dtype=bool)
-        self.check_values = np.full((len(self.check_pairs), block_features), np.nan, np.float32)
+        self.reference_blocks = None
+        if self.reference is not None:
+            self.reference_blocks = env.to_unit_blocks(self.reference.data, spare=float("nan"))
+        if session is None:
+            block_features = env.layout.block_size * int(np.prod(env.spectral_shape[1:]))
+            session = Session.create(
+                config.session, config.stored(), list(instrument.axes), block_features,
+                instrument=identity, n_blocks=env.n_blocks,
+            )
+        elif (session.grid_shape, session.spectral_shape) != (env.grid_shape, env.spectral_shape):
+            raise SessionError(
+                f"the instrument's grid {env.grid_shape} x spectra {env.spectral_shape} differ "
+                f"from the session's {session.grid_shape} x {session.spectral_shape}"
+            )
+        self.session = session
+        self.instrument.attach(session, env.layout)
+
+        n_features = env.layout.block_size * int(np.prod(env.spectral_shape[1:]))
+        self.check_values = np.full((len(self.check_pairs), n_features), np.nan, np.float32)
+        self.rejected = np.zeros((env.n_pixels, env.n_blocks), dtype=bool)
         self.r2_estimate = float("nan")
         self.r2_true = float("nan")
         self.trace: list[tuple[float, float, float]] = []  # (seconds, estimate, true)
-        # Audit rounds (estimate "sampled"): the open round and the record it started at, the
-        # last closed round's audited / calibrated error, a passed round, where the last ended.
-        self._audit_open: tuple[AuditPlan, int] | None = None
+        self.audit_ends: list[float] = []  # instrument seconds at the end of each audit round
+        # Audit rounds (estimate "sampled"): the last closed round's audited / calibrated
+        # error, a passed round, and the record where the last round ended.
         self._audit_correction: float | None = None
         self._audit_passed: AuditResult | None = None
         self._last_audit_end = 0
-        self._last_arrival = time.perf_counter()
+        self._n_before_policy = 0
+        self._observation: dict[str, np.ndarray] = {}
         self._decision_ms = float("nan")
 
     # ------------------------------------------------------------------ measuring
-    def _measure(self, pixel: int, block: int, kind: int, algorithm_seconds: float) -> np.ndarray:
-        """Measure, validate, append to the session (flushed); return the values in slot
-        layout, ``(F_b,)``."""
-        voltages = self.layout.voltages(block)
-        values, seconds = self.instrument.measure(pixel, voltages)
-        self._last_arrival = time.perf_counter()
-        values = np.asarray(values, dtype=np.float32)
-        expected = (len(voltages), *self.instrument.spectral_shape[1:])
-        if values.shape != expected:
-            raise InstrumentError(
-                f"the instrument returned values of shape {values.shape} at pixel {pixel} block "
-                f"{block}, expected {expected}"
-            )
-        if not np.isfinite(values).all() and self.config.on_nan == "stop":
-            raise InstrumentError(
-                f"the instrument returned NaN/inf at pixel {pixel} block {block} "
-                f"({int((~np.isfinite(values)).sum())} of {values.size} values); rerun with "
-                f"--on-nan skip to record such blocks as rejected and go on"
-            )
-        # Sessions store every block at one width: its slots (see reconstruct.BlockLayout).
-        values = self.layout.to_slots(block, values)
-        self.session.append(pixel, block, kind, values, seconds, algorithm_seconds)
-        self._account(pixel, block, values, seconds, algorithm_seconds)
-        return values.reshape(-1)
+    def _noted(self, kind: int, operation: Callable[[], Any]) -> Any:
+        """Run one env operation that measures as ``kind``; note the algorithm seconds the env
+        charged for it on its record (unless the record, served on a resume, has them)."""
+        self.instrument.kind = kind
+        before = 0.0 if kind == KIND_INITIAL else self.env.algorithm_seconds  # reset zeroes it
+        result = operation()
+        index = self.instrument.last_index
+        if index >= 0 and not np.isfinite(self.session.notes(index)["algorithm_seconds"]):
+            self.session.set_notes(index, algorithm_seconds=self.env.algorithm_seconds - before)
+        return result
 
-    def _account(
-        self, pixel: int, block: int, values: np.ndarray, seconds: float, algorithm_seconds: float
-    ) -> None:
-        self.env.mark(pixel, block)
-        # A rejected (NaN) block is missing from the reference R^2 too: the estimate skips it.
-        self.rejected[pixel, block] = not np.isfinite(values).all()
-        self.env.instrument_seconds += float(seconds)
-        if np.isfinite(algorithm_seconds):
-            self.env.algorithm_seconds += float(algorithm_seconds)
+    def _held_back(self, pixel: int, block: int, kind: int) -> np.ndarray:
+        """Measure a block the reconstruction does not get (yet): its values in slot layout,
+        ``(F_b,)``."""
+        values = self._noted(kind, lambda: self.env.measure_held_back(pixel, block))
+        slots = np.asarray(self.env.layout.to_slots(block, values), np.float32).reshape(-1)
+        # A rejected (NaN) block is missing from the estimate's scores too.
+        self.rejected[pixel, block] = not np.isfinite(slots).all()
+        return slots
 
-    def _algorithm_seconds(self) -> float:
-        if self.config.algorithm_clock == "model":
-            return self.env.cost_model.algorithm_s(self.env.n_measurements + 1)
-        return time.perf_counter() - self._last_arrival
+    def _step(self, pixel: int, block: int) -> None:
+        """One policy measurement through the env's own step."""
+        action = self.env.encode_action(pixel, block)
+        observation, _, _, _, info = self._noted(KIND_POLICY, lambda: self.env.step(action))
+        self._observation = observation
+        self.rejected[pixel, block] = info["nan_block"]
 
     # ------------------------------------------------------------------ phases
-    def replay_records(self) -> None:
-        """Rebuild the state from the session's records, with the same reconstructor calls as
-        the run that wrote them (initial design in one batch, then one by one)."""
-        records = self.session.records()
-        initial = records.kind == KIND_INITIAL
-        check_index = {(int(p), int(b)): i for i, (p, b) in enumerate(self.check_pairs)}
-        for i in range(len(records)):
-            pixel, block = int(records.pixel[i]), int(records.block[i])
-            self._account(
-                pixel, block, records.values[i], records.instrument_seconds[i],
-                records.algorithm_seconds[i],
-            )
-            if records.kind[i] == KIND_CHECK:
-                self.check_values[check_index[(pixel, block)]] = records.values[i]
-            if np.isfinite(records.r2_estimate[i]):
-                seconds = float(records.instrument_seconds[: i + 1].sum())
-                estimate, true = float(records.r2_estimate[i]), float(records.r2_true[i])
-                self.trace.append((seconds, estimate, true))
-                # The stop rule reads the last estimate, as it did before the interruption.
-                self.r2_estimate, self.r2_true = estimate, true
-        if initial.sum() == self.env.initial_pixels.size * self.env.n_blocks:
-            self._add_initial(records)
-        for i in np.flatnonzero(np.isin(records.kind, (KIND_POLICY, KIND_AUDIT))):
-            if records.kind[i] == KIND_POLICY:
-                self._add(int(records.pixel[i]), int(records.block[i]), records.values[i])
-            else:
-                self._replay_audit(records, int(i))
-        if len(records):
-            last = int(records.pixel[-1])
-            if self.instrument.tip_pixel != last:
-                self.instrument.go_to(last)  # not charged: see the module notes
-
-    def _add(self, pixel: int, block: int, values: np.ndarray) -> None:
-        if np.isfinite(values).all():
-            self.env.reconstructor.add(pixel, block, values)
-
-    def _add_initial(self, records: Records) -> None:
-        """The initial design's usable records in one batch update, as the first run did."""
-        use = (records.kind == KIND_INITIAL) & np.isfinite(records.values).all(1)
-        if use.any():
-            self.env.reconstructor.add_many(
-                records.pixel[use].tolist(), records.block[use].tolist(), records.values[use]
-            )
-
-    def measure_initial_and_checks(self) -> None:
-        """Measure what is missing of the initial design (then one batch update) and of the
-        check blocks."""
-        env = self.env
-        if not env.measured[env.initial_pixels].all():
-            for pixel in env.initial_pixels:
-                for block in range(env.n_blocks):
-                    if not env.measured[pixel, block]:
-                        self._measure(int(pixel), block, KIND_INITIAL, self._algorithm_seconds())
-            self._add_initial(self.session.records())
+    def start(self) -> None:
+        """The initial design (the env's reset, one batch update), then the check blocks
+        (held back for good); on a resume both are served from the records."""
+        self._noted(KIND_INITIAL, lambda: self.env.reset(seed=self.config.seed))
+        pixels = self.env.initial_pixels
+        self.rejected[pixels] = ~self.env.reconstructor.measured.cpu().numpy()[pixels]
         for i, (pixel, block) in enumerate(self.check_pairs):
-            if not env.measured[pixel, block]:
-                self.check_values[i] = self._measure(
-                    int(pixel), int(block), KIND_CHECK, self._algorithm_seconds()
-                )
+            self.check_values[i] = self._held_back(int(pixel), int(block), KIND_CHECK)
+        self._n_before_policy = self.env.n_measurements
+        self._observation = self.env.observe()  # the check blocks are in its masks
 
     def update_estimate(self) -> None:
-        """Recompute the accuracy estimate (and the true R^2 when a reference is known) and
-        store it on the last record."""
-        self._estimate_stored_on_last_record = True
-        recon = self.env.reconstructor
-        seen = recon.measured.cpu().numpy() | self.rejected
-        arguments = (
-            recon.estimate_blocks(), recon.uncertainty(), seen, self.check_pairs, self.check_values
-        )
-        if self.config.estimate == "sampled" and self._audit_correction is not None:
-            # Between audit rounds: the calibrated estimate, corrected as the last round found.
-            self.r2_estimate = projected_r2(*arguments, self._audit_correction)
+        """The accuracy estimate (and the true R^2 when a reference is known) on the latest
+        record: read back when the record holds it (a resume), else computed and stored."""
+        stored = self.session.notes(self.instrument.last_index)
+        if np.isfinite(stored["r2_estimate"]):
+            self.r2_estimate, self.r2_true = stored["r2_estimate"], stored["r2_true"]
         else:
-            self.r2_estimate = estimate_r2(self.config.estimate, *arguments)
-        if self.reference_blocks is not None:
-            self.r2_true = float(recon.r2(self.reference_blocks))
-        self.session.set_estimate(self.r2_estimate, self.r2_true)
+            recon = self.env.reconstructor
+            seen = recon.measured.cpu().numpy() | self.rejected
+            arguments = (
+                recon.estimate_blocks(), recon.uncertainty(), seen, self.check_pairs,
+                self.check_values,
+            )
+            if self.config.estimate == "sampled" and self._audit_correction is not None:
+                # Between audit rounds: the calibrated estimate, corrected as the last round found.
+                self.r2_estimate = projected_r2(*arguments, self._audit_correction)
+            else:
+                self.r2_estimate = estimate_r2(self.config.estimate, *arguments)
+            self._store_estimate()
         self.trace.append((self.env.instrument_seconds, self.r2_estimate, self.r2_true))
 
-    # ------------------------------------------------------------------ audit rounds
-    def _plan_audit(self, records: Records, start: int) -> AuditPlan:
-        """The audit round starting at record ``start``: drawn from the blocks not measured by
-        then, with the reconstructor as it stands (the same on a replay), seeded by the seed and
-        ``start``."""
-        recon = self.env.reconstructor
-        taken = np.zeros_like(self.env.measured)
-        taken[records.pixel[:start], records.block[:start]] = True
-        weights = error_weights(recon.estimate_blocks(), recon.uncertainty(), recon.measured)
-        return plan_audit(weights, ~taken, self.config.audit_draws, [self.config.seed, start, 1])
+    def _store_estimate(self) -> None:
+        if self.reference_blocks is not None:
+            self.r2_true = float(self.env.reconstructor.r2(self.reference_blocks))
+        self.session.set_estimate(self.r2_estimate, self.r2_true, self.instrument.last_index)
 
-    def _replay_audit(self, records: Records, i: int) -> None:
-        """Record ``i`` is an audit block: open its round on the first, close it on the last."""
-        if self._audit_open is None:
-            self._audit_open = (self._plan_audit(records, i), i)
-        plan, start = self._audit_open
-        expected = tuple(plan.pairs[i - start])
-        if (int(records.pixel[i]), int(records.block[i])) != expected:
-            raise SessionError(
-                f"record {i} measured pixel {records.pixel[i]} block {records.block[i]} but the "
-                f"audit round from record {start} draws {expected}; was the file edited?"
-            )
-        if i - start + 1 == len(plan.pairs):
-            # A crash between the last block and its estimate: store it now, as the run would.
-            missing = i == len(records) - 1 and not np.isfinite(records.r2_estimate[i])
-            self._close_audit(records, i + 1, store=missing)
+    # ------------------------------------------------------------------ audit rounds
+    def _plan_audit(self) -> AuditPlan:
+        """The audit round starting now: drawn from the blocks not measured yet, with the
+        reconstructor as it stands (the same on a resume), seeded by the seed and the record
+        it starts at."""
+        recon = self.env.reconstructor
+        start = self.instrument.last_index + 1
+        weights = error_weights(recon.estimate_blocks(), recon.uncertainty(), recon.measured)
+        return plan_audit(
+            weights, ~self.env.measured, self.config.audit_draws, [self.config.seed, start, 1]
+        )
 
     def _audit(self) -> None:
-        """Measure what is missing of the open round (a new one if none is open), then close it."""
-        if self._audit_open is None:
-            start = self.session.n_records
-            self._audit_open = (self._plan_audit(self.session.records(), start), start)
-        plan, start = self._audit_open
-        for pixel, block in plan.pairs[self.session.n_records - start :]:
-            self._measure(int(pixel), int(block), KIND_AUDIT, self._algorithm_seconds())
-        records = self.session.records()
-        self._close_audit(records, len(records), store=True)
-
-    def _close_audit(self, records: Records, end: int, store: bool) -> None:
-        """Score the open round; if its lower bound misses the target, its blocks go to the
-        reconstruction (in raster order, as on a replay) and the round's audited / calibrated
-        error corrects the estimate until the next one. ``store``: write the estimate on the
-        last record (a replay reads it back instead). ``end``: the round's last record + 1."""
-        plan, start = self._audit_open
-        self._audit_open = None
-        self._last_audit_end = end
-        values = records.values[start:end]
+        """An audit round: measure its blocks held back, score the estimate with them; if the
+        round's lower bound misses the target, its blocks go to the reconstruction (in raster
+        order) and the round's audited / calibrated error corrects the estimate until the next
+        round."""
+        plan = self._plan_audit()
+        values = np.stack([
+            self._held_back(int(pixel), int(block), KIND_AUDIT) for pixel, block in plan.pairs
+        ])
+        self._last_audit_end = self.instrument.last_index + 1
         recon = self.env.reconstructor
         estimate = recon.estimate_blocks()
         result = audit_r2(estimate, plan, values, self.check_pairs, self.check_values)
-        if store:
+        stored = self.session.notes(self.instrument.last_index)
+        if np.isfinite(stored["r2_estimate"]):  # a resume: the round's estimate as it was
+            self.r2_estimate, self.r2_true = stored["r2_estimate"], stored["r2_true"]
+        else:
             self.r2_estimate = result.r2
-            if self.reference_blocks is not None:
-                self.r2_true = float(recon.r2(self.reference_blocks))
-            self.session.set_estimate(self.r2_estimate, self.r2_true)
-            self.trace.append((self.env.instrument_seconds, self.r2_estimate, self.r2_true))
-            self._estimate_stored_on_last_record = True
+            self._store_estimate()
+        self.trace.append((self.env.instrument_seconds, self.r2_estimate, self.r2_true))
+        self.audit_ends.append(self.env.instrument_seconds)
         if self.config.stop_r2 is not None and result.lower >= self.config.stop_r2:
             self._audit_passed = result
-            return
-        # Rejected blocks as the run knew them then (a replay knows the later ones too).
-        rejected = np.zeros_like(self.rejected)
-        bad = ~np.isfinite(records.values[:end]).all(1)
-        rejected[records.pixel[:end][bad], records.block[:end][bad]] = True
-        calibrated = calibrated_error(
-            estimate, recon.uncertainty(), self.check_pairs, self.check_values,
-            recon.measured.cpu().numpy() | rejected,
-        )
-        self._audit_correction = result.error / calibrated if calibrated > 0 else 1.0
-        for (pixel, block), block_values in zip(plan.pairs, values, strict=True):
-            self._add(int(pixel), int(block), block_values)
+        else:
+            calibrated = calibrated_error(
+                estimate, recon.uncertainty(), self.check_pairs, self.check_values,
+                recon.measured.cpu().numpy() | self.rejected,
+            )
+            self._audit_correction = result.error / calibrated if calibrated > 0 else 1.0
+            self.env.release_held_back([(int(p), int(b)) for p, b in plan.pairs])
+        self._observation = self.env.observe()  # the next decision sees the round's blocks
 
     def _audited_stop(self) -> str | None:
         """With the estimate "sampled", a target reached is checked by an audit round (at most
         one per ``audit_draws // 2`` records, and none once another stop rule holds)."""
         env, config = self.env, self.config
         limit = config.max_measurements
+        n_records = self.instrument.last_index + 1
         if self._audit_passed is None and not (
             self.r2_estimate < config.stop_r2
-            or self.session.n_records - self._last_audit_end < config.audit_draws // 2
+            or n_records - self._last_audit_end < config.audit_draws // 2
             or env.seconds_used >= env.budget_seconds
             or env.measured.all()
-            or (limit is not None and self.session.n_records >= limit)
+            or (limit is not None and n_records >= limit)
         ):
             self._audit()
         if (passed := self._audit_passed) is None:
@@ -526,40 +550,58 @@ class _Experiment:
         if env.measured.all():
             return "every block measured"
         limit = config.max_measurements
-        if limit is not None and self.session.n_records >= limit:
+        if limit is not None and self.instrument.last_index + 1 >= limit:
             return f"measurement limit {config.max_measurements} reached"
         return None
 
-    def policy_step(self) -> None:
+    def _decide(self) -> tuple[int, int]:
+        """The policy's (pixel, block) on the env's observation."""
         env = self.env
         start = time.perf_counter()
-        observation = env.observe()
-        self.policy.rng = np.random.default_rng([self.config.seed, self.session.n_records])
-        pixel, block, _ = env.decode_action(self.policy.act(observation, env.action_masks()))
+        # Reseeded from the record count, so a resumed session decides as an uninterrupted one.
+        self.policy.rng = np.random.default_rng([self.config.seed, self.instrument.last_index + 1])
+        action = self.policy.act(self._observation, env.action_masks())
+        pixel, block, _ = env.decode_action(action)
         self._decision_ms = 1e3 * (time.perf_counter() - start)
-        algorithm_seconds = self._algorithm_seconds()
-        env.before_measuring(pixel, block)
-        values = self._measure(pixel, block, KIND_POLICY, algorithm_seconds)
-        self._estimate_stored_on_last_record = False
-        self._add(pixel, block, values)
-        env.after_measuring()
+        return pixel, block
+
+    def policy_step(self) -> None:
+        """The policy decides on the env's observation; the env steps."""
+        self._step(*self._decide())
+
+    def replay_step(self) -> None:
+        """The next recorded choice, taken again through the same env operation (a resume):
+        a policy record is stepped, the first record of an audit round replays the round.
+
+        The policy decides again too, so that a policy with a memory of the episode rebuilds
+        it; with the model clock its choice must be the record's (a seeded session decides
+        the same), with the wall clock it may differ (its observation holds the budget used)
+        and the record's is taken."""
+        pixel, block, kind = self.instrument.next_record
+        if kind == KIND_POLICY:
+            chosen = self._decide()
+            if chosen != (pixel, block) and self.config.algorithm_clock == "model":
+                raise RecordMismatch(
+                    f"record {self.instrument.last_index + 1} of {self.session.path} holds "
+                    f"pixel {pixel} block {block} but the policy chooses pixel {chosen[0]} block "
+                    f"{chosen[1]} there: the records do not follow from the session's settings"
+                )
+            self._step(pixel, block)
+        elif kind == KIND_AUDIT:
+            self._audit()
+        else:
+            raise RecordMismatch(
+                f"record {self.instrument.last_index + 1} of {self.session.path} is a "
+                f"{KIND_NAMES[kind]} block after the initial design and the check blocks"
+            )
 
     def run(self) -> str:
         """Measure until a stop rule fires; the reason."""
         from tqdm import tqdm
 
-        self.replay_records()
-        self.measure_initial_and_checks()
-        if self._audit_open is not None:  # interrupted during an audit round: finish it
-            self._audit()
-        records = self.session.records()
-        self._n_before_policy = int(np.isin(records.kind, (KIND_INITIAL, KIND_CHECK)).sum())
-        self._estimate_stored_on_last_record = bool(
-            len(records) and np.isfinite(records.r2_estimate[-1])
-        )
-        self.policy.reset(self.env, self.config.seed)
+        self.start()
         bar = tqdm(
-            total=self.env.measured.size, initial=self.session.n_records, unit="block",
+            total=self.env.measured.size, initial=self.instrument.last_index + 1, unit="block",
             disable=not self.config.progress, dynamic_ncols=True, file=sys.stderr,
         )
         every = self.config.estimate_every
@@ -567,26 +609,33 @@ class _Experiment:
             # The estimate is due when the number of policy records is a multiple of
             # ``estimate_every``, counted over the whole session, so that a resumed session
             # estimates (and stops) exactly where an uninterrupted one would.
-            if self.n_policy_records % every == 0 and not self._estimate_stored_on_last_record:
-                self.update_estimate()
+            self.update_estimate()
+            self.policy.reset(self.env, self.config.seed)
+            while self.instrument.replaying:
+                self.replay_step()
+                if self.n_policy_records % every == 0 and not self._audit_just_closed():
+                    self.update_estimate()
             while (reason := self.stop_reason()) is None:
                 self.policy_step()
                 if self.n_policy_records % every == 0:
                     self.update_estimate()
                 bar.update(1)
                 bar.set_postfix_str(self._progress_text(), refresh=False)
-            if self.n_policy_records % every and not self._estimate_stored_on_last_record:
+            if self.n_policy_records % every and not self._audit_just_closed():
                 self.update_estimate()
                 reason = self.stop_reason() or reason
         finally:
             bar.close()
         return reason
 
+    def _audit_just_closed(self) -> bool:
+        return self._last_audit_end == self.instrument.last_index + 1
+
     @property
     def n_policy_records(self) -> int:
         """Blocks the policy (and audit rounds) chose so far in this session (a resume counts
         the earlier ones)."""
-        return self.session.n_records - self._n_before_policy
+        return self.instrument.last_index + 1 - self._n_before_policy
 
     def _progress_text(self) -> str:
         text = (
@@ -625,9 +674,7 @@ class _Experiment:
             "blocks": int(self.env.measured.size),
             "instrument_hours": self.env.instrument_seconds / 3600,
             "algorithm_hours": self.env.algorithm_seconds / 3600,
-            "full_raster_hours": self.env.cost_model.full_raster_seconds(
-                grid, self.layout.n_voltages, self.layout
-            ) / 3600,
+            "full_raster_hours": self.env.full_raster_seconds / 3600,
             "r2_estimate": self.r2_estimate,
             "estimate": self.config.estimate,
             "r2_lower_bound": None if self._audit_passed is None else self._audit_passed.lower,
@@ -658,48 +705,84 @@ class _Experiment:
         return scores
 
     def _figure(self, path: Path, estimate: np.ndarray, uncertainty: np.ndarray) -> None:
+        """Blocks taken per pixel, the reconstruction at the middle voltage and time, its
+        predictive variance there, and the estimated (and, for a replay, true) R^2 against
+        instrument hours with the audit rounds marked."""
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        env, axes_info = self.env, self.instrument.axes
         middle = tuple(s // 2 for s in estimate.shape[2:])
-        holds_middle = [middle[0] in self.layout.voltages(b) for b in range(self.env.n_blocks)]
-        block = int(np.flatnonzero(holds_middle)[0])
-        fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+        block = int(env.layout.block_of_voltage[middle[0]])
+        where = ", ".join(
+            f"{axis.name} = {float(axis.values[i]):.3g} {axis.unit}".rstrip()
+            for axis, i in zip(axes_info[2:], middle, strict=True)
+        )
+        unit = getattr(self.reference, "unit", None) or getattr(self.instrument.inner, "unit", "")
+        unit = unit or "a.u."
+        fig, axes = plt.subplots(1, 4, figsize=(18, 4.4))
         panels = [
-            (self.env.measured.sum(1).reshape(self.env.grid_shape), "blocks taken per pixel"),
-            (estimate[(slice(None), slice(None), *middle)], f"reconstruction at index {middle}"),
-            (uncertainty[block], f"predictive variance, block {block}"),
+            (env.measured.sum(1).reshape(env.grid_shape), "blocks taken per pixel", "blocks"),
+            (estimate[(slice(None), slice(None), *middle)], f"reconstruction at\n{where}", unit),
+            (uncertainty[block], f"predictive variance of block {block}\n(mean over its entries)",
+             f"({unit})^2"),
         ]
-        for ax, (image, title) in zip(axes, panels, strict=False):
-            shown = ax.imshow(image, cmap="viridis")
-            ax.set_title(title)
-            fig.colorbar(shown, ax=ax, shrink=0.8)
+        for ax, (image, title, label) in zip(axes, panels, strict=False):
+            shown = ax.imshow(image, cmap="viridis", origin="lower")
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel(f"{axes_info[1].name} (pixel)")
+            ax.set_ylabel(f"{axes_info[0].name} (pixel)")
+            bar = fig.colorbar(shown, ax=ax, shrink=0.8, label=label)
+            if label == "blocks":
+                bar.locator = matplotlib.ticker.MaxNLocator(integer=True)
+                bar.update_ticks()
+        ax = axes[3]
         if self.trace:
-            hours, est, true = (np.asarray(v) for v in zip(*self.trace, strict=True))
-            axes[3].plot(hours / 3600, est, label=f"estimated ({self.config.estimate})")
+            seconds, est, true = (np.asarray(v) for v in zip(*self.trace, strict=True))
+            ax.plot(seconds / 3600, est, marker=".", label=f"estimated ({self.config.estimate})")
             if np.isfinite(true).any():
-                axes[3].plot(hours / 3600, true, label="true (replay only)")
+                ax.plot(seconds / 3600, true, marker=".", label="true (replay only)")
             if self.config.stop_r2 is not None:
-                axes[3].axhline(self.config.stop_r2, color="grey", ls="--", label="target")
-            shown = np.concatenate([est, true])
-            axes[3].set_ylim(max(float(np.nanmin(shown)), -0.5), 1.0)
-            axes[3].legend(loc="lower right")
-        axes[3].set_xlabel("instrument hours")
-        axes[3].set_title("R^2")
+                ax.axhline(self.config.stop_r2, color="grey", ls="--", label="target")
+            for i, end in enumerate(self.audit_ends):
+                ax.axvline(
+                    end / 3600, color="tab:red", lw=0.8, ls=":",
+                    label="audit round (the audited estimate; a failed\nround's blocks then "
+                    "join the reconstruction)" if i == 0 else None,
+                )
+            finite = np.concatenate([est, true])
+            finite = finite[np.isfinite(finite)]
+            ax.set_ylim(max(float(finite.min()), -0.5) if finite.size else -0.5, 1.0)
+            ax.legend(loc="best", fontsize=7)
+        ax.set_xlabel("instrument hours")
+        ax.set_ylabel("R^2 of the reconstruction")
+        ax.set_title("accuracy during the session", fontsize=10)
+        fig.suptitle(
+            f"session {self.session.path.name}: agent {self.config.agent}, target R^2 "
+            f"{'none' if self.config.stop_r2 is None else self.config.stop_r2}"
+        )
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
 
 
 def run_experiment(
-    config: ExperimentConfig, resume: bool = False, *, make_policy: Callable[[str], Any]
+    config: ExperimentConfig,
+    resume: bool = False,
+    *,
+    make_policy: Callable[[str], Any],
+    given: Collection[str] | None = None,
 ) -> ExperimentResult:
     """Run (or resume) a session to its end and write its outputs.
 
     ``make_policy`` builds the policy from the session's agent spec (``config.agent``, or the
     stored one on resume): :func:`agents.catalog.make_policy` for the registered policies.
+    ``given``: on a resume, the settings the user named (a command line's options); those
+    that may not change must equal the stored ones (:meth:`ExperimentConfig.for_resume`).
+    Everything is built before a new session file is created, so a bad setting leaves none.
 
     Raises
     ------
@@ -707,12 +790,14 @@ def run_experiment(
         When the instrument, the disk or a Ctrl-C stops the session; the message says why and
         the session file resumes with ``resume=True``.
     SessionError, ValueError
-        For a session that cannot start (existing file, bad settings).
+        For a session that cannot start (existing or damaged file, bad settings).
     """
-    experiment = _Experiment(config, resume, make_policy)
+    experiment = _Experiment(config, resume, make_policy, given)
     try:
         reason = experiment.run()
         return experiment.write_outputs(reason)
+    except RecordMismatch:
+        raise  # the file stays as it was: resuming it again would meet the same record
     except (InstrumentError, SessionError, KeyboardInterrupt) as err:
         what = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else str(err)
         experiment.session.set_status(f"stopped: {what}")
@@ -722,5 +807,9 @@ def run_experiment(
             f"continue with: python experiment.py run --resume --session "
             f"{experiment.session.path} --instrument {experiment.config.instrument}"
         ) from err
+    except BaseException as err:
+        # Never leave a session "running": say what ended it.
+        experiment.session.set_status(f"stopped: {type(err).__name__}: {err}")
+        raise
     finally:
         experiment.session.close()
