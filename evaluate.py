@@ -40,7 +40,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agents.command_line import add_options, json_object, option, program_parser, settings_from
+from envs.command_line import add_options, json_object, option, program_parser, settings_from
 from envs.data.sources import HELD_OUT_SEED_START
 from envs.data.twin import RELAXATION_RICH
 

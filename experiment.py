@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from agents.catalog import make_policy
-from agents.command_line import add_options, program_parser
+from envs.command_line import add_options, program_parser
 from envs.instruments.remote import InstrumentError
 from envs.live.loop import ExperimentConfig, ExperimentStopped, run_experiment
 from envs.live.session import SessionError

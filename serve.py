@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agents.command_line import add_options, option, program_parser, settings_from
+from envs.command_line import add_options, option, program_parser, settings_from
 from envs.data.sources import open_data
 from envs.instruments.cost import CostModel
 from envs.instruments.instrument import Instrument, PacedInstrument

@@ -45,11 +45,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from tqdm import tqdm
 
 from agents.channel_policy import ChannelScoreMapPolicy, action_channels
-from agents.command_line import add_options, option, program_parser
 from agents.ppo import ScoreMapPolicy, travel_pixels_of
 from envs import ENV_ID  # importing envs registers the acquisition envs (also in workers)
 from envs.acquisition.factory import EnvConfig
 from envs.acquisition.observation import ObservationSpec
+from envs.command_line import add_options, option, program_parser
 from envs.data.sources import HELD_OUT_SEED_START
 from reconstruct.base import resolve_device
 

@@ -1,7 +1,7 @@
 """Acquisition policies behind one interface (`Policy`), chosen by name (`make_policy`).
 
 The catalog pulls in torch and every policy: it is imported only when asked for, so a program
-that needs only :mod:`agents.command_line` starts quickly.
+that needs only :mod:`envs.command_line` starts quickly.
 """
 
 from typing import Any

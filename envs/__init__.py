@@ -1,4 +1,14 @@
-"""Data sources, the instrument and its cost model, and the acquisition environment.
+"""Data, instruments, the acquisition environment and the live loop, one room each.
+
+- :mod:`envs.data`: the Dataset, file loaders, data specs and the synthetic twin.
+- :mod:`envs.instruments`: the instrument protocol, the cost model, the replay, the twin with
+  its sample's memory, and the network client and server.
+- :mod:`envs.acquisition`: the Gymnasium environment, its factory, observation and wrappers.
+- :mod:`envs.live`: the live loop, its session file and its accuracy estimate.
+- :mod:`envs.command_line`: the programs' one command-line style (settings dataclasses whose
+  fields are options); it imports nothing of the rooms, so every room and program may use it.
+
+Each room imports only the rooms listed before it (``tests/test_layering.py``).
 
 Importing the package registers the Gymnasium environments (string entry points, JSON-safe
 keyword arguments, so ``gymnasium.make("envs:PFMAcquisition/Relaxation-v0")`` works from a fresh

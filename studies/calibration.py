@@ -67,7 +67,7 @@ import torch
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from agents.command_line import OneLineParser, json_object, positive_int
+from envs.command_line import OneLineParser, json_object, positive_int
 from reconstruct import BlockLayout, Reconstructor
 from reconstruct.metrics import rmse
 

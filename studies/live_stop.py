@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from agents.command_line import OneLineParser, json_object, positive_int
+from envs.command_line import OneLineParser, json_object, positive_int
 from envs.live.accuracy_estimate import ESTIMATES
 from envs.live.loop import ExperimentConfig, run_experiment
 from envs.live.session import KIND_AUDIT, Session

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.command_line import OneLineParser, positive_int
+from envs.command_line import OneLineParser, positive_int
 from envs.data.twin import RELAXATION_RICH, TwinConfig, make_twin
 from envs.instruments.cost import CostModel
 from envs.instruments.memory import TwinMemoryInstrument

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agents.command_line import add_options, option, program_parser, settings_from
+from envs.command_line import add_options, option, program_parser, settings_from
 
 
 @dataclass

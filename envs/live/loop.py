@@ -49,13 +49,14 @@ import sys
 import time
 import typing
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from envs.acquisition.factory import EnvConfig, make_env
+from envs.command_line import option
 from envs.instruments.remote import InstrumentError
 from envs.live.accuracy_estimate import (
     ESTIMATES,
@@ -90,23 +91,6 @@ from reconstruct.registry import check_reconstructor_options, reconstructor_clas
 
 
 # ============================================================================ configuration
-def option(
-    default: Any,
-    help: str,  # noqa: A002  (argparse's own word)
-    *,
-    choices: tuple[str, ...] | None = None,
-    metavar: str | None = None,
-    flag: bool = True,
-) -> Any:
-    """A setting with the field metadata that ``agents.command_line.add_options`` turns into a
-    command-line option (help, choices, metavar; ``flag=False``: not an option). The programs'
-    helper of that name lives in ``agents``, which ``envs`` may not import."""
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "flag": flag}
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
 @dataclass
 class ExperimentConfig:
     """Settings of one session (stored in the session file; ``--resume`` reuses them).
