@@ -73,7 +73,7 @@ DEFAULT_AGENTS = ",".join(
 RUN_SETTINGS = (
     "agents", "data", "seeds", "seed_start", "grid", "blocks", "read_windows", "twin_setting",
     "reconstructor", "reconstructor_options", "budget_fraction", "targets", "stop_r2",
-    "charge_decisions",
+    "charge_decisions", "memory", "programs",
 )  # fmt: skip
 
 #: The files and folders a run writes to ``--out`` (besides its figures): their presence makes
@@ -122,6 +122,19 @@ class EvaluateArgs:
         "the whole curve (e.g. 16,128); empty (the default): every measurement reads whole "
         "curves",
         metavar="READS",
+    )
+    memory: str = option(
+        "auto",
+        "the sample's memory: auto (a twin's measurements are simulated from each pixel's "
+        "state, a file is replayed), on, or off (a replay, as a sample without memory)",
+        choices=("auto", "on", "off"),
+    )
+    programs: str = option(
+        "sequence",
+        "the measurement programs the env offers: 'sequence' (each pixel's blocks in pulse "
+        "order, contiguous blocks: what a sample with memory allows) or 'free' (any block, "
+        "spread over the sequence: a replay of a sample without memory; its results say so)",
+        choices=("sequence", "free"),
     )
     twin_setting: str = option(
         "default",
@@ -496,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         finished_episodes,
         format_compact_table,
         format_table,
+        sample_label,
         write_results,
     )
 
@@ -562,10 +576,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130 if stopped == "interrupt" else 128 + signal.SIGTERM
 
+    label = sample_label(args.memory, args.programs)
     (out / "table.txt").write_text(
-        format_table(summaries, [target_key(t) for t in targets], failures) + "\n"
+        label + "\n" + format_table(summaries, [target_key(t) for t in targets], failures) + "\n"
     )
     write_results(out, summaries, asdict(args), failures)
+    print(label)
     print(format_compact_table(summaries, failures))
     print()
     for line in challenge_lines(summaries, failures):
@@ -623,7 +639,7 @@ def evaluate_data(
     in ``done`` (traces by ``(data name, agent, seed)``, from a resumed run) are not run
     again."""
     from agents.evaluation import Failure, map_slice, summarise
-    from agents.report import plot_curves, plot_reconstructions
+    from agents.report import plot_curves, plot_reconstructions, sample_label
 
     done = done or {}
     data_name = "twin (held-out)" if data == "twin" else Path(data).name
@@ -687,7 +703,10 @@ def evaluate_data(
             finally:
                 env.close()
         stem = "twin" if data == "twin" else Path(data).stem
-        title = f"{data_name}, {args.seeds} seed{'s' if args.seeds > 1 else ''}"
+        title = (
+            f"{data_name}, {args.seeds} seed{'s' if args.seeds > 1 else ''}\n"
+            f"{sample_label(args.memory, args.programs)}"
+        )
         plot_curves(out / f"curves_{stem}.png", traces_by_agent, title, targets)
         plot_reconstructions(out / f"reconstructions_{stem}.png", traces_by_agent, view)
     return summaries, failures
@@ -804,6 +823,8 @@ def _env_kwargs(args: EvaluateArgs, data: str, seed: int) -> dict:
         read_windows=_read_windows(args),
         budget_fraction=args.budget_fraction,
         twin_overrides=_twin_overrides(args.grid, args.twin_setting),
+        memory=args.memory,
+        programs=args.programs,
     ).to_kwargs()
 
 

@@ -78,7 +78,11 @@ class RandomPolicy(Policy):
 
 
 class OrderedPolicy(Policy):
-    """Follows a fixed action order, skipping actions that are already taken."""
+    """Follows a fixed action order: each step the first action of the order not taken yet
+    that the mask allows. An action the mask forbids for now (under the program rule
+    ``"sequence"``, a pixel's later block before its earlier ones) keeps its place and is taken
+    once it is allowed; where the mask only ever closes actions (``"free"``), this is the
+    order with the taken and closed actions skipped."""
 
     def action_order(self) -> np.ndarray:
         raise NotImplementedError
@@ -86,14 +90,24 @@ class OrderedPolicy(Policy):
     def reset(self, env, seed=None):
         super().reset(env, seed)
         self._order = self.action_order()
-        self._cursor = 0
+        self._taken = np.zeros(len(self._order), dtype=bool)
+        self._cursor = 0  # every position before it is taken (or closed for good)
 
     def act(self, observation, action_mask):
-        while self._cursor < len(self._order) and not action_mask[self._order[self._cursor]]:
-            self._cursor += 1
-        if self._cursor == len(self._order):
-            return _masked_argmax(np.zeros(len(action_mask)), action_mask)
-        return int(self._order[self._cursor])
+        mask = np.asarray(action_mask, dtype=bool)
+        rest = self._order[self._cursor :]
+        open_ = mask[rest] & ~self._taken[self._cursor :]
+        if not open_.any():
+            return _masked_argmax(np.zeros(len(mask)), mask)
+        position = self._cursor + int(np.argmax(open_))
+        self._taken[position] = True
+        if self.view.programs == "free":
+            # Masks only close actions here: everything before the choice is done for good.
+            self._cursor = position + 1
+        else:
+            while self._cursor < len(self._order) and self._taken[self._cursor]:
+                self._cursor += 1
+        return int(self._order[position])
 
 
 class RasterPolicy(OrderedPolicy):
@@ -485,7 +499,12 @@ class StaticBasisPolicy(OrderedPolicy):
                 f"blocks_per_pixel {self.blocks_per_pixel} exceeds the env's {nb} blocks"
             )
         pixels = serpentine_pixels(self.view.grid_shape)
-        cells = pixels[:, None] * nb + staggered_blocks(pixels, self.view.grid_shape[1], nb)
+        if self.view.programs == "sequence":
+            # A sample with memory: a pixel's blocks can only come in pulse order.
+            blocks = np.broadcast_to(np.arange(nb), (len(pixels), nb))
+        else:
+            blocks = staggered_blocks(pixels, self.view.grid_shape[1], nb)
+        cells = pixels[:, None] * nb + blocks
         is_full = np.isin(pixels, self.full_pixels())
         n_windows = self.view.n_windows
         window = np.where(is_full, n_windows - 1, self.partial_window())[:, None]

@@ -204,6 +204,16 @@ def _verdict(s: AgentSummary, key: str) -> str:
     return f"NOT MET, {saves}: lower end below {CHALLENGE_GAIN * 100:g} %"
 
 
+def sample_label(memory: str, programs: str) -> str:
+    """What an evaluation assumed about the sample, for every table, figure and results file:
+    whether its measurements met a sample with memory, and which programs the env offered."""
+    if programs == "sequence":
+        return "sample with memory: each pixel's blocks measured in pulse order"
+    if memory == "off":
+        return "ASSUMES A SAMPLE WITHOUT MEMORY (free replay: any block, in any order)"
+    return "free programs on a sample with memory (revisits read other values)"
+
+
 def write_results(
     out: Path, summaries: list[AgentSummary], config: dict, failures: list[Failure] = ()
 ) -> None:
@@ -220,6 +230,8 @@ def write_results(
     rows = []
     for s in summaries:
         row: dict[str, object] = {"data": s.data, "agent": s.agent, "n_seeds": s.n_seeds}
+        if "programs" in config:
+            row["sample"] = sample_label(config.get("memory", "auto"), config["programs"])
         for stat in ("auc", "n_measurements", "final_r2", "final_r2_truth"):
             row.update(_triple_columns(stat, getattr(s, stat)))
         for t in s.seconds_to:

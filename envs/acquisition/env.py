@@ -13,13 +13,15 @@ from gymnasium import spaces
 
 from envs.acquisition.energy import energy_observation
 from envs.acquisition.observation import ObservationSpec
+from envs.acquisition.programs import allowed_actions, check_rule
 from envs.acquisition.surprise import SurpriseTracker
 from envs.acquisition.view import AcquisitionView
 from envs.acquisition.windows import ReadWindows
 from envs.data.dataset import DataError, Dataset
 from envs.data.sources import DatasetSource
 from envs.instruments.cost import CostModel
-from envs.instruments.instrument import Instrument, ReplayInstrument
+from envs.instruments.instrument import Instrument
+from envs.instruments.memory import instrument_for, twin_of
 from reconstruct.base import BlockLayout, Reconstructor, SegmentedLayout
 from reconstruct.metrics import dynamics_r2
 
@@ -34,17 +36,19 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     -----------
     A scanning-probe instrument measures, at each pixel of an ``(X, Y)`` grid, the response after
     each of ``V`` voltage pulses (times e.g. 128 read-outs): a tensor ``(X, Y, V, *rest)``. The
-    voltage axis is split into ``n_blocks`` blocks (:class:`reconstruct.BlockLayout`; by default
-    each block spreads over the pulse sequence). Each step the agent picks one (pixel, block) to
-    measure; the instrument (a replay of a recorded or synthetic :class:`envs.Dataset`) returns
-    it and charges its seconds from the :class:`envs.instruments.cost.CostModel` (pulses, reads,
-    settling,
-    tip travel, plus the algorithm's time); the reconstructor adds it and re-estimates the full
-    tensor. The agent is
-    paid for accuracy gained early in the time budget.
+    voltage axis is split into ``n_blocks`` blocks (:class:`reconstruct.BlockLayout`). Each step
+    the agent picks one (pixel, block) to measure; the instrument returns it and charges its
+    seconds from the :class:`envs.instruments.cost.CostModel` (pulses, reads, settling, tip
+    travel, plus the algorithm's time); the reconstructor adds it and re-estimates the full
+    tensor. The agent is paid for accuracy gained early in the time budget.
 
-    The replay assumes the recorded response is what a block would give; on a real instrument
-    skipped pulses change the state the next pulse meets (see :mod:`envs.instruments.instrument`).
+    The sample remembers its pulses. On the twin the instrument simulates every measurement
+    from the state the pixel's earlier pulses left (:mod:`envs.instruments.memory`); a recorded
+    file can only be replayed. Either way the env offers only the measurement programs whose
+    values are the standard sequence's own (``programs="sequence"``, the default: each pixel's
+    blocks in pulse order, :mod:`envs.acquisition.programs`); ``programs="free"`` with
+    ``memory=False`` is the replay of a sample without memory, kept to reproduce results made
+    under that assumption.
 
     Action Space
     ------------
@@ -57,12 +61,14 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     whole curve. A longer window at a block read with a shorter one re-applies the pulses, is
     charged in full and adds the reads the block did not have. Plain Python or NumPy integers
     (also 0-d or one-element integer arrays) are accepted; anything else raises ``TypeError``
-    and an out-of-range index raises ``ValueError``. An action that adds nothing (the block
-    already read for at least that window) is a no-op: nothing is measured, the reward is
-    ``-repeat_penalty``, ``info["repeated"]`` is True, and only the algorithm's per-decision time
-    (``CostModel.algorithm_base_s``) is charged, so even a policy that ignores the mask runs out
-    of budget. :meth:`action_masks` (bool, True = the action adds reads) serves MaskablePPO,
-    also through vector envs; ``info["action_mask"]`` carries the same as int8.
+    and an out-of-range index raises ``ValueError``. An action the program rule does not allow
+    (under ``"sequence"``: any block but a pixel's next one in pulse order, and any block
+    already measured; under ``"free"``: one that adds no reads) is a no-op: nothing is
+    measured, the reward is ``-repeat_penalty``, ``info["repeated"]`` is True, and only the
+    algorithm's per-decision time (``CostModel.algorithm_base_s``) is charged, so even a policy
+    that ignores the mask runs out of budget. :meth:`action_masks` (bool, True = allowed)
+    serves MaskablePPO, also through vector envs; ``info["action_mask"]`` carries the same as
+    int8.
 
     Observation Space
     -----------------
@@ -97,7 +103,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
       in units of one full pixel's measurement time. Simple, but its sum favours many cheap
       steps; offered for comparison.
 
-    A repeated block earns ``-repeat_penalty`` under either reward.
+    An action the rule does not allow earns ``-repeat_penalty`` under either reward.
 
     Starting State
     --------------
@@ -156,7 +162,15 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     initial_stride
         Stride of the initial grid of fully measured pixels; 0 for no initial design.
     reward, repeat_penalty
-        ``"auc"`` or ``"rate"``; penalty (>= 0) for a repeated block.
+        ``"auc"`` or ``"rate"``; penalty (>= 0) for an action the rule does not allow.
+    memory
+        Whether a replayed dataset is measured with its sample's memory
+        (:func:`envs.instruments.memory.instrument_for`): None (default) simulates a twin's and
+        replays a file; True insists (a file is an error); False replays, as a sample without
+        memory. Not used with a live instrument, which is the sample itself.
+    programs
+        The program rule (:data:`envs.acquisition.programs.RULES`): ``"sequence"`` (default)
+        or ``"free"``.
     read_windows
         The :class:`envs.acquisition.windows.ReadWindows` (or a list of reads per window); default
         one
@@ -217,7 +231,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     ---------------
     v0: initial version; the parts injected as objects, the observation named by a spec
     (the observation itself unchanged); read windows as an optional third action axis (with
-    one window, the default, actions and observations are unchanged); held-back blocks.
+    one window, the default, actions and observations are unchanged); held-back blocks; the
+    sample's memory and the program rule (``memory=False, programs="free"`` gives the earlier
+    replay's episodes).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -237,6 +253,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         read_windows: ReadWindows | list[int] | None = None,
         observation: ObservationSpec | None = None,
         render_mode: str | None = None,
+        memory: bool | None = None,
+        programs: str = "sequence",
     ) -> None:
         super().__init__()
         self._check_arguments(
@@ -265,6 +283,10 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             else reconstructor.layout
         )
         self.n_blocks = self.layout.n_blocks
+        self.programs = check_rule(programs, self.layout)
+        if memory not in (None, True, False):
+            raise ValueError(f"memory must be None (auto), True or False, got {memory!r}")
+        self.memory = memory
         self.device = reconstructor.device
         self.cost_model = cost_model
 
@@ -273,6 +295,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             self.live_instrument: Instrument | None = None
             first = source.first()
             grid, spectral = first.spatial_shape, first.spectral_shape
+            if memory is True and twin_of(first) is None:
+                raise ValueError(
+                    f"a recorded file has no memory to simulate ({first.source or first.path}): "
+                    f"leave memory unset (a file is replayed) or set it to False"
+                )
         else:
             self.source, self.live_instrument = None, source
             first = None
@@ -489,9 +516,19 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         return int(action)
 
     def action_masks(self) -> np.ndarray:
-        """Bool ``(P * n_blocks * n_windows,)``: True for actions that add reads (valid)."""
-        segments = self.read_windows.segments
-        return (segments[None, None, :] > self.segments_read[:, :, None]).reshape(-1)
+        """Bool ``(P * n_blocks * n_windows,)``: True for the actions the program rule allows
+        (:mod:`envs.acquisition.programs`)."""
+        return allowed_actions(
+            self.programs, self.segments_read, self.read_windows.segments, self.n_segments
+        ).reshape(-1)
+
+    def _allowed(self, pixel: int, block: int, window: int) -> bool:
+        """Whether the rule allows this one action (the mask's entry, for one pixel only)."""
+        row = allowed_actions(
+            self.programs, self.segments_read[pixel : pixel + 1], self.read_windows.segments,
+            self.n_segments,
+        )
+        return bool(row[0, block, window])
 
     @property
     def measured(self) -> np.ndarray:
@@ -604,7 +641,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             if dataset is None:
                 dataset = self.source.draw(self.np_random)
             self._set_dataset(dataset)
-            self.instrument: Instrument = ReplayInstrument(dataset, self.cost_model, start_pixel=0)
+            self.instrument: Instrument = self._episode_instrument(dataset)
             self.reference_blocks: torch.Tensor | None = self._to_blocks(dataset.data)
         else:
             if "dataset" in options:
@@ -629,6 +666,20 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         return observation, self._info(
             -1, -1, -1, repeated=False, nan_block=False, terminated=False
         )
+
+    def _episode_instrument(self, dataset: Dataset) -> Instrument:
+        """The instrument of an episode on ``dataset``, its tip at pixel 0 and every pixel in
+        its as-grown state. The twin with its memory is rebuilt only for a new dataset (it
+        regenerates the sample's physics); for the same one its state is reset."""
+        last = getattr(self, "_instrument_of", None)
+        if last is not None and last[0] is dataset and hasattr(last[1], "reset_state"):
+            instrument = last[1]
+            instrument.reset_state()
+            instrument.tip_pixel = 0
+            return instrument
+        instrument = instrument_for(dataset, self.cost_model, self.memory, start_pixel=0)
+        self._instrument_of = (dataset, instrument)
+        return instrument
 
     def _reference_r2(self) -> float:
         """R^2 against the replayed data; NaN on a live instrument (no reference)."""
@@ -715,7 +766,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         wall = self.cost_model.algorithm_clock == "wall"
         seconds_before = self.seconds_used
         units = self.new_units(pixel, block, window)
-        repeated = units.size == 0
+        repeated = units.size == 0 or not self._allowed(pixel, block, window)
         nan_block = False
         if repeated:
             self.algorithm_seconds += (
@@ -797,13 +848,17 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         A held-back block counts as measured (masks, observation, ``n_measurements``) but the
         reconstruction does not see it until :meth:`release_held_back`; an experiment uses such
         blocks to check its own accuracy (e.g. the live loop's check blocks and audit rounds).
-        Returns the values, ``(n_applied, *rest)``, as the instrument gave them (NaN included).
-        Call :meth:`observe` for the observation after the held-back blocks.
+        Under the program rule ``"sequence"`` a block that is not the pixel's next one is
+        reached the only way the sample allows: the blocks before it that the pixel lacks are
+        measured first, in pulse order, and held back with it. Returns the values of ``block``,
+        ``(n_applied, *rest)``, as the instrument gave them (NaN included). Call
+        :meth:`observe` for the observation after the held-back blocks.
 
         Raises
         ------
         ValueError
-            When ``(pixel, block)`` is out of range or already measured.
+            When ``(pixel, block)`` is out of range or already measured, or the rule cannot
+            reach it (a pixel measured out of pulse order).
         """
         pixel, block = int(pixel), int(block)
         if not (0 <= pixel < self.n_pixels and 0 <= block < self.n_blocks):
@@ -813,32 +868,50 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             )
         if self.segments_read[pixel, block] > 0:
             raise ValueError(f"block {block} at pixel {pixel} is already measured")
-        values, seconds = self.instrument.measure(pixel, self.layout.voltages(block))
-        self.instrument_seconds += seconds
-        self.segments_read[pixel, block] = self.n_segments
-        self._n_measured += 1
-        self._held_back[(pixel, block)] = values
-        if self.cost_model.algorithm_clock == "wall":
-            self.algorithm_seconds += self._wall_since_last_step()
-            self._last_return, self._pending_wall = time.perf_counter(), 0.0
-        else:
-            self.algorithm_seconds += self.cost_model.algorithm_s(self._n_measured)
+        blocks = [block]
+        if self.programs == "sequence":
+            measured = self.segments_read[pixel] > 0
+            first = int(measured.sum())
+            if not measured[:first].all():
+                raise ValueError(
+                    f"pixel {pixel} was not measured in pulse order: block {block} cannot be "
+                    f"reached under the program rule 'sequence'"
+                )
+            blocks = list(range(first, block + 1))
+        for each in blocks:
+            values, seconds = self.instrument.measure(pixel, self.layout.voltages(each))
+            self.instrument_seconds += seconds
+            self.segments_read[pixel, each] = self.n_segments
+            self._n_measured += 1
+            self._held_back[(pixel, each)] = values
+            if self.cost_model.algorithm_clock == "wall":
+                self.algorithm_seconds += self._wall_since_last_step()
+                self._last_return, self._pending_wall = time.perf_counter(), 0.0
+            else:
+                self.algorithm_seconds += self.cost_model.algorithm_s(self._n_measured)
         return values
 
     def release_held_back(self, pairs: list[tuple[int, int]]) -> None:
         """Give the held-back blocks ``pairs`` (``(pixel, block)``, in this order) to the
-        reconstructor, one by one; blocks holding NaN stay out of it, as in :meth:`step`.
-        Nothing is charged here: the measurement was charged when it was held back, and with
-        the wall clock the update's time falls to the next step."""
+        reconstructor, one by one, each after the blocks held back to reach it (under
+        ``"sequence"``, the pixel's earlier held-back blocks, in pulse order); blocks holding
+        NaN stay out of it, as in :meth:`step`. A pair already released is skipped. Nothing is
+        charged here: the measurement was charged when it was held back, and with the wall
+        clock the update's time falls to the next step."""
         for pixel, block in pairs:
-            values = self._held_back.pop((int(pixel), int(block)))
-            units = block * self.n_segments + np.arange(self.n_segments)
-            unit_list, pieces = self._unit_values(int(block), units, values)
-            if all(bool(np.isfinite(piece).all()) for piece in pieces):
-                if len(unit_list) == 1:
-                    self.reconstructor.add(int(pixel), unit_list[0], pieces[0])
-                else:
-                    self.reconstructor.add_many([int(pixel)] * len(unit_list), unit_list, pieces)
+            pixel, block = int(pixel), int(block)
+            earlier = [b for b in range(block) if (pixel, b) in self._held_back]
+            for each in (earlier if self.programs == "sequence" else []) + [block]:
+                if (pixel, each) not in self._held_back:
+                    continue
+                values = self._held_back.pop((pixel, each))
+                units = each * self.n_segments + np.arange(self.n_segments)
+                unit_list, pieces = self._unit_values(each, units, values)
+                if all(bool(np.isfinite(piece).all()) for piece in pieces):
+                    if len(unit_list) == 1:
+                        self.reconstructor.add(pixel, unit_list[0], pieces[0])
+                    else:
+                        self.reconstructor.add_many([pixel] * len(unit_list), unit_list, pieces)
 
     def _wall_since_last_step(self) -> float:
         """Wall seconds of the decision (since the last step returned), this step's update so

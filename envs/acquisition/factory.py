@@ -19,11 +19,13 @@ from typing import Any
 
 from envs.acquisition.env import AcquisitionEnv
 from envs.acquisition.observation import ObservationSpec
+from envs.acquisition.programs import RULES, check_rule, default_block_scheme
 from envs.acquisition.windows import ReadWindows
 from envs.data.dataset import Dataset
 from envs.data.sources import DatasetSource, parse_spec
 from envs.instruments.cost import CostModel
 from envs.instruments.instrument import Instrument
+from envs.instruments.memory import memory_setting
 from reconstruct.base import BlockLayout
 from reconstruct.registry import make_reconstructor
 
@@ -50,6 +52,16 @@ class EnvConfig:
     n_blocks, block_scheme
         The voltage blocks (:class:`reconstruct.BlockLayout`): ``n_blocks`` from 1 to the number
         of voltages; when it does not divide the voltage axis, block sizes differ by one.
+        ``block_scheme`` None (default) takes the one the program rule asks for
+        (:func:`envs.acquisition.programs.default_block_scheme`: contiguous under
+        ``"sequence"``, spread under ``"free"``).
+    memory, programs
+        The sample's memory (``"auto"``: a twin's measurements are simulated from each
+        pixel's state, a file is replayed; ``"on"``; ``"off"``: a replay, as a sample without
+        memory; :func:`envs.instruments.memory.instrument_for`) and the program rule
+        (:data:`envs.acquisition.programs.RULES`: ``"sequence"``, the default, or ``"free"``).
+        ``memory="off", programs="free"`` reproduces results made before the memory was
+        simulated.
     cost
         Cost-model parameters (:class:`envs.instruments.cost.CostModel` fields); ``reads`` and
         ``read_interval_s`` default to the data's time axis when it has a time unit.
@@ -75,7 +87,7 @@ class EnvConfig:
     reconstructor_kwargs: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     n_blocks: int = 4
-    block_scheme: str = "spread"
+    block_scheme: str | None = None
     cost: dict[str, Any] = field(default_factory=dict)
     budget_fraction: float | None = None
     budget_seconds: float | None = None
@@ -87,6 +99,8 @@ class EnvConfig:
     n_components: int = 3
     planes: list[str] = field(default_factory=list)
     render_mode: str | None = None
+    memory: str = "auto"
+    programs: str = "sequence"
 
     @classmethod
     def for_data(
@@ -149,11 +163,17 @@ def make_env(config: EnvConfig | None = None, **kwargs: Any) -> AcquisitionEnv:
     n_blocks = config.n_blocks
     if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1:
         raise ValueError(f"n_blocks must be a positive integer, got {n_blocks!r}")
+    memory = memory_setting(config.memory)
+    if memory is not None and not isinstance(config.data, (str, Dataset)):
+        raise ValueError("a live instrument is the sample itself: its memory cannot be set")
+    if config.programs not in RULES:
+        check_rule(config.programs, BlockLayout(spectral[0], 1))  # the one-line error
+    scheme = config.block_scheme or default_block_scheme(config.programs)
     try:
-        layout = BlockLayout(spectral[0], n_blocks, str(config.block_scheme))
+        layout = BlockLayout(spectral[0], n_blocks, str(scheme))
     except ValueError as err:
         raise ValueError(
-            f"voltage blocks (n_blocks={n_blocks}, block_scheme={config.block_scheme!r}) do not "
+            f"voltage blocks (n_blocks={n_blocks}, block_scheme={scheme!r}) do not "
             f"fit the data {(*grid, *spectral)}: {err}"
         ) from None
     cost_model = CostModel.from_dict(config.cost).for_axes(axes, config.cost)
@@ -182,4 +202,6 @@ def make_env(config: EnvConfig | None = None, **kwargs: Any) -> AcquisitionEnv:
         read_windows=windows,
         observation=observation,
         render_mode=config.render_mode,
+        memory=memory,
+        programs=config.programs,
     )

@@ -168,7 +168,8 @@ class AcquisitionView(_ReadOnly):
     Layout (fixed for the env's life)
         ``grid_shape``, ``n_pixels``, ``n_blocks``, ``n_windows``, ``n_segments``,
         ``n_units``, ``n_actions``, ``layout``, ``unit_layout``, ``read_windows``,
-        ``observation_spec``, ``cost_model`` (frozen dataclasses), :meth:`to_unit_blocks`.
+        ``observation_spec``, ``cost_model`` (frozen dataclasses), ``programs`` (the program
+        rule, :mod:`envs.acquisition.programs`), :meth:`to_unit_blocks`.
     Action encoding
         :meth:`encode_action`, :meth:`decode_action`, :meth:`action_masks`,
         :meth:`new_units`.
@@ -201,6 +202,12 @@ class AcquisitionView(_ReadOnly):
     def n_blocks(self) -> int:
         """Voltage blocks per pixel."""
         return int(self._env.n_blocks)
+
+    @property
+    def programs(self) -> str:
+        """The program rule: ``"sequence"`` (each pixel's blocks in pulse order) or
+        ``"free"`` (:mod:`envs.acquisition.programs`)."""
+        return str(self._env.programs)
 
     @property
     def n_windows(self) -> int:

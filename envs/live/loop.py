@@ -118,7 +118,23 @@ class ExperimentConfig:
         metavar="JSON",
     )
     n_blocks: int = option(4, "voltage blocks per pixel")
-    block_scheme: str = option("spread", "how voltages form blocks (reconstruct.BlockLayout)")
+    block_scheme: str | None = option(
+        None,
+        "how voltages form blocks (reconstruct.BlockLayout; default: the one the program rule "
+        "asks for, contiguous under 'sequence', spread under 'free')",
+    )
+    programs: str = option(
+        "sequence",
+        "the program rule: 'sequence' (each pixel's blocks in pulse order, what a sample with "
+        "memory allows) or 'free' (a replay of a sample without memory)",
+        choices=("sequence", "free"),
+    )
+    memory: str = option(
+        "auto",
+        "a local replay's memory: auto (a twin's measurements are simulated from each pixel's "
+        "state, a file is replayed), on, or off (a replay, as a sample without memory)",
+        choices=("auto", "on", "off"),
+    )
     initial_stride: int = option(6, "stride of the initial grid of fully measured pixels")
     check_blocks: int = option(48, "held-back blocks that calibrate the accuracy estimate")
     estimate: str = option(
@@ -323,7 +339,7 @@ class _Experiment:
         self.config = config
         instrument, dataset = open_instrument(
             config.instrument, timeout=config.timeout, pace=config.pace,
-            twin_options=config.twin_options(),
+            twin_options=config.twin_options(), memory=config.memory,
         )
         identity = instrument_identity(instrument, dataset, config.instrument)
         if session is not None:
@@ -347,6 +363,7 @@ class _Experiment:
                 device=config.device,
                 n_blocks=config.n_blocks,
                 block_scheme=config.block_scheme,
+                programs=config.programs,
                 cost={"algorithm_clock": config.algorithm_clock},
                 budget_seconds=config.budget_hours * 3600.0,
                 initial_stride=config.initial_stride,

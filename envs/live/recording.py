@@ -18,7 +18,8 @@ import numpy as np
 
 from envs.data.dataset import Dataset
 from envs.instruments.cost import CostModel
-from envs.instruments.instrument import Instrument, PacedInstrument, ReplayInstrument
+from envs.instruments.instrument import Instrument, PacedInstrument
+from envs.instruments.memory import instrument_for, memory_setting
 from envs.instruments.remote import InstrumentError, RemoteInstrument
 from envs.live.session import KIND_INITIAL, KIND_NAMES, Records, Session, SessionError
 from reconstruct.base import BlockLayout
@@ -30,12 +31,16 @@ def open_instrument(
     timeout: float = 30.0,
     pace: float = 0.0,
     twin_options: dict[str, Any] | None = None,
+    memory: str = "auto",
 ) -> tuple[Instrument, Dataset | None]:
-    """The instrument named by ``spec``, and the replayed dataset when there is one.
+    """The instrument named by ``spec``, and the local dataset when there is one.
 
-    ``http://HOST:PORT`` gives a :class:`RemoteInstrument` (no dataset); ``replay:SPEC`` or a
-    bare ``SPEC`` (``twin:SEED``, a file path) a :class:`ReplayInstrument` priced by the default
-    cost model fitted to the data's time axis. ``pace > 0`` paces it in real time.
+    ``http://HOST:PORT`` gives a :class:`RemoteInstrument` (no dataset: the server holds the
+    sample, and its memory); ``replay:SPEC`` or a bare ``SPEC`` (``twin:SEED``, a file path)
+    the local instrument of that data (:func:`envs.instruments.memory.instrument_for`: a twin
+    with its sample's memory, a file replayed; ``memory`` ``"auto"``, ``"on"`` or ``"off"``),
+    priced by the default cost model fitted to the data's time axis. ``pace > 0`` paces it in
+    real time.
     """
     dataset: Dataset | None = None
     if spec.startswith(("http://", "https://")):
@@ -46,7 +51,9 @@ def open_instrument(
         data_spec = spec.removeprefix("replay:")
         is_twin = data_spec == "twin" or data_spec.startswith("twin:")
         dataset = open_data(data_spec, **((twin_options or {}) if is_twin else {}))
-        instrument = ReplayInstrument(dataset, CostModel().for_axes(dataset.axes))
+        instrument = instrument_for(
+            dataset, CostModel().for_axes(dataset.axes), memory_setting(memory)
+        )
     if pace > 0:
         instrument = PacedInstrument(instrument, pace)
     return instrument, dataset
@@ -182,6 +189,7 @@ class SessionInstrument:
 
     def _serve(self, pixel: int, block: int) -> tuple[np.ndarray, float]:
         i, records = self._next, self._records
+        simulated = self._simulated_sample()
         if (pixel, block, self.kind) != self.next_record:
             rp, rb, rk = self.next_record
             raise RecordMismatch(
@@ -191,6 +199,23 @@ class SessionInstrument:
             )
         n = self._layout.n_applied(block)
         slots = records.values[i].reshape(self._layout.block_size, *self.spectral_shape[1:])
+        if simulated is not None:
+            # A simulated sample remembers its pulses: it receives the recorded measurement
+            # again, so every pixel's state is where the interrupted run left it, and its
+            # answer must be the record's.
+            values, _ = simulated.measure(pixel, self._layout.voltages(block))
+            if not np.array_equal(np.asarray(values, np.float32), slots[:n], equal_nan=True):
+                raise RecordMismatch(
+                    f"record {i} of {self.session.path} (pixel {pixel} block {block}) differs "
+                    f"from what the simulated sample gives for the same history: the file or "
+                    f"the instrument is not the one the session was recorded with"
+                )
         self._next += 1
         self._replayed_tip = pixel
         return slots[:n].copy(), float(records.instrument_seconds[i])
+
+    def _simulated_sample(self) -> Any:
+        """The local simulated sample under the instrument (pacing bypassed), or None: a
+        replay has no state to rebuild, and a remote or real sample keeps its own."""
+        inner = getattr(self.inner, "inner", self.inner)
+        return inner if hasattr(inner, "state_dict") else None
