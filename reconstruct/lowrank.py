@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from reconstruct.base import BlockLayout, Reconstructor
+from reconstruct.changes import ChangeLog
 from reconstruct.error_calibration import OnlineErrorCalibration
 from reconstruct.gp import (
     GPHyperparameters,
@@ -80,8 +81,6 @@ _REFIT_STATE = (
     "_mean_proj", "_proj", "_obs_coef", "_obs_noise", "hyper", "_fitted_hyper", "spatial",
     "_block_weight", "_pattern_error", "_pattern_bits",
 )
-#: The reference's terms of the fast R^2 that :func:`r2_basis_terms` reads.
-_R2_REFERENCE_TERMS = ("ref", "ref_t", "valid_t", "sq", "nan_pix", "nan_blk")
 
 
 @dataclass
@@ -261,35 +260,6 @@ def cross_validated_errors(
     return sq_single / n, sq_unexplained / n
 
 
-def r2_basis_terms(cache: dict, basis: SpectralBasis, block_gram: torch.Tensor) -> dict:
-    """The basis terms of :meth:`LowRankGP.r2` for the reference terms in ``cache`` (its
-    ``ref_t``: the reference block-major, NaN entries zeroed): per (pixel, block), the squared
-    residual of the mean spectrum ``E = |R|^2`` and the projections ``G = B_b R`` of
-    ``R = ref - mu``, plus a correction of ``c^T H_b c`` for blocks with NaN entries.
-
-    One batched product of the reference with the components and the mean gives both, since
-    ``|R|^2 = |ref|^2 - 2 ref.mu_b + |mu_b|^2`` and ``B_b R = B_b ref - B_b mu_b`` where the
-    block is fully valid (float64: the expansion loses ~1e-16 of |ref|^2); the few blocks with
-    NaN entries are recomputed from their valid entries. Building ``R`` itself took 1.2 s on a
-    (3600, 4, 2048) reference, one thread; this takes a few tens of milliseconds."""
-    ref_t = cache["ref_t"]  # (nb, P, F_b)
-    k = basis.k
-    rows = torch.cat([basis.components, basis.mean[None]]).permute(1, 2, 0)  # (nb, F_b, k + 1)
-    prod = torch.bmm(ref_t, rows).transpose(0, 1)  # (P, nb, k + 1)
-    mean_proj = torch.einsum("bf,kbf->bk", basis.mean, basis.components)  # (nb, k)
-    g = (prod[..., :k] - mean_proj).contiguous()
-    e = cache["sq"] - 2.0 * prod[..., k] + basis.mean.square().sum(-1)
-    nan_pix, nan_blk = cache["nan_pix"], cache["nan_blk"]
-    valid = cache["valid_t"][nan_blk, nan_pix]  # (m, F_b)
-    resid = torch.where(valid, ref_t[nan_blk, nan_pix] - basis.mean[nan_blk], 0.0)
-    comps = basis.components[:, nan_blk]  # (k, m, F_b)
-    e[nan_pix, nan_blk] = resid.square().sum(-1)
-    g[nan_pix, nan_blk] = torch.einsum("mf,kmf->mk", resid, comps)
-    masked = comps * valid[None].to(torch.float64)
-    nan_h = torch.einsum("kmf,lmf->mkl", masked, masked) - block_gram[nan_blk]
-    return {"version": basis.version, "E": e, "G": g, "nan_H": nan_h, "sse_unmeasured": None}
-
-
 class LowRankGP(Reconstructor):
     """Low-rank spectral completion with a shared-kernel spatial GP over the coefficients.
 
@@ -431,7 +401,8 @@ class LowRankGP(Reconstructor):
         self.spatial: SpatialGP | TiledSpatialGP | InverseDistanceCoefficients | None = None
         self._basis_version = 0
         self._n_at_refit = 0
-        self._r2_cache: dict | None = None
+        #: What changed since a scorer last looked (:mod:`reconstruct.scoring`).
+        self.changes = ChangeLog()
         self.hyper = GPHyperparameters(kernel=self.kernel)
         self._fitted_hyper: GPHyperparameters | None = None  # warm start of the next fit
         #: The prediction errors the reported variance is calibrated on (``error_calibration``).
@@ -515,13 +486,16 @@ class LowRankGP(Reconstructor):
             calibration.record(partial, float(variance[b]), energy, error)
 
     def _store(self, p: int, b: int, vals: torch.Tensor) -> None:
-        """Keep one validated measurement: its values, mask, energy and the R^2 cache."""
+        """Keep one validated measurement: its values, mask and energy, and log it with the
+        pixel's coefficients as they stand (where reading them costs nothing)."""
         stored = vals.to(device=self.device, dtype=self.dtype)
         self.values[p, b] = stored
         self._measured_energy[p, b] = stored.double().square().sum()
         self.measured[p, b] = True
-        if self._r2_cache is not None:
-            self._update_r2_cache(p, b)
+        coef = None
+        if self.basis is not None and not getattr(self.spatial, "lazy_mean", False):
+            coef = self.coefficients()[p].clone()
+        self.changes.stored(p, b, coef)
 
     def _refit_due(self) -> bool:
         return self.n_measured >= self.refit_growth * self._n_at_refit
@@ -554,7 +528,11 @@ class LowRankGP(Reconstructor):
         assert self.spatial is not None
         self.spatial.add(p, *observation)
         # SpatialGP reports its rank-one change; tiles and other models do not (recompute).
-        self._r2_after_update(*(getattr(self.spatial, "last_update", None) or (None, None)))
+        update = getattr(self.spatial, "last_update", None)
+        if update is None:
+            self.changes.replaced()
+        else:
+            self.changes.moved(*update)
 
     def _add_batch_to_spatial(
         self, arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]]
@@ -578,7 +556,7 @@ class LowRankGP(Reconstructor):
         if pixels:
             assert self.spatial is not None
             self.spatial.add_many(pixels, torch.stack(coefs), torch.tensor(noises))
-            self._r2_after_update(None, None)
+            self.changes.replaced()
 
     def _pixel_observation(
         self, p: int, items: list[tuple[int, torch.Tensor]]
@@ -659,16 +637,11 @@ class LowRankGP(Reconstructor):
         snapshot = copy.copy(self)  # shares the measured values: a stored block never changes
         snapshot.measured = self.measured.clone()
         snapshot.spatial = None  # the refit builds its own; this one stays in use meanwhile
-        snapshot._r2_cache = None
+        snapshot.changes = ChangeLog()  # nobody scores the snapshot
         snapshot._pending = None
         snapshot._replaced = None
-        reference = None
-        if self._r2_cache is not None:  # the refit's thread makes the basis terms of R^2 too
-            reference = {key: self._r2_cache[key] for key in _R2_REFERENCE_TERMS}
         lag = max(1, math.ceil(self.refit_lag * self.n_measured))
-        self._pending = _DeferredRefit(
-            snapshot, self.n_measured + lag, reference, release=self._replaced
-        )
+        self._pending = _DeferredRefit(snapshot, self.n_measured + lag, release=self._replaced)
         self._replaced = None
         self._n_at_refit = self.n_measured
 
@@ -685,13 +658,8 @@ class LowRankGP(Reconstructor):
             if name in vars(model):  # _pattern_bits exists only with a pattern table
                 replaced.append(vars(self).get(name))
                 setattr(self, name, getattr(model, name))
-        cache = self._r2_cache
-        if cache is not None:
-            cache["sse_unmeasured"] = None
-            if pending.r2_terms is not None and pending.r2_reference["ref"] is cache["ref"]:
-                replaced.extend(cache.get(key) for key in pending.r2_terms)
-                cache.update(pending.r2_terms)
         self._replaced = replaced
+        self.changes.replaced()
 
     def __getstate__(self) -> dict:
         state = dict(vars(self))
@@ -792,8 +760,7 @@ class LowRankGP(Reconstructor):
             self.spatial.rebuild(observed, coef, noise, hyper=self.hyper)
         self._cache_block_errors()
         self._n_at_refit = self.n_measured
-        if self._r2_cache is not None:  # the reference terms stay; the basis terms are stale
-            self._r2_cache["sse_unmeasured"] = None
+        self.changes.replaced()
 
     def _measurements_until_replaced(self) -> int:
         """At most how many measurements a model refitted now takes before a refit replaces
@@ -854,6 +821,11 @@ class LowRankGP(Reconstructor):
         """``(P, k)`` spatial-model coefficients (posterior mean for the GP)."""
         assert self.spatial is not None
         return self.spatial.mean
+
+    @property
+    def block_gram(self) -> torch.Tensor:
+        """``(n_blocks, k, k)`` the Gram matrices ``H_b = B_b B_b^T`` of the basis' blocks."""
+        return self._block_gram
 
     def _block_means(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Bootstrapping fallback: per-block mean ``(nb, F_b)`` and mean variance ``(nb,)``
@@ -1057,127 +1029,6 @@ class LowRankGP(Reconstructor):
             maps[:q] = self.coefficients()[:, :q].T.to(torch.float32)
         return maps.reshape(n, *self.spatial_shape)
 
-    # ------------------------------------------------------------------ fast R^2
-    def r2(self, reference_blocks: torch.Tensor) -> float:
-        """R^2 against ``reference_blocks`` ``(P, n_blocks, F_b)`` without building the
-        estimate: with ``R = ref - mu`` cached per basis version, the squared error of an
-        unmeasured block is ``|R|^2 - 2 c.(B_b R) + c^T H_b c`` (NaN reference entries are
-        dropped from every term); measured blocks add their cached squared error. Equals the
-        generic :func:`~reconstruct.metrics.r2_score` up to round-off.
-
-        The cache has two parts: the reference's own terms, made once per reference, and the
-        basis terms (:func:`r2_basis_terms`), remade after each refit."""
-        if self.basis is None:
-            return super().r2(reference_blocks)
-        cache = self._r2_cache
-        if cache is None or cache["ref"] is not reference_blocks:
-            cache = self._build_r2_cache(reference_blocks)
-        if cache["version"] != self.basis.version:
-            cache.update(r2_basis_terms(cache, self.basis, self._block_gram))
-        if cache["sse_unmeasured"] is None:
-            self._r2_unmeasured_terms(cache)
-        sse = cache["sse_unmeasured"]
-        if cache["nan_pix"].numel():
-            c = self.coefficients()[cache["nan_pix"]]
-            fix = torch.einsum("mk,mkl,ml->m", c, cache["nan_H"], c)
-            sse = sse + float((fix * cache["U"][cache["nan_pix"], cache["nan_blk"]]).sum())
-        sse = sse + float((cache["meas_err"] * (1.0 - cache["U"])).sum())
-        ss_ref = cache["ss_ref"]
-        if ss_ref <= 0:
-            return 1.0 if float(sse) == 0 else 0.0
-        return float(1.0 - sse / ss_ref)
-
-    def _r2_unmeasured_terms(self, cache: dict) -> None:
-        """From scratch: ``U`` (unmeasured mask), the summed error of the unmeasured blocks
-        ``sum_pb U_pb (E_pb + c.(H_b c - 2 G_pb))`` and, per pixel, ``m_p = sum_b U_pb (H_b c_p -
-        G_pb)``, which lets a rank-one change of the coefficients update the sum in O(P nb k)
-        (:meth:`_r2_after_update`)."""
-        coef = self.coefficients()
-        unmeasured = (~self.measured).to(self.device, torch.float64)
-        p, nb, k = cache["G"].shape
-        gram_rows = self._block_gram.permute(1, 0, 2).reshape(k, nb * k)  # H_b symmetric
-        hc = torch.addmm(cache["G"].reshape(p, nb * k), coef, gram_rows, beta=-1.0)
-        hc = hc.view(p, nb, k)  # H_b c_p - G_pb
-        inner = ((hc - cache["G"]) * coef.unsqueeze(1)).sum(-1)  # c.(H_b c - 2 G_pb)
-        cache["U"] = unmeasured
-        cache["sse_unmeasured"] = float((unmeasured * (cache["E"] + inner)).sum())
-        cache["m"] = torch.einsum("pb,pbk->pk", unmeasured, hc)
-
-    def _r2_after_update(self, a: torch.Tensor | None, delta: torch.Tensor | None) -> None:
-        """Keep the R^2 terms current after the coefficients changed by ``outer(a, delta)``
-        (a GP rank-one update); ``a is None``: an arbitrary change, recompute when next asked.
-        With ``Q_p = sum_b U_pb H_b`` the unmeasured error changes by
-        ``2 delta.(sum_p a_p m_p) + sum_p a_p^2 delta^T Q_p delta`` and ``m_p`` by
-        ``a_p Q_p delta``."""
-        cache = self._r2_cache
-        if cache is None or cache["sse_unmeasured"] is None:
-            return
-        if a is None or delta is None:
-            cache["sse_unmeasured"] = None
-            return
-        h_delta = self._block_gram @ delta  # (nb, k): H_b delta
-        u = cache["U"]
-        cache["sse_unmeasured"] += float(
-            2.0 * (delta @ (a @ cache["m"])) + (a * a) @ (u @ (h_delta @ delta))
-        )
-        cache["m"].addcmul_(a[:, None], u @ h_delta)
-
-    def _build_r2_cache(self, reference_blocks: torch.Tensor) -> dict:
-        """The reference's own terms of the fast R^2: the reference block-major with NaN
-        entries zeroed (``ref_t``, ``(nb, P, F_b)``, the layout :func:`r2_basis_terms` reads
-        without a copy), its validity, the sum of squares around the channel means, where it
-        has NaN entries, and the squared error of every measured block."""
-        ref = torch.as_tensor(reference_blocks)
-        expected = (self.n_pixels, self.n_blocks, self.block_features)
-        if tuple(ref.shape) != expected:
-            raise ValueError(f"reference has shape {tuple(ref.shape)}, expected {expected}")
-        ref_t = torch.empty(
-            self.n_blocks, self.n_pixels, self.block_features,
-            dtype=torch.float64, device=self.device,
-        )
-        ref_t.copy_(ref.transpose(0, 1))
-        valid_t = torch.isfinite(ref_t)
-        ref_t.masked_fill_(~valid_t, 0.0)
-        counts = valid_t.sum(1).to(torch.float64)  # (nb, F_b)
-        chan_mean = ref_t.sum(1) / counts.clamp_min(1.0)
-        ss_ref = float(torch.where(valid_t, ref_t - chan_mean[:, None], 0.0).square_().sum())
-        nan_blk, nan_pix = torch.nonzero(~valid_t.all(-1), as_tuple=True)
-        cache = {
-            "ref": reference_blocks,
-            "ref_t": ref_t,
-            "valid_t": valid_t,
-            "sq": ref_t.square().sum(-1).T.contiguous(),  # (P, nb) |ref0_pb|^2
-            "ss_ref": ss_ref,
-            "nan_pix": nan_pix,
-            "nan_blk": nan_blk,
-            "meas_err": torch.zeros(
-                self.n_pixels, self.n_blocks, dtype=torch.float64, device=self.device
-            ),
-            "version": None,  # of the basis terms: see r2_basis_terms
-            "sse_unmeasured": None,  # with "U" and "m": see _r2_unmeasured_terms
-        }
-        meas_pix, meas_blk = torch.nonzero(self.measured.to(self.device), as_tuple=True)
-        diff = ref_t[meas_blk, meas_pix] - self.values[meas_pix, meas_blk].to(torch.float64)
-        cache["meas_err"][meas_pix, meas_blk] = torch.where(
-            valid_t[meas_blk, meas_pix], diff, 0.0
-        ).square().sum(-1)
-        self._r2_cache = cache
-        return cache
-
-    def _update_r2_cache(self, p: int, b: int) -> None:
-        """Block ``b`` of pixel ``p`` was just measured (coefficients not yet updated): its
-        error moves from the unmeasured sum to the measured one."""
-        cache = self._r2_cache
-        assert cache is not None
-        diff = cache["ref_t"][b, p] - self.values[p, b].to(torch.float64)
-        cache["meas_err"][p, b] = torch.where(cache["valid_t"][b, p], diff, 0.0).square().sum()
-        if cache["sse_unmeasured"] is not None and self.basis is not None and cache["U"][p, b]:
-            c = self.coefficients()[p]
-            h = self._block_gram[b] @ c - cache["G"][p, b]
-            cache["sse_unmeasured"] -= float(cache["E"][p, b] + c @ (h - cache["G"][p, b]))
-            cache["m"][p] -= h
-            cache["U"][p, b] = 0.0
-
 
 class _DeferredRefit:
     """A refit computed in a background thread, and the measurements that arrive until the
@@ -1219,7 +1070,6 @@ class _DeferredRefit:
         self,
         model: LowRankGP,
         install_at: int,
-        r2_reference: dict | None = None,
         release: list | None = None,
     ) -> None:
         self.model = model
@@ -1227,8 +1077,6 @@ class _DeferredRefit:
         # Arrivals the thread brings in: those before the install count (that one's own blocks
         # enter the installed model on the reconstructor's thread).
         self._expected = install_at - model.n_measured - 1
-        self.r2_reference = r2_reference
-        self.r2_terms: dict | None = None
         self.arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]] = []
         self.applied = 0  # arrivals already in the model
         self.refitted = False
@@ -1310,7 +1158,7 @@ class _DeferredRefit:
                     if delay is not None:
                         delay()
                     if kind == "refit":
-                        self._refit()
+                        self.model._refit()
                     else:
                         self.model._add_batch_to_spatial(items)
                     with self._cond:
@@ -1325,13 +1173,6 @@ class _DeferredRefit:
                 self._thread = None
                 self._busy = False
                 self._cond.notify_all()
-
-    def _refit(self) -> None:
-        self.model._refit()
-        if self.r2_reference is not None:
-            self.r2_terms = r2_basis_terms(
-                self.r2_reference, self.model.basis, self.model._block_gram
-            )
 
     def push(self, pixel: int, items: list[tuple[int, torch.Tensor]]) -> None:
         """Blocks ``items`` of ``pixel`` were measured after the snapshot."""
@@ -1398,6 +1239,9 @@ class InverseDistanceCoefficients:
     gave R^2 0.19 / 0.30 at 10 / 20 % of pixels, below linear interpolation of the raw data
     (0.39 / 0.50); these weights give 0.44 / 0.57 (``benchmarks.reconstruction``).
     """
+
+    #: The map is recomputed on the first read after a change: reading it is not free.
+    lazy_mean = True
 
     def __init__(
         self,
