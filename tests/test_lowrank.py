@@ -11,8 +11,9 @@ import torch
 
 from reconstruct.base import BlockLayout
 from reconstruct.gp import SpatialGP
-from reconstruct.lowrank import LowRankCompletion, LowRankGP, _DeferredRefit, fit_basis
+from reconstruct.lowrank import LowRankCompletion, LowRankGP, fit_basis
 from reconstruct.metrics import r2_score
+from reconstruct.refit import DeferredRefit
 from reconstruct.scoring import ReferenceScorer
 
 SHAPE = (12, 12)
@@ -308,7 +309,7 @@ def test_deferred_refits_do_not_depend_on_timing(growth, lag, monkeypatch):
         rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6,
                         refit_growth=growth, refit_mode="deferred", refit_lag=lag, seed=2)
         if delay == "refit only":
-            monkeypatch.setattr(_DeferredRefit, "_work_ready", lambda self: not self.refitted)
+            monkeypatch.setattr(DeferredRefit, "_work_ready", lambda self: not self.refitted)
         elif delay is not None:
             rec._refit_delay = functools.partial(time.sleep, delay)
         runs.append(_sequence(rec, field))
