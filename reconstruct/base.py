@@ -369,6 +369,8 @@ class Reconstructor(ABC):
                 f"layout covers {self.layout.n_voltages} voltages, spectral shape starts with "
                 f"{self.spectral_shape[0]}"
             )
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.device = resolve_device(device)
         self.dtype = dtype
         self.n_pixels = self.spatial_shape[0] * self.spatial_shape[1]

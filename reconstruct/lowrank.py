@@ -43,15 +43,22 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from reconstruct.base import BlockLayout, Reconstructor
+from reconstruct.basis import (
+    _MAX_RIDGE,
+    _MIN_RIDGE,
+    SpectralBasis,
+    cross_validated_errors,
+    fit_basis,
+)
 from reconstruct.changes import ChangeLog
-from reconstruct.error_calibration import OnlineErrorCalibration
+from reconstruct.checks import check_int, check_real, choose
 from reconstruct.gp import (
+    KERNELS,
     GPHyperparameters,
     SpatialGP,
     TiledSpatialGP,
@@ -61,18 +68,19 @@ from reconstruct.gp import (
     single_thread,
 )
 from reconstruct.interpolate import inverse_distance_weights
+from reconstruct.options import (
+    BASIS_SOURCES,
+    ERROR_CALIBRATIONS,
+    REFIT_MODES,
+    SMALL_SAMPLE_ERRORS,
+)
 from reconstruct.refit import DeferredRefit
 
-_MIN_RIDGE, _MAX_RIDGE = 1e-10, 1e3  # bounds on the ridge added to G_p (eigenvalues in [0, 1])
 _HUGE_NOISE = 1e12  # noise of an observation that carries (almost) no information
-#: How a due refit runs (see :class:`LowRankGP`).
-REFIT_MODES = ("blocking", "deferred")
-#: What the reported uncertainty rests on when too few complete spectra can be held out.
-SMALL_SAMPLE_ERRORS = ("residual", "capped-cv")
-#: Which spectra the basis is fitted on (see :class:`LowRankGP`).
-BASIS_SOURCES = ("full", "all")
-#: Whether the reported uncertainty is calibrated on the model's own prediction errors.
-ERROR_CALIBRATIONS = ("none", "online")
+
+
+def _fraction(x: float) -> bool:
+    return 0 < x <= 1
 #: What a refit writes: the model state a deferred refit hands over when it is installed.
 _REFIT_STATE = (
     "basis", "_basis_version", "_total_variance", "_single_block_error", "_unexplained",
@@ -80,183 +88,6 @@ _REFIT_STATE = (
     "_mean_proj", "_proj", "_obs_coef", "_obs_noise", "hyper", "_fitted_hyper", "spatial",
     "_block_weight", "_pattern_error", "_pattern_bits",
 )
-
-
-@dataclass
-class SpectralBasis:
-    """A fitted spectral basis in block layout.
-
-    Attributes
-    ----------
-    mean
-        ``(n_blocks, F_b)`` mean spectrum.
-    components
-        ``(k, n_blocks, F_b)`` orthonormal components (as rows when flattened).
-    variances
-        ``(k,)`` variance of each coefficient over the training pixels.
-    residual
-        Per-feature variance left after projection on ``k`` components (noise included).
-    version
-        Increases at every refit (keys caches).
-    """
-
-    mean: torch.Tensor
-    components: torch.Tensor
-    variances: torch.Tensor
-    residual: float
-    version: int
-
-    @property
-    def k(self) -> int:
-        return self.components.shape[0]
-
-
-def fit_basis(
-    spectra: torch.Tensor, explained: float = 0.99, max_components: int = 12, version: int = 0
-) -> SpectralBasis:
-    """Principal components of ``spectra`` ``(n, n_blocks, F_b)`` through the ``n x n`` Gram
-    matrix (``n`` is at most a few hundred, ``F`` thousands), ``k`` by explained variance."""
-    n = spectra.shape[0]
-    if n < 2:
-        raise ValueError(f"need at least 2 spectra to fit a basis, got {n}")
-    flat = spectra.reshape(n, -1).to(torch.float64)
-    mean = flat.mean(0)
-    centred = flat - mean
-    evals, evecs = torch.linalg.eigh(centred @ centred.T)
-    evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
-    total = float(evals.sum())
-    if total <= 0:
-        k = 1
-    else:
-        share = torch.cumsum(evals, 0) / total
-        k = int(torch.searchsorted(share, torch.tensor(explained, dtype=torch.float64))) + 1
-    k = max(1, min(k, max_components, n - 1))
-    comps = (evecs[:, :k].T @ centred) / evals[:k].clamp_min(1e-300).sqrt()[:, None]
-    comps = torch.linalg.qr(comps.T).Q.T  # exact orthonormality despite round-off
-    residual = max((total - float(evals[:k].sum())) / (n * flat.shape[1]), 1e-12)
-    return SpectralBasis(
-        mean=mean.reshape(spectra.shape[1:]),
-        components=comps.reshape(k, *spectra.shape[1:]),
-        variances=evals[:k] / n,
-        residual=residual,
-        version=version,
-    )
-
-
-def refine_basis(
-    basis: SpectralBasis,
-    values: torch.Tensor,
-    measured: torch.Tensor,
-    full: torch.Tensor,
-    iterations: int = 3,
-) -> SpectralBasis:
-    """Refit ``basis`` (``k`` kept) on every measured block, partly measured pixels included,
-    by alternating least squares: each pixel's coefficients from its measured blocks (the MAP
-    ridge of :meth:`LowRankGP._coefficients`), then each block's mean and components by
-    regressing that block's measured values on the coefficients of the pixels that measured
-    it; finally the components are made orthonormal again and ordered by variance.
-
-    ``values`` ``(m, n_blocks, F_b)`` and ``measured`` ``(m, n_blocks)`` are the pixels used
-    (unmeasured entries are never read); ``full`` ``(m,)`` marks the fully measured ones, on
-    which the residual variance is measured (a pixel fitted from one block leaves almost no
-    in-sample residual, which would say the basis is better than it is).
-
-    Why: a basis from complete spectra alone learns how blocks co-vary from the few pixels
-    completed early in an episode, while most measured blocks sit at partly measured pixels.
-    The rank stays the one the complete spectra chose, so errors in the completion cannot grow
-    components of their own (the failure of completing pixels and refitting the PCA)."""
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    m, nb, fb = values.shape
-    k = basis.k
-    mask = measured.to(torch.float64)
-    vals = torch.where(measured[..., None], values.to(torch.float64), 0.0)
-    mean, comps = basis.mean.clone(), basis.components.clone()  # (nb, F_b), (k, nb, F_b)
-    ridge = torch.diag(
-        (basis.residual / basis.variances.clamp_min(1e-300)).clamp(_MIN_RIDGE, _MAX_RIDGE)
-    )
-    for _ in range(iterations):
-        block_gram = torch.einsum("kbf,lbf->bkl", comps, comps)  # (nb, k, k)
-        gram = torch.einsum("pb,bkl->pkl", mask, block_gram) + ridge
-        proj = torch.einsum("pbf,kbf->pk", vals - mean * mask[..., None], comps)
-        coef = torch.linalg.solve(gram, proj.unsqueeze(-1)).squeeze(-1)  # (m, k)
-        design = torch.cat([torch.ones(m, 1, dtype=coef.dtype, device=coef.device), coef], 1)
-        for b in range(nb):
-            rows = measured[:, b]
-            x = design[rows]
-            if x.shape[0] <= k + 1:
-                continue  # too few pixels measured this block to regress on: keep it
-            normal = x.T @ x
-            normal.diagonal()[1:] += 1e-9 * float(normal.diagonal()[1:].max().clamp_min(1e-300))
-            solved = torch.linalg.solve(normal, x.T @ vals[rows, b])  # (k + 1, F_b)
-            mean[b], comps[:, b] = solved[0], solved[1:]
-    # Orthonormal again: c B = c R^T Q^T with B^T = Q R, then rotate to the principal axes
-    # of the coefficients so that variances are ordered as fit_basis orders them.
-    q, r = torch.linalg.qr(comps.reshape(k, -1).T)
-    coef = coef @ r.T
-    centred = coef - coef.mean(0)
-    evals, evecs = torch.linalg.eigh(centred.T @ centred / m)
-    evals, evecs = evals.flip(0).clamp_min(1e-300), evecs.flip(1)
-    flat = (q @ evecs).T  # (k, F)
-    mean = mean + (coef.mean(0) @ q.T).reshape(nb, fb)
-    # Residual: per feature, of the fully measured pixels projected on the new basis.
-    full_spectra = vals[full].reshape(-1, nb * fb) - mean.reshape(-1)
-    projected = (full_spectra @ flat.T) @ flat
-    residual = max(float((full_spectra - projected).square().mean()), 1e-12)
-    return SpectralBasis(
-        mean=mean,
-        components=flat.reshape(k, nb, fb),
-        variances=evals,
-        residual=residual,
-        version=basis.version,
-    )
-
-
-def cross_validated_errors(
-    spectra: torch.Tensor,
-    explained: float,
-    max_components: int,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """How well a basis predicts spectra it was not fitted on, by two-fold cross-validation over
-    fully measured spectra ``(n, n_blocks, F_b)``.
-
-    Returns
-    -------
-    single_block
-        ``(n_blocks, n_blocks)``: mean squared error per feature of block ``b'`` (column) when
-        the coefficients are fitted from block ``b`` (row) alone.
-    unexplained
-        ``(n_blocks,)``: mean squared error per feature of each block after projecting the whole
-        spectrum on the basis (what no coefficient can predict).
-
-    Why: the in-sample residual of a basis fitted on a few dozen pixels understates the error
-    of a block predicted from another block at a new pixel by more than an order of magnitude
-    (measured: 43x on a 30 x 30 twin after one block per pixel), which made the posterior
-    variance of such blocks useless to acquisition policies and accuracy estimates.
-    """
-    n, nb, _ = spectra.shape
-    spectra = spectra.to(torch.float64)
-    order = torch.as_tensor(np.random.default_rng(seed).permutation(n), device=spectra.device)
-    folds = (order[: n // 2], order[n // 2 :])
-    sq_single = torch.zeros(nb, nb, dtype=torch.float64, device=spectra.device)
-    sq_unexplained = torch.zeros(nb, dtype=torch.float64, device=spectra.device)
-    for train, test in (folds, folds[::-1]):
-        basis = fit_basis(spectra[train], explained, max_components)
-        centred = spectra[test] - basis.mean  # (m, nb, F_b)
-        comps = basis.components  # (k, nb, F_b)
-        ridge = torch.diag(
-            (basis.residual / basis.variances.clamp_min(1e-300)).clamp(_MIN_RIDGE, _MAX_RIDGE)
-        )
-        full_coef = centred.reshape(len(test), -1) @ comps.reshape(basis.k, -1).T
-        full_pred = torch.einsum("mk,kbf->mbf", full_coef, comps)
-        sq_unexplained += ((full_pred - centred) ** 2).mean(-1).sum(0)
-        for b in range(nb):
-            gram = comps[:, b] @ comps[:, b].T + ridge
-            coef = torch.linalg.solve(gram, comps[:, b] @ centred[:, b].T).T  # (m, k)
-            pred = torch.einsum("mk,kbf->mbf", coef, comps)
-            sq_single[b] += ((pred - centred) ** 2).mean(-1).sum(0)
-    return sq_single / n, sq_unexplained / n
 
 
 class LowRankGP(Reconstructor):
@@ -281,39 +112,35 @@ class LowRankGP(Reconstructor):
         ``"deferred"``: it runs in a background thread on a snapshot of the ``n`` measurements so
         far while the current model keeps taking measurements (that one included), and is
         installed at measurement ``n + ceil(refit_lag * n)`` (earlier if the next refit is due
-        first; a refit costs more the more is measured, so the lag grows with ``n``). The thread
-        brings the measurements after the snapshot into the new model as they arrive, up to the
-        one before the install; the install waits for the refit if it is not done, brings in
-        the few the thread has not reached itself, and its own measurement enters the new
-        model as an ordinary update (:class:`~reconstruct.refit.DeferredRefit`). Results
-        depend only on the data and the seed, never on timing. The first basis is always
-        fitted at once (there is no model to keep until then), and :meth:`refit` always
-        blocks.
+        first). The measurements made meanwhile enter the new model by the thread and at the
+        install, the install step's own as an ordinary update
+        (:class:`~reconstruct.options.DeferredRefits`, :class:`~reconstruct.refit.DeferredRefit`).
+        Results depend only on the data and the seed, never on timing. The first basis is always
+        fitted at once (there is no model to keep until then), and :meth:`refit` always blocks.
     small_sample_errors
         With fewer than ``2 (k + 2)`` complete spectra the two-fold cross-validation of a
         ``k``-component basis cannot run. ``"residual"`` (default): the in-sample residual
-        stands in, for the fit's weights and the reported uncertainty alike (it reported up to
-        50x too little variance at partly measured pixels, ``docs/reconstruction.md``).
-        ``"capped-cv"``: the reported uncertainty comes from a cross-validation whose folds'
-        bases are capped at ``n // 2 - 2`` components (from 6 spectra on), while the fit keeps
-        the residual (so an exactly low-rank field is still recovered exactly).
+        stands in, for the fit's weights and the reported uncertainty alike (it reported far too
+        little variance at partly measured pixels, ``docs/reconstruction.md``). ``"capped-cv"``:
+        the reported uncertainty comes from a cross-validation of bases capped in rank
+        (:class:`~reconstruct.options.CappedCrossValidation`).
     basis_from
         ``"full"`` (default): the basis is the principal components of fully measured pixels.
         ``"all"``: that basis, with its rank, is then refitted on every measured block,
-        partly measured pixels included (:func:`refine_basis`).
+        partly measured pixels included (:class:`~reconstruct.options.EveryBlockBasis`).
     error_calibration
         ``"none"`` (default): :meth:`uncertainty` reports the model's variance as it is.
-        ``"online"``: before each block is added, its prediction and the model's variance for
-        it are noted; the reported variance is then calibrated on those prediction errors, per
-        pixel kind and with the pixel's estimated energy as a covariate
-        (:class:`~reconstruct.error_calibration.OnlineErrorCalibration`). The estimate itself is
-        unchanged.
+        ``"online"``: it is calibrated on the model's own prediction errors so far
+        (:class:`~reconstruct.options.OnlineCalibration`); the estimate is unchanged.
     max_basis_pixels, max_fit_points
         Sizes of the seeded subsamples for the basis and the hyperparameter fit.
     max_exact_pixels
         Grids larger than this use the tiled local GP.
     seed
         Seeds the subsamples.
+
+    Every option is checked here (:mod:`reconstruct.options`): a wrong type or value raises a
+    ``TypeError`` or ``ValueError`` naming the option and what it accepts.
     """
 
     name = "gp"
@@ -345,42 +172,48 @@ class LowRankGP(Reconstructor):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(spatial_shape, spectral_shape, layout, device=device, dtype=dtype)
-        if not 0 < explained <= 1:
-            raise ValueError(f"explained must be in (0, 1], got {explained}")
-        if min_full_pixels < 2 or refit_growth <= 1:
-            raise ValueError("need min_full_pixels >= 2 and refit_growth > 1")
-        if refit_mode not in REFIT_MODES:
-            raise ValueError(f"refit_mode must be one of {REFIT_MODES}, got {refit_mode!r}")
-        if not refit_lag > 0:
-            raise ValueError(f"refit_lag must be > 0 (a fraction), got {refit_lag}")
-        if small_sample_errors not in SMALL_SAMPLE_ERRORS:
-            raise ValueError(
-                f"small_sample_errors must be one of {SMALL_SAMPLE_ERRORS}, got "
-                f"{small_sample_errors!r}"
-            )
-        self.small_sample_errors = small_sample_errors
-        if error_calibration not in ERROR_CALIBRATIONS:
-            raise ValueError(
-                f"error_calibration must be one of {ERROR_CALIBRATIONS}, got "
-                f"{error_calibration!r}"
-            )
-        self.error_calibration = error_calibration
-        if basis_from not in BASIS_SOURCES:
-            raise ValueError(f"basis_from must be one of {BASIS_SOURCES}, got {basis_from!r}")
-        self.basis_from = basis_from
-        self.kernel = kernel
-        self.explained = explained
-        self.max_components = max_components
-        self.min_full_pixels = min_full_pixels
-        self.refit_growth = refit_growth
+        self.kernel = choose("kernel", kernel, {name: name for name in KERNELS})
+        self.explained = check_real("explained", explained, "a fraction in (0, 1]", _fraction)
+        self.max_components = check_int("max_components", max_components, 1)
+        self.min_full_pixels = check_int("min_full_pixels", min_full_pixels, 2)
+        self.refit_growth = check_real(
+            "refit_growth", refit_growth, "a growth factor > 1", lambda x: x > 1
+        )
+        self.refit_lag = check_real("refit_lag", refit_lag, "a fraction > 0", lambda x: x > 0)
         self.refit_mode = refit_mode
-        self.refit_lag = float(refit_lag)
-        self.max_basis_pixels = max_basis_pixels
-        self.max_fit_points = max_fit_points
-        self.max_exact_pixels = max_exact_pixels
-        self.seed = seed
+        self._reported_errors = choose(
+            "small_sample_errors", small_sample_errors, SMALL_SAMPLE_ERRORS
+        )
+        self._calibration = choose("error_calibration", error_calibration, ERROR_CALIBRATIONS)
+        self._basis_source = choose("basis_from", basis_from, BASIS_SOURCES)
+        self.max_basis_pixels = check_int("max_basis_pixels", max_basis_pixels, 2)
+        self.max_fit_points = check_int("max_fit_points", max_fit_points, 3)
+        self.max_exact_pixels = check_int("max_exact_pixels", max_exact_pixels, 1)
+        self.seed = check_int("seed", seed, 0)
         self.hyper = GPHyperparameters(kernel=kernel)
         self.reset()
+
+    @property
+    def refit_mode(self) -> str:
+        """``"blocking"`` or ``"deferred"`` (see the class notes); may be changed between
+        measurements."""
+        return self._refits.name
+
+    @refit_mode.setter
+    def refit_mode(self, mode: str) -> None:
+        self._refits = choose("refit_mode", mode, REFIT_MODES)(self.refit_lag)
+
+    @property
+    def small_sample_errors(self) -> str:
+        return self._reported_errors.name
+
+    @property
+    def error_calibration(self) -> str:
+        return self._calibration.name
+
+    @property
+    def basis_from(self) -> str:
+        return self._basis_source.name
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
@@ -406,9 +239,7 @@ class LowRankGP(Reconstructor):
         self.hyper = GPHyperparameters(kernel=self.kernel)
         self._fitted_hyper: GPHyperparameters | None = None  # warm start of the next fit
         #: The prediction errors the reported variance is calibrated on (``error_calibration``).
-        self.calibration = (
-            OnlineErrorCalibration() if self.error_calibration == "online" else None
-        )
+        self.calibration = self._calibration.new()
         self._calibrated_cache: tuple[tuple[int, int], torch.Tensor] | None = None
 
     def _make_spatial(self, k: int) -> SpatialGP | TiledSpatialGP | InverseDistanceCoefficients:
@@ -513,7 +344,7 @@ class LowRankGP(Reconstructor):
                 self._install_refit()
             else:
                 pending.push(p, items)
-        if self._refit_due() and self.refit_mode == "blocking":
+        if self._refit_due() and not self._refits.deferred:
             self.refit()
             return
         self._add_to_spatial(p, items)
@@ -641,8 +472,8 @@ class LowRankGP(Reconstructor):
         snapshot.changes = ChangeLog()  # nobody scores the snapshot
         snapshot._pending = None
         snapshot._replaced = None
-        lag = max(1, math.ceil(self.refit_lag * self.n_measured))
-        self._pending = DeferredRefit(snapshot, self.n_measured + lag, release=self._replaced)
+        install_at = self.n_measured + self._refits.install_lag(self.n_measured)
+        self._pending = DeferredRefit(snapshot, install_at, release=self._replaced)
         self._replaced = None
         self._n_at_refit = self.n_measured
 
@@ -692,8 +523,9 @@ class LowRankGP(Reconstructor):
         spectra = self.values[train.to(self.device)].to(torch.float64)
         self._basis_version += 1
         self.basis = fit_basis(spectra, self.explained, self.max_components, self._basis_version)
-        if self.basis_from == "all":
-            self.basis = self._basis_from_every_block(self.basis, rng)
+        self.basis = self._basis_source.refine(
+            self.basis, self.values, self.measured, self.max_basis_pixels, rng
+        )
         self._total_variance = float(self.basis.variances.sum().clamp_min(1e-300))
         if spectra.shape[0] >= 2 * (self.basis.k + 2):
             self._single_block_error, self._unexplained = cross_validated_errors(
@@ -707,20 +539,16 @@ class LowRankGP(Reconstructor):
                 (self.n_blocks,), self.basis.residual, dtype=torch.float64
             ).to(self.device)
         # What the uncertainty reports; the fit's weights above stay as they are.
-        self._reported_single_block_error = self._single_block_error
-        self._reported_unexplained = self._unexplained
-        n_spectra = spectra.shape[0]
-        capped = min(self.max_components, n_spectra // 2 - 2)
-        if (
-            self.small_sample_errors == "capped-cv"
-            and n_spectra < 2 * (self.basis.k + 2)
-            and capped >= 1
-        ):
-            self._reported_single_block_error, self._reported_unexplained = (
-                cross_validated_errors(
-                    spectra, self.explained, capped, seed=self.seed + self._basis_version
-                )
+        self._reported_single_block_error, self._reported_unexplained = (
+            self._reported_errors.reported(
+                (self._single_block_error, self._unexplained),
+                spectra,
+                self.basis.k,
+                self.explained,
+                self.max_components,
+                seed=self.seed + self._basis_version,
             )
+        )
         basis = self.basis
         k = basis.k
         flat_b = basis.components.permute(1, 0, 2)  # (nb, k, F_b)
@@ -771,31 +599,8 @@ class LowRankGP(Reconstructor):
         (:meth:`SpatialGP.rebuild`)."""
         total = self.n_pixels * self.n_blocks
         last = math.ceil(min(self.refit_growth * self.n_measured, total))  # as _refit_due
-        if self.refit_mode == "deferred":  # as _start_refit
-            last += max(1, math.ceil(min(self.refit_lag * last, total)))
+        last += self._refits.install_lag(last)  # as _start_refit
         return max(0, min(last, total) - self.n_measured)
-
-    def _basis_from_every_block(
-        self, basis: SpectralBasis, rng: np.random.Generator
-    ) -> SpectralBasis:
-        """:func:`refine_basis` on the observed pixels (a seeded subsample of at most
-        ``4 * max_basis_pixels``, fully measured ones first)."""
-        observed = torch.nonzero(self.measured.any(1)).reshape(-1)
-        limit = 4 * self.max_basis_pixels
-        if observed.numel() > limit:
-            is_full = self.measured[observed].all(1)
-            full, partial = observed[is_full], observed[~is_full]
-            full = full[: limit // 2]
-            room = limit - full.numel()
-            pick = np.sort(rng.choice(partial.numel(), min(room, partial.numel()), replace=False))
-            observed = torch.cat([full, partial[torch.as_tensor(pick, dtype=torch.long)]])
-        rows = self.measured[observed]
-        return refine_basis(
-            basis,
-            self.values[observed.to(self.device)],
-            rows.to(self.device),
-            rows.all(1).to(self.device),
-        )
 
     def _fit_hyper(
         self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
