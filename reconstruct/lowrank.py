@@ -629,6 +629,15 @@ class LowRankGP(Reconstructor):
         assert self.spatial is not None
         return self.spatial.mean
 
+    def pending_basis(self) -> tuple[SpectralBasis, torch.Tensor] | None:
+        """The basis and block Gram matrices a deferred refit has fitted and will install, once
+        its thread has fitted them (None otherwise): a scorer may prepare its terms for them
+        meanwhile (:class:`~reconstruct.scoring.ReferenceScorer`)."""
+        pending = self._pending
+        if pending is None or not pending.refitted:
+            return None
+        return pending.model.basis, pending.model._block_gram
+
     @property
     def block_gram(self) -> torch.Tensor:
         """``(n_blocks, k, k)`` the Gram matrices ``H_b = B_b B_b^T`` of the basis' blocks."""

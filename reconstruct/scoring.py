@@ -20,6 +20,8 @@ Equals :func:`~reconstruct.metrics.r2_score` of the estimate up to round-off.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from reconstruct.base import Reconstructor
@@ -71,6 +73,8 @@ class ReferenceScorer:
         self.reference = reference_blocks
         self._ref: dict | None = None  # the reference's own terms, on one device
         self._terms: dict | None = None  # terms of one reconstructor's history
+        # (basis, thread, result) of basis terms made ahead for a deferred refit's basis
+        self._ahead: tuple | None = None
 
     def score(self, reconstructor: Reconstructor) -> float:
         basis = getattr(reconstructor, "basis", None)
@@ -90,8 +94,10 @@ class ReferenceScorer:
                 self._apply(terms, reconstructor, event)
         terms["position"] = changes.end
         if terms["version"] != basis.version:
-            terms.update(basis_terms(self._ref, basis, reconstructor.block_gram))
+            made = self._made_ahead(basis)
+            terms.update(made or basis_terms(self._ref, basis, reconstructor.block_gram))
             terms["sse_unmeasured"] = None
+        self._make_ahead(reconstructor)
         if terms["sse_unmeasured"] is None:
             self._unmeasured_terms(terms, reconstructor)
         ref = self._ref
@@ -107,6 +113,38 @@ class ReferenceScorer:
         return float(1.0 - sse / ss_ref)
 
     __call__ = score
+
+    def __getstate__(self) -> dict:
+        state = dict(vars(self))
+        state["_ahead"] = None  # a thread: its terms are made again when needed
+        return state
+
+    def _make_ahead(self, rec) -> None:
+        """When a deferred refit has fitted the next basis (``rec.pending_basis()``), make
+        its basis terms in a thread of their own, so that the step that installs it does not.
+        (Not inside :func:`~reconstruct.gp.single_thread`: that sets a process-wide count,
+        which two threads restoring out of order would leave wrong.)"""
+        pending = getattr(rec, "pending_basis", None)
+        upcoming = pending() if pending is not None else None
+        if upcoming is None or (self._ahead is not None and self._ahead[0] is upcoming[0]):
+            return
+        basis, block_gram = upcoming
+        result: list = []
+
+        def work() -> None:
+            result.append(basis_terms(self._ref, basis, block_gram))
+
+        thread = threading.Thread(target=work, name="ReferenceScorer basis terms")
+        thread.start()
+        self._ahead = (basis, thread, result)
+
+    def _made_ahead(self, basis) -> dict | None:
+        """The basis terms made ahead for ``basis`` (waiting for them), if any."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] is not basis:
+            return None
+        ahead[1].join()
+        return ahead[2][0] if ahead[2] else None
 
     # ------------------------------------------------------------------ terms
     def _reference_terms(self, rec: Reconstructor) -> dict:

@@ -460,3 +460,17 @@ def test_basis_from_every_block_learns_from_partly_measured_pixels():
 def test_unknown_basis_source_is_refused():
     with pytest.raises(ValueError, match="basis_from"):
         LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", basis_from="some")
+
+
+def test_scoring_leaves_the_reconstructor_as_it_was():
+    """The reference stays with the scorer: scoring (from scratch, then incrementally) changes
+    nothing the reconstructor holds, byte for byte."""
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {5: [1], 9: [2, 3]})
+    scorer = ReferenceScorer(torch.as_tensor(field))
+    for pixel in (20, 21):
+        before = pickle.dumps(rec)
+        scorer.score(rec)
+        assert pickle.dumps(rec) == before
+        rec.add(pixel, 0, field[pixel, 0])
