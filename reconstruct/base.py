@@ -311,7 +311,7 @@ def principal_scores(centred: torch.Tensor, q: int) -> torch.Tensor:
 
     Why not ``torch.linalg.svd``: in float32 the MKL SVD failed to converge on perfectly finite
     estimates (``LinAlgError``, "SLASCL parameter 4" on a 256 x 2048 linear-interpolation
-    estimate of a 16 x 16 twin), and in float64 it took twice as long. The Gram route gives the
+    estimate of a 16 x 16 twin), and in float64 it was slower. The Gram route gives the
     same scores (up to each component's sign) and costs one ``min(P, F)``-sized ``eigh``.
     """
     x = centred.to(torch.float64)

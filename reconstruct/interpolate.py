@@ -233,8 +233,8 @@ def _locate_grid_points(
 
     Every triangle's bounding box is scanned for query points (vectorised over all boxes);
     with integer coordinates the orientation tests are exact, so points on edges and vertices
-    are located reliably. (scipy's ``Delaunay.find_simplex`` walk took from 0.1 to 17 s per call
-    on 60 x 60 grids because grid points sit on edges of flat, degenerate triangles.)
+    are located reliably. (scipy's ``Delaunay.find_simplex`` walk was slow and erratic on grids,
+    because grid points sit on edges of flat, degenerate triangles: ``docs/performance.md``.)
 
     Parameters
     ----------

@@ -26,8 +26,8 @@ spectrum, R^2 about 0), and its uncertainty the spread of those measurements.
 The basis, the hyperparameters and the GP factor are refitted together when the number of
 measurements has grown by ``refit_growth`` since the last refit (never at every step: the basis
 costs more than the incremental update). By default a refit runs in the step that makes it
-due; it took 0.3-0.5 s at 20 % of the blocks measured on 60 x 60, most of it the GP's Cholesky
-and triangular solve (``docs/performance.md``, "Refits"). With ``refit_mode="deferred"`` it runs
+due; most of its time is the GP's Cholesky and triangular solve (``docs/performance.md``,
+"Refits", has the timings and the command). With ``refit_mode="deferred"`` it runs
 in a background thread while the current model keeps taking measurements, and is installed a
 number of measurements later that grows with the data; the measurements made meanwhile are
 brought into it (by the thread, and at the install those it has not reached), all but the
@@ -673,9 +673,9 @@ class LowRankGP(Reconstructor):
     def pixel_energy(self) -> torch.Tensor:
         """As :meth:`Reconstructor.pixel_energy`, from the coefficients: an unmeasured block
         ``mu_b + c B_b`` has ``|mu_b|^2 + 2 c . (B_b mu_b) + c^T (B_b B_b^T) c``, which costs
-        ``O(P n_blocks k^2)`` instead of building the ``(P, n_blocks, F_b)`` estimate: 0.3-0.4
-        against 21-33 ms, one thread, on a 30 x 30 x 16 x 128 twin with 794 blocks measured
-        (``models/README.md``, "The energy plane", has the command)."""
+        ``O(P n_blocks k^2)`` instead of building the ``(P, n_blocks, F_b)`` estimate (timed
+        against the generic path in ``docs/performance.md``, "The optional observation
+        planes", with the command)."""
         if self.basis is None:
             return super().pixel_energy()
         return self._pixel_energy(slice(None))

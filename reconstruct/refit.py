@@ -47,7 +47,7 @@ class DeferredRefit:
     runs: a scheduling round trip in every step that hands it work), so an abandoned
     reconstructor is not kept alive by it for long. Its first piece of work frees the state
     the previous install replaced (``release``: its GP factor is tens of MB handed back to
-    the system, which slowed the install step 2x when done then). Copying
+    the system, which slowed the install step when done then). Copying
     (``copy.deepcopy``, pickling) waits until the work in progress is done and copies the
     result; the copy continues on its own.
     ``waited_s`` and ``caught_up`` say how long :meth:`finish` waited for the thread and how
