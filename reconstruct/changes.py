@@ -16,9 +16,10 @@ Events, in the order they happened:
 - ``("replaced",)``: the coefficients or the basis changed in any other way (a refit, a batch
   update, a model that recomputes on read).
 
-The log keeps the last ``max_events`` events; a scorer that fell further behind, or that last
-looked at another episode (:attr:`epoch` changes at every :meth:`clear` and in every copy),
-recomputes from scratch.
+The log keeps the last ``max_events`` events (an environment scores after every step, which
+adds a few; a ``moved`` event holds a ``(P,)`` vector, so the log is kept short); a scorer that
+fell further behind, or that last looked at another history (:attr:`epoch` changes at every
+:meth:`clear` and in every copy), recomputes from scratch.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class _Epoch:
 class ChangeLog:
     """An ordered, bounded record of changes to a reconstructor's estimate (module notes)."""
 
-    def __init__(self, max_events: int = 512) -> None:
+    def __init__(self, max_events: int = 64) -> None:
         self.max_events = int(max_events)
         self.clear()
 

@@ -193,6 +193,7 @@ class LowRankGP(Reconstructor):
         self.hyper = GPHyperparameters(kernel=kernel)
         self.reset()
 
+    # ------------------------------------------------------------------ options
     @property
     def refit_mode(self) -> str:
         """``"blocking"`` or ``"deferred"`` (see the class notes); may be changed between

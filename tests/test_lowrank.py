@@ -474,3 +474,26 @@ def test_scoring_leaves_the_reconstructor_as_it_was():
         scorer.score(rec)
         assert pickle.dumps(rec) == before
         rec.add(pixel, 0, field[pixel, 0])
+
+
+def test_scorer_that_fell_behind_the_change_log_starts_again():
+    """More changes between two scores than the log keeps, a reset, and a copy: the scorer
+    notices each and still gives the plain R^2."""
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1e9)
+    reference = torch.as_tensor(field)
+    scorer = ReferenceScorer(reference)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {})
+    assert scorer.score(rec) == pytest.approx(r2_score(reference, rec.estimate_blocks()), rel=1e-6)
+    for p in range(1, 1 + rec.changes.max_events):  # two events each: past what the log keeps
+        if not rec.measured[p, 1]:
+            rec.add(p, 1, field[p, 1])
+    assert rec.changes.start > 0
+    assert scorer.score(rec) == pytest.approx(r2_score(reference, rec.estimate_blocks()), rel=1e-6)
+    copied = copy.deepcopy(rec)
+    copied.add(120, 2, field[120, 2])
+    plain = r2_score(reference, copied.estimate_blocks())
+    assert scorer.score(copied) == pytest.approx(plain, rel=1e-6)
+    rec.reset()
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {3: [0]})
+    assert scorer.score(rec) == pytest.approx(r2_score(reference, rec.estimate_blocks()), rel=1e-6)
