@@ -179,7 +179,7 @@ class LowRankGP(Reconstructor):
         self.refit_growth = check_real(
             "refit_growth", refit_growth, "a growth factor > 1", lambda x: x > 1
         )
-        self.refit_lag = check_real("refit_lag", refit_lag, "a fraction > 0", lambda x: x > 0)
+        self._refit_lag = check_real("refit_lag", refit_lag, "a fraction > 0", lambda x: x > 0)
         self.refit_mode = refit_mode
         self._reported_errors = choose(
             "small_sample_errors", small_sample_errors, SMALL_SAMPLE_ERRORS
@@ -202,7 +202,11 @@ class LowRankGP(Reconstructor):
 
     @refit_mode.setter
     def refit_mode(self, mode: str) -> None:
-        self._refits = choose("refit_mode", mode, REFIT_MODES)(self.refit_lag)
+        self._refits = choose("refit_mode", mode, REFIT_MODES)(self._refit_lag)
+
+    @property
+    def refit_lag(self) -> float:
+        return self._refit_lag
 
     @property
     def small_sample_errors(self) -> str:
