@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
 from reconstruct.gp import single_thread
 
-if TYPE_CHECKING:
-    from reconstruct.lowrank import LowRankGP
+
+class RefitModel(Protocol):
+    """What a deferred refit needs of its snapshot (a :class:`~reconstruct.lowrank.LowRankGP`;
+    named by this protocol so that this module does not import the model)."""
+
+    n_measured: int
+    _refit_delay: Callable[[], None] | None
+
+    def _refit(self) -> None: ...
+
+    def _add_batch_to_spatial(self, arrivals: list) -> None: ...
 
 
 class DeferredRefit:
@@ -59,7 +69,7 @@ class DeferredRefit:
 
     def __init__(
         self,
-        model: LowRankGP,
+        model: RefitModel,
         install_at: int,
         release: list | None = None,
     ) -> None:
@@ -182,7 +192,7 @@ class DeferredRefit:
             if self._error is not None:
                 raise self._error
 
-    def finish(self) -> LowRankGP:
+    def finish(self) -> RefitModel:
         """The refitted model with every arrival in it: waits for the refit and the piece of
         work in progress, then brings in the arrivals left, in the thread's pieces."""
         start = time.perf_counter()
