@@ -36,6 +36,12 @@ install step's own, which enters the installed model as an ordinary update
 update: when a pixel already has an observation, the improved estimate enters as a
 pseudo-observation whose precision is the gain in precision, which for a scalar-noise GP equals
 replacing the old observation.
+
+The reconstructor holds no reference to score against: it logs what changed in its estimate
+(``changes``, :class:`~reconstruct.changes.ChangeLog`), and whoever holds a reference scores it
+with a :class:`~reconstruct.scoring.ReferenceScorer`. Where the rest lives: the spectral basis in
+:mod:`reconstruct.basis`, what each string option selects in :mod:`reconstruct.options`, the
+deferred refit's thread in :mod:`reconstruct.refit`.
 """
 
 from __future__ import annotations
