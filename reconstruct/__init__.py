@@ -2,10 +2,12 @@
 
 from reconstruct.base import BlockLayout, Reconstructor, SegmentedLayout, resolve_device
 from reconstruct.registry import make_reconstructor, reconstructor_names
+from reconstruct.scoring import ReferenceScorer
 
 __all__ = [
     "BlockLayout",
     "Reconstructor",
+    "ReferenceScorer",
     "SegmentedLayout",
     "make_reconstructor",
     "reconstructor_names",

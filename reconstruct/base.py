@@ -311,7 +311,7 @@ def principal_scores(centred: torch.Tensor, q: int) -> torch.Tensor:
 
     Why not ``torch.linalg.svd``: in float32 the MKL SVD failed to converge on perfectly finite
     estimates (``LinAlgError``, "SLASCL parameter 4" on a 256 x 2048 linear-interpolation
-    estimate of a 16 x 16 twin), and in float64 it took twice as long. The Gram route gives the
+    estimate of a 16 x 16 twin), and in float64 it was slower. The Gram route gives the
     same scores (up to each component's sign) and costs one ``min(P, F)``-sized ``eigh``.
     """
     x = centred.to(torch.float64)
@@ -369,6 +369,8 @@ class Reconstructor(ABC):
                 f"layout covers {self.layout.n_voltages} voltages, spectral shape starts with "
                 f"{self.spectral_shape[0]}"
             )
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.device = resolve_device(device)
         self.dtype = dtype
         self.n_pixels = self.spatial_shape[0] * self.spatial_shape[1]

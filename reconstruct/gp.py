@@ -29,14 +29,14 @@ all pixels. :func:`make_spatial_gp` picks it automatically above ``max_exact_pix
 
 Precision. The factorisation, the kernel, the mean and the variance are float64: the updates
 subtract nearly equal numbers, and an RBF kernel in float32 produces denormals that slow matrix
-products about tenfold (tiny kernel values are flushed to zero for the same reason). Only the
-stored factor ``A`` is float32 by default (``factor_dtype``): the update is one pass over it,
-bound by memory bandwidth, and halving its bytes halved that pass (3.3 -> 1.6 ms for 2500
-observations on 3600 pixels, one core), while the posterior moved by ~1e-4 of the prior scale
-in the mean and ~2e-6 in the variance after 500 updates (``tests/test_gp.py`` bounds both).
-Float32 round-off (~1e-6 absolute in a covariance) is harmless next to observation noise but
-not next to none: the first observation with a relative noise below ``FLOAT32_MIN_NOISE``
-(noise-free or nearly exact data) switches the factor to float64 for good.
+products many times over (tiny kernel values are flushed to zero for the same reason). Only the
+stored factor ``A`` is float32 by default (``factor_dtype``): the update is one pass over it, bound
+by memory bandwidth, and halving its bytes halved that pass (timings in ``docs/performance.md``,
+"Measured in the code"), while the posterior moved by ~1e-4 of the prior scale in the mean and ~2e-6
+in the variance after 500 updates (``tests/test_gp.py`` bounds both). Float32 round-off (~1e-6
+absolute in a covariance) is harmless next to observation noise but not next to none: the first
+observation with a relative noise below ``FLOAT32_MIN_NOISE`` (noise-free or nearly exact data)
+switches the factor to float64 for good.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ class GPHyperparameters:
 @contextmanager
 def single_thread() -> Iterator[None]:
     """Run torch on one thread inside the block, then restore the setting. Small dense
-    factorisations (hyperparameter fits, k x k solves) ran ~80x slower with two threads on busy
-    cores (16 ms vs 0.2 ms for a 100 x 100 Cholesky), and gain nothing from threads anyway."""
+    factorisations (hyperparameter fits, k x k solves) ran far slower with two threads on busy
+    cores, and gain nothing from threads anyway (``docs/performance.md``, "Measured in the
+    code")."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -290,7 +291,7 @@ class SpatialGP:
         if n:
             at = self._at[:n]
             # a_j @ A, not A^T @ a_j: the same product, but a row-vector times a row-major
-            # matrix streams A once (2.4x faster in float32 at 2300 x 3600).
+            # matrix streams A once (faster: ``docs/performance.md``).
             col = col - (at[:, j] @ at).to(torch.float64)
         s = (self.variance[j] + s2).sqrt()
         a_new = col / s
@@ -381,8 +382,8 @@ class SpatialGP:
         ``capacity``: rows of factor storage to allocate, for the observations expected before
         the next rebuild (default, or when smaller: ``n`` rounded up to a power of two). An
         :meth:`add` beyond the storage grows it, a copy of the whole factor into new memory
-        (10-30 ms on 60 x 60 in a step that otherwise takes 2); rows not yet written cost
-        address space only. The posterior does not depend on it."""
+        (several times the cost of the update itself); rows not yet written cost address space
+        only. The posterior does not depend on it."""
         if hyper is not None:
             self.set_hyperparameters(hyper)
         if prior_mean is not None:
@@ -397,7 +398,7 @@ class SpatialGP:
         k_xx.diagonal().add_(s2)
         chol = torch.linalg.cholesky(k_xx)
         # The solve runs in the factor's storage type, straight into its storage (a float32
-        # solve took 0.54 s instead of 0.90 s at 2600 x 3600, moving the posterior by < 1e-6).
+        # solve is faster and moved the posterior by < 1e-6: ``docs/performance.md``).
         # Rows of the storage past n are never read before :meth:`add` writes them.
         cap = max(16, 1 << (n - 1).bit_length(), int(capacity))
         dtype = torch.float64 if float(s2.min()) < FLOAT32_MIN_NOISE else self.factor_dtype
@@ -406,7 +407,7 @@ class SpatialGP:
         torch.linalg.solve_triangular(chol.to(dtype), k_xp.to(dtype), upper=False, out=at)
         alpha = torch.linalg.solve_triangular(chol, vals - self.prior_mean, upper=False)
         # (alpha^T A)^T, not A^T alpha: the solve returns alpha column-major, and A^T alpha
-        # then took 0.93 s instead of 0.03 s at 2545 x 3600.
+        # then was many times slower (``docs/performance.md``).
         self.mean = self.prior_mean + (alpha.T.to(dtype) @ at).T.to(torch.float64)
         self.variance = (1.0 - (at * at).sum(0).to(torch.float64)).clamp_(min=0.0)
         self.n_obs = n

@@ -23,6 +23,7 @@ import torch
 from scipy.spatial import Delaunay, QhullError, cKDTree
 
 from reconstruct.base import BlockLayout, Reconstructor
+from reconstruct.checks import check_int, check_real
 
 
 class _BlockwiseInterpolator(Reconstructor):
@@ -199,11 +200,8 @@ class InverseDistance(_BlockwiseInterpolator):
         device: str | torch.device = "auto",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if int(k) < 1:
-            raise ValueError(f"k must be a positive number of neighbours, got {k}")
-        if not power > 0:
-            raise ValueError(f"power must be positive, got {power}")
-        self.k, self.power = int(k), float(power)
+        self.k = check_int("k", k, 1)  # neighbours
+        self.power = check_real("power", power, "a positive number", lambda x: x > 0)
         super().__init__(spatial_shape, spectral_shape, layout, device=device, dtype=dtype)
 
     def _weights(self, known: np.ndarray, query: np.ndarray) -> sp.csr_matrix:
@@ -235,8 +233,8 @@ def _locate_grid_points(
 
     Every triangle's bounding box is scanned for query points (vectorised over all boxes);
     with integer coordinates the orientation tests are exact, so points on edges and vertices
-    are located reliably. (scipy's ``Delaunay.find_simplex`` walk took from 0.1 to 17 s per call
-    on 60 x 60 grids because grid points sit on edges of flat, degenerate triangles.)
+    are located reliably. (scipy's ``Delaunay.find_simplex`` walk was slow and erratic on grids,
+    because grid points sit on edges of flat, degenerate triangles: ``docs/performance.md``.)
 
     Parameters
     ----------

@@ -26,33 +26,45 @@ spectrum, R^2 about 0), and its uncertainty the spread of those measurements.
 The basis, the hyperparameters and the GP factor are refitted together when the number of
 measurements has grown by ``refit_growth`` since the last refit (never at every step: the basis
 costs more than the incremental update). By default a refit runs in the step that makes it
-due; it took 0.3-0.5 s at 20 % of the blocks measured on 60 x 60, most of it the GP's Cholesky
-and triangular solve (``docs/performance.md``, "Refits"). With ``refit_mode="deferred"`` it runs
+due; most of its time is the GP's Cholesky and triangular solve (``docs/performance.md``,
+"Refits", has the timings and the command). With ``refit_mode="deferred"`` it runs
 in a background thread while the current model keeps taking measurements, and is installed a
 number of measurements later that grows with the data; the measurements made meanwhile are
 brought into it (by the thread, and at the install those it has not reached), all but the
 install step's own, which enters the installed model as an ordinary update
-(:class:`_DeferredRefit`). Between refits each measurement is one incremental GP
+(:class:`~reconstruct.refit.DeferredRefit`). Between refits each measurement is one incremental GP
 update: when a pixel already has an observation, the improved estimate enters as a
 pseudo-observation whose precision is the gain in precision, which for a scalar-noise GP equals
 replacing the old observation.
+
+The reconstructor holds no reference to score against: it logs what changed in its estimate
+(``changes``, :class:`~reconstruct.changes.ChangeLog`), and whoever holds a reference scores it
+with a :class:`~reconstruct.scoring.ReferenceScorer`. Where the rest lives: the spectral basis in
+:mod:`reconstruct.basis`, what each string option selects in :mod:`reconstruct.options`, the
+deferred refit's thread in :mod:`reconstruct.refit`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from reconstruct.base import BlockLayout, Reconstructor
-from reconstruct.error_calibration import OnlineErrorCalibration
+from reconstruct.basis import (
+    _MAX_RIDGE,
+    _MIN_RIDGE,
+    SpectralBasis,
+    cross_validated_errors,
+    fit_basis,
+)
+from reconstruct.changes import ChangeLog
+from reconstruct.checks import check_int, check_real, choose
 from reconstruct.gp import (
+    KERNELS,
     GPHyperparameters,
     SpatialGP,
     TiledSpatialGP,
@@ -62,17 +74,19 @@ from reconstruct.gp import (
     single_thread,
 )
 from reconstruct.interpolate import inverse_distance_weights
+from reconstruct.options import (
+    BASIS_SOURCES,
+    ERROR_CALIBRATIONS,
+    REFIT_MODES,
+    SMALL_SAMPLE_ERRORS,
+)
+from reconstruct.refit import DeferredRefit
 
-_MIN_RIDGE, _MAX_RIDGE = 1e-10, 1e3  # bounds on the ridge added to G_p (eigenvalues in [0, 1])
 _HUGE_NOISE = 1e12  # noise of an observation that carries (almost) no information
-#: How a due refit runs (see :class:`LowRankGP`).
-REFIT_MODES = ("blocking", "deferred")
-#: What the reported uncertainty rests on when too few complete spectra can be held out.
-SMALL_SAMPLE_ERRORS = ("residual", "capped-cv")
-#: Which spectra the basis is fitted on (see :class:`LowRankGP`).
-BASIS_SOURCES = ("full", "all")
-#: Whether the reported uncertainty is calibrated on the model's own prediction errors.
-ERROR_CALIBRATIONS = ("none", "online")
+
+
+def _fraction(x: float) -> bool:
+    return 0 < x <= 1
 #: What a refit writes: the model state a deferred refit hands over when it is installed.
 _REFIT_STATE = (
     "basis", "_basis_version", "_total_variance", "_single_block_error", "_unexplained",
@@ -80,214 +94,6 @@ _REFIT_STATE = (
     "_mean_proj", "_proj", "_obs_coef", "_obs_noise", "hyper", "_fitted_hyper", "spatial",
     "_block_weight", "_pattern_error", "_pattern_bits",
 )
-#: The reference's terms of the fast R^2 that :func:`r2_basis_terms` reads.
-_R2_REFERENCE_TERMS = ("ref", "ref_t", "valid_t", "sq", "nan_pix", "nan_blk")
-
-
-@dataclass
-class SpectralBasis:
-    """A fitted spectral basis in block layout.
-
-    Attributes
-    ----------
-    mean
-        ``(n_blocks, F_b)`` mean spectrum.
-    components
-        ``(k, n_blocks, F_b)`` orthonormal components (as rows when flattened).
-    variances
-        ``(k,)`` variance of each coefficient over the training pixels.
-    residual
-        Per-feature variance left after projection on ``k`` components (noise included).
-    version
-        Increases at every refit (keys caches).
-    """
-
-    mean: torch.Tensor
-    components: torch.Tensor
-    variances: torch.Tensor
-    residual: float
-    version: int
-
-    @property
-    def k(self) -> int:
-        return self.components.shape[0]
-
-
-def fit_basis(
-    spectra: torch.Tensor, explained: float = 0.99, max_components: int = 12, version: int = 0
-) -> SpectralBasis:
-    """Principal components of ``spectra`` ``(n, n_blocks, F_b)`` through the ``n x n`` Gram
-    matrix (``n`` is at most a few hundred, ``F`` thousands), ``k`` by explained variance."""
-    n = spectra.shape[0]
-    if n < 2:
-        raise ValueError(f"need at least 2 spectra to fit a basis, got {n}")
-    flat = spectra.reshape(n, -1).to(torch.float64)
-    mean = flat.mean(0)
-    centred = flat - mean
-    evals, evecs = torch.linalg.eigh(centred @ centred.T)
-    evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
-    total = float(evals.sum())
-    if total <= 0:
-        k = 1
-    else:
-        share = torch.cumsum(evals, 0) / total
-        k = int(torch.searchsorted(share, torch.tensor(explained, dtype=torch.float64))) + 1
-    k = max(1, min(k, max_components, n - 1))
-    comps = (evecs[:, :k].T @ centred) / evals[:k].clamp_min(1e-300).sqrt()[:, None]
-    comps = torch.linalg.qr(comps.T).Q.T  # exact orthonormality despite round-off
-    residual = max((total - float(evals[:k].sum())) / (n * flat.shape[1]), 1e-12)
-    return SpectralBasis(
-        mean=mean.reshape(spectra.shape[1:]),
-        components=comps.reshape(k, *spectra.shape[1:]),
-        variances=evals[:k] / n,
-        residual=residual,
-        version=version,
-    )
-
-
-def refine_basis(
-    basis: SpectralBasis,
-    values: torch.Tensor,
-    measured: torch.Tensor,
-    full: torch.Tensor,
-    iterations: int = 3,
-) -> SpectralBasis:
-    """Refit ``basis`` (``k`` kept) on every measured block, partly measured pixels included,
-    by alternating least squares: each pixel's coefficients from its measured blocks (the MAP
-    ridge of :meth:`LowRankGP._coefficients`), then each block's mean and components by
-    regressing that block's measured values on the coefficients of the pixels that measured
-    it; finally the components are made orthonormal again and ordered by variance.
-
-    ``values`` ``(m, n_blocks, F_b)`` and ``measured`` ``(m, n_blocks)`` are the pixels used
-    (unmeasured entries are never read); ``full`` ``(m,)`` marks the fully measured ones, on
-    which the residual variance is measured (a pixel fitted from one block leaves almost no
-    in-sample residual, which would say the basis is better than it is).
-
-    Why: a basis from complete spectra alone learns how blocks co-vary from the few pixels
-    completed early in an episode, while most measured blocks sit at partly measured pixels.
-    The rank stays the one the complete spectra chose, so errors in the completion cannot grow
-    components of their own (the failure of completing pixels and refitting the PCA)."""
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    m, nb, fb = values.shape
-    k = basis.k
-    mask = measured.to(torch.float64)
-    vals = torch.where(measured[..., None], values.to(torch.float64), 0.0)
-    mean, comps = basis.mean.clone(), basis.components.clone()  # (nb, F_b), (k, nb, F_b)
-    ridge = torch.diag(
-        (basis.residual / basis.variances.clamp_min(1e-300)).clamp(_MIN_RIDGE, _MAX_RIDGE)
-    )
-    for _ in range(iterations):
-        block_gram = torch.einsum("kbf,lbf->bkl", comps, comps)  # (nb, k, k)
-        gram = torch.einsum("pb,bkl->pkl", mask, block_gram) + ridge
-        proj = torch.einsum("pbf,kbf->pk", vals - mean * mask[..., None], comps)
-        coef = torch.linalg.solve(gram, proj.unsqueeze(-1)).squeeze(-1)  # (m, k)
-        design = torch.cat([torch.ones(m, 1, dtype=coef.dtype, device=coef.device), coef], 1)
-        for b in range(nb):
-            rows = measured[:, b]
-            x = design[rows]
-            if x.shape[0] <= k + 1:
-                continue  # too few pixels measured this block to regress on: keep it
-            normal = x.T @ x
-            normal.diagonal()[1:] += 1e-9 * float(normal.diagonal()[1:].max().clamp_min(1e-300))
-            solved = torch.linalg.solve(normal, x.T @ vals[rows, b])  # (k + 1, F_b)
-            mean[b], comps[:, b] = solved[0], solved[1:]
-    # Orthonormal again: c B = c R^T Q^T with B^T = Q R, then rotate to the principal axes
-    # of the coefficients so that variances are ordered as fit_basis orders them.
-    q, r = torch.linalg.qr(comps.reshape(k, -1).T)
-    coef = coef @ r.T
-    centred = coef - coef.mean(0)
-    evals, evecs = torch.linalg.eigh(centred.T @ centred / m)
-    evals, evecs = evals.flip(0).clamp_min(1e-300), evecs.flip(1)
-    flat = (q @ evecs).T  # (k, F)
-    mean = mean + (coef.mean(0) @ q.T).reshape(nb, fb)
-    # Residual: per feature, of the fully measured pixels projected on the new basis.
-    full_spectra = vals[full].reshape(-1, nb * fb) - mean.reshape(-1)
-    projected = (full_spectra @ flat.T) @ flat
-    residual = max(float((full_spectra - projected).square().mean()), 1e-12)
-    return SpectralBasis(
-        mean=mean,
-        components=flat.reshape(k, nb, fb),
-        variances=evals,
-        residual=residual,
-        version=basis.version,
-    )
-
-
-def cross_validated_errors(
-    spectra: torch.Tensor,
-    explained: float,
-    max_components: int,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """How well a basis predicts spectra it was not fitted on, by two-fold cross-validation over
-    fully measured spectra ``(n, n_blocks, F_b)``.
-
-    Returns
-    -------
-    single_block
-        ``(n_blocks, n_blocks)``: mean squared error per feature of block ``b'`` (column) when
-        the coefficients are fitted from block ``b`` (row) alone.
-    unexplained
-        ``(n_blocks,)``: mean squared error per feature of each block after projecting the whole
-        spectrum on the basis (what no coefficient can predict).
-
-    Why: the in-sample residual of a basis fitted on a few dozen pixels understates the error
-    of a block predicted from another block at a new pixel by more than an order of magnitude
-    (measured: 43x on a 30 x 30 twin after one block per pixel), which made the posterior
-    variance of such blocks useless to acquisition policies and accuracy estimates.
-    """
-    n, nb, _ = spectra.shape
-    spectra = spectra.to(torch.float64)
-    order = torch.as_tensor(np.random.default_rng(seed).permutation(n), device=spectra.device)
-    folds = (order[: n // 2], order[n // 2 :])
-    sq_single = torch.zeros(nb, nb, dtype=torch.float64, device=spectra.device)
-    sq_unexplained = torch.zeros(nb, dtype=torch.float64, device=spectra.device)
-    for train, test in (folds, folds[::-1]):
-        basis = fit_basis(spectra[train], explained, max_components)
-        centred = spectra[test] - basis.mean  # (m, nb, F_b)
-        comps = basis.components  # (k, nb, F_b)
-        ridge = torch.diag(
-            (basis.residual / basis.variances.clamp_min(1e-300)).clamp(_MIN_RIDGE, _MAX_RIDGE)
-        )
-        full_coef = centred.reshape(len(test), -1) @ comps.reshape(basis.k, -1).T
-        full_pred = torch.einsum("mk,kbf->mbf", full_coef, comps)
-        sq_unexplained += ((full_pred - centred) ** 2).mean(-1).sum(0)
-        for b in range(nb):
-            gram = comps[:, b] @ comps[:, b].T + ridge
-            coef = torch.linalg.solve(gram, comps[:, b] @ centred[:, b].T).T  # (m, k)
-            pred = torch.einsum("mk,kbf->mbf", coef, comps)
-            sq_single[b] += ((pred - centred) ** 2).mean(-1).sum(0)
-    return sq_single / n, sq_unexplained / n
-
-
-def r2_basis_terms(cache: dict, basis: SpectralBasis, block_gram: torch.Tensor) -> dict:
-    """The basis terms of :meth:`LowRankGP.r2` for the reference terms in ``cache`` (its
-    ``ref_t``: the reference block-major, NaN entries zeroed): per (pixel, block), the squared
-    residual of the mean spectrum ``E = |R|^2`` and the projections ``G = B_b R`` of
-    ``R = ref - mu``, plus a correction of ``c^T H_b c`` for blocks with NaN entries.
-
-    One batched product of the reference with the components and the mean gives both, since
-    ``|R|^2 = |ref|^2 - 2 ref.mu_b + |mu_b|^2`` and ``B_b R = B_b ref - B_b mu_b`` where the
-    block is fully valid (float64: the expansion loses ~1e-16 of |ref|^2); the few blocks with
-    NaN entries are recomputed from their valid entries. Building ``R`` itself took 1.2 s on a
-    (3600, 4, 2048) reference, one thread; this takes a few tens of milliseconds."""
-    ref_t = cache["ref_t"]  # (nb, P, F_b)
-    k = basis.k
-    rows = torch.cat([basis.components, basis.mean[None]]).permute(1, 2, 0)  # (nb, F_b, k + 1)
-    prod = torch.bmm(ref_t, rows).transpose(0, 1)  # (P, nb, k + 1)
-    mean_proj = torch.einsum("bf,kbf->bk", basis.mean, basis.components)  # (nb, k)
-    g = (prod[..., :k] - mean_proj).contiguous()
-    e = cache["sq"] - 2.0 * prod[..., k] + basis.mean.square().sum(-1)
-    nan_pix, nan_blk = cache["nan_pix"], cache["nan_blk"]
-    valid = cache["valid_t"][nan_blk, nan_pix]  # (m, F_b)
-    resid = torch.where(valid, ref_t[nan_blk, nan_pix] - basis.mean[nan_blk], 0.0)
-    comps = basis.components[:, nan_blk]  # (k, m, F_b)
-    e[nan_pix, nan_blk] = resid.square().sum(-1)
-    g[nan_pix, nan_blk] = torch.einsum("mf,kmf->mk", resid, comps)
-    masked = comps * valid[None].to(torch.float64)
-    nan_h = torch.einsum("kmf,lmf->mkl", masked, masked) - block_gram[nan_blk]
-    return {"version": basis.version, "E": e, "G": g, "nan_H": nan_h, "sse_unmeasured": None}
 
 
 class LowRankGP(Reconstructor):
@@ -312,38 +118,35 @@ class LowRankGP(Reconstructor):
         ``"deferred"``: it runs in a background thread on a snapshot of the ``n`` measurements so
         far while the current model keeps taking measurements (that one included), and is
         installed at measurement ``n + ceil(refit_lag * n)`` (earlier if the next refit is due
-        first; a refit costs more the more is measured, so the lag grows with ``n``). The thread
-        brings the measurements after the snapshot into the new model as they arrive, up to the
-        one before the install; the install waits for the refit if it is not done, brings in
-        the few the thread has not reached itself, and its own measurement enters the new
-        model as an ordinary update (:class:`_DeferredRefit`). Results depend only on the data
-        and the seed, never on timing. The first basis is always fitted at once (there is no
-        model to keep until then), and :meth:`refit` always blocks.
+        first). The measurements made meanwhile enter the new model by the thread and at the
+        install, the install step's own as an ordinary update
+        (:class:`~reconstruct.options.DeferredRefits`, :class:`~reconstruct.refit.DeferredRefit`).
+        Results depend only on the data and the seed, never on timing. The first basis is always
+        fitted at once (there is no model to keep until then), and :meth:`refit` always blocks.
     small_sample_errors
         With fewer than ``2 (k + 2)`` complete spectra the two-fold cross-validation of a
         ``k``-component basis cannot run. ``"residual"`` (default): the in-sample residual
-        stands in, for the fit's weights and the reported uncertainty alike (it reported up to
-        50x too little variance at partly measured pixels, ``docs/reconstruction.md``).
-        ``"capped-cv"``: the reported uncertainty comes from a cross-validation whose folds'
-        bases are capped at ``n // 2 - 2`` components (from 6 spectra on), while the fit keeps
-        the residual (so an exactly low-rank field is still recovered exactly).
+        stands in, for the fit's weights and the reported uncertainty alike (it reported far too
+        little variance at partly measured pixels, ``docs/reconstruction.md``). ``"capped-cv"``:
+        the reported uncertainty comes from a cross-validation of bases capped in rank
+        (:class:`~reconstruct.options.CappedCrossValidation`).
     basis_from
         ``"full"`` (default): the basis is the principal components of fully measured pixels.
         ``"all"``: that basis, with its rank, is then refitted on every measured block,
-        partly measured pixels included (:func:`refine_basis`).
+        partly measured pixels included (:class:`~reconstruct.options.EveryBlockBasis`).
     error_calibration
         ``"none"`` (default): :meth:`uncertainty` reports the model's variance as it is.
-        ``"online"``: before each block is added, its prediction and the model's variance for
-        it are noted; the reported variance is then calibrated on those prediction errors, per
-        pixel kind and with the pixel's estimated energy as a covariate
-        (:class:`~reconstruct.error_calibration.OnlineErrorCalibration`). The estimate itself is
-        unchanged.
+        ``"online"``: it is calibrated on the model's own prediction errors so far
+        (:class:`~reconstruct.options.OnlineCalibration`); the estimate is unchanged.
     max_basis_pixels, max_fit_points
         Sizes of the seeded subsamples for the basis and the hyperparameter fit.
     max_exact_pixels
         Grids larger than this use the tiled local GP.
     seed
         Seeds the subsamples.
+
+    Every option is checked here (:mod:`reconstruct.options`): a wrong type or value raises a
+    ``TypeError`` or ``ValueError`` naming the option and what it accepts.
     """
 
     name = "gp"
@@ -375,49 +178,60 @@ class LowRankGP(Reconstructor):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(spatial_shape, spectral_shape, layout, device=device, dtype=dtype)
-        if not 0 < explained <= 1:
-            raise ValueError(f"explained must be in (0, 1], got {explained}")
-        if min_full_pixels < 2 or refit_growth <= 1:
-            raise ValueError("need min_full_pixels >= 2 and refit_growth > 1")
-        if refit_mode not in REFIT_MODES:
-            raise ValueError(f"refit_mode must be one of {REFIT_MODES}, got {refit_mode!r}")
-        if not refit_lag > 0:
-            raise ValueError(f"refit_lag must be > 0 (a fraction), got {refit_lag}")
-        if small_sample_errors not in SMALL_SAMPLE_ERRORS:
-            raise ValueError(
-                f"small_sample_errors must be one of {SMALL_SAMPLE_ERRORS}, got "
-                f"{small_sample_errors!r}"
-            )
-        self.small_sample_errors = small_sample_errors
-        if error_calibration not in ERROR_CALIBRATIONS:
-            raise ValueError(
-                f"error_calibration must be one of {ERROR_CALIBRATIONS}, got "
-                f"{error_calibration!r}"
-            )
-        self.error_calibration = error_calibration
-        if basis_from not in BASIS_SOURCES:
-            raise ValueError(f"basis_from must be one of {BASIS_SOURCES}, got {basis_from!r}")
-        self.basis_from = basis_from
-        self.kernel = kernel
-        self.explained = explained
-        self.max_components = max_components
-        self.min_full_pixels = min_full_pixels
-        self.refit_growth = refit_growth
+        self.kernel = choose("kernel", kernel, {name: name for name in KERNELS})
+        self.explained = check_real("explained", explained, "a fraction in (0, 1]", _fraction)
+        self.max_components = check_int("max_components", max_components, 1)
+        self.min_full_pixels = check_int("min_full_pixels", min_full_pixels, 2)
+        self.refit_growth = check_real(
+            "refit_growth", refit_growth, "a growth factor > 1", lambda x: x > 1
+        )
+        self._refit_lag = check_real("refit_lag", refit_lag, "a fraction > 0", lambda x: x > 0)
         self.refit_mode = refit_mode
-        self.refit_lag = float(refit_lag)
-        self.max_basis_pixels = max_basis_pixels
-        self.max_fit_points = max_fit_points
-        self.max_exact_pixels = max_exact_pixels
-        self.seed = seed
+        self._reported_errors = choose(
+            "small_sample_errors", small_sample_errors, SMALL_SAMPLE_ERRORS
+        )
+        self._calibration = choose("error_calibration", error_calibration, ERROR_CALIBRATIONS)
+        self._basis_source = choose("basis_from", basis_from, BASIS_SOURCES)
+        self.max_basis_pixels = check_int("max_basis_pixels", max_basis_pixels, 2)
+        self.max_fit_points = check_int("max_fit_points", max_fit_points, 3)
+        self.max_exact_pixels = check_int("max_exact_pixels", max_exact_pixels, 1)
+        self.seed = check_int("seed", seed, 0)
         self.hyper = GPHyperparameters(kernel=kernel)
         self.reset()
+
+    # ------------------------------------------------------------------ options
+    @property
+    def refit_mode(self) -> str:
+        """``"blocking"`` or ``"deferred"`` (see the class notes); may be changed between
+        measurements."""
+        return self._refits.name
+
+    @refit_mode.setter
+    def refit_mode(self, mode: str) -> None:
+        self._refits = choose("refit_mode", mode, REFIT_MODES)(self._refit_lag)
+
+    @property
+    def refit_lag(self) -> float:
+        return self._refit_lag
+
+    @property
+    def small_sample_errors(self) -> str:
+        return self._reported_errors.name
+
+    @property
+    def error_calibration(self) -> str:
+        return self._calibration.name
+
+    @property
+    def basis_from(self) -> str:
+        return self._basis_source.name
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         pending = getattr(self, "_pending", None)
         if pending is not None:
             pending.cancel()
-        self._pending: _DeferredRefit | None = None
+        self._pending: DeferredRefit | None = None
         self._replaced: list | None = None  # what the last install replaced, until freed
         self.measured.zero_()
         self.values = torch.zeros(
@@ -431,13 +245,12 @@ class LowRankGP(Reconstructor):
         self.spatial: SpatialGP | TiledSpatialGP | InverseDistanceCoefficients | None = None
         self._basis_version = 0
         self._n_at_refit = 0
-        self._r2_cache: dict | None = None
+        #: What changed since a scorer last looked (:mod:`reconstruct.scoring`).
+        self.changes = ChangeLog()
         self.hyper = GPHyperparameters(kernel=self.kernel)
         self._fitted_hyper: GPHyperparameters | None = None  # warm start of the next fit
         #: The prediction errors the reported variance is calibrated on (``error_calibration``).
-        self.calibration = (
-            OnlineErrorCalibration() if self.error_calibration == "online" else None
-        )
+        self.calibration = self._calibration.new()
         self._calibrated_cache: tuple[tuple[int, int], torch.Tensor] | None = None
 
     def _make_spatial(self, k: int) -> SpatialGP | TiledSpatialGP | InverseDistanceCoefficients:
@@ -515,13 +328,16 @@ class LowRankGP(Reconstructor):
             calibration.record(partial, float(variance[b]), energy, error)
 
     def _store(self, p: int, b: int, vals: torch.Tensor) -> None:
-        """Keep one validated measurement: its values, mask, energy and the R^2 cache."""
+        """Keep one validated measurement: its values, mask and energy, and log it with the
+        pixel's coefficients as they stand (where reading them costs nothing)."""
         stored = vals.to(device=self.device, dtype=self.dtype)
         self.values[p, b] = stored
         self._measured_energy[p, b] = stored.double().square().sum()
         self.measured[p, b] = True
-        if self._r2_cache is not None:
-            self._update_r2_cache(p, b)
+        coef = None
+        if self.basis is not None and not getattr(self.spatial, "lazy_mean", False):
+            coef = self.coefficients()[p].clone()
+        self.changes.stored(p, b, coef)
 
     def _refit_due(self) -> bool:
         return self.n_measured >= self.refit_growth * self._n_at_refit
@@ -532,14 +348,14 @@ class LowRankGP(Reconstructor):
         then update the model in use incrementally with them, and start a refit when one is
         due. A blocking refit replaces the update (it holds these blocks). The installed model
         holds every measurement before this one (its thread had a step's time for the last),
-        and takes this one here like any other (:class:`_DeferredRefit`)."""
+        and takes this one here like any other (:class:`~reconstruct.refit.DeferredRefit`)."""
         pending = self._pending
         if pending is not None:
             if self.n_measured >= pending.install_at or self._refit_due():
                 self._install_refit()
             else:
                 pending.push(p, items)
-        if self._refit_due() and self.refit_mode == "blocking":
+        if self._refit_due() and not self._refits.deferred:
             self.refit()
             return
         self._add_to_spatial(p, items)
@@ -554,7 +370,11 @@ class LowRankGP(Reconstructor):
         assert self.spatial is not None
         self.spatial.add(p, *observation)
         # SpatialGP reports its rank-one change; tiles and other models do not (recompute).
-        self._r2_after_update(*(getattr(self.spatial, "last_update", None) or (None, None)))
+        update = getattr(self.spatial, "last_update", None)
+        if update is None:
+            self.changes.replaced()
+        else:
+            self.changes.moved(*update)
 
     def _add_batch_to_spatial(
         self, arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]]
@@ -562,7 +382,8 @@ class LowRankGP(Reconstructor):
         """Arrivals ``(pixel, [(block, values), ...])``, in order, in one spatial update: each
         pixel's blocks are combined into one observation (exact for the GP, as in
         :meth:`add_many`) and every pixel enters at once (:meth:`SpatialGP.add_many`: one pass
-        over the factor). How a deferred refit catches up (:class:`_DeferredRefit`)."""
+        over the factor). How a deferred refit catches up
+        (:class:`~reconstruct.refit.DeferredRefit`)."""
         by_pixel: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for p, items in arrivals:
             for b, _ in items:
@@ -578,7 +399,7 @@ class LowRankGP(Reconstructor):
         if pixels:
             assert self.spatial is not None
             self.spatial.add_many(pixels, torch.stack(coefs), torch.tensor(noises))
-            self._r2_after_update(None, None)
+            self.changes.replaced()
 
     def _pixel_observation(
         self, p: int, items: list[tuple[int, torch.Tensor]]
@@ -659,23 +480,19 @@ class LowRankGP(Reconstructor):
         snapshot = copy.copy(self)  # shares the measured values: a stored block never changes
         snapshot.measured = self.measured.clone()
         snapshot.spatial = None  # the refit builds its own; this one stays in use meanwhile
-        snapshot._r2_cache = None
+        snapshot.changes = ChangeLog()  # nobody scores the snapshot
         snapshot._pending = None
         snapshot._replaced = None
-        reference = None
-        if self._r2_cache is not None:  # the refit's thread makes the basis terms of R^2 too
-            reference = {key: self._r2_cache[key] for key in _R2_REFERENCE_TERMS}
-        lag = max(1, math.ceil(self.refit_lag * self.n_measured))
-        self._pending = _DeferredRefit(
-            snapshot, self.n_measured + lag, reference, release=self._replaced
-        )
+        install_at = self.n_measured + self._refits.install_lag(self.n_measured)
+        self._pending = DeferredRefit(snapshot, install_at, release=self._replaced)
         self._replaced = None
         self._n_at_refit = self.n_measured
 
     def _install_refit(self) -> None:
         """Replace the model by the pending refit's, waiting for it if it is not done. The
-        replaced state is kept until the next refit's thread frees it (:class:`_DeferredRefit`:
-        freeing it here, or on a thread at once, made the install step 2x slower)."""
+        replaced state is kept until the next refit's thread frees it
+        (:class:`~reconstruct.refit.DeferredRefit`: freeing it here, or on a thread at once,
+        made the install step slower)."""
         pending = self._pending
         assert pending is not None
         self._pending = None
@@ -685,13 +502,8 @@ class LowRankGP(Reconstructor):
             if name in vars(model):  # _pattern_bits exists only with a pattern table
                 replaced.append(vars(self).get(name))
                 setattr(self, name, getattr(model, name))
-        cache = self._r2_cache
-        if cache is not None:
-            cache["sse_unmeasured"] = None
-            if pending.r2_terms is not None and pending.r2_reference["ref"] is cache["ref"]:
-                replaced.extend(cache.get(key) for key in pending.r2_terms)
-                cache.update(pending.r2_terms)
         self._replaced = replaced
+        self.changes.replaced()
 
     def __getstate__(self) -> dict:
         state = dict(vars(self))
@@ -722,8 +534,9 @@ class LowRankGP(Reconstructor):
         spectra = self.values[train.to(self.device)].to(torch.float64)
         self._basis_version += 1
         self.basis = fit_basis(spectra, self.explained, self.max_components, self._basis_version)
-        if self.basis_from == "all":
-            self.basis = self._basis_from_every_block(self.basis, rng)
+        self.basis = self._basis_source.refine(
+            self.basis, self.values, self.measured, self.max_basis_pixels, rng
+        )
         self._total_variance = float(self.basis.variances.sum().clamp_min(1e-300))
         if spectra.shape[0] >= 2 * (self.basis.k + 2):
             self._single_block_error, self._unexplained = cross_validated_errors(
@@ -737,20 +550,16 @@ class LowRankGP(Reconstructor):
                 (self.n_blocks,), self.basis.residual, dtype=torch.float64
             ).to(self.device)
         # What the uncertainty reports; the fit's weights above stay as they are.
-        self._reported_single_block_error = self._single_block_error
-        self._reported_unexplained = self._unexplained
-        n_spectra = spectra.shape[0]
-        capped = min(self.max_components, n_spectra // 2 - 2)
-        if (
-            self.small_sample_errors == "capped-cv"
-            and n_spectra < 2 * (self.basis.k + 2)
-            and capped >= 1
-        ):
-            self._reported_single_block_error, self._reported_unexplained = (
-                cross_validated_errors(
-                    spectra, self.explained, capped, seed=self.seed + self._basis_version
-                )
+        self._reported_single_block_error, self._reported_unexplained = (
+            self._reported_errors.reported(
+                (self._single_block_error, self._unexplained),
+                spectra,
+                self.basis.k,
+                self.explained,
+                self.max_components,
+                seed=self.seed + self._basis_version,
             )
+        )
         basis = self.basis
         k = basis.k
         flat_b = basis.components.permute(1, 0, 2)  # (nb, k, F_b)
@@ -792,8 +601,7 @@ class LowRankGP(Reconstructor):
             self.spatial.rebuild(observed, coef, noise, hyper=self.hyper)
         self._cache_block_errors()
         self._n_at_refit = self.n_measured
-        if self._r2_cache is not None:  # the reference terms stay; the basis terms are stale
-            self._r2_cache["sse_unmeasured"] = None
+        self.changes.replaced()
 
     def _measurements_until_replaced(self) -> int:
         """At most how many measurements a model refitted now takes before a refit replaces
@@ -802,31 +610,8 @@ class LowRankGP(Reconstructor):
         (:meth:`SpatialGP.rebuild`)."""
         total = self.n_pixels * self.n_blocks
         last = math.ceil(min(self.refit_growth * self.n_measured, total))  # as _refit_due
-        if self.refit_mode == "deferred":  # as _start_refit
-            last += max(1, math.ceil(min(self.refit_lag * last, total)))
+        last += self._refits.install_lag(last)  # as _start_refit
         return max(0, min(last, total) - self.n_measured)
-
-    def _basis_from_every_block(
-        self, basis: SpectralBasis, rng: np.random.Generator
-    ) -> SpectralBasis:
-        """:func:`refine_basis` on the observed pixels (a seeded subsample of at most
-        ``4 * max_basis_pixels``, fully measured ones first)."""
-        observed = torch.nonzero(self.measured.any(1)).reshape(-1)
-        limit = 4 * self.max_basis_pixels
-        if observed.numel() > limit:
-            is_full = self.measured[observed].all(1)
-            full, partial = observed[is_full], observed[~is_full]
-            full = full[: limit // 2]
-            room = limit - full.numel()
-            pick = np.sort(rng.choice(partial.numel(), min(room, partial.numel()), replace=False))
-            observed = torch.cat([full, partial[torch.as_tensor(pick, dtype=torch.long)]])
-        rows = self.measured[observed]
-        return refine_basis(
-            basis,
-            self.values[observed.to(self.device)],
-            rows.to(self.device),
-            rows.all(1).to(self.device),
-        )
 
     def _fit_hyper(
         self, coords: torch.Tensor, coef: torch.Tensor, noise: torch.Tensor
@@ -854,6 +639,20 @@ class LowRankGP(Reconstructor):
         """``(P, k)`` spatial-model coefficients (posterior mean for the GP)."""
         assert self.spatial is not None
         return self.spatial.mean
+
+    def pending_basis(self) -> tuple[SpectralBasis, torch.Tensor] | None:
+        """The basis and block Gram matrices a deferred refit has fitted and will install, once
+        its thread has fitted them (None otherwise): a scorer may prepare its terms for them
+        meanwhile (:class:`~reconstruct.scoring.ReferenceScorer`)."""
+        pending = self._pending
+        if pending is None or not pending.refitted:
+            return None
+        return pending.model.basis, pending.model._block_gram
+
+    @property
+    def block_gram(self) -> torch.Tensor:
+        """``(n_blocks, k, k)`` the Gram matrices ``H_b = B_b B_b^T`` of the basis' blocks."""
+        return self._block_gram
 
     def _block_means(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Bootstrapping fallback: per-block mean ``(nb, F_b)`` and mean variance ``(nb,)``
@@ -885,9 +684,9 @@ class LowRankGP(Reconstructor):
     def pixel_energy(self) -> torch.Tensor:
         """As :meth:`Reconstructor.pixel_energy`, from the coefficients: an unmeasured block
         ``mu_b + c B_b`` has ``|mu_b|^2 + 2 c . (B_b mu_b) + c^T (B_b B_b^T) c``, which costs
-        ``O(P n_blocks k^2)`` instead of building the ``(P, n_blocks, F_b)`` estimate: 0.3-0.4
-        against 21-33 ms, one thread, on a 30 x 30 x 16 x 128 twin with 794 blocks measured
-        (``models/README.md``, "The energy plane", has the command)."""
+        ``O(P n_blocks k^2)`` instead of building the ``(P, n_blocks, F_b)`` estimate (timed
+        against the generic path in ``docs/performance.md``, "The optional observation
+        planes", with the command)."""
         if self.basis is None:
             return super().pixel_energy()
         return self._pixel_energy(slice(None))
@@ -1057,332 +856,6 @@ class LowRankGP(Reconstructor):
             maps[:q] = self.coefficients()[:, :q].T.to(torch.float32)
         return maps.reshape(n, *self.spatial_shape)
 
-    # ------------------------------------------------------------------ fast R^2
-    def r2(self, reference_blocks: torch.Tensor) -> float:
-        """R^2 against ``reference_blocks`` ``(P, n_blocks, F_b)`` without building the
-        estimate: with ``R = ref - mu`` cached per basis version, the squared error of an
-        unmeasured block is ``|R|^2 - 2 c.(B_b R) + c^T H_b c`` (NaN reference entries are
-        dropped from every term); measured blocks add their cached squared error. Equals the
-        generic :func:`~reconstruct.metrics.r2_score` up to round-off.
-
-        The cache has two parts: the reference's own terms, made once per reference, and the
-        basis terms (:func:`r2_basis_terms`), remade after each refit."""
-        if self.basis is None:
-            return super().r2(reference_blocks)
-        cache = self._r2_cache
-        if cache is None or cache["ref"] is not reference_blocks:
-            cache = self._build_r2_cache(reference_blocks)
-        if cache["version"] != self.basis.version:
-            cache.update(r2_basis_terms(cache, self.basis, self._block_gram))
-        if cache["sse_unmeasured"] is None:
-            self._r2_unmeasured_terms(cache)
-        sse = cache["sse_unmeasured"]
-        if cache["nan_pix"].numel():
-            c = self.coefficients()[cache["nan_pix"]]
-            fix = torch.einsum("mk,mkl,ml->m", c, cache["nan_H"], c)
-            sse = sse + float((fix * cache["U"][cache["nan_pix"], cache["nan_blk"]]).sum())
-        sse = sse + float((cache["meas_err"] * (1.0 - cache["U"])).sum())
-        ss_ref = cache["ss_ref"]
-        if ss_ref <= 0:
-            return 1.0 if float(sse) == 0 else 0.0
-        return float(1.0 - sse / ss_ref)
-
-    def _r2_unmeasured_terms(self, cache: dict) -> None:
-        """From scratch: ``U`` (unmeasured mask), the summed error of the unmeasured blocks
-        ``sum_pb U_pb (E_pb + c.(H_b c - 2 G_pb))`` and, per pixel, ``m_p = sum_b U_pb (H_b c_p -
-        G_pb)``, which lets a rank-one change of the coefficients update the sum in O(P nb k)
-        (:meth:`_r2_after_update`)."""
-        coef = self.coefficients()
-        unmeasured = (~self.measured).to(self.device, torch.float64)
-        p, nb, k = cache["G"].shape
-        gram_rows = self._block_gram.permute(1, 0, 2).reshape(k, nb * k)  # H_b symmetric
-        hc = torch.addmm(cache["G"].reshape(p, nb * k), coef, gram_rows, beta=-1.0)
-        hc = hc.view(p, nb, k)  # H_b c_p - G_pb
-        inner = ((hc - cache["G"]) * coef.unsqueeze(1)).sum(-1)  # c.(H_b c - 2 G_pb)
-        cache["U"] = unmeasured
-        cache["sse_unmeasured"] = float((unmeasured * (cache["E"] + inner)).sum())
-        cache["m"] = torch.einsum("pb,pbk->pk", unmeasured, hc)
-
-    def _r2_after_update(self, a: torch.Tensor | None, delta: torch.Tensor | None) -> None:
-        """Keep the R^2 terms current after the coefficients changed by ``outer(a, delta)``
-        (a GP rank-one update); ``a is None``: an arbitrary change, recompute when next asked.
-        With ``Q_p = sum_b U_pb H_b`` the unmeasured error changes by
-        ``2 delta.(sum_p a_p m_p) + sum_p a_p^2 delta^T Q_p delta`` and ``m_p`` by
-        ``a_p Q_p delta``."""
-        cache = self._r2_cache
-        if cache is None or cache["sse_unmeasured"] is None:
-            return
-        if a is None or delta is None:
-            cache["sse_unmeasured"] = None
-            return
-        h_delta = self._block_gram @ delta  # (nb, k): H_b delta
-        u = cache["U"]
-        cache["sse_unmeasured"] += float(
-            2.0 * (delta @ (a @ cache["m"])) + (a * a) @ (u @ (h_delta @ delta))
-        )
-        cache["m"].addcmul_(a[:, None], u @ h_delta)
-
-    def _build_r2_cache(self, reference_blocks: torch.Tensor) -> dict:
-        """The reference's own terms of the fast R^2: the reference block-major with NaN
-        entries zeroed (``ref_t``, ``(nb, P, F_b)``, the layout :func:`r2_basis_terms` reads
-        without a copy), its validity, the sum of squares around the channel means, where it
-        has NaN entries, and the squared error of every measured block."""
-        ref = torch.as_tensor(reference_blocks)
-        expected = (self.n_pixels, self.n_blocks, self.block_features)
-        if tuple(ref.shape) != expected:
-            raise ValueError(f"reference has shape {tuple(ref.shape)}, expected {expected}")
-        ref_t = torch.empty(
-            self.n_blocks, self.n_pixels, self.block_features,
-            dtype=torch.float64, device=self.device,
-        )
-        ref_t.copy_(ref.transpose(0, 1))
-        valid_t = torch.isfinite(ref_t)
-        ref_t.masked_fill_(~valid_t, 0.0)
-        counts = valid_t.sum(1).to(torch.float64)  # (nb, F_b)
-        chan_mean = ref_t.sum(1) / counts.clamp_min(1.0)
-        ss_ref = float(torch.where(valid_t, ref_t - chan_mean[:, None], 0.0).square_().sum())
-        nan_blk, nan_pix = torch.nonzero(~valid_t.all(-1), as_tuple=True)
-        cache = {
-            "ref": reference_blocks,
-            "ref_t": ref_t,
-            "valid_t": valid_t,
-            "sq": ref_t.square().sum(-1).T.contiguous(),  # (P, nb) |ref0_pb|^2
-            "ss_ref": ss_ref,
-            "nan_pix": nan_pix,
-            "nan_blk": nan_blk,
-            "meas_err": torch.zeros(
-                self.n_pixels, self.n_blocks, dtype=torch.float64, device=self.device
-            ),
-            "version": None,  # of the basis terms: see r2_basis_terms
-            "sse_unmeasured": None,  # with "U" and "m": see _r2_unmeasured_terms
-        }
-        meas_pix, meas_blk = torch.nonzero(self.measured.to(self.device), as_tuple=True)
-        diff = ref_t[meas_blk, meas_pix] - self.values[meas_pix, meas_blk].to(torch.float64)
-        cache["meas_err"][meas_pix, meas_blk] = torch.where(
-            valid_t[meas_blk, meas_pix], diff, 0.0
-        ).square().sum(-1)
-        self._r2_cache = cache
-        return cache
-
-    def _update_r2_cache(self, p: int, b: int) -> None:
-        """Block ``b`` of pixel ``p`` was just measured (coefficients not yet updated): its
-        error moves from the unmeasured sum to the measured one."""
-        cache = self._r2_cache
-        assert cache is not None
-        diff = cache["ref_t"][b, p] - self.values[p, b].to(torch.float64)
-        cache["meas_err"][p, b] = torch.where(cache["valid_t"][b, p], diff, 0.0).square().sum()
-        if cache["sse_unmeasured"] is not None and self.basis is not None and cache["U"][p, b]:
-            c = self.coefficients()[p]
-            h = self._block_gram[b] @ c - cache["G"][p, b]
-            cache["sse_unmeasured"] -= float(cache["E"][p, b] + c @ (h - cache["G"][p, b]))
-            cache["m"][p] -= h
-            cache["U"][p, b] = 0.0
-
-
-class _DeferredRefit:
-    """A refit computed in a background thread, and the measurements that arrive until the
-    reconstructor installs it.
-
-    The thread refits ``model``, a snapshot of the reconstructor (its own mask; the measured
-    values are shared, and a block in the snapshot is never written again), then brings in
-    the arrivals (:meth:`push`): the measurements after the snapshot and before the install
-    count. The install step's own measurement is not one: the reconstructor adds it to the
-    installed model itself, as an ordinary update, so the install never waits for work that
-    could only start in its own step. Arrivals enter in arrival order, in chunks of ``CHUNK``
-    as each chunk is complete and the last ``CHUNK`` one by one as they come. When the
-    reconstructor asks for the model (:meth:`finish`) it waits for the refit and for the
-    piece of work in progress, and brings in what the thread has not reached itself (the
-    same pieces: the last arrival, typically, or the rest of a chunk when the next refit
-    made the install early), rather than wait for the thread to get to them. What is
-    computed depends only on the snapshot and the arrivals, never on when the thread runs or
-    which thread brings in a piece (both run it single-threaded), so a slow machine gives
-    the same results as a fast one, only later (:meth:`finish` waits). A chunk enters the GP
-    as one block update (:meth:`SpatialGP.add_many`), several times cheaper per measurement
-    than the single updates the reconstructor makes meanwhile, so the thread catches up.
-
-    The thread runs while there is work (refit, or a complete chunk) and waits up to
-    ``IDLE_S`` for more before it ends (starting a thread makes the caller wait until it
-    runs: a scheduling round trip in every step that hands it work), so an abandoned
-    reconstructor is not kept alive by it for long. Its first piece of work frees the state
-    the previous install replaced (``release``: its GP factor is tens of MB handed back to
-    the system, which slowed the install step 2x when done then). Copying
-    (``copy.deepcopy``, pickling) waits until the work in progress is done and copies the
-    result; the copy continues on its own.
-    ``waited_s`` and ``caught_up`` say how long :meth:`finish` waited for the thread and how
-    many arrivals it brought in itself (for benchmarks).
-    """
-
-    CHUNK = 8
-    IDLE_S = 0.5
-
-    def __init__(
-        self,
-        model: LowRankGP,
-        install_at: int,
-        r2_reference: dict | None = None,
-        release: list | None = None,
-    ) -> None:
-        self.model = model
-        self.install_at = install_at
-        # Arrivals the thread brings in: those before the install count (that one's own blocks
-        # enter the installed model on the reconstructor's thread).
-        self._expected = install_at - model.n_measured - 1
-        self.r2_reference = r2_reference
-        self.r2_terms: dict | None = None
-        self.arrivals: list[tuple[int, list[tuple[int, torch.Tensor]]]] = []
-        self.applied = 0  # arrivals already in the model
-        self.refitted = False
-        self.waited_s: float | None = None  # by finish(): for the thread
-        self.caught_up = 0  # arrivals finish() brought in itself
-        self._init_sync()
-        self._release = release
-        with self._cond:
-            self._wake()
-
-    def _init_sync(self) -> None:
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._busy = False  # the thread is in a piece of work
-        self._final = False  # the reconstructor asked for the model: no more arrivals
-        self._cancelled = False
-        self._error: BaseException | None = None
-        self._release: list | None = None  # what the thread is to free first
-
-    def _chunk_size(self) -> int:
-        return self.CHUNK if self.applied + 2 * self.CHUNK <= self._expected else 1
-
-    def _work_ready(self) -> bool:
-        """Work for the thread: the refit, or a complete chunk until :meth:`finish` takes
-        over the arrivals."""
-        waiting = len(self.arrivals) - self.applied
-        return not self.refitted or (not self._final and waiting >= self._chunk_size())
-
-    def _wake(self) -> None:
-        """Have the thread take the work there is (the condition's lock held): start one if
-        none runs, else wake the one waiting for work."""
-        if self._cancelled or not (self._work_ready() or self._release is not None):
-            return
-        if self._thread is None:
-            # Not a daemon: at exit the interpreter waits for the piece of work in progress
-            # (a daemon thread inside a torch kernel aborted the process at shutdown).
-            self._thread = threading.Thread(target=self._run, name="LowRankGP refit")
-            self._thread.start()
-        else:
-            self._cond.notify_all()
-
-    def _next_piece(self) -> tuple[str, list] | None:
-        """Wait (the condition's lock held) until there is work, and take it: ``("refit",
-        [])``, ``("chunk", arrivals)`` or ``("release", objects)``; None when the thread is to
-        end (cancelled, the model asked for, or no work for ``IDLE_S``)."""
-        deadline = time.monotonic() + self.IDLE_S
-        while not self._cancelled:
-            if self._release is not None:
-                objects, self._release = self._release, None
-                return "release", objects
-            if self._work_ready():
-                if not self.refitted:
-                    return "refit", []
-                return "chunk", self.arrivals[self.applied : self.applied + self._chunk_size()]
-            left = deadline - time.monotonic()
-            if left <= 0 or self._final:
-                break
-            self._cond.wait(left)
-        return None
-
-    def _run(self) -> None:
-        try:
-            with single_thread():
-                while True:
-                    with self._cond:
-                        piece = self._next_piece()
-                        if piece is None:
-                            self._thread = None
-                            self._cond.notify_all()
-                            return
-                        self._busy = True
-                    kind, items = piece
-                    if kind == "release":
-                        items.clear()
-                        with self._cond:
-                            self._busy = False
-                        continue
-                    delay = self.model._refit_delay
-                    if delay is not None:
-                        delay()
-                    if kind == "refit":
-                        self._refit()
-                    else:
-                        self.model._add_batch_to_spatial(items)
-                    with self._cond:
-                        if kind == "chunk":
-                            self.applied += len(items)
-                        self.refitted = True
-                        self._busy = False
-                        self._cond.notify_all()
-        except BaseException as error:  # handed to the reconstructor's thread by finish()
-            with self._cond:
-                self._error = error
-                self._thread = None
-                self._busy = False
-                self._cond.notify_all()
-
-    def _refit(self) -> None:
-        self.model._refit()
-        if self.r2_reference is not None:
-            self.r2_terms = r2_basis_terms(
-                self.r2_reference, self.model.basis, self.model._block_gram
-            )
-
-    def push(self, pixel: int, items: list[tuple[int, torch.Tensor]]) -> None:
-        """Blocks ``items`` of ``pixel`` were measured after the snapshot."""
-        with self._cond:
-            self.arrivals.append((pixel, items))
-            self._wake()
-
-    def _wait_idle(self) -> None:
-        """Wait until every piece of work there is has been done."""
-        with self._cond:
-            while self._error is None and not self._cancelled and (
-                self._busy or self._work_ready()
-            ):
-                self._wake()
-                self._cond.wait()
-            if self._error is not None:
-                raise self._error
-
-    def finish(self) -> LowRankGP:
-        """The refitted model with every arrival in it: waits for the refit and the piece of
-        work in progress, then brings in the arrivals left, in the thread's pieces."""
-        start = time.perf_counter()
-        with self._cond:
-            self._final = True  # the thread takes no more arrivals
-        self._wait_idle()
-        self.waited_s = time.perf_counter() - start
-        self.caught_up = len(self.arrivals) - self.applied
-        with single_thread():
-            while self.applied < len(self.arrivals):
-                chunk = self.arrivals[self.applied : self.applied + self._chunk_size()]
-                self.model._add_batch_to_spatial(chunk)
-                self.applied += len(chunk)
-        return self.model
-
-    def cancel(self) -> None:
-        """Drop the refit: a running thread stops after its current piece of work."""
-        with self._cond:
-            self._cancelled = True
-            self._cond.notify_all()
-
-    def __getstate__(self) -> dict:
-        self._wait_idle()
-        state = dict(vars(self))
-        for name in ("_cond", "_thread", "_busy", "_final", "_cancelled", "_error", "_release"):
-            del state[name]
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        vars(self).update(state)
-        self._init_sync()
-
 
 class InverseDistanceCoefficients:
     """Cheap spatial model: inverse-distance weighting of the coefficients over the 8 nearest
@@ -1398,6 +871,9 @@ class InverseDistanceCoefficients:
     gave R^2 0.19 / 0.30 at 10 / 20 % of pixels, below linear interpolation of the raw data
     (0.39 / 0.50); these weights give 0.44 / 0.57 (``benchmarks.reconstruction``).
     """
+
+    #: The map is recomputed on the first read after a change: reading it is not free.
+    lazy_mean = True
 
     def __init__(
         self,

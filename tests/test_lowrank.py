@@ -11,8 +11,10 @@ import torch
 
 from reconstruct.base import BlockLayout
 from reconstruct.gp import SpatialGP
-from reconstruct.lowrank import LowRankCompletion, LowRankGP, _DeferredRefit, fit_basis
+from reconstruct.lowrank import LowRankCompletion, LowRankGP, fit_basis
 from reconstruct.metrics import r2_score
+from reconstruct.refit import DeferredRefit
+from reconstruct.scoring import ReferenceScorer
 
 SHAPE = (12, 12)
 SPECTRAL = (8, 6)
@@ -73,10 +75,16 @@ def test_fast_r2_equals_generic_r2_with_nan_and_other_reference():
     with_nan[full[0], 2] = float("nan")  # a whole measured block
     with_nan[5] = float("nan")  # a whole pixel
     truth = torch.as_tensor(_low_rank_field(rank=3, noise=0.0))
-    for ref in (with_nan, truth):
+    scorers = {id(ref): ReferenceScorer(ref) for ref in (reference, with_nan, truth)}
+    for ref in (reference, with_nan, truth):
         assert rec.r2(ref) == pytest.approx(r2_score(ref, rec.estimate_blocks()), rel=1e-6)
+        expected = r2_score(ref, rec.estimate_blocks())
+        assert scorers[id(ref)].score(rec) == pytest.approx(expected, rel=1e-6)
     rec.add(143 if 143 not in full else 142, 3, field[143 if 143 not in full else 142, 3])
     assert rec.r2(truth) == pytest.approx(r2_score(truth, rec.estimate_blocks()), rel=1e-6)
+    for ref in (reference, with_nan, truth):  # each scorer brings its own terms up to date
+        expected = r2_score(ref, rec.estimate_blocks())
+        assert scorers[id(ref)].score(rec) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("cls", [LowRankGP, LowRankCompletion])
@@ -92,6 +100,7 @@ def test_fast_r2_stays_exact_through_incremental_updates(cls):
     reference = torch.as_tensor(field).clone()
     reference[3, 1, :2] = float("nan")
     rng = np.random.default_rng(5)
+    scorer = ReferenceScorer(reference)
     for step in range(60):
         pixel = int(rng.integers(144))
         blocks = np.flatnonzero(~rec.measured[pixel].numpy())
@@ -99,8 +108,9 @@ def test_fast_r2_stays_exact_through_incremental_updates(cls):
             continue
         block = int(rng.choice(blocks))
         rec.add(pixel, block, field[pixel, block])
-        fast = rec.r2(reference)
-        assert fast == pytest.approx(r2_score(reference, rec.estimate_blocks()), rel=1e-6), step
+        plain = r2_score(reference, rec.estimate_blocks())
+        assert rec.r2(reference) == pytest.approx(plain, rel=1e-6), step
+        assert scorer.score(rec) == pytest.approx(plain, rel=1e-6), step
 
 
 def test_incremental_update_equals_from_scratch():
@@ -259,6 +269,7 @@ def _sequence(rec, field, seed=7):
     environment step); returns the estimate after every measurement past the first basis."""
     _fill(rec, field, [0, 17, 40, 77, 101, 143], {})
     reference = torch.as_tensor(field)
+    scorer = ReferenceScorer(reference)
     estimates = []
     rng = np.random.default_rng(seed)
     for a in rng.permutation(144 * LAYOUT.n_blocks):
@@ -266,8 +277,9 @@ def _sequence(rec, field, seed=7):
         if rec.measured[p, b]:
             continue
         rec.add(p, b, field[p, b])
-        rec.r2(reference)
+        score = scorer.score(rec)
         estimates.append(rec.estimate_blocks().clone())
+        assert score == pytest.approx(r2_score(reference, estimates[-1]), rel=1e-6, abs=1e-9)
     return estimates
 
 
@@ -297,7 +309,7 @@ def test_deferred_refits_do_not_depend_on_timing(growth, lag, monkeypatch):
         rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6,
                         refit_growth=growth, refit_mode="deferred", refit_lag=lag, seed=2)
         if delay == "refit only":
-            monkeypatch.setattr(_DeferredRefit, "_work_ready", lambda self: not self.refitted)
+            monkeypatch.setattr(DeferredRefit, "_work_ready", lambda self: not self.refitted)
         elif delay is not None:
             rec._refit_delay = functools.partial(time.sleep, delay)
         runs.append(_sequence(rec, field))
@@ -448,3 +460,40 @@ def test_basis_from_every_block_learns_from_partly_measured_pixels():
 def test_unknown_basis_source_is_refused():
     with pytest.raises(ValueError, match="basis_from"):
         LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", basis_from="some")
+
+
+def test_scoring_leaves_the_reconstructor_as_it_was():
+    """The reference stays with the scorer: scoring (from scratch, then incrementally) changes
+    nothing the reconstructor holds, byte for byte."""
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {5: [1], 9: [2, 3]})
+    scorer = ReferenceScorer(torch.as_tensor(field))
+    for pixel in (20, 21):
+        before = pickle.dumps(rec)
+        scorer.score(rec)
+        assert pickle.dumps(rec) == before
+        rec.add(pixel, 0, field[pixel, 0])
+
+
+def test_scorer_that_fell_behind_the_change_log_starts_again():
+    """More changes between two scores than the log keeps, a reset, and a copy: the scorer
+    notices each and still gives the plain R^2."""
+    field = _low_rank_field(rank=3, noise=0.05)
+    rec = LowRankGP(SHAPE, SPECTRAL, LAYOUT, device="cpu", min_full_pixels=6, refit_growth=1e9)
+    reference = torch.as_tensor(field)
+    scorer = ReferenceScorer(reference)
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {})
+    assert scorer.score(rec) == pytest.approx(r2_score(reference, rec.estimate_blocks()), rel=1e-6)
+    for p in range(1, 1 + rec.changes.max_events):  # two events each: past what the log keeps
+        if not rec.measured[p, 1]:
+            rec.add(p, 1, field[p, 1])
+    assert rec.changes.start > 0
+    assert scorer.score(rec) == pytest.approx(r2_score(reference, rec.estimate_blocks()), rel=1e-6)
+    copied = copy.deepcopy(rec)
+    copied.add(120, 2, field[120, 2])
+    plain = r2_score(reference, copied.estimate_blocks())
+    assert scorer.score(copied) == pytest.approx(plain, rel=1e-6)
+    rec.reset()
+    _fill(rec, field, [0, 17, 40, 77, 101, 143], {3: [0]})
+    assert scorer.score(rec) == pytest.approx(r2_score(reference, rec.estimate_blocks()), rel=1e-6)

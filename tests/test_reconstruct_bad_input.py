@@ -159,3 +159,57 @@ def test_linear_raster_episode_runs_to_the_end():
 def test_an_unknown_option_is_one_line_naming_the_known_ones(name):
     with pytest.raises(ValueError, match="has no option 'colour'; its options: .*device"):
         make_reconstructor(name, SHAPE, SPECTRAL, LAYOUT, device="cpu", colour="blue")
+
+
+# A wrong option fails at construction, naming the option, instead of measurements later.
+_BAD_OPTIONS = [
+    ("gp", "max_components", "x", TypeError),
+    ("gp", "max_components", 0, ValueError),
+    ("gp", "max_components", -3, ValueError),
+    ("gp", "max_components", 2.5, TypeError),
+    ("gp", "explained", 1.5, ValueError),
+    ("gp", "explained", "0.9", TypeError),
+    ("gp", "explained", float("nan"), ValueError),
+    ("gp", "min_full_pixels", 1, ValueError),
+    ("gp", "refit_growth", 1.0, ValueError),
+    ("gp", "refit_growth", None, TypeError),
+    ("gp", "refit_lag", 0.0, ValueError),
+    ("gp", "refit_mode", "later", ValueError),
+    ("gp", "refit_mode", None, TypeError),
+    ("gp", "small_sample_errors", "cv", ValueError),
+    ("gp", "error_calibration", True, TypeError),
+    ("gp", "error_calibration", "offline", ValueError),
+    ("gp", "basis_from", "some", ValueError),
+    ("gp", "kernel", "matern32", ValueError),
+    ("gp", "max_basis_pixels", 1, ValueError),
+    ("gp", "max_fit_points", "200", TypeError),
+    ("gp", "max_exact_pixels", 0, ValueError),
+    ("gp", "seed", -1, ValueError),
+    ("gp", "seed", 1.0, TypeError),
+    ("lowrank", "max_components", "x", TypeError),
+    ("lowrank", "refit_mode", "later", ValueError),
+    ("idw", "k", 0, ValueError),
+    ("idw", "k", "8", TypeError),
+    ("idw", "power", -1.0, ValueError),
+    ("idw", "power", "2", TypeError),
+    ("mean", "dtype", "float32", TypeError),
+    ("gp", "dtype", torch.int64, TypeError),
+]
+
+
+@pytest.mark.parametrize("name, option, value, error", _BAD_OPTIONS)
+def test_a_bad_option_fails_at_construction_naming_it(name, option, value, error):
+    with pytest.raises(error, match=option):
+        make_reconstructor(name, SHAPE, SPECTRAL, LAYOUT, device="cpu", **{option: value})
+
+
+def test_good_options_are_taken_as_given():
+    rec = make_reconstructor(
+        "gp", SHAPE, SPECTRAL, LAYOUT, device="cpu", max_components=np.int64(4), explained=1,
+        refit_mode="deferred", error_calibration="online", basis_from="all",
+        small_sample_errors="capped-cv",
+    )
+    assert rec.max_components == 4 and rec.explained == 1.0
+    assert (rec.refit_mode, rec.error_calibration, rec.basis_from, rec.small_sample_errors) == (
+        "deferred", "online", "all", "capped-cv"
+    )

@@ -24,6 +24,7 @@ from envs.instruments.instrument import Instrument
 from envs.instruments.memory import instrument_for, twin_of
 from reconstruct.base import BlockLayout, Reconstructor, SegmentedLayout
 from reconstruct.metrics import dynamics_r2
+from reconstruct.scoring import ReferenceScorer
 
 #: Rewards the environment can pay (see the class docstring).
 REWARDS = ("auc", "rate")
@@ -91,7 +92,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     -------
     ``R2`` is the reconstruction's R^2 against the full reference tensor (the dataset's data,
     NaN entries ignored; privileged: known in replay and twin only), computed in block layout by
-    ``reconstructor.r2``. With ``T`` the budget in seconds and ``t`` the seconds used after the
+    the env's :class:`reconstruct.scoring.ReferenceScorer` (the reconstructor never holds the
+    reference). With ``T`` the budget in seconds and ``t`` the seconds used after the
     step:
 
     - ``"auc"`` (default): ``(R2_after - R2_before) * max(T - t, 0) / T``. The gain is weighted by
@@ -643,10 +645,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             self._set_dataset(dataset)
             self.instrument: Instrument = self._episode_instrument(dataset)
             self.reference_blocks: torch.Tensor | None = self._to_blocks(dataset.data)
+            self._scorer: ReferenceScorer | None = ReferenceScorer(self.reference_blocks)
         else:
             if "dataset" in options:
                 raise ValueError("a live instrument is its own data source: no 'dataset' option")
             self.instrument, self.reference_blocks = self.live_instrument, None
+            self._scorer = None
         self.reconstructor.reset()
         self.segments_read = np.zeros((self.n_pixels, self.n_blocks), dtype=np.int64)
         self._n_measured = 0
@@ -683,9 +687,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
 
     def _reference_r2(self) -> float:
         """R^2 against the replayed data; NaN on a live instrument (no reference)."""
-        if self.reference_blocks is None:
+        if self._scorer is None:
             return float("nan")
-        return float(self.reconstructor.r2(self.reference_blocks))
+        return self._scorer.score(self.reconstructor)
 
     def observe(self) -> dict[str, np.ndarray]:
         """The observation of the current state (what ``reset`` and ``step`` return)."""
@@ -922,7 +926,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         """R^2 of the current reconstruction against the noise-free truth (synthetic data only)."""
         if self.dataset is None or self.dataset.truth is None:
             raise DataError("this dataset has no noise-free truth (only synthetic data has one)")
-        return float(self.reconstructor.r2(self._to_blocks(self.dataset.truth)))
+        return ReferenceScorer(self._to_blocks(self.dataset.truth)).score(self.reconstructor)
 
     # ================================================================= observation and info
     def _observation(self, changed: bool = True) -> dict[str, np.ndarray]:
