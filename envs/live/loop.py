@@ -47,7 +47,6 @@ import dataclasses
 import json
 import sys
 import time
-import typing
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +86,7 @@ from envs.live.session import (
     SessionError,
 )
 from reconstruct.metrics import dynamics_r2
-from reconstruct.registry import check_reconstructor_options, reconstructor_class
+from reconstruct.registry import check_reconstructor_options
 
 
 # ============================================================================ configuration
@@ -254,31 +253,6 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _check_option_types(name: str, options: dict[str, Any]) -> None:
-    """ValueError (one line) when a reconstructor option's value is not of the plain type its
-    constructor declares (int, float, str or bool, optionally None), so that a bad value fails
-    before any measurement rather than in the middle of a session."""
-    init = reconstructor_class(name).__init__
-    try:
-        hints = typing.get_type_hints(init)
-    except (NameError, TypeError):
-        return  # annotations this check cannot read: the constructor checks its own
-    for key, value in options.items():
-        hint = hints.get(key)
-        members = set(typing.get_args(hint)) if typing.get_args(hint) else {hint}
-        plain = members - {type(None)}
-        if not plain or not plain <= {int, float, str, bool}:
-            continue
-        if value is None and type(None) in members:
-            continue
-        accepted = tuple(plain | ({int} if float in plain else set()))
-        if isinstance(value, bool) and bool not in plain or not isinstance(value, accepted):
-            kinds = " or ".join(sorted(t.__name__ for t in plain))
-            raise ValueError(
-                f"--reconstructor-options: {key!r} of {name!r} must be {kinds}, got {value!r}"
-            )
-
-
 @dataclass
 class ExperimentResult:
     """How a session ended and where its outputs are."""
@@ -352,25 +326,12 @@ class _Experiment:
         self.policy = make_policy(config.agent)
         if self.policy.privileged:
             raise ValueError(f"policy {config.agent!r} reads the ground truth; it cannot run live")
-        _check_option_types(config.reconstructor, config.reconstructor_options)
         settings = self.policy.env_settings()  # the observation the policy was trained on
         self.instrument = SessionInstrument(instrument, config.on_nan)
-        self.env = make_env(
-            EnvConfig(
-                data=self.instrument,
-                reconstructor=config.reconstructor,
-                reconstructor_kwargs=dict(config.reconstructor_options),
-                device=config.device,
-                n_blocks=config.n_blocks,
-                block_scheme=config.block_scheme,
-                programs=config.programs,
-                cost={"algorithm_clock": config.algorithm_clock},
-                budget_seconds=config.budget_hours * 3600.0,
-                initial_stride=config.initial_stride,
-                n_components=settings.get("n_components", 3),
-                planes=list(settings.get("planes", ())),
-            )
-        )
+        try:
+            self.env = self._make_env(config, settings)
+        except TypeError as err:  # a reconstructor option of the wrong type, named by it
+            raise ValueError(f"--reconstructor-options: {err}") from None
         env = self.env
         self.check_pairs = choose_check_blocks(
             env.n_pixels, env.n_blocks, config.check_blocks, env.initial_pixels, config.seed
@@ -409,6 +370,26 @@ class _Experiment:
         self._decision_ms = float("nan")
 
     # ------------------------------------------------------------------ measuring
+
+    def _make_env(self, config: ExperimentConfig, settings: dict[str, Any]) -> Any:
+        """The env over the session's instrument, with the observation ``settings`` of the
+        policy (those it was trained on)."""
+        return make_env(
+            EnvConfig(
+                data=self.instrument,
+                reconstructor=config.reconstructor,
+                reconstructor_kwargs=dict(config.reconstructor_options),
+                device=config.device,
+                n_blocks=config.n_blocks,
+                block_scheme=config.block_scheme,
+                programs=config.programs,
+                cost={"algorithm_clock": config.algorithm_clock},
+                budget_seconds=config.budget_hours * 3600.0,
+                initial_stride=config.initial_stride,
+                n_components=settings.get("n_components", 3),
+                planes=list(settings.get("planes", ())),
+            )
+        )
     def _noted(self, kind: int, operation: Callable[[], Any]) -> Any:
         """Run one env operation that measures as ``kind``; note the algorithm seconds the env
         charged for it on its record (unless the record, served on a resume, has them)."""
