@@ -8,6 +8,10 @@ change, ``python -m studies.fingerprint --compare before.json`` runs the same an
 episode whose actions or AUC differ (exit status 1 if any): a refactoring that keeps behaviour
 lists none. A policy that needs what a dataset lacks (a trained model's block count, the twin's
 structure) is skipped there.
+
+The episodes run under the env's defaults (a twin measured with its memory, programs in pulse
+order); ``--memory off --programs free`` runs the replay of a sample without memory, the only
+setting before the memory was simulated, so that a record made then can still be compared.
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ class _Recorder:
         policy.act = recorded
 
 
-def fingerprint(grid: int = 14) -> dict[str, dict]:
+def fingerprint(
+    grid: int = 14, memory: str = "auto", programs: str = "sequence"
+) -> dict[str, dict]:
     cases = list(TWIN_CASES) + ([(str(REAL_FILE), 0, 2)] if REAL_FILE.is_file() else [])
     results = {}
     for name in available_policies():
@@ -58,7 +64,8 @@ def fingerprint(grid: int = 14) -> dict[str, dict]:
             policy = make_policy(name)
             recorder = _Recorder(policy)
             config = EnvConfig.for_data(
-                data, seed, grid, n_blocks=blocks, budget_fraction=1.0, **policy.env_settings()
+                data, seed, grid, n_blocks=blocks, budget_fraction=1.0, memory=memory,
+                programs=programs, **policy.env_settings(),
             )
             trace = run_episode(
                 make_env(config), policy, seed, stop_r2=0.95, charge_decisions="none"
@@ -83,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="write the fingerprint as JSON here")
     parser.add_argument("--compare", default="", help="a fingerprint JSON to compare against")
     parser.add_argument("--grid", type=int, default=14, help="twin grid, pixels a side")
+    parser.add_argument("--memory", default="auto", choices=("auto", "on", "off"),
+                        help="the sample's memory (off: a replay)")
+    parser.add_argument("--programs", default="sequence", choices=("sequence", "free"),
+                        help="the program rule (free: any block, as a replay allows)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     reference = None
@@ -92,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, json.JSONDecodeError) as err:
             print(f"error: --compare: {err}", file=sys.stderr)
             return 2
-    results = fingerprint(args.grid)
+    results = fingerprint(args.grid, args.memory, args.programs)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     if reference is None:
