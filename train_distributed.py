@@ -65,7 +65,7 @@ class DistributedArgs:
     learners: int = option(0, "remote learner workers (0: learn in this process)")
     # the environment (as in train.py)
     grid: int = option(16, "twin grid size (pixels a side)")
-    n_times: int = option(32, "read-outs per pulse")
+    n_times: int = option(32, "read-outs per pulse (0: the twin's default, 128)")
     blocks: int = option(4, "voltage blocks per pixel")
     reconstructor: str = option("gp", "reconstructor name")
     budget_fraction: float = option(0.3, "budget as a fraction of a raster")
@@ -103,12 +103,12 @@ class DistributedArgs:
             )
         if start >= end:
             raise ValueError(f"--train-seeds: empty range [{start}, {end})")
-        for name in ("grid", "n_times", "blocks", "envs_per_runner", "iterations",
+        for name in ("grid", "blocks", "envs_per_runner", "iterations",
                      "train_batch_size", "minibatch_size", "epochs", "channels"):  # fmt: skip
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} must be >= 1, got {getattr(self, name)}")
-        for name in ("env_runners", "learners"):
+        for name in ("env_runners", "learners", "n_times"):
             if getattr(self, name) < 0:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} must be >= 0, got {getattr(self, name)}")
