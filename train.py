@@ -9,7 +9,7 @@ in ``evaluate.py``).
 Examples
 --------
     python train.py                                           # the default run (see README)
-    python train.py --total-timesteps 20000 --out runs/smoke  # a quick check
+    python train.py --total-timesteps 20000 --out runs/smoke  # a quick check (3-11 min, 2 cores)
     python train.py --resume runs/ppo/checkpoints/ppo_40000_steps.zip --total-timesteps 200000
     tensorboard --logdir runs/ppo/tb
 
