@@ -201,7 +201,6 @@ def init_ray(
     local instance. Worker processes get one BLAS/OpenMP thread each: many small tensors and
     factorisations run far slower with threads contending.
     """
-    import agents
     import envs
     import reconstruct
 
@@ -209,7 +208,10 @@ def init_ray(
         return
     runtime_env: dict[str, Any] = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
     if ship_code if ship_code is not None else address is not None:
-        runtime_env["py_modules"] = [envs, agents, reconstruct]
+        # This package by its folder: importing ``agents`` here would close an import cycle
+        # (agents -> agents.catalog -> agents.rllib -> agents).
+        agents_folder = str(Path(__file__).resolve().parent)
+        runtime_env["py_modules"] = [envs, agents_folder, reconstruct]
     if address is None:
         kwargs.setdefault("include_dashboard", False)
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env, **kwargs)
