@@ -1,13 +1,16 @@
 """Train a masked PPO acquisition policy with Ray RLlib, on this machine or on a Ray cluster.
 
-Needs the ``distributed`` extra (``pip install '.[distributed]'``). Sampling runs in
+Needs the ``distributed`` extra (``pip install -e '.[distributed]'``; with ``test`` for its
+tests: ``pip install -e '.[distributed,test]'``). Sampling runs in
 ``--env-runners`` Ray actors (one CPU each), each stepping ``--envs-per-runner`` acquisition
 envs built from the same JSON-safe settings as ``train.py``'s
 (:func:`envs.acquisition.factory.make_env`);
 the network is :class:`agents.rllib.MaskedScoreMapModule`, which never samples a masked-out
 action. Each iteration prints its mean episode return; the final checkpoint (an RLlib algorithm
 checkpoint: restore with ``Algorithm.from_checkpoint`` or
-:func:`agents.rllib.module_from_checkpoint`) and ``history.json`` go to ``--out``.
+:func:`agents.rllib.module_from_checkpoint`) and ``history.json`` go to ``--out``;
+``python evaluate.py --agents rllib:OUT/checkpoint`` (or ``ppo:OUT/checkpoint``) evaluates the
+trained policy (docs/training.md has a run that learns on 2 cores, and its evaluation).
 
 Example
 -------
@@ -28,78 +31,103 @@ Leave out ``--address`` to start a local Ray instance instead; a quick check on 
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
-import os
+import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from envs.acquisition.factory import EnvConfig
+from envs.command_line import add_options, fail, option, program_parser, settings_from
 from envs.data.sources import HELD_OUT_SEED_START
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ray_group = parser.add_argument_group("Ray")
-    ray_group.add_argument(
-        "--address", default=None,
-        help="Ray cluster to join ('auto', 'HOST:6379' or 'ray://HOST:10001'); default: start "
-        "a local instance",
-    )
-    ray_group.add_argument(
-        "--num-cpus", type=int, default=None,
-        help="CPUs of a local instance (default: all); ignored with --address",
-    )
-    ray_group.add_argument(
-        "--env-runners", type=int, default=2,
-        help="remote sampling workers (0: sample in this process)",
-    )
-    ray_group.add_argument("--envs-per-runner", type=int, default=1, help="envs per env runner")
-    ray_group.add_argument(
-        "--learners", type=int, default=0, help="remote learner workers (0: learn in this process)"
-    )
-
-    env_group = parser.add_argument_group("environment (as in train.py)")
-    env_group.add_argument("--grid", type=int, default=16, help="twin grid size (pixels a side)")
-    env_group.add_argument("--n-times", type=int, default=32, help="read-outs per pulse")
-    env_group.add_argument("--blocks", type=int, default=4, help="voltage blocks per pixel")
-    env_group.add_argument("--reconstructor", default="gp", help="reconstructor name")
-    env_group.add_argument(
-        "--budget-fraction", type=float, default=0.3, help="budget as a fraction of a raster"
-    )
-    env_group.add_argument(
-        "--train-seeds", type=int, nargs=2, default=[0, HELD_OUT_SEED_START],
-        metavar=("START", "END"), help="twin seed range [START, END) drawn from at each reset",
-    )
-    env_group.add_argument(
-        "--env-settings", default="{}",
-        help="JSON object of further envs.acquisition.factory.EnvConfig settings (override the "
-        "above)",
-    )
-
-    ppo_group = parser.add_argument_group("PPO")
-    ppo_group.add_argument("--iterations", type=int, default=20, help="training iterations")
-    ppo_group.add_argument(
-        "--train-batch-size", type=int, default=2048, help="env steps per iteration (per learner)"
-    )
-    ppo_group.add_argument("--minibatch-size", type=int, default=256, help="SGD minibatch")
-    ppo_group.add_argument("--epochs", type=int, default=4, help="passes over each batch")
-    ppo_group.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate")
-    ppo_group.add_argument("--gamma", type=float, default=1.0, help="discount")
-    ppo_group.add_argument("--entropy-coeff", type=float, default=0.01, help="entropy bonus")
-    ppo_group.add_argument("--channels", type=int, default=32, help="network feature width")
-    ppo_group.add_argument("--seed", type=int, default=0, help="seed of envs and network")
-    parser.add_argument("--out", default="runs/rllib", help="folder for checkpoint and history")
-    args = parser.parse_args(argv)
-    if args.train_seeds[1] > HELD_OUT_SEED_START:
-        parser.error(f"--train-seeds must end at or below {HELD_OUT_SEED_START} (held-out seeds)")
-    return args
+PROG = "python train_distributed.py"
 
 
-def env_settings(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class DistributedArgs:
+    """Every setting of an RLlib training run; ``--help`` lists them with their defaults."""
+
+    # Ray
+    address: str | None = option(
+        None,
+        "Ray cluster to join ('auto', 'HOST:6379' or 'ray://HOST:10001'); default: start a "
+        "local instance",
+    )
+    num_cpus: int | None = option(
+        None, "CPUs of a local instance (default: all); ignored with --address"
+    )
+    env_runners: int = option(2, "remote sampling workers (0: sample in this process)")
+    envs_per_runner: int = option(1, "envs per env runner")
+    learners: int = option(0, "remote learner workers (0: learn in this process)")
+    # the environment (as in train.py)
+    grid: int = option(16, "twin grid size (pixels a side)")
+    n_times: int = option(32, "read-outs per pulse (0: the twin's default, 128)")
+    blocks: int = option(4, "voltage blocks per pixel")
+    reconstructor: str = option("gp", "reconstructor name")
+    budget_fraction: float = option(0.3, "budget as a fraction of a raster")
+    train_seeds: list[int] = option(
+        [0, HELD_OUT_SEED_START],
+        "twin seed range [START, END) drawn from at each reset; END at most "
+        f"{HELD_OUT_SEED_START} (held-out seeds)",
+        metavar="START,END",
+    )
+    env_settings: dict = option(
+        {},
+        "JSON object of further envs.acquisition.factory.EnvConfig settings (override the "
+        "above; default: none)",
+        metavar="JSON",
+    )
+    # PPO
+    iterations: int = option(20, "training iterations")
+    train_batch_size: int = option(2048, "env steps per iteration (per learner)")
+    minibatch_size: int = option(256, "SGD minibatch")
+    epochs: int = option(4, "passes over each batch")
+    lr: float = option(3e-4, "Adam learning rate")
+    gamma: float = option(1.0, "discount")
+    entropy_coeff: float = option(0.01, "entropy bonus")
+    channels: int = option(32, "network feature width")
+    seed: int = option(0, "seed of envs and network")
+    out: str = option("runs/rllib", "folder for checkpoint and history")
+
+    def __post_init__(self) -> None:
+        if len(self.train_seeds) != 2:
+            raise ValueError(f"--train-seeds takes START,END, got {self.train_seeds}")
+        start, end = self.train_seeds
+        if end > HELD_OUT_SEED_START:
+            raise ValueError(
+                f"--train-seeds must end at or below {HELD_OUT_SEED_START} (held-out seeds)"
+            )
+        if start >= end:
+            raise ValueError(f"--train-seeds: empty range [{start}, {end})")
+        for name in ("grid", "blocks", "envs_per_runner", "iterations",
+                     "train_batch_size", "minibatch_size", "epochs", "channels"):  # fmt: skip
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be >= 1, got {getattr(self, name)}")
+        for name in ("env_runners", "learners", "n_times"):
+            if getattr(self, name) < 0:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.budget_fraction <= 1.0:
+            raise ValueError(f"--budget-fraction must be in (0, 1], got {self.budget_fraction}")
+        try:
+            env_settings(self)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"--env-settings: {err}") from None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> DistributedArgs:
+    """The settings from the command line; a bad value is a ``ValueError`` naming the option."""
+    parser = program_parser(PROG, __doc__)
+    add_options(parser, DistributedArgs)
+    return settings_from(DistributedArgs, parser.parse_args(argv))
+
+
+def env_settings(args: DistributedArgs) -> dict[str, Any]:
     """JSON-safe env settings from the command line."""
     config = EnvConfig.for_data(
         "twin",
@@ -111,7 +139,7 @@ def env_settings(args: argparse.Namespace) -> dict[str, Any]:
         budget_fraction=args.budget_fraction,
         device="cpu",  # env runners are CPU actors
     )
-    return config.replace(**json.loads(args.env_settings)).to_kwargs()
+    return config.replace(**args.env_settings).to_kwargs()
 
 
 def iteration_summary(iteration: int, result: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -135,11 +163,19 @@ def iteration_summary(iteration: int, result: dict[str, Any], seconds: float) ->
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    # One BLAS/OpenMP thread in the driver too (the learner): set before torch starts its pool.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from agents.rllib import init_ray, ppo_config
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except ValueError as err:  # one line naming the option, exit status 2
+        fail(PROG, str(err))
+    # One BLAS/OpenMP thread in the driver too (the learner), as in every env runner.
+    from agents.training import limit_threads
+
+    limit_threads(1)
+    try:
+        from agents.rllib import init_ray, ppo_config, save_checkpoint
+    except ImportError as err:
+        fail(PROG, str(err), status=1)
 
     settings = env_settings(args)
     init_ray(args.address, num_cpus=args.num_cpus)
@@ -177,14 +213,18 @@ def main(argv: list[str] | None = None) -> None:
                 f"{summary['seconds']:.1f} s",
                 flush=True,
             )
-        checkpoint = algorithm.save_to_path(str(out / "checkpoint"))
+        checkpoint = save_checkpoint(algorithm, out / "checkpoint", settings)
     finally:
         algorithm.stop()
     (out / "history.json").write_text(
-        json.dumps({"env_settings": settings, "args": vars(args), "history": history}, indent=2)
+        json.dumps(
+            {"env_settings": settings, "args": dataclasses.asdict(args), "history": history},
+            indent=2,
+        )
     )
     print(f"checkpoint: {checkpoint}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -48,9 +48,10 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "agents.rllib needs Ray RLlib: install the 'distributed' extra "
-        "(pip install '.[distributed]')"
+        "(pip install -e '.[distributed]')"
     ) from err
 
+from agents.policy import Policy
 from envs.acquisition.factory import EnvConfig
 from envs.acquisition.wrappers import INVALID_ACTION_KEY, MASK_KEY, make_rllib_env
 
@@ -200,7 +201,6 @@ def init_ray(
     local instance. Worker processes get one BLAS/OpenMP thread each: many small tensors and
     factorisations run far slower with threads contending.
     """
-    import agents
     import envs
     import reconstruct
 
@@ -208,7 +208,10 @@ def init_ray(
         return
     runtime_env: dict[str, Any] = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
     if ship_code if ship_code is not None else address is not None:
-        runtime_env["py_modules"] = [envs, agents, reconstruct]
+        # This package by its folder: importing ``agents`` here would close an import cycle
+        # (agents -> agents.catalog -> agents.rllib -> agents).
+        agents_folder = str(Path(__file__).resolve().parent)
+        runtime_env["py_modules"] = [envs, agents_folder, reconstruct]
     if address is None:
         kwargs.setdefault("include_dashboard", False)
         ray.init(num_cpus=num_cpus, runtime_env=runtime_env, **kwargs)
@@ -288,8 +291,23 @@ def ppo_config(
     )
 
 
-def module_from_checkpoint(checkpoint: str) -> MaskedScoreMapModule:
-    """The trained module of an algorithm checkpoint written by ``Algorithm.save_to_path``."""
+#: File an algorithm checkpoint written by :func:`save_checkpoint` holds beside RLlib's own:
+#: the JSON-safe env settings it was trained on (so a policy can build its env).
+ENV_SETTINGS_FILE = "pfm_env_settings.json"
+
+
+def save_checkpoint(algorithm: Any, path: str | Path, env_settings: dict[str, Any]) -> str:
+    """Saves ``algorithm`` to ``path`` (``Algorithm.save_to_path``) with the env settings it
+    trained on (:data:`ENV_SETTINGS_FILE`); returns the checkpoint folder."""
+    folder = Path(path).expanduser().resolve()
+    checkpoint = algorithm.save_to_path(str(folder))
+    (Path(checkpoint) / ENV_SETTINGS_FILE).write_text(json.dumps(env_settings, indent=2))
+    return checkpoint
+
+
+def module_from_checkpoint(checkpoint: str | Path) -> MaskedScoreMapModule:
+    """The trained module of an algorithm checkpoint written by ``Algorithm.save_to_path``
+    (a relative path is taken from the working directory: RLlib needs an absolute one)."""
     from ray.rllib.core import (
         COMPONENT_LEARNER,
         COMPONENT_LEARNER_GROUP,
@@ -299,10 +317,86 @@ def module_from_checkpoint(checkpoint: str) -> MaskedScoreMapModule:
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     path = (
-        Path(checkpoint)
+        Path(checkpoint).expanduser().resolve()
         / COMPONENT_LEARNER_GROUP
         / COMPONENT_LEARNER
         / COMPONENT_RL_MODULE
         / DEFAULT_MODULE_ID
     )
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"no RLlib algorithm checkpoint at {checkpoint!s} (no module in it); train one "
+            "with `python train_distributed.py`"
+        )
     return RLModule.from_checkpoint(path)
+
+
+# --------------------------------------------------------------------------------------------
+# The trained module as a policy of agents.policy (evaluate.py, the live loop)
+# --------------------------------------------------------------------------------------------
+
+
+class RLlibPolicy(Policy):
+    """An RLlib-trained :class:`MaskedScoreMapModule` behind the one policy interface.
+
+    ``make_policy("rllib:CHECKPOINT")`` (or ``"ppo:CHECKPOINT"``, which
+    :mod:`agents.catalog` recognises as an RLlib checkpoint folder) loads the module of an
+    algorithm checkpoint written by ``train_distributed.py``. It acts greedily: the valid
+    action of the largest logit. Its weights fit the observation planes and the block count it
+    was trained with (any grid size); :meth:`env_settings` gives the planes from the
+    checkpoint's recorded env settings, and :meth:`reset` refuses an env whose observation does
+    not fit, naming the difference.
+    """
+
+    name = "rllib"
+
+    def __init__(self, checkpoint: str | Path) -> None:
+        super().__init__()
+        self.checkpoint = Path(checkpoint).expanduser().resolve()
+        self.module = module_from_checkpoint(self.checkpoint)
+        self.module.eval()
+        recorded = self.checkpoint / ENV_SETTINGS_FILE
+        self.trained_env: dict[str, Any] = (
+            json.loads(recorded.read_text()) if recorded.is_file() else {}
+        )
+        space = self.module.observation_space
+        self.n_planes = int(space["planes"].shape[0])
+        self.n_scalars = int(space["scalars"].shape[0])
+        self.n_blocks = int(self.module.n_blocks)
+
+    @classmethod
+    def from_argument(cls, argument: str | None) -> RLlibPolicy:
+        if not argument:
+            raise ValueError("policy 'rllib' needs a checkpoint folder: rllib:PATH")
+        return cls(argument)
+
+    def env_settings(self) -> dict[str, Any]:
+        """The observation settings it was trained with (component maps, optional planes)."""
+        return {k: self.trained_env[k] for k in ("n_components", "planes") if k in self.trained_env}
+
+    def reset(self, env: gym.Env, seed: int | None = None) -> None:
+        super().reset(env, seed)
+        planes = self.env.observation_space["planes"].shape
+        scalars = self.env.observation_space["scalars"].shape[0]
+        blocks = int(self.env.action_space.n) // int(np.prod(planes[1:]))
+        wanted = (self.n_planes, self.n_scalars, self.n_blocks)
+        if (planes[0], scalars, blocks) != wanted:
+            raise ValueError(
+                f"{self.checkpoint.name} was trained on {self.n_planes} planes, "
+                f"{self.n_scalars} scalars and {self.n_blocks} voltage blocks; the env has "
+                f"{planes[0]}, {scalars} and {blocks}: build it with the checkpoint's settings "
+                f"{self.env_settings()} and --blocks {self.n_blocks}"
+            )
+
+    def act(self, observation: dict[str, np.ndarray], action_mask: np.ndarray) -> int:
+        mask = np.asarray(action_mask, dtype=bool)
+        batch = {
+            "planes": torch.as_tensor(np.asarray(observation["planes"]))[None],
+            "scalars": torch.as_tensor(np.asarray(observation["scalars"]))[None],
+            MASK_KEY: torch.as_tensor(mask)[None],
+        }
+        with torch.no_grad():
+            logits = self.module.forward_inference({Columns.OBS: batch})
+        scores = logits[Columns.ACTION_DIST_INPUTS][0].double().numpy()
+        scores[~mask] = -np.inf
+        return int(np.argmax(scores))

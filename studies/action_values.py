@@ -244,12 +244,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    import train
+    from agents import training
 
     torch.manual_seed(args.seed)
-    # Every other option is train.py's: the same environment and network as training.
-    train_args = train.parse_args([*train_options, "--out", args.out])
-    env_kwargs = train.env_kwargs(
+    # Every other option is train.py's (agents.training.TrainArgs): the same environment and
+    # network as training.
+    train_args = training.parse_args([*train_options, "--out", args.out])
+    env_kwargs = training.env_kwargs(
         train_args, [train_args.train_seed_start, train_args.train_seed_end]
     )
     out = Path(args.out)
@@ -277,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from envs.acquisition.factory import make_env
 
         env = make_env(**env_kwargs)
-        model = train.new_model(train_args, env)
+        model = training.new_model(train_args, env)
         result["fit"] = fit_score_map(
             samples,
             model,

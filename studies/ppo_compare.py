@@ -37,8 +37,8 @@ def run_policy(
     (``make_policy`` spec) on each seed."""
     from agents.catalog import make_policy
     from agents.evaluation import run_episode
+    from agents.training import env_kwargs
     from envs.acquisition.factory import make_env
-    from train import env_kwargs
 
     policy = make_policy(spec)
     auc, r2, seconds = [], [], []
@@ -98,8 +98,8 @@ def print_table(
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from agents.training import TrainArgs
     from envs.data.sources import HELD_OUT_SEED_START
-    from train import TrainArgs
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

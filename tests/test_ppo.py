@@ -456,3 +456,12 @@ def test_compare_pairs_against_each_reference_from_one_set_of_episodes(tmp_path,
     raster, random = report["policies"]["raster"]["auc"], report["policies"]["random"]["auc"]
     difference = report["paired"]["random"]["raster"]["paired_auc"]["mean"]
     assert difference == pytest.approx(np.mean(raster) - np.mean(random))
+
+
+def test_an_rllib_policy_without_ray_is_one_line_naming_the_extra():
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("Ray is installed (tests/test_rllib.py evaluates a checkpoint)")
+    with pytest.raises(ValueError, match=r"distributed"):
+        make_policy("rllib:runs/rllib/checkpoint")

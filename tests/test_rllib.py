@@ -149,3 +149,37 @@ def test_ppo_trains_on_local_ray_with_valid_actions_and_the_checkpoint_restores(
     torch.testing.assert_close(
         actual[Columns.ACTION_DIST_INPUTS], expected[Columns.ACTION_DIST_INPUTS]
     )
+
+
+@pytest.mark.slow
+def test_a_checkpoint_evaluates_through_the_catalog_by_a_relative_path(
+    local_ray, tmp_path, monkeypatch
+):
+    from agents.catalog import is_rllib_checkpoint, make_policy
+    from agents.evaluation import run_episode
+    from agents.rllib import RLlibPolicy, save_checkpoint
+    from envs.acquisition.factory import make_env
+
+    config = ppo_config(
+        TINY, num_env_runners=0, train_batch_size=64, minibatch_size=64, num_epochs=1, channels=8
+    )
+    algorithm = config.build_algo()
+    try:
+        algorithm.train()
+        save_checkpoint(algorithm, tmp_path / "run" / "checkpoint", TINY)
+    finally:
+        algorithm.stop()
+    monkeypatch.chdir(tmp_path)  # RLlib itself refuses a relative path ("empty scheme")
+    assert is_rllib_checkpoint("run/checkpoint") and not is_rllib_checkpoint("run")
+    restored = module_from_checkpoint("run/checkpoint")
+    assert isinstance(restored, MaskedScoreMapModule)
+    for spec in ("rllib:run/checkpoint", "ppo:run/checkpoint"):
+        policy = make_policy(spec)
+        assert isinstance(policy, RLlibPolicy)
+        env = make_env(**{**TINY, **policy.env_settings()})
+        trace = run_episode(env, policy, seed=60, charge_decisions="none")
+        assert len(trace.r2) > 10 and np.isfinite(trace.auc())
+    with pytest.raises(ValueError, match="voltage blocks"):
+        policy.reset(make_env(**{**TINY, "n_blocks": 2}), seed=0)
+    with pytest.raises(FileNotFoundError, match="no RLlib algorithm checkpoint"):
+        make_policy("rllib:run")

@@ -226,3 +226,50 @@ def test_in_process_envs_leave_the_learners_thread_count_alone():
         env.close()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_train_distributed_help_shows_its_examples_and_every_default(capsys):
+    import dataclasses
+
+    import train_distributed
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_distributed.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "python train_distributed.py --address auto --env-runners 8" in text  # the docstring
+    for field in dataclasses.fields(train_distributed.DistributedArgs):
+        assert "--" + field.name.replace("_", "-") in text
+    assert text.count("(default:") + text.count("default: start") + text.count(
+        "(default: all)"
+    ) + text.count("default: none") >= len(dataclasses.fields(train_distributed.DistributedArgs))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--train-seeds", f"0,{HELD_OUT_SEED_START + 1}"], "held-out"),
+        (["--train-seeds", "5"], "START,END"),
+        (["--env-settings", '{"gridd": 3}'], "gridd"),
+        (["--iterations", "0"], "--iterations"),
+    ],
+)
+def test_train_distributed_bad_options_are_one_line(argv, message, capsys):
+    import train_distributed
+
+    with pytest.raises(ValueError, match=message):
+        train_distributed.parse_args(argv)
+    with pytest.raises(SystemExit) as exit_info:
+        train_distributed.main(argv)
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_train_distributed_settings_reach_the_env():
+    import train_distributed
+
+    args = train_distributed.parse_args(
+        ["--grid", "8", "--train-seeds", "3,9", "--env-settings", '{"reconstructor": "idw"}']
+    )
+    settings = train_distributed.env_settings(args)
+    assert settings["twin_seeds"] == [3, 9] and settings["reconstructor"] == "idw"
