@@ -82,7 +82,7 @@ def test_raster_visits_every_block_once():
 
 
 def test_static_subsample_covers_every_pixel_before_repeating_one():
-    env = small_env(budget_fraction=2.0)
+    env = small_env(budget_fraction=2.0, memory="off", programs="free")
     policy = make_policy("static-subsample")
     obs, info = env.reset(seed=0)
     policy.reset(env, seed=0)
@@ -125,7 +125,7 @@ def test_surprise_policy_marks_where_the_model_was_wrong():
 
     from agents.baselines import SurprisePerSecondPolicy
 
-    env = small_env(budget_fraction=1.0)
+    env = small_env(budget_fraction=1.0, memory="off", programs="free")
     obs, info = env.reset(seed=0)
     policy = SurprisePerSecondPolicy(weight=0.25)
     policy.reset(env, seed=0)

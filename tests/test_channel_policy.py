@@ -99,10 +99,11 @@ def test_untrained_logits_are_the_heuristics_log_score(n_blocks, planes, heurist
     """Built on 4 blocks and moved to ``n_blocks``, the untrained policy scores every valid
     action by the heuristic's log score over the temperature (up to a constant), and its greedy
     action is the heuristic's at every step of an episode."""
-    built_on = tiny_env(4, planes=planes, reconstructor="gp")
+    # Every block of a pixel open at once (the free replay), so that whole pixels compare.
+    built_on = tiny_env(4, planes=planes, reconstructor="gp", programs="free")
     built_on.reset(seed=0)
     network = network_for(built_on)
-    env = tiny_env(n_blocks, grid=10, planes=planes, reconstructor="gp")
+    env = tiny_env(n_blocks, grid=10, planes=planes, reconstructor="gp", programs="free")
     observation, _ = env.reset(seed=0)
     network.adapt_to(env)
     # At the start (no surprise recorded yet, energies equal for every block of a pixel):

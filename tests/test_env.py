@@ -134,7 +134,8 @@ def test_rate_reward_is_gain_per_second_in_pixel_units():
 
 
 def test_seconds_add_up_to_cost_model_sum():
-    env = make_env(budget_fraction=0.3, cost={"travel_s_per_pixel": 0.05})
+    # Every block a choice (the free replay): the sum counts blocks measured again only.
+    env = make_env(budget_fraction=0.3, cost={"travel_s_per_pixel": 0.05}, programs="free")
     actions, _, infos, _ = random_episode(env, seed=5, allow_repeats=True)
     cost, grid, size = env.cost_model, env.grid_shape, env.layout.block_size
     instrument, algorithm, tip, measured = 0.0, 0.0, 0, set()
@@ -177,7 +178,7 @@ def test_repeated_block_is_penalised_no_op():
 
 
 def test_block_seconds_predicts_charged_seconds():
-    env = make_env(cost={"travel_s_per_pixel": 0.2})
+    env = make_env(cost={"travel_s_per_pixel": 0.2}, programs="free")
     env.reset(seed=0)
     pixels = np.array([0, 17, 63])
     predicted = env.block_seconds(pixels, 1)
@@ -257,7 +258,7 @@ def test_dataset_option_of_wrong_shape_raises():
 def test_nan_block_is_charged_marked_and_not_reconstructed():
     dataset = synthetic_dataset()
     dataset.data[0, 1, 3] = np.nan  # voltage 3 at pixel 1
-    env = make_env(data=dataset)
+    env = make_env(data=dataset, programs="free")
     block = next(b for b in range(env.n_blocks) if 3 in env.layout.voltages(b))
     env.reset(seed=0)
     r2_before = env.r2_now
@@ -512,7 +513,7 @@ def test_uneven_blocks_run_an_episode_to_full_coverage(reconstructor):
 
 
 def test_a_short_block_costs_one_voltage_less():
-    env = make_env(data=synthetic_dataset(shape=(6, 6, 10, 4)), n_blocks=4)
+    env = make_env(data=synthetic_dataset(shape=(6, 6, 10, 4)), n_blocks=4, programs="free")
     env.reset(seed=0)
     seconds = [float(env.block_seconds(np.array([7]), b)[0]) for b in range(4)]
     assert seconds[0] == seconds[1] and seconds[2] == seconds[3]
@@ -539,7 +540,8 @@ def test_even_blocks_give_the_recorded_episode():
 
     data = synthetic_dataset(shape=(6, 6, 16, 2))
     env = make_env(
-        data=data, n_blocks=4, reconstructor="gp", initial_stride=3, budget_fraction=0.5
+        data=data, n_blocks=4, reconstructor="gp", initial_stride=3, budget_fraction=0.5,
+        programs="free",
     )
     policy = UncertaintyPerSecondPolicy()
     obs, _ = env.reset(seed=2)

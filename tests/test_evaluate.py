@@ -487,9 +487,9 @@ def test_help_names_every_setting_with_its_default(capsys):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ('{"max_components": "x"}', "--reconstructor-options: 'max_components' must be int"),
-        ('{"max_components": 2.5}', "--reconstructor-options: 'max_components' must be int"),
-        ('{"refit_mode": 3}', "--reconstructor-options: 'refit_mode' must be str"),
+        ('{"max_components": "x"}', "--reconstructor-options: max_components must be an integer"),
+        ('{"max_components": 2.5}', "--reconstructor-options: max_components must be an integer"),
+        ('{"refit_mode": 3}', "--reconstructor-options: refit_mode must be one of"),
         ('{"nosuch": 1}', "--reconstructor-options: reconstructor 'gp' has no option 'nosuch'"),
         ("{", "--reconstructor-options: not JSON"),
     ],

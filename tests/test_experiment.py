@@ -41,6 +41,9 @@ def run_experiment(config, resume=False):
 
 def _config(tmp: Path, name: str, **changes) -> ExperimentConfig:
     base = ExperimentConfig(
+        # The loop's mechanics on the replay of a sample without memory (the served
+        # replays below are such); tests/test_memory_live.py runs it with the memory.
+        memory="off", programs="free",
         instrument="twin:1", session=str(tmp / f"{name}.h5"), agent="gp-uncertainty", seed=5,
         budget_hours=1.0, stop_r2=None, initial_stride=3, check_blocks=12, estimate_every=10,
         max_measurements=90, algorithm_clock="model", twin_grid=10, twin_times=8,

@@ -139,6 +139,9 @@ def _config(tmp, name, **changes) -> ExperimentConfig:
     """A 10 x 10 twin session whose first audit round (records 158-169) fails and whose second
     (176-186) passes the 0.8 target."""
     base = ExperimentConfig(
+        # The loop's mechanics on the replay of a sample without memory (the served
+        # replays below are such); tests/test_memory_live.py runs it with the memory.
+        memory="off", programs="free",
         instrument="twin:1", session=str(tmp / f"{name}.h5"), agent="gp-uncertainty-per-second",
         seed=5, stop_r2=0.8, initial_stride=3, check_blocks=12, audit_draws=12,
         max_measurements=300, algorithm_clock="model", twin_grid=10, twin_times=8,

@@ -20,6 +20,9 @@ from envs.live.session import Session, SessionError, record_checksum
 
 def _config(tmp, name="s", **changes) -> ExperimentConfig:
     base = ExperimentConfig(
+        # The loop's mechanics on the replay of a sample without memory (the served
+        # replays below are such); tests/test_memory_live.py runs it with the memory.
+        memory="off", programs="free",
         instrument="replay:twin:0", session=str(tmp / f"{name}.h5"), agent="gp-uncertainty",
         seed=2, stop_r2=None, initial_stride=3, check_blocks=6, estimate_every=5,
         max_measurements=50, algorithm_clock="model", twin_grid=8, twin_times=8,
@@ -73,7 +76,7 @@ def _resume(path, **changes):
     ("options", "message"),
     [
         (["--agent", "nosuch"], "unknown policy 'nosuch'"),
-        (["--reconstructor-options", '{"max_components": "x"}'], "'max_components'.*must be int"),
+        (["--reconstructor-options", '{"max_components": "x"}'], "max_components must be an int"),
         (["--reconstructor-options", '{"no_such": 1}'], "has no option 'no_such'"),
         (["--n-blocks", "0"], "--n-blocks must be >= 1"),
     ],

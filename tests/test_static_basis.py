@@ -13,8 +13,9 @@ GRID = (12, 12)
 N_BLOCKS = 4
 
 
-def _env(budget_fraction: float = 2.0) -> AcquisitionEnv:
+def _env(budget_fraction: float = 2.0, **settings) -> AcquisitionEnv:
     return make_env(
+        **settings,
         twin_seeds=3,
         twin_overrides={"grid": list(GRID), "n_times": 8},
         n_blocks=N_BLOCKS,
@@ -23,8 +24,8 @@ def _env(budget_fraction: float = 2.0) -> AcquisitionEnv:
     )
 
 
-def _order(spec: str, seed: int = 0) -> tuple[StaticBasisPolicy, np.ndarray]:
-    env = _env()
+def _order(spec: str, seed: int = 0, **settings) -> tuple[StaticBasisPolicy, np.ndarray]:
+    env = _env(**settings)
     env.reset(seed=seed)
     policy = make_policy(spec)
     policy.reset(env, seed=seed)
@@ -88,7 +89,8 @@ def test_design_covers_every_pixel_and_respects_the_fraction(fraction, blocks):
 
 
 def test_neighbouring_single_block_pixels_hold_different_blocks():
-    policy, order = _order("static-basis:0.1,1")
+    # Staggered blocks are the free replay's design; in pulse order every pixel starts at 0.
+    policy, order = _order("static-basis:0.1,1", programs="free")
     pixels, blocks = np.divmod(_design(policy, order), N_BLOCKS)
     single = np.full(GRID, -1)
     is_single = ~np.isin(pixels, policy.full_pixels())
@@ -127,3 +129,13 @@ def test_label_names_a_design_other_than_the_default():
     assert make_policy("static-basis").label == "static-basis"
     assert make_policy("static-basis:0.05,1,8").label == "static-basis:0.05,1,8"
     assert make_policy("static-basis:0.25,2").label == "static-basis:0.25,2"
+
+
+def test_in_pulse_order_every_pixel_takes_its_blocks_from_the_first():
+    policy, order = _order("static-basis:0.1,2")
+    pixels, blocks = np.divmod(_design(policy, order), N_BLOCKS)
+    is_full = np.isin(pixels, policy.full_pixels())
+    assert set(blocks[~is_full].tolist()) == {0, 1}
+    for pixel in np.unique(pixels):
+        taken = blocks[pixels == pixel]
+        assert taken.tolist() == list(range(len(taken)))  # 0, 1, ... in pulse order

@@ -132,7 +132,7 @@ def test_single_window_keeps_the_actions_as_they_were():
 
 
 def test_short_then_full_window_measures_the_rest_and_charges_both():
-    env = _env()
+    env = _env(memory="off", programs="free")  # a longer window after a shorter: a replay
     env.reset(seed=0)
     assert env.action_space.n == env.n_pixels * env.n_blocks * 2
     assert env.n_segments == 4 and env.n_units == 4 * env.n_blocks
@@ -170,7 +170,7 @@ def test_short_then_full_window_measures_the_rest_and_charges_both():
 
 
 def test_window_gain_sums_only_the_segments_an_action_adds():
-    env = _env()
+    env = _env(memory="off", programs="free")
     env.reset(seed=0)
     env.step(env.encode_action(5, 0, 0))
     per_unit = np.ones((env.n_pixels, env.n_units))

@@ -1,0 +1,125 @@
+"""The sample's memory in the env and the live loop: programs in pulse order, held-back blocks
+reached through their pixel's earlier blocks, and a resumed session that continues every
+pixel's state exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from agents.catalog import make_policy
+from envs.acquisition.factory import make_env
+from envs.instruments.memory import TwinMemoryInstrument
+from envs.instruments.remote import InstrumentError
+from envs.live.loop import ExperimentConfig, ExperimentStopped, run_experiment
+from envs.live.session import Session
+
+TWIN = {"grid": [8, 8], "n_times": 8}
+
+
+def _env(**settings):
+    return make_env(twin_seeds=2, twin_overrides=TWIN, n_blocks=4, budget_fraction=1.0,
+                    reconstructor="idw", **settings)
+
+
+def test_a_twin_is_measured_with_its_memory_and_only_in_pulse_order():
+    env = _env()
+    env.reset(seed=0)
+    assert isinstance(env.instrument, TwinMemoryInstrument)
+    assert env.layout.effective_scheme == "contiguous"
+    allowed = env.action_masks().reshape(env.n_pixels, env.n_blocks)
+    pristine = ~env.measured.any(axis=1)
+    assert allowed[pristine, 0].all() and not allowed[:, 1:][pristine].any()
+    pixel = int(np.flatnonzero(pristine)[0])
+    # A later block first is the documented no-op: nothing measured, the penalty paid.
+    seconds = env.instrument_seconds
+    _, reward, _, _, info = env.step(env.encode_action(pixel, 2))
+    assert info["repeated"] and reward == -env.repeat_penalty
+    assert env.instrument_seconds == seconds and not env.measured[pixel].any()
+    # In pulse order the pixel is completed, and reads the standard sequence's values.
+    for block in range(env.n_blocks):
+        assert env.action_masks().reshape(env.n_pixels, -1)[pixel].tolist() == [
+            b == block for b in range(env.n_blocks)
+        ]
+        env.step(env.encode_action(pixel, block))
+    assert env.measured[pixel].all() and not env.action_masks().reshape(env.n_pixels, -1)[
+        pixel
+    ].any()
+
+
+def test_the_free_replay_keeps_the_earlier_behaviour():
+    env = _env(memory="off", programs="free")
+    env.reset(seed=0)
+    assert type(env.instrument).__name__ == "ReplayInstrument"
+    assert env.layout.effective_scheme == "spread"
+    assert env.action_masks().reshape(env.n_pixels, env.n_blocks)[~env.measured.any(1)].all()
+
+
+def test_bad_memory_and_program_settings_are_one_line():
+    with pytest.raises(ValueError, match="unknown memory setting 'yes'"):
+        _env(memory="yes")
+    with pytest.raises(ValueError, match="the rules are 'sequence'"):
+        _env(programs="once")
+    with pytest.raises(ValueError, match="needs contiguous voltage blocks"):
+        _env(block_scheme="spread")
+
+
+def test_a_file_has_no_memory_to_simulate(shared_data):
+    path = shared_data / "bepfm_32x32x102.npy"
+    if not path.is_file():
+        pytest.skip("the real band-excitation file is not beside the checkout")
+    with pytest.raises(ValueError, match="a recorded file has no memory to simulate"):
+        make_env(data=str(path), n_blocks=2, memory="on")
+
+
+def test_a_held_back_later_block_is_reached_through_the_earlier_ones():
+    env = _env()
+    env.reset(seed=0)
+    pixel = int(np.flatnonzero(~env.measured.any(axis=1))[0])
+    n_before = env.n_measurements
+    env.measure_held_back(pixel, 2)
+    assert env.measured[pixel].tolist() == [True, True, True, False]
+    assert env.n_measurements == n_before + 3
+    assert not env.reconstructor.measured[pixel].any()  # all three held back
+    env.release_held_back([(pixel, 2)])
+    assert env.reconstructor.measured[pixel].tolist()[:3] == [True, True, True]
+
+
+def _config(tmp_path, name: str, **changes) -> ExperimentConfig:
+    base = ExperimentConfig(
+        instrument="twin:1", session=str(tmp_path / f"{name}.h5"), agent="gp-uncertainty",
+        seed=3, budget_hours=1.0, stop_r2=None, initial_stride=3, check_blocks=6,
+        estimate_every=10, max_measurements=70, algorithm_clock="model", twin_grid=8,
+        twin_times=8, reconstructor="idw", progress=False,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_a_resumed_session_continues_every_pixels_state_exactly(tmp_path, monkeypatch):
+    reference = run_experiment(_config(tmp_path, "reference"), make_policy=make_policy)
+    measure = TwinMemoryInstrument.measure
+    calls = {"n": 0}
+
+    def lost_after_40(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 40:
+            raise InstrumentError("the instrument stopped answering")
+        return measure(self, *args, **kwargs)
+
+    config = _config(tmp_path, "stopped")
+    monkeypatch.setattr(TwinMemoryInstrument, "measure", lost_after_40)
+    with pytest.raises(ExperimentStopped):
+        run_experiment(config, make_policy=make_policy)
+    monkeypatch.setattr(TwinMemoryInstrument, "measure", measure)
+    resumed = run_experiment(config, resume=True, make_policy=make_policy)
+    with Session.open(reference.session) as a, Session.open(resumed.session) as b:
+        ref, got = a.records(), b.records()
+    assert len(got) == len(ref) == 70
+    for column in ("pixel", "block", "kind", "values", "instrument_seconds"):
+        np.testing.assert_array_equal(getattr(got, column), getattr(ref, column))
+    # The measurements did meet a sample with memory: some pixel holds more than one block,
+    # each after the one before it.
+    blocks_per_pixel = np.bincount(ref.pixel, minlength=64)
+    assert blocks_per_pixel.max() > 1
