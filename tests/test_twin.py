@@ -365,3 +365,24 @@ def test_command_line_writes_file_and_figure(tmp_path: Path) -> None:
     loaded = load_dataset(out)
     expected = make_twin(3, TwinConfig(grid=(24, 24))).dataset
     np.testing.assert_array_equal(loaded.data, expected.data)
+
+
+def test_the_overview_labels_every_map():
+    """Every map has its scale and unit, the domains their names, the title is a sentence."""
+    import matplotlib.pyplot as plt
+
+    from envs.data.twin import DOMAIN_NAMES, overview_figure
+
+    sample = make_twin(0, TwinConfig(grid=(12, 12), n_times=16))
+    fig = overview_figure(sample)
+    try:
+        labels = {ax.get_ylabel() for ax in fig.axes} | {ax.get_xlabel() for ax in fig.axes}
+        quantity = f"{sample.dataset.quantity} ({sample.dataset.unit})"
+        assert {quantity, "V", "fraction", "ms", "dimensionless"} <= labels
+        legends = [text.get_text() for ax in fig.axes if ax.get_legend()
+                   for text in ax.get_legend().get_texts()]
+        assert set(DOMAIN_NAMES.values()) <= set(legends)
+        title = fig._suptitle.get_text()
+        assert title.startswith("Synthetic relaxation-PFM twin, seed 0: 12 x 12 pixels")
+    finally:
+        plt.close(fig)

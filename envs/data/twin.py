@@ -821,23 +821,31 @@ def representative_pixels(sample: TwinSample) -> dict[str, tuple[int, int]]:
 
 
 def plot_overview(sample: TwinSample, path: str | Path) -> Path:
-    """Write an overview PNG: domains, maps at a few voltages and times, three relaxation curves.
+    """Write an overview PNG (:func:`overview_figure`) to ``path``; returns the path."""
+    import matplotlib.pyplot as plt
 
-    Parameters
-    ----------
-    sample
-        A generated twin.
-    path
-        Output PNG path.
+    fig = overview_figure(sample)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def overview_figure(sample: TwinSample) -> Any:
+    """The overview figure of a twin: the response at three pulses and three read times (one
+    colour scale, labelled with the quantity), the hidden domain map (with its legend) and
+    parameter maps (with their units), and the measured curves of three kinds of pixel.
 
     Returns
     -------
-    pathlib.Path
-        The written file.
+    matplotlib.figure.Figure
+        The figure (the caller saves and closes it).
     """
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.colors
+    import matplotlib.patches
     import matplotlib.pyplot as plt
 
     dataset, params = sample.dataset, sample.params
@@ -847,30 +855,52 @@ def plot_overview(sample: TwinSample, path: str | Path) -> Path:
     v_picks = sorted({0, n_v // 2, n_v - 1})
     t_picks = sorted({0, n_t // 4, n_t - 1})
     n_rows = len(v_picks) + 1
-    fig = plt.figure(figsize=(15, 3.2 * n_rows))
+    fig = plt.figure(figsize=(16, 3.4 * n_rows), layout="constrained")
     grid = fig.add_gridspec(n_rows, 5)
     limit = float(np.nanpercentile(np.abs(data), 99))
+    response = f"{dataset.quantity} ({dataset.unit})"
+    map_axes = []
     for row, k in enumerate(v_picks):
         for col, j in enumerate(t_picks):
             ax = fig.add_subplot(grid[row, col])
-            ax.imshow(data[:, :, k, j], cmap="RdBu_r", vmin=-limit, vmax=limit)
-            ax.set_title(f"V = {voltages[k]:+.1f} V, t = {1e3 * times[j]:.0f} ms", fontsize=9)
+            image = ax.imshow(data[:, :, k, j], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.set_title(f"pulse {voltages[k]:+.1f} V, read at {1e3 * times[j]:.0f} ms",
+                         fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-    hidden = (
-        ("domain", "viridis"),
-        ("threshold", "magma"),
-        ("back_switching", "plasma"),
-        ("tau", "cividis"),
-        ("beta", "viridis"),
+            map_axes.append(ax)
+    # The nine maps share one colour scale: one bar, labelled with the quantity.
+    fig.colorbar(image, ax=map_axes, fraction=0.02, pad=0.01, location="left").set_label(
+        response, fontsize=9
     )
-    for col, (name, cmap) in enumerate(hidden):
+
+    ax = fig.add_subplot(grid[-1, 0])
+    labels = sorted(DOMAIN_NAMES)
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 1, len(labels)))
+    ax.imshow(params["domain"], cmap=matplotlib.colors.ListedColormap(colours),
+              vmin=min(labels) - 0.5, vmax=max(labels) + 0.5)
+    ax.set_title("hidden: domains", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(
+        handles=[matplotlib.patches.Patch(color=colours[i], label=DOMAIN_NAMES[label])
+                 for i, label in enumerate(labels)],
+        fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=1, frameon=False,
+    )
+    # (map, scale to the unit shown, title, colour-bar label)
+    hidden = (
+        ("threshold", 1.0, "magma", "hidden: switching threshold", "V"),
+        ("back_switching", 1.0, "plasma", "hidden: back-switching", "fraction"),
+        ("tau", 1e3, "cividis", "hidden: relaxation time tau", "ms"),
+        ("beta", 1.0, "viridis", "hidden: stretch exponent beta", "dimensionless"),
+    )
+    for col, (name, scale, cmap, title, unit) in enumerate(hidden, start=1):
         ax = fig.add_subplot(grid[-1, col])
-        image = ax.imshow(params[name], cmap=cmap)
-        ax.set_title(f"hidden: {name}", fontsize=9)
+        image = ax.imshow(scale * params[name], cmap=cmap)
+        ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.colorbar(image, ax=ax, fraction=0.046).set_label(unit, fontsize=8)
 
     # Measured curves of one pixel per kind, all pulses laid end to end in time.
     curve_ax = fig.add_subplot(grid[:-1, 3:])
@@ -881,14 +911,13 @@ def plot_overview(sample: TwinSample, path: str | Path) -> Path:
     curve_ax.set_ylabel(f"{dataset.quantity} ({dataset.unit})", fontsize=9)
     curve_ax.set_title("relaxation after each pulse", fontsize=9)
     curve_ax.legend(fontsize=8)
+    nx, ny = dataset.spatial_shape
     fig.suptitle(
-        f"relaxation-PFM twin, seed {dataset.attrs.get('seed')}: {dataset.summary()}", fontsize=9
+        f"Synthetic relaxation-PFM twin, seed {dataset.attrs.get('seed')}: {nx} x {ny} pixels, "
+        f"{n_v} pulses, {n_t} reads after each",
+        fontsize=11,
     )
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:
