@@ -125,7 +125,7 @@ class TrainArgs:
     torch_threads: int = option(
         1,
         "torch and BLAS threads in the learner and in each worker process (0: the libraries' "
-        "defaults, one per core: 6x slower on 2 cores with 2 envs)",
+        "defaults, one per core, much slower on a few cores: docs/training.md)",
     )
     learning_rate: float = option(1e-4, "Adam learning rate")
     n_steps: int = option(1024, "steps per env per rollout")

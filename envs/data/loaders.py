@@ -101,9 +101,9 @@ _AMPLITUDE_TOKENS = frozenset({"amp", "amplitude", "amplitudes", "mag", "magnitu
 _PHASE_TOKENS = frozenset({"phase", "phases", "phi", "angle", "theta"})
 _REAL_TOKENS = frozenset({"real", "re"})
 _IMAG_TOKENS = frozenset({"imag", "im", "imaginary"})
-# LZF: reading is as fast as uncompressed (a (60, 60, 16, 128) float32 tensor in a few tens of
-# ms), unmeasured NaN pixels and smooth data shrink. gzip + shuffle saved only ~15 % on noisy
-# spectra but made reading ~10x slower, too close to the 1 s budget for data + truth.
+# LZF: reading stays about as fast as uncompressed, and unmeasured NaN pixels and smooth data
+# shrink; gzip + shuffle saved little on noisy spectra and read far slower, too close to the 1 s
+# budget for data + truth (docs/performance.md, "Measured in the code").
 _COMPRESSION: dict[str, Any] = {"compression": "lzf"}
 # HDF5 attributes that describe structure (references), not the measurement.
 _STRUCTURAL_ATTRS = frozenset({"DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME"})
