@@ -84,6 +84,18 @@ def check_reads(reads: int | None, spectral_shape: tuple[int, ...]) -> int | Non
     return int(reads)
 
 
+def check_voltages(voltages: np.ndarray, n_voltages: int) -> np.ndarray:
+    """``voltages`` as an array after checking that it is a non-empty 1-D array of voltage
+    indices in ``[0, n_voltages)`` (every instrument validates its requests the same way)."""
+    voltages = np.asarray(voltages)
+    is_index = np.issubdtype(voltages.dtype, np.integer)
+    if voltages.ndim != 1 or voltages.size == 0 or not is_index:
+        raise ValueError(f"voltages must be a non-empty 1-D integer array, got {voltages!r}")
+    if voltages.min() < 0 or voltages.max() >= n_voltages:
+        raise IndexError(f"voltage indices {voltages.tolist()} out of range [0, {n_voltages})")
+    return voltages
+
+
 def check_pixel(pixel: int, n_pixels: int) -> int:
     """``pixel`` as an int after checking that it is an integer index on a grid of ``n_pixels``
     (every instrument validates its requests the same way)."""
@@ -140,13 +152,7 @@ class ReplayInstrument:
         or all), and the seconds they cost."""
         pixel = self._check_pixel(pixel)
         reads = check_reads(reads, self.spectral_shape)
-        voltages = np.asarray(voltages)
-        n_voltages = self.spectral_shape[0]
-        is_index = np.issubdtype(voltages.dtype, np.integer)
-        if voltages.ndim != 1 or voltages.size == 0 or not is_index:
-            raise ValueError(f"voltages must be a non-empty 1-D integer array, got {voltages!r}")
-        if voltages.min() < 0 or voltages.max() >= n_voltages:
-            raise IndexError(f"voltage indices {voltages.tolist()} out of range [0, {n_voltages})")
+        voltages = check_voltages(voltages, self.spectral_shape[0])
         seconds = self.cost_model.measurement_seconds(
             int(voltages.size), self.tip_pixel, pixel, self.grid_shape, reads
         )

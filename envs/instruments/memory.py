@@ -61,7 +61,12 @@ from envs.data.twin import (
     twin_streams,
 )
 from envs.instruments.cost import CostModel
-from envs.instruments.instrument import ReplayInstrument, check_pixel, check_reads
+from envs.instruments.instrument import (
+    ReplayInstrument,
+    check_pixel,
+    check_reads,
+    check_voltages,
+)
 
 #: Format version of :meth:`TwinMemoryInstrument.state_dict`.
 STATE_FORMAT = 1
@@ -384,13 +389,7 @@ class TwinMemoryInstrument:
     def check_program(self, voltages: np.ndarray) -> np.ndarray:
         """``voltages`` as an int64 array after checking it is a non-empty, strictly ascending
         1-D array of voltage indices (the order the pulses are applied in)."""
-        voltages = np.asarray(voltages)
-        n_voltages = self.spectral_shape[0]
-        is_index = np.issubdtype(voltages.dtype, np.integer)
-        if voltages.ndim != 1 or voltages.size == 0 or not is_index:
-            raise ValueError(f"voltages must be a non-empty 1-D integer array, got {voltages!r}")
-        if voltages.min() < 0 or voltages.max() >= n_voltages:
-            raise IndexError(f"voltage indices {voltages.tolist()} out of range [0, {n_voltages})")
+        voltages = check_voltages(voltages, self.spectral_shape[0])
         if voltages.size > 1 and not (np.diff(voltages) > 0).all():
             raise ValueError(
                 f"voltage indices {voltages.tolist()} are not strictly ascending: a measurement "
