@@ -123,3 +123,23 @@ def test_a_resumed_session_continues_every_pixels_state_exactly(tmp_path, monkey
     # each after the one before it.
     blocks_per_pixel = np.bincount(ref.pixel, minlength=64)
     assert blocks_per_pixel.max() > 1
+
+
+def test_the_session_figure_says_what_it_shows(tmp_path, monkeypatch):
+    """Title with agent, target and session; colour bars with units; the map's voltage and
+    time from the axes; a labelled R^2 axis."""
+    import matplotlib.figure
+
+    shown = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: shown.append(fig))
+    config = _config(tmp_path, "figure", max_measurements=30, stop_r2=0.99)
+    run_experiment(config, make_policy=make_policy)
+    (fig,) = shown
+    title = fig._suptitle.get_text()
+    assert "figure.h5" in title and "gp-uncertainty" in title and "0.99" in title
+    labels = {ax.get_ylabel() for ax in fig.axes}
+    assert {"blocks", "R^2 of the reconstruction"} <= labels
+    assert any(label.startswith("(") and label.endswith(")^2") for label in labels)  # variance
+    titles = [ax.get_title() for ax in fig.axes]
+    reconstruction = next(title for title in titles if "reconstruction at" in title)
+    assert " V" in reconstruction and " s" in reconstruction
