@@ -236,10 +236,9 @@ class EnergySurprisePerSecondPolicy(SurprisePerSecondPolicy):
 
     The score is further multiplied by the pixel's estimated signal energy (the sum of squares
     of its reconstructed spectrum, :func:`envs.acquisition.energy.pixel_energy`), so that it
-    estimates the
-    block's expected squared error per second: posterior variance (where the data are far) times
-    the energy (how large the response, and with it the error, is there) times the surprise
-    factor (where the model has been wrong), over the block's seconds.
+    estimates the block's expected squared error per second: posterior variance (where the data are
+    far) times the energy (how large the response, and with it the error, is there) times the
+    surprise factor (where the model has been wrong), over the block's seconds.
 
     Why: the posterior variance of a stationary GP does not see the response's amplitude, while
     the twin's pixel-scale disorder scales a pixel's whole spectrum, so the reconstruction is

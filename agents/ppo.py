@@ -14,9 +14,8 @@ Network (``ScoreMapExtractor`` + ``ScoreMapHeads``):
 - input: the observation planes ``(C, X, Y)`` plus every scalar broadcast as a constant plane,
   plus (``heuristic_prior=True``) derived *prior planes* read by name from the env's planes
   (:class:`envs.acquisition.observation.ObservationSpec`): the log of each block's uncertainty
-  plane and the
-  log travel factor ``log(1 + d / travel_pixels)``, ``d`` the distance of each pixel from the
-  tip, and, when the observation holds them, the local surprise and the log energy;
+  plane and the log travel factor ``log(1 + d / travel_pixels)``, ``d`` the distance of each pixel
+  from the tip, and, when the observation holds them, the local surprise and the log energy;
 - a 3x3 stem, then residual 3x3 convolutions with growing dilation (1, 2, 4, 8 by default), each
   also fed a global-average "context" of the map, so the receptive field spans about 33 pixels
   (several domains) while the cost stays linear in the number of pixels;
@@ -34,12 +33,10 @@ thousands of actions gave no measurable learning in 16k steps, and a learned pol
 first match the heuristic has nothing to improve on.
 
 Optional planes. With a ``surprise`` plane in the observation (:mod:`envs.acquisition.surprise`)
-the prior
-adds ``SURPRISE_WEIGHT * local surprise`` to the log score: the untrained policy is then
+the prior adds ``SURPRISE_WEIGHT * local surprise`` to the log score: the untrained policy is then
 ``gp-surprise-per-second``; with an ``energy`` plane (:mod:`envs.acquisition.energy`) it adds the
-log energy
-too (``gp-energy-surprise-per-second``), and with ``calibrated-energy`` (the log energy times
-the power fitted to the sample) it starts as ``gp-calibrated-energy-per-second``. The model
+log energy too (``gp-energy-surprise-per-second``), and with ``calibrated-energy`` (the log energy
+times the power fitted to the sample) it starts as ``gp-calibrated-energy-per-second``. The model
 saves the observation spec it was trained on, and :class:`PPOPolicy` runs only on envs whose
 observation has the same spec.
 

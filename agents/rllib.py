@@ -9,9 +9,8 @@ Three parts:
 env from JSON-safe settings
   (:func:`envs.acquisition.factory.make_env`), with the action mask in the observation
   (:class:`envs.acquisition.wrappers.MaskObservation`) because RLlib's new stack hands an RLModule
-  only the
-  observation, never ``action_masks()``; and a count of masked-out actions in ``info``, so a run
-  can prove that none was ever taken.
+  only the observation, never ``action_masks()``; and a count of masked-out actions in ``info``, so
+  a run can prove that none was ever taken.
 - :class:`MaskedScoreMapModule`, a small fully convolutional actor-critic: one logit per (pixel,
   voltage block) from convolutions over the observation planes, flattened in the env's action
   order ``(row * ny + col) * n_blocks + block``. Masked-out actions get the lowest finite float

@@ -2,8 +2,7 @@
 
 TorchRL reads an action mask from the observation, not from ``action_masks()``, so the env is
 wrapped in :class:`envs.acquisition.wrappers.MaskObservation` before TorchRL's ``GymWrapper``, and
-its
-``ActionMask`` transform keeps the action spec's mask up to date (random rollouts and
+its ``ActionMask`` transform keeps the action spec's mask up to date (random rollouts and
 ``action_spec.rand()`` then respect it). A policy samples from a ``MaskedCategorical`` over its
 logits and that mask, so a masked-out action has probability zero; its log-probability, entropy
 and the PPO ratio are computed over the valid actions only.

@@ -1,8 +1,7 @@
 """Reconstruction benchmark: update and refit times, accuracy, and growth with grid size.
 
 Run ``python -m benchmarks.reconstruction --out bench.json``. On the (60, 60, 16, 128) twin, for
-each
-reconstructor and for 10, 20 and 40 % of pixels measured with full spectra, it reports the
+each reconstructor and for 10, 20 and 40 % of pixels measured with full spectra, it reports the
 median time of an incremental update (one pixel with its full spectrum; one block at one pixel),
 of the fast R^2 right after a one-block update, and of a full refit (basis and hyperparameters
 included; warm-started from the previous hyperparameters as in use, and cold: the full grid

@@ -5,8 +5,8 @@ on held-out twins or on a data file and prints, at the end of each episode, what
 number of measured blocks with a covariate, the correlation and the plain least-squares slope of
 their log surprise on their pixel's relative log energy, and the power the policy used last
 (:func:`envs.acquisition.energy.energy_exponent`: the slope shrunk and clipped to [0, 1]). A power
-near 1
-says the error scales with the energy (the twin), near 0 that it does not (the real BE-PFM file).
+near 1 says the error scales with the energy (the twin), near 0 that it does not (the real BE-PFM
+file).
 
 Examples
 --------

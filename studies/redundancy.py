@@ -254,8 +254,7 @@ class RedundancyStudy:
         Extra keyword arguments per reconstructor name.
     cost
         The :class:`envs.instruments.cost.CostModel` that prices pulses and reads; its ``reads``
-        must equal
-        the time axis' length. Default: the default cost model with that many reads.
+        must equal the time axis' length. Default: the default cost model with that many reads.
     experiments
         Which of :data:`EXPERIMENTS` to run; those that need a time axis are skipped (and
         listed in ``not_run``) for data without one.

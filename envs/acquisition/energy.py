@@ -74,8 +74,7 @@ def energy_exponent(tracker: Any) -> float:
     """How strongly this sample's reconstruction error follows the pixel energy: the slope of
     the measured blocks' log surprise on their pixels' relative log energy (recorded as the
     :class:`envs.acquisition.surprise.SurpriseTracker` covariate when each block was chosen),
-    shrunk by
-    ``ENERGY_EXPONENT_SHRINKAGE`` and clipped to [0, 1].
+    shrunk by ``ENERGY_EXPONENT_SHRINKAGE`` and clipped to [0, 1].
 
     Why: a score of variance x energy^a is the expected squared error when the error's scale
     grows as energy^a. The twin's errors grow with the energy (slope 1.2-1.9 on five 16 x 16

@@ -58,12 +58,11 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     (:meth:`encode_action`, :meth:`decode_action`). With one read window (the default) this is
     ``pixel * n_blocks + block``. A window reads each curve of the block for its first
     ``read_windows.reads[window]`` time points (:mod:`envs.acquisition.windows`); the last window
-    reads the
-    whole curve. A longer window at a block read with a shorter one re-applies the pulses, is
-    charged in full and adds the reads the block did not have. Plain Python or NumPy integers
-    (also 0-d or one-element integer arrays) are accepted; anything else raises ``TypeError``
-    and an out-of-range index raises ``ValueError``. An action the program rule does not allow
-    (under ``"sequence"``: any block but a pixel's next one in pulse order, and any block
+    reads the whole curve. A longer window at a block read with a shorter one re-applies the
+    pulses, is charged in full and adds the reads the block did not have. Plain Python or NumPy
+    integers (also 0-d or one-element integer arrays) are accepted; anything else raises
+    ``TypeError`` and an out-of-range index raises ``ValueError``. An action the program rule does
+    not allow (under ``"sequence"``: any block but a pixel's next one in pulse order, and any block
     already measured; under ``"free"``: one that adds no reads) is a no-op: nothing is
     measured, the reward is ``-repeat_penalty``, ``info["repeated"]`` is True, and only the
     algorithm's per-decision time (``CostModel.algorithm_base_s``) is charged, so even a policy

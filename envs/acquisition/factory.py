@@ -4,11 +4,10 @@
 do ``train.py``, ``evaluate.py``, the live loop and every study: a data spec, a reconstructor
 name or a cost override means the same thing everywhere. :class:`EnvConfig` holds the settings
 (every field JSON-safe, so a run's configuration can be saved and read back); :func:`make_env`
-turns them into a :class:`~envs.data.sources.DatasetSource`, a :class:`~reconstruct.Reconstructor`,
-a
-:class:`~envs.instruments.cost.CostModel` and an
-:class:`~envs.acquisition.observation.ObservationSpec`, and hands them
-to :class:`~envs.acquisition.env.AcquisitionEnv`.
+turns them into a :class:`~envs.data.sources.DatasetSource`, a
+:class:`~reconstruct.Reconstructor`, a :class:`~envs.instruments.cost.CostModel` and an
+:class:`~envs.acquisition.observation.ObservationSpec`, and hands them to
+:class:`~envs.acquisition.env.AcquisitionEnv`.
 """
 
 from __future__ import annotations

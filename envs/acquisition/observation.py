@@ -21,8 +21,7 @@ Planes, in order (each in [-1, 1], float32):
     (:mod:`envs.acquisition.energy`), divided by ``ENERGY_PLANE_SCALE`` and clipped to [-1, 0];
   - ``calibrated-energy``: the same times the power of the energy fitted to the sample's
     measured blocks (:func:`envs.acquisition.energy.energy_exponent`); it needs ``surprise`` and
-    replaces
-    ``energy``;
+    replaces ``energy``;
 - ``tip``: one-hot position of the tip, always last.
 
 Scalars (:data:`SCALARS`, each in [0, 1]): fraction of the budget used, fraction of blocks

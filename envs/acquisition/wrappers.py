@@ -90,8 +90,7 @@ def make_rllib_env(env_config: dict[str, Any] | None = None) -> gym.Env:
     """The env creator RLlib calls on every env runner.
 
     ``env_config`` holds :class:`envs.acquisition.factory.EnvConfig` settings (JSON-safe: it
-    travels to
-    remote workers); RLlib passes it as an ``EnvContext``, a dict that also carries the
+    travels to remote workers); RLlib passes it as an ``EnvContext``, a dict that also carries the
     runner's index, which is not a setting and is dropped here.
     """
     settings = dict(env_config or {})

@@ -41,9 +41,9 @@ in ``docs/live-experiment.md`` (``python -m studies.live_stop``).
     ``q`` follows :func:`error_weights` (the posterior variance times the pixel's measured
     deviation energy to the power :data:`ENERGY_POWER`, since the variance alone barely ranks
     the errors: the correlation of log variance with log error was 0-0.36, that of the log energy
-    with log(error / variance) 0.36-0.69),
-    mixed with a uniform share :data:`UNIFORM_SHARE` so that no block has a tiny ``q`` and a
-    huge weight. The check blocks' own errors are known exactly and are added as they are.
+    with log(error / variance) 0.36-0.69), mixed with a uniform share :data:`UNIFORM_SHARE` so that
+    no block has a tiny ``q`` and a huge weight. The check blocks' own errors are known exactly and
+    are added as they are.
     The round also gives a lower bound (``z`` standard errors of the mean), and the live loop
     stops only when that bound reaches the target; a failed round's blocks go to the
     reconstruction, and its ratio of audited to calibrated error corrects the calibrated

@@ -10,9 +10,9 @@ reconstruction from the file. At the end the reconstruction, its uncertainty, a 
 figure are written beside the session file.
 
 Instruments: ``http://HOST:PORT`` (:class:`envs.instruments.remote.RemoteInstrument`), or
-``replay:SPEC`` /
-``SPEC`` for a local replay of anything :func:`envs.data.loaders.open_data` reads (``twin:SEED``, an
-h5/npy path), optionally paced in real time (``--pace F`` sleeps instrument seconds / F).
+``replay:SPEC`` / ``SPEC`` for a local replay of anything :func:`envs.data.loaders.open_data` reads
+(``twin:SEED``, an h5/npy path), optionally paced in real time (``--pace F`` sleeps instrument
+seconds / F).
 
 Order of a session: the initial design (every block of a sparse grid of pixels, one batch update),
 then ``--check-blocks`` held-back check blocks (seeded, never given to the reconstruction; they
