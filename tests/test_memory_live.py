@@ -143,3 +143,21 @@ def test_the_session_figure_says_what_it_shows(tmp_path, monkeypatch):
     titles = [ax.get_title() for ax in fig.axes]
     reconstruction = next(title for title in titles if "reconstruction at" in title)
     assert " V" in reconstruction and " s" in reconstruction
+
+
+def test_an_episode_ends_when_the_rule_leaves_nothing_to_take():
+    """Under the rule a block read with a short window is closed: once every block is measured
+    or closed, the episode ends (it does not wait for blocks that can never be read in full)."""
+    env = make_env(twin_seeds=2, twin_overrides={"grid": [6, 6], "n_times": 8}, n_blocks=2,
+                   budget_fraction=5.0, reconstructor="idw", read_windows=[4, 8],
+                   initial_stride=0)
+    env.reset(seed=0)
+    terminated, steps = False, 0
+    while not terminated:
+        mask = env.action_masks()
+        actions = np.flatnonzero(mask)
+        short = [a for a in actions if env.decode_action(int(a))[2] == 0]
+        _, _, terminated, _, _ = env.step(int(short[0] if short else actions[0]))
+        steps += 1
+    assert env.exhausted and not env.measured.all()  # short reads closed the blocks
+    assert steps == env.n_pixels * env.n_blocks

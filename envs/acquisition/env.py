@@ -118,11 +118,13 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
     Episode End
     -----------
     ``terminated`` when the seconds used reach the budget, when ``stop_r2`` (if set) is reached,
-    or when every block is measured. ``truncated`` is never set by the environment itself, only
-    by a ``TimeLimit`` wrapper. The final step's info holds ``"r2_truth"`` (R^2 against the
-    noise-free truth) when the dataset has one, and for data with a time axis ``"r2_dynamics"``
-    and ``"r2_dynamics_truth"``, the dynamics R^2 (:func:`reconstruct.metrics.dynamics_r2`: the
-    relaxation part of each curve alone) against the data and the truth.
+    or when no measurement is left to take (every block measured; under ``"sequence"`` also
+    blocks read with a short window, which may not be read again). ``truncated`` is never set by
+    the environment itself, only by a ``TimeLimit`` wrapper. The final step's info holds
+    ``"r2_truth"`` (R^2 against the noise-free truth) when the dataset has one, and for data
+    with a time axis ``"r2_dynamics"`` and ``"r2_dynamics_truth"``, the dynamics R^2
+    (:func:`reconstruct.metrics.dynamics_r2`: the relaxation part of each curve alone) against
+    the data and the truth.
 
     Info
     ----
@@ -523,6 +525,12 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             self.programs, self.segments_read, self.read_windows.segments, self.n_segments
         ).reshape(-1)
 
+    @property
+    def exhausted(self) -> bool:
+        """Whether no action the program rule allows is left: every block measured, or (under
+        ``"sequence"``) every block either measured or closed by a shorter read window."""
+        return not self.action_masks().any()
+
     def _allowed(self, pixel: int, block: int, window: int) -> bool:
         """Whether the rule allows this one action (the mask's entry, for one pixel only)."""
         row = allowed_actions(
@@ -812,7 +820,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 reward = gain / (self.seconds_used - seconds_before) * self.pixel_seconds
         terminated = bool(
             self.seconds_used >= self.budget_seconds
-            or bool(self.measured.all())
+            or self.exhausted
             or (self.stop_r2 is not None and self.r2_now >= self.stop_r2)
         )
         obs_start = time.perf_counter()

@@ -509,7 +509,7 @@ class _Experiment:
             self.r2_estimate < config.stop_r2
             or n_records - self._last_audit_end < config.audit_draws // 2
             or env.seconds_used >= env.budget_seconds
-            or env.measured.all()
+            or env.exhausted
             or (limit is not None and n_records >= limit)
         ):
             self._audit()
@@ -529,7 +529,7 @@ class _Experiment:
             return f"estimated R^2 {self.r2_estimate:.3f} reached the target {config.stop_r2}"
         if env.seconds_used >= env.budget_seconds:
             return f"budget of {config.budget_hours:g} h spent"
-        if env.measured.all():
+        if env.exhausted:
             return "every block measured"
         limit = config.max_measurements
         if limit is not None and self.instrument.last_index + 1 >= limit:
