@@ -15,8 +15,8 @@ keyword arguments, so ``gymnasium.make("envs:PFMAcquisition/Relaxation-v0")`` wo
 process):
 
 - ``PFMAcquisition/Relaxation-v0``: the (60, 60, 16, 128) relaxation twin, a new twin drawn from
-  seeds [0, 1000) at every reset, GP reconstruction, 4 voltage blocks spread over the pulse
-  sequence.
+  seeds [0, 1000) at every reset, GP reconstruction, 4 contiguous voltage blocks measured in
+  pulse order on a sample whose memory is simulated (:mod:`envs.acquisition.programs`).
 - ``PFMAcquisition/RelaxationSmall-v0``: the same on a 16 x 16 grid with 16 read-outs, for tests
   and quick experiments.
 
