@@ -40,9 +40,11 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from envs.acquisition.programs import programs_option
 from envs.command_line import add_options, json_object, option, program_parser, settings_from
 from envs.data.sources import HELD_OUT_SEED_START
 from envs.data.twin import RELAXATION_RICH
+from envs.instruments.memory import memory_option
 
 #: The twin's relaxation settings (``--twin-setting``): today's default, and one in which the
 #: spatially varying relaxation carries ten times the share (docs/twin.md).
@@ -123,19 +125,8 @@ class EvaluateArgs:
         "curves",
         metavar="READS",
     )
-    memory: str = option(
-        "auto",
-        "the sample's memory: auto (a twin's measurements are simulated from each pixel's "
-        "state, a file is replayed), on, or off (a replay, as a sample without memory)",
-        choices=("auto", "on", "off"),
-    )
-    programs: str = option(
-        "sequence",
-        "the measurement programs the env offers: 'sequence' (each pixel's blocks in pulse "
-        "order, contiguous blocks: what a sample with memory allows) or 'free' (any block, "
-        "spread over the sequence: a replay of a sample without memory; its results say so)",
-        choices=("sequence", "free"),
-    )
+    memory: str = memory_option()
+    programs: str = programs_option()
     twin_setting: str = option(
         "default",
         "the twin's relaxation: 'default', or 'relaxation-rich' (walls creep, the relaxation "

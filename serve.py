@@ -25,7 +25,7 @@ from envs.command_line import add_options, option, program_parser, settings_from
 from envs.data.sources import open_data
 from envs.instruments.cost import CostModel
 from envs.instruments.instrument import Instrument, PacedInstrument
-from envs.instruments.memory import instrument_for, memory_setting
+from envs.instruments.memory import instrument_for, memory_option, memory_setting
 from envs.instruments.remote import TOKEN_ENV, read_token, require_token_beyond_loopback
 from envs.instruments.server import (
     MAX_BODY_BYTES,
@@ -53,12 +53,7 @@ class ServeSettings:
     pace: float = option(0.0, "sleep instrument seconds / PACE per call (0: no pacing)")
     twin_grid: int | None = option(None, "twin grid side (twin only)", metavar="N")
     twin_times: int | None = option(None, "twin read-outs per curve (twin only)", metavar="T")
-    memory: str = option(
-        "auto",
-        "the sample's memory: auto (a twin's measurements are simulated from each pixel's "
-        "state, a file is replayed), on, or off (a replay, as a sample without memory)",
-        choices=("auto", "on", "off"),
-    )
+    memory: str = memory_option()
     max_body_bytes: int = option(MAX_BODY_BYTES, "longest request body accepted")
     read_timeout: float = option(READ_TIMEOUT_SECONDS,
                                  "seconds to wait for the next bytes of a request")

@@ -35,8 +35,10 @@ from agents.ppo import ScoreMapPolicy, travel_pixels_of
 from envs import ENV_ID  # importing envs registers the acquisition envs (also in workers)
 from envs.acquisition.factory import EnvConfig
 from envs.acquisition.observation import ObservationSpec
+from envs.acquisition.programs import programs_option
 from envs.command_line import add_options, option, program_parser
 from envs.data.sources import HELD_OUT_SEED_START
+from envs.instruments.memory import memory_option
 
 #: Environment variables that size the BLAS / OpenMP thread pools of numpy and torch; a worker
 #: process reads them when it starts, so they are set before any worker is started.
@@ -94,18 +96,8 @@ class TrainArgs:
     reward: str = option(
         "auc", "'auc' (gain x remaining budget; return = normalised AUC) or 'rate'"
     )
-    memory: str = option(
-        "auto",
-        "the training twins' memory: auto/on (each pixel's pulses simulated from its state) or "
-        "off (a replay, as a sample without memory)",
-        choices=("auto", "on", "off"),
-    )
-    programs: str = option(
-        "sequence",
-        "the program rule: 'sequence' (each pixel's blocks in pulse order) or 'free' (a replay "
-        "of a sample without memory; the shipped models were trained so)",
-        choices=("sequence", "free"),
-    )
+    memory: str = memory_option()
+    programs: str = programs_option()
     train_seed_start: int = option(0, "first twin seed of the training range")
     train_seed_end: int = option(
         HELD_OUT_SEED_START,

@@ -29,12 +29,27 @@ the spread layout reads -2.8 to 0.65: neither gives the reconstruction the value
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from envs.command_line import option
 from reconstruct.base import BlockLayout
 
 #: The program rules, the first the default.
 RULES = ("sequence", "free")
+
+
+def programs_option() -> Any:
+    """The program rule as a program option (:func:`envs.command_line.option`), the same in
+    every program that measures."""
+    return option(
+        "sequence",
+        "the measurement programs offered: 'sequence' (each pixel's blocks in pulse order, "
+        "contiguous blocks: what a sample with memory allows) or 'free' (any block, spread over "
+        "the sequence: a replay of a sample without memory; its results say so)",
+        choices=RULES,
+    )
 
 
 def check_rule(rule: str, layout: BlockLayout) -> str:

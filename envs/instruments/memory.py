@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.command_line import option
 from envs.data.dataset import Axis, Dataset
 from envs.data.twin import (
     PULSE_PARAMETERS,
@@ -470,6 +471,21 @@ def instrument_for(
     if not memory:
         return ReplayInstrument(dataset, cost_model, start_pixel=start_pixel)
     return TwinMemoryInstrument(dataset, cost_model, start_pixel=start_pixel)
+
+
+#: The memory settings of the programs and of :class:`envs.acquisition.factory.EnvConfig`.
+MEMORY_SETTINGS = ("auto", "on", "off")
+
+
+def memory_option() -> Any:
+    """The ``memory`` setting as a program option (:func:`envs.command_line.option`), the same
+    in every program that measures."""
+    return option(
+        "auto",
+        "the sample's memory: auto (a twin's measurements are simulated from each pixel's "
+        "state, a recorded file is replayed), on, or off (a replay, as a sample without memory)",
+        choices=MEMORY_SETTINGS,
+    )
 
 
 def memory_setting(text: str | bool | None) -> bool | None:

@@ -55,7 +55,9 @@ from typing import Any
 import numpy as np
 
 from envs.acquisition.factory import EnvConfig, make_env
+from envs.acquisition.programs import programs_option
 from envs.command_line import option
+from envs.instruments.memory import memory_option
 from envs.instruments.remote import InstrumentError
 from envs.live.accuracy_estimate import (
     ESTIMATES,
@@ -122,18 +124,8 @@ class ExperimentConfig:
         "how voltages form blocks (reconstruct.BlockLayout; default: the one the program rule "
         "asks for, contiguous under 'sequence', spread under 'free')",
     )
-    programs: str = option(
-        "sequence",
-        "the program rule: 'sequence' (each pixel's blocks in pulse order, what a sample with "
-        "memory allows) or 'free' (a replay of a sample without memory)",
-        choices=("sequence", "free"),
-    )
-    memory: str = option(
-        "auto",
-        "a local replay's memory: auto (a twin's measurements are simulated from each pixel's "
-        "state, a file is replayed), on, or off (a replay, as a sample without memory)",
-        choices=("auto", "on", "off"),
-    )
+    programs: str = programs_option()
+    memory: str = memory_option()
     initial_stride: int = option(6, "stride of the initial grid of fully measured pixels")
     check_blocks: int = option(48, "held-back blocks that calibrate the accuracy estimate")
     estimate: str = option(
