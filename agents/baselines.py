@@ -101,12 +101,8 @@ class OrderedPolicy(Policy):
             return _masked_argmax(np.zeros(len(mask)), mask)
         position = self._cursor + int(np.argmax(open_))
         self._taken[position] = True
-        if self.view.programs == "free":
-            # Masks only close actions here: everything before the choice is done for good.
-            self._cursor = position + 1
-        else:
-            while self._cursor < len(self._order) and self._taken[self._cursor]:
-                self._cursor += 1
+        while self._cursor < len(self._order) and self._taken[self._cursor]:
+            self._cursor += 1
         return int(self._order[position])
 
 

@@ -290,6 +290,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         if memory not in (None, True, False):
             raise ValueError(f"memory must be None (auto), True or False, got {memory!r}")
         self.memory = memory
+        # (dataset, instrument) of the last episode: a twin with memory is rebuilt only for a
+        # new dataset.
+        self._instrument_of: tuple[Dataset, Instrument] | None = None
         self.device = reconstructor.device
         self.cost_model = cost_model
 
@@ -682,7 +685,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         """The instrument of an episode on ``dataset``, its tip at pixel 0 and every pixel in
         its as-grown state. The twin with its memory is rebuilt only for a new dataset (it
         regenerates the sample's physics); for the same one its state is reset."""
-        last = getattr(self, "_instrument_of", None)
+        last = self._instrument_of
         if last is not None and last[0] is dataset and hasattr(last[1], "reset_state"):
             instrument = last[1]
             instrument.reset_state()
@@ -818,15 +821,17 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 reward = gain * left / self.budget_seconds
             else:
                 reward = gain / (self.seconds_used - seconds_before) * self.pixel_seconds
+        mask = self.action_masks()  # once a step: the end test and the info both read it
         terminated = bool(
             self.seconds_used >= self.budget_seconds
-            or self.exhausted
+            or not mask.any()
             or (self.stop_r2 is not None and self.r2_now >= self.stop_r2)
         )
         obs_start = time.perf_counter()
         observation = self._observation(changed=not repeated)
         info = self._info(
-            pixel, block, window, repeated=repeated, nan_block=nan_block, terminated=terminated
+            pixel, block, window, repeated=repeated, nan_block=nan_block, terminated=terminated,
+            mask=mask,
         )
         self._last_return = time.perf_counter()
         self._pending_wall = self._last_return - obs_start
@@ -1013,6 +1018,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         repeated: bool,
         nan_block: bool,
         terminated: bool,
+        mask: np.ndarray | None = None,
     ) -> dict[str, Any]:
         info: dict[str, Any] = {
             "r2": self.r2_now,
@@ -1025,7 +1031,7 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
             "pixel": int(pixel),
             "block": int(block),
             "window": int(window),
-            "action_mask": self.action_masks().astype(np.int8),
+            "action_mask": (self.action_masks() if mask is None else mask).astype(np.int8),
         }
         if terminated and self.dataset is not None:
             info.update(self.final_scores())

@@ -18,7 +18,7 @@ from typing import Any
 
 from envs.acquisition.env import AcquisitionEnv
 from envs.acquisition.observation import ObservationSpec
-from envs.acquisition.programs import RULES, check_rule, default_block_scheme
+from envs.acquisition.programs import check_rule, default_block_scheme
 from envs.acquisition.windows import ReadWindows
 from envs.data.dataset import Dataset
 from envs.data.sources import DatasetSource, parse_spec
@@ -165,9 +165,7 @@ def make_env(config: EnvConfig | None = None, **kwargs: Any) -> AcquisitionEnv:
     memory = memory_setting(config.memory)
     if memory is not None and not isinstance(config.data, (str, Dataset)):
         raise ValueError("a live instrument is the sample itself: its memory cannot be set")
-    if config.programs not in RULES:
-        check_rule(config.programs, BlockLayout(spectral[0], 1))  # the one-line error
-    scheme = config.block_scheme or default_block_scheme(config.programs)
+    scheme = config.block_scheme or default_block_scheme(check_rule(config.programs))
     try:
         layout = BlockLayout(spectral[0], n_blocks, str(scheme))
     except ValueError as err:

@@ -52,13 +52,16 @@ def programs_option() -> Any:
     )
 
 
-def check_rule(rule: str, layout: BlockLayout) -> str:
-    """``rule`` after checking that it is known and fits ``layout``; one line otherwise."""
+def check_rule(rule: str, layout: BlockLayout | None = None) -> str:
+    """``rule`` after checking that it is known and (given a ``layout``) fits it; one line
+    otherwise."""
     if rule not in RULES:
         raise ValueError(
             f"unknown program rule {rule!r}; the rules are 'sequence' (a sample with memory: "
             f"each pixel's blocks in pulse order) and 'free' (a replay of a sample without memory)"
         )
+    if layout is None:
+        return rule
     if rule == "sequence" and layout.n_blocks > 1 and layout.effective_scheme != "contiguous":
         raise ValueError(
             f"the program rule 'sequence' completes a pixel in pulse order, which needs "
