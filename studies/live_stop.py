@@ -2,8 +2,8 @@
 
 The live loop (:mod:`envs.live.loop`) stops when its accuracy estimate, which never reads the
 ground truth, reaches the target. This study runs that loop itself (``run_experiment``, over a
-local replay instrument, the truth given as ``reference`` so that the true R^2 is recorded
-beside each estimate) on held-out twins or on data files, once per accuracy estimate asked
+local instrument, the truth given as ``reference`` so that the true R^2 is recorded beside each
+estimate; a twin remembers its pulses unless ``--memory off``) on held-out twins or on data files, once per accuracy estimate asked
 for, and reports at the stop: the estimate, the true R^2, the instrument hours and how many
 blocks the audit rounds measured.
 
@@ -43,7 +43,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from envs.acquisition.programs import RULES
 from envs.command_line import OneLineParser, json_object, positive_int
+from envs.instruments.memory import MEMORY_SETTINGS
 from envs.live.accuracy_estimate import ESTIMATES
 from envs.live.loop import ExperimentConfig, run_experiment
 from envs.live.session import KIND_AUDIT, Session
@@ -249,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--min-within", type=float, default=0.9,
                         help="share of runs whose estimate must lie within the tolerance")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory", default="auto", choices=MEMORY_SETTINGS,
+                        help="the sample's memory (auto: a twin remembers its pulses)")
+    parser.add_argument("--programs", default="sequence", choices=RULES,
+                        help="the program rule ('free': a sample without memory)")
     parser.add_argument("--reconstructor-options", type=json_object, default={}, metavar="JSON",
                         help='options of the "gp" reconstructor, e.g. \'{"error_calibration": '
                         '"online"}\'')
@@ -271,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "audit_draws": args.audit_draws, "initial_stride": args.initial_stride,
         "twin_times": args.twin_times, "device": args.device,
         "reconstructor_options": args.reconstructor_options,
+        "memory": args.memory, "programs": args.programs,
     }
     runs = plan_runs(args.data, args.grids, args.seeds, args.start)
     jobs = [(run, kind) for kind in args.estimates for run in runs]

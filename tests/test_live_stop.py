@@ -212,6 +212,21 @@ def test_study_runs_on_a_tiny_twin(tmp_path, capsys):
     for name in ("live_stop.json", "live_stop.csv", "live_stop.png"):
         assert (tmp_path / name).exists()
     assert "goal" in capsys.readouterr().out
+    assert report["settings"]["memory"] == "auto" and report["settings"]["programs"] == "sequence"
+
+
+def test_study_passes_the_sample_it_assumes_to_the_live_loop(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_run_one(run, estimate, settings, sessions, tolerance):
+        seen.append((settings["memory"], settings["programs"]))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(live_stop, "run_one", fake_run_one)
+    with pytest.raises(SystemExit):
+        live_stop.main(["--memory", "off", "--programs", "free", "--out", str(tmp_path),
+                        "--quiet"])
+    assert seen == [("off", "free")]
 
 
 def test_study_refuses_a_training_seed_in_one_line(tmp_path, capsys):
