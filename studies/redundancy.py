@@ -63,7 +63,7 @@ import argparse
 import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +261,14 @@ class RedundancyStudy:
     short_read_segments
         Segments per curve ``S`` tried by ``combined_short_reads`` (a partial pixel reads the
         first ``T / S`` reads); those that do not divide the time axis are left out.
+    program_values
+        What the sample gives for one program, ``program_values(pixel, voltages, reads)``:
+        the pulses ``voltages`` (ascending) applied in order from the pixel's as-grown state,
+        each curve read for its first ``reads`` points (None: all), ``(len(voltages), reads)``.
+        None (the default): the data's own values, as a sample without memory (or a replay of a
+        recorded file) gives them. Every pixel of a design runs one program, so a pixel kept at
+        some voltages reads what those pulses alone give, while the scores stay against the
+        standard sequence's tensor.
     """
 
     def __init__(
@@ -278,6 +286,7 @@ class RedundancyStudy:
         cost: Any = None,
         experiments: Sequence[str] = EXPERIMENTS,
         short_read_segments: Sequence[int] = SHORT_READ_SEGMENTS,
+        program_values: Callable[[int, np.ndarray, int | None], np.ndarray] | None = None,
     ) -> None:
         data = np.asarray(data, dtype=np.float32)
         if data.ndim < 3:
@@ -318,6 +327,7 @@ class RedundancyStudy:
         self.short_read_reconstructors = [
             n for n in short_read_reconstructors if self._available(n)
         ]
+        self.program_values = program_values
         self.trials: list[Trial] = []
 
     def _check_cost(self, cost: Any) -> Any:
@@ -405,6 +415,24 @@ class RedundancyStudy:
         return self.trials
 
     # -------------------------------------------------------------- experiments
+    def _measured(
+        self, programs: Sequence[tuple[int, np.ndarray, int | None]]
+    ) -> np.ndarray:
+        """The tensor a design reads: ``self.data`` where each ``(pixel, voltages, reads)``
+        program's entries are what ``program_values`` gives for it (the data itself without
+        ``program_values``). Only those entries may be read from the result."""
+        if self.program_values is None:
+            return self.data
+        measured = self.data.copy()
+        rows = measured.reshape(-1, *measured.shape[2:])
+        for pixel, voltages, reads in programs:
+            values = np.asarray(self.program_values(int(pixel), voltages, reads))
+            if rows.ndim == 2:
+                rows[pixel, voltages] = values
+            else:
+                rows[pixel, voltages, : values.shape[1]] = values
+        return measured
+
     def _reconstruct(
         self,
         experiment: str,
@@ -414,13 +442,16 @@ class RedundancyStudy:
         fraction: float,
         setting: dict[str, Any],
         names: Sequence[str],
+        measured: np.ndarray | None = None,
     ) -> None:
-        """Feed (pixel, block) measurements to each reconstructor in ``names``; score each.
+        """Feed (pixel, block) measurements (from ``measured``, default the data) to each
+        reconstructor in ``names``; score each against the data.
 
         With a :class:`SegmentedLayout` the blocks are units (block, segment): the data is
         folded for the reconstructors and their estimates unfolded for the scores."""
         segmented = isinstance(layout, SegmentedLayout)
-        data = layout.fold(self.data) if segmented else self.data
+        data = self.data if measured is None else measured
+        data = layout.fold(data) if segmented else data
         spatial, spectral = data.shape[:2], data.shape[2:]
         block_data = np.asarray(layout.to_blocks(data))
         values = block_data[pixels, blocks]
@@ -470,11 +501,13 @@ class RedundancyStudy:
         truncate: bool = False,
     ) -> None:
         length, count = self.data.shape[axis], setting["n_kept"]
+        n_pixels, n_voltages = int(np.prod(self.data.shape[:2])), self.data.shape[2]
         if truncate:
             kept = np.arange(count)
             # Every curve is still pulsed; only its reads after the first ``count`` are saved.
             fraction = self.time_share(count)
             setting = {**setting, "fraction_of_reads": count / length}
+            program = (np.arange(n_voltages), count)
         else:
             kept = (
                 np.sort(self.rng.choice(length, count, replace=False))
@@ -482,8 +515,10 @@ class RedundancyStudy:
                 else _regular(length, count)
             )
             fraction = kept.size / length
+            program = (kept, None)
+        measured = self._measured([(pixel, *program) for pixel in range(n_pixels)])
         start = time.perf_counter()
-        estimate = interpolate_along_axis(self.data, axis, kept)
+        estimate = interpolate_along_axis(measured, axis, kept)
         seconds = time.perf_counter() - start
         setting = {**setting, "kept": kept.tolist()}
         self._record(experiment, AXIS_METHOD, fraction, estimate, seconds, setting)
@@ -511,7 +546,13 @@ class RedundancyStudy:
         partial_share = base.block_size / v * self.time_share(reads)
         fraction = (n_full + partial.size * partial_share) / n_pixels
         names = self.short_read_reconstructors if segments > 1 else self.combined_reconstructors
-        self._reconstruct(experiment, layout, pixels, units, fraction, setting, names)
+        every_voltage = np.arange(v)
+        programs = [(pixel, every_voltage, None) for pixel in full] + [
+            (pixel, base.voltages(unit // segments), reads)
+            for pixel, unit in zip(partial, partial_units)
+        ]
+        measured = self._measured(programs)
+        self._reconstruct(experiment, layout, pixels, units, fraction, setting, names, measured)
 
     # -------------------------------------------------------------- summaries
     def passes(
@@ -841,6 +882,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="divide every spectral channel by its spatial standard deviation first (files whose "
         "channels carry different units, where one channel's variance would fill every score)",
     )
+    parser.add_argument(
+        "--memory",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the sample's memory: auto (a twin's designs are simulated, each pixel running its "
+        "program from its as-grown state; a file is replayed), on, or off (the data's own "
+        "values, as a sample without memory gives them)",
+    )
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -848,6 +897,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # The one place this module touches envs for data.
     from envs.data.sources import open_data, parse_spec
     from envs.instruments.cost import CostModel
+    from envs.instruments.memory import TwinMemoryInstrument, instrument_for, memory_setting
 
     is_twin = parse_spec(args.data).is_twin
     if not is_twin and (args.twin_setting != "default" or args.grid is not None):
@@ -856,6 +906,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dataset = open_data(args.data, **overrides)
     print(dataset.summary())
     data, truth = dataset.data, dataset.truth
+    cost = CostModel().for_axes(dataset.axes)
+    try:
+        instrument = instrument_for(dataset, cost, memory_setting(args.memory))
+    except ValueError as err:
+        parser.error(str(err))
+    simulated = isinstance(instrument, TwinMemoryInstrument)
+    if simulated and args.standardise_channels:
+        parser.error("--standardise-channels rescales the data, not what a simulated sample "
+                     "gives: use it with --memory off")
     if args.standardise_channels:
         data, truth = standardise_channels(data, truth)
     study = RedundancyStudy(
@@ -867,8 +926,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fractions=[float(f) for f in args.fractions.split(",")],
         seed=args.seed,
         device=args.device,
-        cost=CostModel().for_axes(dataset.axes),
+        cost=cost,
         experiments=_names(args.experiments),
+        program_values=_pristine_program_values(instrument) if simulated else None,
     )
     for name, reason in study.skipped.items():
         print(f"skipping {name}: {reason}")
@@ -881,12 +941,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "twin_setting": args.twin_setting if is_twin else None,
         "twin_overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
         "standardised_channels": args.standardise_channels,
+        "sample": "with memory: each pixel's program simulated from its as-grown state"
+        if simulated
+        else "without memory: the data's own values",
         **study.summary(),
     }
     paths = write_outputs(summary, args.out)
     print(format_table(summary))
     print("wrote " + ", ".join(str(p) for p in paths))
     return summary
+
+
+def _pristine_program_values(instrument: Any) -> Callable[[int, np.ndarray, int | None], np.ndarray]:
+    """``program_values`` of :class:`RedundancyStudy` from a twin instrument with memory: the
+    sample back to its as-grown state, then the program measured (the twin's instrument
+    effects included: a first reading is the twin's own draw, so a whole sequence gives the
+    data's values)."""
+
+    def program_values(pixel: int, voltages: np.ndarray, reads: int | None) -> np.ndarray:
+        instrument.reset_state()
+        values, _ = instrument.measure(pixel, voltages, reads)
+        return values
+
+    return program_values
 
 
 def _names(text: str) -> list[str]:

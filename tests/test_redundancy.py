@@ -265,3 +265,62 @@ def test_standardised_channels_count_alike() -> None:
     # The truth goes on the data's scale.
     expected = truth[..., 2] / np.nanstd(data[..., 2])
     np.testing.assert_allclose(scaled_truth[..., 2], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_program_values_feed_what_each_pixel_reads() -> None:
+    """With ``program_values`` each pixel's kept entries are what its program gives (here a
+    marker: the data plus 1 at the pixel's kept voltages), and the scores stay against the
+    data."""
+    data, truth = tiny_field()
+    programs = []
+
+    def shifted(pixel, voltages, reads):
+        programs.append((pixel, tuple(voltages), reads))
+        n_reads = data.shape[3] if reads is None else reads
+        return data.reshape(-1, *data.shape[2:])[pixel, voltages, :n_reads] + 1.0
+
+    plain = RedundancyStudy(data, truth, fractions=(0.5,), device="cpu",
+                            experiments=("voltages_regular", "time_truncation"))
+    simulated = RedundancyStudy(data, truth, fractions=(0.5,), device="cpu",
+                                experiments=("voltages_regular", "time_truncation"),
+                                program_values=shifted)
+    for a, b in zip(plain.run(progress=False), simulated.run(progress=False)):
+        assert a.setting["kept"] == b.setting["kept"]
+        assert b.r2_measured < a.r2_measured  # the marker moved what was read
+    n_pixels = data.shape[0] * data.shape[1]
+    voltage_programs, time_programs = programs[:n_pixels], programs[n_pixels:]
+    kept = tuple(plain.trials[0].setting["kept"])
+    assert voltage_programs == [(p, kept, None) for p in range(n_pixels)]
+    assert time_programs == [(p, (0, 1, 2, 3), 3) for p in range(n_pixels)]
+    # Interpolating the marked tensor is what the study scored.
+    marked = data.copy()
+    marked[:, :, list(kept)] += 1.0
+    estimate = interpolate_along_axis(marked, 2, np.array(kept))
+    assert simulated.trials[0].r2_measured == pytest.approx(
+        r2_score(data, estimate, spatial_axes=2)
+    )
+
+
+def test_a_twin_with_memory_runs_each_program_from_its_as_grown_state(tmp_path) -> None:
+    pytest.importorskip("envs.data.twin")
+    common = ["--data", "twin", "--grid", "6", "--experiments", "voltages_regular,time_truncation",
+              "--fractions", "0.5", "--quiet", "--device", "cpu"]
+    remembering = main([*common, "--out", str(tmp_path / "on")])
+    replayed = main([*common, "--memory", "off", "--out", str(tmp_path / "off")])
+    assert remembering["sample"].startswith("with memory")
+    assert replayed["sample"].startswith("without memory")
+    by_experiment = {
+        name: [t["r2_measured"] for s in (remembering, replayed) for t in s["trials"]
+               if t["experiment"] == name]
+        for name in ("voltages_regular", "time_truncation")
+    }
+    # Half the pulses alone read other values than the whole sequence gave at them; the whole
+    # sequence read short leaves the state almost as the full reads do.
+    on, off = by_experiment["voltages_regular"]
+    assert on < off - 0.05
+    on, off = by_experiment["time_truncation"]
+    assert on == pytest.approx(off, abs=0.01)
+    with pytest.raises(SystemExit):  # a file has no memory to simulate
+        data, _ = tiny_field()
+        np.save(tmp_path / "cube.npy", data)
+        main(["--data", str(tmp_path / "cube.npy"), "--memory", "on", "--out", str(tmp_path)])
