@@ -42,6 +42,14 @@ Experiments:
     one unit per (block, segment)), as the acquisition environment's read windows do, so a
     short read is a measurement of one unit. Needs a time axis.
 
+The sample's memory (``--memory``, default ``auto``): on a twin, each pixel of a design runs
+one program from its as-grown state with the twin's own physics
+(:class:`envs.instruments.memory.TwinMemoryInstrument`), so a pixel kept at some voltages reads
+what those pulses alone give, not what the whole sequence gave there; whole sequences, and
+whole sequences read short, read the standard sequence's values. The scores stay against the
+standard sequence's tensor. A recorded file is its own values (``--memory on`` for one is a
+one-line error); ``--memory off`` gives a twin's own values too, as a sample without memory.
+
 The dynamics criterion is the project's (:func:`agents.evaluation.dynamics_criterion`): a
 reconstruction keeps the relaxation when its dynamics R^2 is at least the full raster's minus
 :data:`agents.evaluation.DYNAMICS_MARGIN` (against the truth where there is one). The study
