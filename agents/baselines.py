@@ -159,66 +159,12 @@ class UncertaintyPolicy(Policy):
 
 
 class UncertaintyPerSecondPolicy(UncertaintyPolicy):
-    """Posterior variance divided by the block's seconds, tip travel included (cost-aware).
-
-    ``gp-uncertainty-per-second:SHARE`` (read windows only) also keeps whole curves at a share
-    of at least ``SHARE`` of the blocks it has read: while fewer than that share of the read
-    blocks were read to the end of their curves, it takes the best whole-curve action.
-
-    Why: a short window is credited with the rest of its curves as the reconstruction predicts
-    them from the relaxation basis, which only whole curves teach, and a whole curve costs
-    several short ones, so the per-second score alone almost never takes one after the initial
-    design. On a sample without memory a short window can be read on later; on a real sample
-    (the rule ``"sequence"``) it closes the block for good, and a policy that closes every block
-    short can end below its target with nothing left to read. The share is the measured remedy
-    (``docs/memory.md``); the default 0 keeps the plain score."""
+    """Posterior variance divided by the block's seconds, tip travel included (cost-aware)."""
 
     name = "gp-uncertainty-per-second"
 
-    @classmethod
-    def from_argument(cls, argument: str | None) -> Policy:
-        """``NAME`` or ``NAME:SHARE`` (the least share of blocks read as whole curves)."""
-        if argument is None:
-            return cls()
-        try:
-            share = float(argument)
-        except ValueError:
-            raise ValueError(f"{cls.name} takes a share of whole curves, got {argument!r}") from None
-        return cls(full_share=share)
-
-    def __init__(self, full_share: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= full_share <= 1.0:
-            raise ValueError(f"the share of whole curves must be in [0, 1], got {full_share}")
-        self.full_share = float(full_share)
-
-    @property
-    def label(self) -> str:
-        """The name, with the share of whole curves when there is one."""
-        return self.name if self.full_share == 0.0 else f"{self.name}:{self.full_share:g}"
-
     def scores(self) -> np.ndarray:
         return super().scores() / self.view.action_seconds()
-
-    def act(self, observation, action_mask):
-        return _masked_argmax(self.scores(), self.keep_full_share(action_mask))
-
-    def keep_full_share(self, action_mask: np.ndarray) -> np.ndarray:
-        """``action_mask``, narrowed to whole-curve actions while fewer than ``full_share`` of
-        the blocks read (this action's included) were read to the end of their curves (and a
-        whole-curve action is left to take)."""
-        view = self.view
-        if self.full_share == 0.0 or view.n_windows == 1:
-            return action_mask
-        segments = view.segments_read
-        n_read = int(np.count_nonzero(segments))
-        n_full = int(np.count_nonzero(segments == view.n_segments))
-        if n_full >= self.full_share * (n_read + 1):
-            return action_mask
-        whole = np.zeros((view.n_pixels * view.n_blocks, view.n_windows), dtype=bool)
-        whole[:, -1] = True
-        narrowed = action_mask & whole.reshape(-1)
-        return narrowed if narrowed.any() else action_mask
 
 
 class SurprisePerSecondPolicy(UncertaintyPerSecondPolicy):

@@ -221,32 +221,6 @@ def test_policies_choose_among_windows_and_take_only_valid_actions(agent):
         assert 0 in windows  # the design's partial pixels read the short window
 
 
-def test_uncertainty_per_second_keeps_its_share_of_whole_curves():
-    env = _env(budget_fraction=0.25, n_blocks=2)
-    full_blocks = {}
-    for share in (0.0, 0.6):  # the initial design's whole curves count: 0.6 binds
-        observation, info = env.reset(seed=4)
-        policy = make_policy(f"gp-uncertainty-per-second:{share}")
-        policy.reset(env, seed=4)
-        terminated = truncated = False
-        while not (terminated or truncated):
-            mask = env.action_masks()
-            action = policy.act(observation, mask)
-            assert mask[action]
-            observation, _, terminated, truncated, info = env.step(action)
-            segments = env.unwrapped.segments_read
-            n_read, n_full = np.count_nonzero(segments), np.count_nonzero(segments == 4)
-            assert n_full >= share * n_read - 1  # never more than one block behind its share
-        full_blocks[share] = n_full
-    assert full_blocks[0.6] > full_blocks[0.0]
-
-
-@pytest.mark.parametrize("argument", ["x", "1.5", "-0.1"])
-def test_a_bad_share_of_whole_curves_is_one_line(argument):
-    with pytest.raises(ValueError, match="share of whole curves"):
-        make_policy(f"gp-uncertainty-per-second:{argument}")
-
-
 def test_static_basis_refuses_a_window_the_env_lacks():
     env = _env()
     env.reset(seed=0)
