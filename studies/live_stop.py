@@ -3,9 +3,9 @@
 The live loop (:mod:`envs.live.loop`) stops when its accuracy estimate, which never reads the
 ground truth, reaches the target. This study runs that loop itself (``run_experiment``, over a
 local instrument, the truth given as ``reference`` so that the true R^2 is recorded beside each
-estimate; a twin remembers its pulses unless ``--memory off``) on held-out twins or on data files, once per accuracy estimate asked
-for, and reports at the stop: the estimate, the true R^2, the instrument hours and how many
-blocks the audit rounds measured.
+estimate; a twin remembers its pulses unless ``--memory off``) on held-out twins or on data
+files, once per accuracy estimate asked for, and reports at the stop: the estimate, the true
+R^2, the instrument hours and how many blocks the audit rounds measured.
 
 Goal (the defaults): at the stop the estimate lies within ``--tolerance`` (0.03) of the true
 R^2 in at least ``--min-within`` (90 %) of the runs, and the true R^2 is at least
