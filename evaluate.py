@@ -611,7 +611,7 @@ def evaluate_data(
     from agents.report import plot_curves, plot_reconstructions, sample_label
 
     done = done or {}
-    data_name = "twin (held-out)" if data == "twin" else Path(data).name
+    data_name = _data_name(data, args.seed_start)
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     submitted = None
     if pool is not None:
@@ -768,6 +768,14 @@ def _limit_threads(threads: int) -> None:
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
+
+
+def _data_name(data: str, seed_start: int) -> str:
+    """The data's name in tables and results files: the twin says whether its seeds are held
+    out (never drawn in training) or training seeds."""
+    if data != "twin":
+        return Path(data).name
+    return "twin (held-out)" if seed_start >= HELD_OUT_SEED_START else "twin (training seeds)"
 
 
 def _make_env(args: EvaluateArgs, data: str, seed: int, policy=None):

@@ -663,3 +663,11 @@ def test_a_trace_file_gives_back_the_trace(tmp_path, small_twin):
             assert math.isnan(again), name
         else:
             assert again == value, name
+
+
+def test_the_twin_says_whether_its_seeds_are_held_out():
+    from envs.data.sources import HELD_OUT_SEED_START
+
+    assert evaluate._data_name("twin", HELD_OUT_SEED_START) == "twin (held-out)"
+    assert evaluate._data_name("twin", 2001) == "twin (training seeds)"
+    assert evaluate._data_name("data/cube.npy", 0) == "cube.npy"
