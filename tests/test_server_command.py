@@ -74,13 +74,15 @@ def test_serve_answers_until_stopped(tmp_path):
         assert remote.grid_shape == (4, 4)
     finally:
         process.send_signal(2)  # Ctrl-C
+        # communicate() drains both pipes while waiting: wait() alone can deadlock once the
+        # server has written more than a pipe holds.
         try:
-            process.wait(timeout=20)
+            _, errors = process.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout=5)
+            _, errors = process.communicate(timeout=5)
     assert process.returncode == 0
-    assert "Traceback" not in process.stderr.read()
+    assert "Traceback" not in errors
 
 
 @pytest.mark.parametrize(("memory", "kind"), [("auto", "TwinMemoryInstrument"),
