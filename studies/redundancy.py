@@ -890,9 +890,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="divide every spectral channel by its spatial standard deviation first (files whose "
         "channels carry different units, where one channel's variance would fill every score)",
     )
+    from envs.instruments.memory import MEMORY_SETTINGS  # numpy only
+
     parser.add_argument(
         "--memory",
-        choices=("auto", "on", "off"),
+        choices=MEMORY_SETTINGS,
         default="auto",
         help="the sample's memory: auto (a twin's designs are simulated, each pixel running its "
         "program from its as-grown state; a file is replayed), on, or off (the data's own "
