@@ -82,9 +82,40 @@ def test_a_held_back_later_block_is_reached_through_the_earlier_ones():
     env.measure_held_back(pixel, 2)
     assert env.measured[pixel].tolist() == [True, True, True, False]
     assert env.n_measurements == n_before + 3
-    assert not env.reconstructor.measured[pixel].any()  # all three held back
+    assert not env.reconstructor.measured[pixel].any()  # the way held back with the block
+    env.release_held_back([(pixel, 2)], way_only=True)
+    assert env.reconstructor.measured[pixel].tolist() == [True, True, False, False]
     env.release_held_back([(pixel, 2)])
-    assert env.reconstructor.measured[pixel].tolist()[:3] == [True, True, True]
+    assert env.reconstructor.measured[pixel].tolist() == [True, True, True, False]
+
+
+def test_releasing_a_later_block_leaves_an_earlier_held_back_block_held_back():
+    env = _env()
+    env.reset(seed=0)
+    pixel = int(np.flatnonzero(~env.measured.any(axis=1))[0])
+    env.measure_held_back(pixel, 1)  # a check block, held back for good
+    env.measure_held_back(pixel, 3)  # an audit block past it: block 2 on the way
+    assert not env.reconstructor.measured[pixel].any()
+    env.release_held_back([(pixel, 3)])  # a failed audit round gives its block and its way
+    assert env.reconstructor.measured[pixel].tolist() == [False, False, True, True]
+    env.release_held_back([(pixel, 1)], way_only=True)  # the check block's way only
+    assert env.reconstructor.measured[pixel].tolist() == [True, False, True, True]
+
+
+def test_the_live_loop_gives_the_way_to_its_check_blocks_and_holds_back_only_them(tmp_path):
+    from agents.catalog import make_policy
+    from envs.live.loop import _Experiment
+
+    experiment = _Experiment(_config(tmp_path, "checks"), False, make_policy)
+    try:
+        experiment.start()
+        model = experiment.env.reconstructor.measured.cpu().numpy()
+        for pixel, block in experiment.check_pairs:
+            assert not model[pixel, block]
+            way = [b for b in range(block) if [pixel, b] not in experiment.check_pairs.tolist()]
+            assert (model | experiment.rejected)[pixel, way].all()
+    finally:
+        experiment.session.close()
 
 
 def _config(tmp_path, name: str, **changes) -> ExperimentConfig:

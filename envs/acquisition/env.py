@@ -665,6 +665,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         self.segments_read = np.zeros((self.n_pixels, self.n_blocks), dtype=np.int64)
         self._n_measured = 0
         self._held_back: dict[tuple[int, int], np.ndarray] = {}
+        # Under "sequence": the blocks measured on the way to each held-back block (released
+        # with it, never with another held-back block of the pixel).
+        self._way_to: dict[tuple[int, int], list[int]] = {}
         self.instrument_seconds = 0.0
         self.algorithm_seconds = 0.0
         self._pending_wall = 0.0
@@ -866,7 +869,9 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         blocks to check its own accuracy (e.g. the live loop's check blocks and audit rounds).
         Under the program rule ``"sequence"`` a block that is not the pixel's next one is
         reached the only way the sample allows: the blocks before it that the pixel lacks are
-        measured first, in pulse order, and held back with it. Returns the values of ``block``,
+        measured first, in pulse order, and held back with it; ``release_held_back(...,
+        way_only=True)`` gives them to the reconstructor while the block stays held back.
+        Returns the values of ``block``,
         ``(n_applied, *rest)``, as the instrument gave them (NaN included). Call
         :meth:`observe` for the observation after the held-back blocks.
 
@@ -905,29 +910,41 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 self._last_return, self._pending_wall = time.perf_counter(), 0.0
             else:
                 self.algorithm_seconds += self.cost_model.algorithm_s(self._n_measured)
+        self._way_to[(pixel, block)] = blocks[:-1]
         return values
 
-    def release_held_back(self, pairs: list[tuple[int, int]]) -> None:
+    def release_held_back(
+        self, pairs: list[tuple[int, int]], way_only: bool = False
+    ) -> list[tuple[int, int]]:
         """Give the held-back blocks ``pairs`` (``(pixel, block)``, in this order) to the
-        reconstructor, one by one, each after the blocks held back to reach it (under
-        ``"sequence"``, the pixel's earlier held-back blocks, in pulse order); blocks holding
-        NaN stay out of it, as in :meth:`step`. A pair already released is skipped. Nothing is
+        reconstructor, one by one, each after the blocks measured on the way to it (under
+        ``"sequence"``); with ``way_only`` only those, the blocks themselves staying held back.
+        Blocks holding NaN stay out of the reconstructor, as in :meth:`step`. A pair already
+        released is skipped, and no other held-back block of the pixel goes with a pair (a
+        check block stays held back when a later block of its pixel is released). Nothing is
         charged here: the measurement was charged when it was held back, and with the wall
-        clock the update's time falls to the next step."""
+        clock the update's time falls to the next step. Returns the released blocks that held
+        NaN (and so stayed out)."""
+        left_out = []
         for pixel, block in pairs:
             pixel, block = int(pixel), int(block)
-            earlier = [b for b in range(block) if (pixel, b) in self._held_back]
-            for each in (earlier if self.programs == "sequence" else []) + [block]:
-                if (pixel, each) not in self._held_back:
-                    continue
-                values = self._held_back.pop((pixel, each))
-                units = each * self.n_segments + np.arange(self.n_segments)
-                unit_list, pieces = self._unit_values(each, units, values)
-                if all(bool(np.isfinite(piece).all()) for piece in pieces):
-                    if len(unit_list) == 1:
-                        self.reconstructor.add(pixel, unit_list[0], pieces[0])
-                    else:
-                        self.reconstructor.add_many([pixel] * len(unit_list), unit_list, pieces)
+            for each in self._way_to.pop((pixel, block), []) + ([] if way_only else [block]):
+                if (pixel, each) in self._held_back and not self._give_held_back(pixel, each):
+                    left_out.append((pixel, each))
+        return left_out
+
+    def _give_held_back(self, pixel: int, block: int) -> bool:
+        """One held-back block to the reconstructor; False when it holds NaN (left out)."""
+        values = self._held_back.pop((pixel, block))
+        units = block * self.n_segments + np.arange(self.n_segments)
+        unit_list, pieces = self._unit_values(block, units, values)
+        if not all(bool(np.isfinite(piece).all()) for piece in pieces):
+            return False
+        if len(unit_list) == 1:
+            self.reconstructor.add(pixel, unit_list[0], pieces[0])
+        else:
+            self.reconstructor.add_many([pixel] * len(unit_list), unit_list, pieces)
+        return True
 
     def _wall_since_last_step(self) -> float:
         """Wall seconds of the decision (since the last step returned), this step's update so

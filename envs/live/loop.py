@@ -402,6 +402,12 @@ class _Experiment:
         self.rejected[pixel, block] = not np.isfinite(slots).all()
         return slots
 
+    def _release(self, pairs: list[tuple[int, int]], way_only: bool = False) -> None:
+        """Held-back blocks (or only the way to them) to the reconstruction; those that held
+        NaN are rejected readings, missing from the estimate's scores."""
+        for pixel, block in self.env.release_held_back(pairs, way_only=way_only):
+            self.rejected[pixel, block] = True
+
     def _step(self, pixel: int, block: int) -> None:
         """One policy measurement through the env's own step."""
         action = self.env.encode_action(pixel, block)
@@ -418,6 +424,11 @@ class _Experiment:
         self.rejected[pixels] = ~self.env.reconstructor.measured.cpu().numpy()[pixels]
         for i, (pixel, block) in enumerate(self.check_pairs):
             self.check_values[i] = self._held_back(int(pixel), int(block), KIND_CHECK)
+        # The blocks measured on the way to a check block (rule "sequence") go to the
+        # reconstruction at once: held back for good, they would be out of every error the
+        # estimates sum (neither check nor audit blocks), and the check pixels would be ones the
+        # reconstruction knows nothing of, unlike the pixels it is judged on.
+        self._release([tuple(pair) for pair in self.check_pairs], way_only=True)
         self._n_before_policy = self.env.n_measurements
         self._observation = self.env.observe()  # the check blocks are in its masks
 
@@ -480,15 +491,20 @@ class _Experiment:
             self._store_estimate()
         self.trace.append((self.env.instrument_seconds, self.r2_estimate, self.r2_true))
         self.audit_ends.append(self.env.instrument_seconds)
+        pairs = [(int(p), int(b)) for p, b in plan.pairs]
         if self.config.stop_r2 is not None and result.lower >= self.config.stop_r2:
             self._audit_passed = result
+            # The way to the audited blocks (rule "sequence") was held back until they were
+            # scored, so that a drawn block was judged on what the reconstruction knew, not on
+            # its pixel's earlier blocks measured because it was drawn.
+            self._release(pairs, way_only=True)
         else:
             calibrated = calibrated_error(
                 estimate, recon.uncertainty(), self.check_pairs, self.check_values,
                 recon.measured.cpu().numpy() | self.rejected,
             )
             self._audit_correction = result.error / calibrated if calibrated > 0 else 1.0
-            self.env.release_held_back([(int(p), int(b)) for p, b in plan.pairs])
+            self._release(pairs)
         self._observation = self.env.observe()  # the next decision sees the round's blocks
 
     def _audited_stop(self) -> str | None:
