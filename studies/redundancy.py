@@ -50,6 +50,12 @@ whole sequences read short, read the standard sequence's values. The scores stay
 standard sequence's tensor. A recorded file is its own values (``--memory on`` for one is a
 one-line error); ``--memory off`` gives a twin's own values too, as a sample without memory.
 
+What a first visit reads (``--program-map SEEDS``, with the memory simulated): a
+:class:`reconstruct.program_map.ProgramMap` learns, on every pixel of the training twins
+``SEEDS`` (the studied twin's settings), what each block measured alone reads against the
+standard sequence's values there; every combined design is then reconstructed a second time with
+its partial pixels' values mapped, recorded as ``NAME+map`` beside ``NAME``.
+
 The dynamics criterion is the project's (:func:`agents.evaluation.dynamics_criterion`): a
 reconstruction keeps the relaxation when its dynamics R^2 is at least the full raster's minus
 :data:`agents.evaluation.DYNAMICS_MARGIN` (against the truth where there is one). The study
@@ -82,6 +88,7 @@ from tqdm import tqdm
 
 from reconstruct.base import BlockLayout, SegmentedLayout
 from reconstruct.metrics import dynamics_r2, r2_score
+from reconstruct.program_map import Program, ProgramMap
 from reconstruct.registry import make_reconstructor
 
 FRACTIONS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
@@ -277,6 +284,11 @@ class RedundancyStudy:
         recorded file) gives them. Every pixel of a design runs one program, so a pixel kept at
         some voltages reads what those pulses alone give, while the scores stay against the
         standard sequence's tensor.
+    program_map
+        A :class:`reconstruct.program_map.ProgramMap` fitted on the first visits of the
+        combined designs (:meth:`first_visit_programs`): each combined design is then
+        reconstructed a second time with its partial pixels' values mapped to the standard
+        sequence's first, recorded as ``NAME+map``. Only with ``program_values``.
     """
 
     def __init__(
@@ -295,6 +307,7 @@ class RedundancyStudy:
         experiments: Sequence[str] = EXPERIMENTS,
         short_read_segments: Sequence[int] = SHORT_READ_SEGMENTS,
         program_values: Callable[[int, np.ndarray, int | None], np.ndarray] | None = None,
+        program_map: ProgramMap | None = None,
     ) -> None:
         data = np.asarray(data, dtype=np.float32)
         if data.ndim < 3:
@@ -335,7 +348,13 @@ class RedundancyStudy:
         self.short_read_reconstructors = [
             n for n in short_read_reconstructors if self._available(n)
         ]
+        if program_map is not None and program_values is None:
+            raise ValueError(
+                "a program map corrects what a sample with memory reads: it needs "
+                "program_values (a twin with its memory simulated)"
+            )
         self.program_values = program_values
+        self.program_map = program_map
         self.trials: list[Trial] = []
 
     def _check_cost(self, cost: Any) -> Any:
@@ -408,6 +427,21 @@ class RedundancyStudy:
                         jobs.append(("combined_short_reads", setting))
         return jobs
 
+    def first_visit_programs(self) -> list[Program]:
+        """The programs the planned combined designs apply to their partial pixels (one block
+        of the default layout alone, read whole or for its first segment), each once."""
+        v = self.data.shape[2]
+        programs = set()
+        for experiment, setting in self.plan():
+            if experiment.startswith("combined"):
+                layout = BlockLayout(v, v // setting["block_size"])
+                reads = self.n_times // setting.get("n_segments", 1)
+                programs.update(
+                    Program(tuple(layout.voltages(b).tolist()), reads)
+                    for b in range(layout.n_blocks)
+                )
+        return sorted(programs)
+
     def run(self, progress: bool = True) -> list[Trial]:
         """Run every planned setting; returns (and keeps) the trials."""
         jobs = self.plan()
@@ -451,9 +485,11 @@ class RedundancyStudy:
         setting: dict[str, Any],
         names: Sequence[str],
         measured: np.ndarray | None = None,
+        label: str = "{}",
     ) -> None:
         """Feed (pixel, block) measurements (from ``measured``, default the data) to each
-        reconstructor in ``names``; score each against the data.
+        reconstructor in ``names``; score each against the data, recorded as
+        ``label.format(name)``.
 
         With a :class:`SegmentedLayout` the blocks are units (block, segment): the data is
         folded for the reconstructors and their estimates unfolded for the scores."""
@@ -475,7 +511,7 @@ class RedundancyStudy:
             seconds = time.perf_counter() - start
             if segmented:
                 estimate = layout.unfold(estimate)
-            self._record(experiment, name, fraction, estimate, seconds, setting)
+            self._record(experiment, label.format(name), fraction, estimate, seconds, setting)
 
     def _record(
         self,
@@ -557,10 +593,30 @@ class RedundancyStudy:
         every_voltage = np.arange(v)
         programs = [(pixel, every_voltage, None) for pixel in full] + [
             (pixel, base.voltages(unit // segments), reads)
-            for pixel, unit in zip(partial, partial_units)
+            for pixel, unit in zip(partial, partial_units, strict=True)
         ]
         measured = self._measured(programs)
         self._reconstruct(experiment, layout, pixels, units, fraction, setting, names, measured)
+        if self.program_map is not None:
+            mapped = self._mapped(measured, programs[n_full:], reads or self.n_times)
+            self._reconstruct(
+                experiment, layout, pixels, units, fraction, setting, names, mapped, "{}+map"
+            )
+
+    def _mapped(
+        self, measured: np.ndarray, programs: Sequence[tuple[int, np.ndarray, int | None]],
+        reads: int,
+    ) -> np.ndarray:
+        """``measured`` with each first visit's values replaced by the standard sequence's
+        values that the program map reads in them (a lost pixel's NaN stays NaN)."""
+        mapped = measured.copy()
+        rows = mapped.reshape(-1, *mapped.shape[2:])
+        for pixel, voltages, _ in programs:
+            values = rows[pixel, voltages, :reads]
+            if np.isfinite(values).all():
+                program = Program(tuple(voltages.tolist()), reads)
+                rows[pixel, voltages, :reads] = self.program_map.apply(program, values)
+        return mapped
 
     # -------------------------------------------------------------- summaries
     def passes(
@@ -900,6 +956,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "program from its as-grown state; a file is replayed), on, or off (the data's own "
         "values, as a sample without memory gives them)",
     )
+    parser.add_argument(
+        "--program-map",
+        metavar="SEEDS",
+        help="comma-separated training twin seeds: learn what each first visit of the combined "
+        "designs reads (reconstruct.program_map) on these twins, with the studied twin's "
+        "settings, and reconstruct every combined design a second time with the partial "
+        "pixels' values mapped (rows NAME+map); needs the memory simulated",
+    )
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu', ...")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -927,6 +991,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      "gives: use it with --memory off")
     if args.standardise_channels:
         data, truth = standardise_channels(data, truth)
+    map_seeds = _map_seeds(parser, args, dataset, simulated)
     study = RedundancyStudy(
         data,
         truth,
@@ -940,6 +1005,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         experiments=_names(args.experiments),
         program_values=_pristine_program_values(instrument) if simulated else None,
     )
+    if map_seeds:
+        study.program_map = _fitted_program_map(
+            study.first_visit_programs(), map_seeds, overrides, progress=not args.quiet
+        )
     for name, reason in study.skipped.items():
         print(f"skipping {name}: {reason}")
     for experiment in study.not_run:
@@ -954,6 +1023,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "sample": "with memory: each pixel's program simulated from its as-grown state"
         if simulated
         else "without memory: the data's own values",
+        "program_map_seeds": map_seeds,
         **study.summary(),
     }
     paths = write_outputs(summary, args.out)
@@ -962,7 +1032,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-def _pristine_program_values(instrument: Any) -> Callable[[int, np.ndarray, int | None], np.ndarray]:
+def _pristine_program_values(
+    instrument: Any,
+) -> Callable[[int, np.ndarray, int | None], np.ndarray]:
     """``program_values`` of :class:`RedundancyStudy` from a twin instrument with memory: the
     sample back to its as-grown state, then the program measured (the twin's instrument
     effects included: a first reading is the twin's own draw, so a whole sequence gives the
@@ -974,6 +1046,50 @@ def _pristine_program_values(instrument: Any) -> Callable[[int, np.ndarray, int 
         return values
 
     return program_values
+
+
+def _map_seeds(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, dataset: Any, simulated: bool
+) -> list[int]:
+    """The training twin seeds of ``--program-map`` (empty without it), checked: a map needs
+    the memory simulated, and neither the studied twin nor a held-out twin may teach it."""
+    if not args.program_map:
+        return []
+    from envs.data.sources import HELD_OUT_SEED_START
+    from envs.instruments.memory import twin_of
+
+    if not simulated:
+        parser.error("--program-map corrects what a sample with memory reads: it needs a twin "
+                     "with its memory simulated (--memory auto or on)")
+    try:
+        seeds = [int(seed) for seed in _names(args.program_map)]
+    except ValueError:
+        parser.error(f"--program-map takes comma-separated twin seeds, got {args.program_map!r}")
+    studied = twin_of(dataset)[0]
+    if studied in seeds or any(not 0 <= seed < HELD_OUT_SEED_START for seed in seeds):
+        parser.error(f"--program-map seeds must be training twins other than the studied one "
+                     f"({studied}), in [0, {HELD_OUT_SEED_START})")
+    return seeds
+
+
+def _fitted_program_map(
+    programs: Sequence[Program], seeds: Sequence[int], overrides: dict[str, Any], progress: bool
+) -> ProgramMap:
+    """A :class:`ProgramMap` of ``programs`` learned on every pixel of the twins ``seeds`` (with
+    the studied twin's settings ``overrides``)."""
+    from envs.data.sources import open_data
+    from envs.instruments.memory import first_visit_pairs
+
+    pieces: dict[Program, list[tuple[np.ndarray, np.ndarray]]] = {p: [] for p in programs}
+    for seed in tqdm(seeds, desc="program map", disable=not progress):
+        twin = open_data(f"twin:{seed}", **overrides)
+        for program, pair in first_visit_pairs(twin, programs).items():
+            pieces[program].append(pair)
+    pairs = {
+        program: (np.concatenate([a for a, _ in got]), np.concatenate([s for _, s in got]))
+        for program, got in pieces.items()
+    }
+    return ProgramMap().fit(pairs)
 
 
 def _names(text: str) -> list[str]:

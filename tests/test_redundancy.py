@@ -284,7 +284,7 @@ def test_program_values_feed_what_each_pixel_reads() -> None:
     simulated = RedundancyStudy(data, truth, fractions=(0.5,), device="cpu",
                                 experiments=("voltages_regular", "time_truncation"),
                                 program_values=shifted)
-    for a, b in zip(plain.run(progress=False), simulated.run(progress=False)):
+    for a, b in zip(plain.run(progress=False), simulated.run(progress=False), strict=True):
         assert a.setting["kept"] == b.setting["kept"]
         assert b.r2_measured < a.r2_measured  # the marker moved what was read
     n_pixels = data.shape[0] * data.shape[1]
@@ -324,3 +324,33 @@ def test_a_twin_with_memory_runs_each_program_from_its_as_grown_state(tmp_path) 
         data, _ = tiny_field()
         np.save(tmp_path / "cube.npy", data)
         main(["--data", str(tmp_path / "cube.npy"), "--memory", "on", "--out", str(tmp_path)])
+
+
+def test_a_program_map_reconstructs_each_combined_design_again(tmp_path, capsys) -> None:
+    common = ["--data", "twin", "--grid", "10", "--experiments", "combined",
+              "--combined-reconstructors", "mean,lowrank", "--quiet", "--device", "cpu"]
+    summary = main([*common, "--program-map", "1,2", "--out", str(tmp_path / "map")])
+    assert summary["program_map_seeds"] == [1, 2]
+    methods = [t["reconstructor"] for t in summary["trials"]]
+    assert methods.count("lowrank+map") == methods.count("lowrank") > 0
+    by_design: dict = {}
+    for t in summary["trials"]:
+        key = (t["setting"]["full_share"], t["setting"]["block_size"])
+        by_design.setdefault(key, {})[t["reconstructor"]] = t["r2_measured"]
+    # The same design, its first visits' values mapped: the scores differ (the map is applied).
+    assert all(d["lowrank+map"] != d["lowrank"] for d in by_design.values())
+    for bad in (["--memory", "off", "--program-map", "1"],  # nothing to correct
+                ["--program-map", "0"],  # the studied twin itself
+                ["--program-map", "100001"],  # a held-out twin
+                ["--program-map", "one"]):
+        with pytest.raises(SystemExit):
+            main([*common, *bad, "--out", str(tmp_path / "bad")])
+    assert "training twins other than the studied one (0)" in capsys.readouterr().err
+
+
+def test_a_program_map_needs_a_sample_with_memory() -> None:
+    from reconstruct.program_map import ProgramMap
+
+    data, truth = tiny_field()
+    with pytest.raises(ValueError, match="needs program_values"):
+        RedundancyStudy(data, truth, program_map=ProgramMap())

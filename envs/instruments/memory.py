@@ -44,6 +44,7 @@ no physics to simulate.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,7 @@ from envs.instruments.instrument import (
     check_reads,
     check_voltages,
 )
+from reconstruct.program_map import Program
 
 #: Format version of :meth:`TwinMemoryInstrument.state_dict`.
 STATE_FORMAT = 1
@@ -439,6 +441,39 @@ class TwinMemoryInstrument:
         sizes = config.spike_amplitude * self._span * rng.uniform(0.5, 1.0, n_spikes)
         noise.reshape(-1)[where] += (rng.choice([-1.0, 1.0], n_spikes) * sizes).astype(np.float32)
         return noise
+
+
+def first_visit_pairs(
+    dataset: Dataset, programs: Iterable[Program]
+) -> dict[Program, tuple[np.ndarray, np.ndarray]]:
+    """For each program, every pixel of the twin ``dataset`` measured by it from its as-grown
+    state, beside the standard sequence's values at the same entries (the dataset's data):
+    ``{program: (program_values, standard_values)}``, each ``(n, len(voltages), reads)`` over
+    the ``n`` pixels where both are finite. The pairs that teach a
+    :class:`reconstruct.program_map.ProgramMap` what a first visit reads; only a twin can give
+    both at one pixel (a real one remembers the first).
+
+    Raises
+    ------
+    ValueError
+        For a dataset that is not a twin (one line).
+    """
+    if twin_of(dataset) is None:
+        raise ValueError("first-visit pairs need a twin: a recorded file has no memory to simulate")
+    instrument = TwinMemoryInstrument(dataset, CostModel().for_axes(dataset.axes))
+    n_pixels = instrument.n_pixels
+    standard = np.asarray(dataset.data, np.float32).reshape(n_pixels, *dataset.data.shape[2:])
+    pairs = {}
+    for program in programs:
+        voltages = np.asarray(program.voltages)
+        instrument.reset_state()  # every pixel pristine; each is measured once below
+        measured = np.stack([
+            instrument.measure(pixel, voltages, program.reads)[0] for pixel in range(n_pixels)
+        ])
+        expected = standard[:, voltages, : program.reads]
+        finite = np.isfinite(measured).all((1, 2)) & np.isfinite(expected).all((1, 2))
+        pairs[program] = (measured[finite], expected[finite])
+    return pairs
 
 
 def _truth_dataset(dataset: Dataset) -> Dataset:
