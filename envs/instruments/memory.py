@@ -37,6 +37,10 @@ something else.
 :class:`envs.instruments.cost.CostModel`
   exactly as the replay charges it.
 
+:func:`first_visit_pairs` measures every pixel of a twin with a program from its as-grown state
+beside the standard sequence's values there: what a twin alone can give, and what
+:class:`reconstruct.program_map.ProgramMap` learns a first visit's reading from.
+
 With ``memory=False`` the instrument is a replay (of the measured tensor, or of the truth with
 ``effects=False``) and works for any dataset; with memory on, a recorded file is refused: it has
 no physics to simulate.
