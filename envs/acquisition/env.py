@@ -871,9 +871,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
         reached the only way the sample allows: the blocks before it that the pixel lacks are
         measured first, in pulse order, and held back with it; ``release_held_back(...,
         way_only=True)`` gives them to the reconstructor while the block stays held back.
-        Returns the values of ``block``,
-        ``(n_applied, *rest)``, as the instrument gave them (NaN included). Call
-        :meth:`observe` for the observation after the held-back blocks.
+        Returns the values of ``block``, ``(n_applied, *rest)``, as the instrument gave them
+        (NaN included). Call :meth:`observe` for the observation after the held-back blocks.
 
         Raises
         ------
