@@ -106,7 +106,7 @@ class ProgramMap:
         pairs and features). 16 by measurement: on a 30 x 30 twin (``python -m
         studies.redundancy --data twin --grid 30 --experiments combined
         --combined-reconstructors lowrank --program-map 1,2,3``, seed 0) 8, 16 and 32 gave the
-        same R^2 within 0.007 for blocks of 2 and 4 voltages, and for blocks of 8 voltages 16
+        same R^2 within 0.01 for blocks of 2 and 4 voltages, and for blocks of 8 voltages 16
         and 32 gave 0.892 and 0.922 where 8 gave 0.882 and 0.913 (10 % and 20 % full pixels).
     ridge
         Relative ridge of the regression (see :func:`fit_linear_map`).
