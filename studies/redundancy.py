@@ -1003,7 +1003,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device=args.device,
         cost=cost,
         experiments=_names(args.experiments),
-        program_values=_pristine_program_values(instrument) if simulated else None,
+        # Each pixel of a design runs one program from its as-grown state.
+        program_values=instrument.measure_first_visit if simulated else None,
     )
     if map_seeds:
         study.program_map = _fitted_program_map(
@@ -1030,22 +1031,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(format_table(summary))
     print("wrote " + ", ".join(str(p) for p in paths))
     return summary
-
-
-def _pristine_program_values(
-    instrument: Any,
-) -> Callable[[int, np.ndarray, int | None], np.ndarray]:
-    """``program_values`` of :class:`RedundancyStudy` from a twin instrument with memory: the
-    sample back to its as-grown state, then the program measured (the twin's instrument
-    effects included: a first reading is the twin's own draw, so a whole sequence gives the
-    data's values)."""
-
-    def program_values(pixel: int, voltages: np.ndarray, reads: int | None) -> np.ndarray:
-        instrument.reset_state()
-        values, _ = instrument.measure(pixel, voltages, reads)
-        return values
-
-    return program_values
 
 
 def _map_seeds(

@@ -322,3 +322,14 @@ def test_memory_settings_are_named_in_one_line():
     ]
     with pytest.raises(ValueError, match="the settings are auto .*, on and off"):
         memory_setting("yes")
+
+
+def test_a_first_visit_reads_as_a_pristine_sample_whatever_the_pixel_went_through(sample):
+    block = np.array([2, 6, 10, 14])
+    pristine = TwinMemoryInstrument(sample, CostModel()).measure(5, block)[0]
+    pulsed = TwinMemoryInstrument(sample, CostModel())
+    pulsed.measure(5, ALL)
+    pulsed.measure(6, ALL)
+    assert not np.array_equal(pulsed.measure(5, block)[0], pristine)  # a revisit
+    np.testing.assert_array_equal(pulsed.measure_first_visit(5, block), pristine)
+    assert pulsed.visits[6] == 1  # the other pixels keep their state
