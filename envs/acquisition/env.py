@@ -909,7 +909,8 @@ class AcquisitionEnv(gym.Env[dict[str, np.ndarray], int]):
                 self._last_return, self._pending_wall = time.perf_counter(), 0.0
             else:
                 self.algorithm_seconds += self.cost_model.algorithm_s(self._n_measured)
-        self._way_to[(pixel, block)] = blocks[:-1]
+        if len(blocks) > 1:
+            self._way_to[(pixel, block)] = blocks[:-1]
         return values
 
     def release_held_back(
